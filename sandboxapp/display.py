@@ -1,0 +1,51 @@
+"""DISPLAY values: which local X server a profile's sandbox should reach."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from sandboxapp.errors import ExitStatus, SandboxError
+
+X11_SOCKET_DIR = Path("/tmp/.X11-unix")
+_DISPLAY = re.compile(r"(?P<host>[^:]*):(?P<number>\d+)(?:\.(?P<screen>\d+))?")
+
+
+@dataclass(frozen=True)
+class Display:
+    number: int
+    screen: int = 0
+
+    @property
+    def socket(self) -> Path:
+        return X11_SOCKET_DIR / f"X{self.number}"
+
+    @property
+    def name(self) -> str:
+        """The DISPLAY value inside the sandbox: the same socket path, so the same number."""
+        return f":{self.number}" + (f".{self.screen}" if self.screen else "")
+
+
+def parse_display(value: str | None) -> Display:
+    """Parse a local DISPLAY (":0", ":0.0", "unix:0"); remote and TCP displays are refused,
+    since only a local socket can be bound into a sandbox."""
+    if not value:
+        raise SandboxError(
+            "DISPLAY is not set, and this profile needs the X display",
+            hint="run it from a graphical session, or set DISPLAY (e.g. DISPLAY=:0)",
+            status=ExitStatus.LAUNCHER,
+        )
+    match = _DISPLAY.fullmatch(value)
+    if match is None:
+        raise SandboxError(
+            f"DISPLAY={value!r} is not a display name; allowed: ':N', ':N.S' or 'unix:N'",
+            status=ExitStatus.LAUNCHER,
+        )
+    if match["host"] not in ("", "unix"):
+        raise SandboxError(
+            f"DISPLAY={value!r} is a network display; allowed: a local display (':N', 'unix:N')",
+            hint="sandboxapp binds the display's local socket into the sandbox",
+            status=ExitStatus.LAUNCHER,
+        )
+    return Display(int(match["number"]), int(match["screen"] or 0))

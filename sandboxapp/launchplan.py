@@ -1,0 +1,164 @@
+"""What one launch of a profile will do, worked out before anything is changed.
+
+`run --dry-run` prints this plan; the launcher carries it out.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from sandboxapp.display import Display, parse_display
+from sandboxapp.errors import SandboxError
+from sandboxapp.hostfacts import HostFacts
+from sandboxapp.image import Image, ImageStore
+from sandboxapp.nspawn import Bind, LaunchSpec, launch_argv
+from sandboxapp.paths import Locations
+from sandboxapp.profile import Network, Profile
+
+# Where the per-sandbox sound socket and its client configuration appear in the container.
+PULSE_DIR = PurePosixPath("/run/sandboxapp/pulse")
+PULSE_SOCKET = PULSE_DIR / "native"
+PULSE_CLIENT_CONF = PULSE_DIR / "client.conf"
+# Shared memory needs the host's IPC namespace, which the container does not have; a client
+# inside must never start a sound server of its own either.
+PULSE_CLIENT_CONF_TEXT = "autospawn = no\nenable-shm = no\n"
+# The container has its own IPC namespace, so MIT-SHM to the host's X server cannot work:
+# these tell Qt and other toolkits not to try (the same variables x11docker sets).
+NO_MITSHM_ENV = (("QT_X11_NO_MITSHM", "1"), ("_X11_NO_MITSHM", "1"), ("_MITSHM", "0"))
+
+
+@dataclass(frozen=True)
+class PersistDir:
+    container: PurePosixPath
+    host: Path
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    profile: Profile
+    image: Image | None
+    image_path: Path
+    layer_root: Path
+    persist: tuple[PersistDir, ...]
+    display: Display | None
+    command: tuple[str, ...]
+
+    @property
+    def machine(self) -> str:
+        # Machine names are host names: no '_'.
+        return "sandboxapp-" + self.profile.name.replace("_", "-")
+
+
+def persist_host_dir(data_root: Path, container: PurePosixPath) -> Path:
+    """The host directory kept for a persistent container path: the same path below the
+    profile's data directory, so a user finds and backs up files where they expect them."""
+    return data_root.joinpath(*container.parts[1:])
+
+
+def plan_launch(
+    profile: Profile,
+    extra_args: Sequence[str],
+    locations: Locations,
+    environ: Mapping[str, str] | None = None,
+) -> LaunchPlan:
+    environ = os.environ if environ is None else environ
+    store = ImageStore(locations.image_dir)
+    data_root = locations.data_home / "sandboxapp" / profile.name
+    display = parse_display(environ.get("DISPLAY")) if profile.sandbox.x11 else None
+    return LaunchPlan(
+        profile=profile,
+        image=store.get(profile.name),
+        image_path=store.image_path(profile.name),
+        layer_root=store.root / ".layers" / profile.name,
+        persist=tuple(
+            PersistDir(path, persist_host_dir(data_root, path)) for path in profile.sandbox.persist
+        ),
+        display=display,
+        command=(*profile.command, *extra_args),
+    )
+
+
+def container_env(plan: LaunchPlan, *, sound: bool) -> tuple[tuple[str, str], ...]:
+    env: list[tuple[str, str]] = []
+    if plan.display is not None:
+        env.append(("DISPLAY", plan.display.name))
+        env.extend(NO_MITSHM_ENV)
+    if sound:
+        env.append(("PULSE_SERVER", f"unix:{PULSE_SOCKET}"))
+        env.append(("PULSE_CLIENTCONFIG", str(PULSE_CLIENT_CONF)))
+    env.extend(plan.profile.sandbox.env)
+    return tuple(env)
+
+
+def launch_spec(
+    plan: LaunchPlan,
+    rootfs: Path,
+    *,
+    sound_socket: Path | None,
+    sound_conf: Path | None,
+) -> LaunchSpec:
+    """The nspawn launch for a plan, once the layer and the sound socket exist."""
+    if plan.image is None:
+        raise SandboxError(f"the image for {plan.profile.name!r} is not built")
+    binds: list[Bind] = [
+        Bind(p.host, str(p.container), read_only=False, root_idmap=True) for p in plan.persist
+    ]
+    binds += [Bind(Path(b.host), str(b.container)) for b in plan.profile.sandbox.bind_ro]
+    if plan.display is not None:
+        # Only the display's own socket, read-only: not the whole socket directory.
+        binds.append(Bind(plan.display.socket, str(plan.display.socket)))
+    sound = sound_socket is not None and sound_conf is not None
+    if sound_socket is not None and sound_conf is not None:
+        binds.append(Bind(sound_socket, str(PULSE_SOCKET)))
+        binds.append(Bind(sound_conf, str(PULSE_CLIENT_CONF)))
+    return LaunchSpec(
+        rootfs=rootfs,
+        machine=plan.machine,
+        ids=plan.image.meta.uid_range,
+        private_network=plan.profile.sandbox.network is Network.NONE,
+        binds=tuple(binds),
+        env=container_env(plan, sound=sound),
+        command=plan.command,
+    )
+
+
+def describe_plan(plan: LaunchPlan, facts: HostFacts) -> str:
+    profile = plan.profile
+    lines = [f"profile:  {profile.name} ({profile.origin}: {profile.path})"]
+    if plan.image is None:
+        lines.append(f"image:    not built; build it with: sandboxapp image build {profile.name}")
+    else:
+        meta = plan.image.meta
+        lines.append(f"image:    {plan.image.path} ({meta.suite}, built {meta.built_at}, "
+                     f"host UIDs {meta.uid_range})")
+    lines.append(f"layer:    a throw-away overlay under {plan.layer_root}, deleted at exit")
+    for p in plan.persist:
+        lines.append(f"persist:  {p.container} kept in {p.host} (owned by you)")
+    if plan.display is not None:
+        uid = str(plan.image.meta.uid_base) if plan.image else "the image's first UID"
+        lines.append(f"X11:      grant localuser:#{uid} on {plan.display.name} while it runs; "
+                     f"bind {plan.display.socket} read-only")
+    else:
+        lines.append("X11:      none")
+    if profile.sandbox.pulseaudio:
+        lines.append(f"sound:    a socket of its own on your PulseAudio server, at {PULSE_SOCKET}"
+                     " inside, unloaded at exit")
+    else:
+        lines.append("sound:    none")
+    lines.append(f"network:  {profile.sandbox.network.value}")
+    if plan.image is not None:
+        spec = launch_spec(
+            plan,
+            plan.layer_root / "merged",
+            sound_socket=plan.layer_root / "pulse-native" if profile.sandbox.pulseaudio else None,
+            sound_conf=plan.layer_root / "pulse-client.conf" if profile.sandbox.pulseaudio
+            else None,
+        )
+        lines.append("command:  " + shlex.join(launch_argv(spec, facts)))
+    else:
+        lines.append("command:  " + shlex.join(plan.command) + " (inside the sandbox)")
+    return "\n".join(lines)

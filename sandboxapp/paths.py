@@ -1,0 +1,50 @@
+"""Where sandboxapp keeps things, and the environment variables that move them."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_IMAGE_DIR = Path("/var/lib/sandboxapp/images")
+DEFAULT_RUN_DIR = Path("/run/sandboxapp")
+SYSTEM_PROFILE_DIR = Path("/etc/sandboxapp/profiles")
+# The profiles that come with sandboxapp live beside the package in the source tree.
+SHIPPED_PROFILE_DIR = Path(__file__).resolve().parent.parent / "profiles"
+
+
+def _env_path(name: str, default: Path) -> Path:
+    value = os.environ.get(name, "")
+    # Relative values are ignored, as the XDG base directory spec asks.
+    return Path(value) if value.startswith("/") else default
+
+
+def home() -> Path:
+    return Path(os.environ.get("HOME") or os.path.expanduser("~"))
+
+
+@dataclass(frozen=True)
+class Locations:
+    image_dir: Path
+    run_dir: Path
+    config_home: Path
+    data_home: Path
+    system_profiles: Path = SYSTEM_PROFILE_DIR
+    shipped_profiles: Path = SHIPPED_PROFILE_DIR
+
+    @classmethod
+    def from_environment(cls) -> Locations:
+        return cls(
+            image_dir=_env_path("SANDBOXAPP_IMAGE_DIR", DEFAULT_IMAGE_DIR),
+            run_dir=_env_path("SANDBOXAPP_RUN_DIR", DEFAULT_RUN_DIR),
+            config_home=_env_path("XDG_CONFIG_HOME", home() / ".config"),
+            data_home=_env_path("XDG_DATA_HOME", home() / ".local" / "share"),
+        )
+
+    def profile_dirs(self) -> list[tuple[str, Path]]:
+        """Profile directories in lookup order, each with the name users see for it."""
+        return [
+            ("user", self.config_home / "sandboxapp" / "profiles"),
+            ("system", self.system_profiles),
+            ("shipped", self.shipped_profiles),
+        ]

@@ -1,0 +1,385 @@
+"""Profiles: one TOML file per program, strictly validated into frozen dataclasses.
+
+A mistake in a profile is reported as one line naming the file, the key, what was found and
+what is allowed (exit status 2), never as a traceback and never half-applied.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import tomllib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any, TypeVar
+
+from sandboxapp.errors import ExitStatus, SandboxError
+from sandboxapp.paths import Locations
+
+PROFILE_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
+MAX_NAME_LENGTH = 64
+SUITE_NAME = re.compile(r"[a-z][a-z0-9.-]*")
+# Debian policy 5.6.1: lower case letters, digits, + - . ; at least two characters.
+PACKAGE_NAME = re.compile(r"[a-z0-9][a-z0-9+.-]+")
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+MIRROR_URL = re.compile(r"(https?://[^\s/]+|file://)/[^\s]*")
+MAX_FILE_SIZE = 1 << 20
+
+# Set by sandboxapp itself for every run: a profile may not override them.
+RESERVED_ENV = frozenset(
+    {"DISPLAY", "XAUTHORITY", "PULSE_SERVER", "PULSE_CLIENTCONFIG", "PULSE_COOKIE", "container"}
+)
+# Container paths that belong to the kernel or to nspawn, not to the application.
+RESERVED_CONTAINER_DIRS = (
+    PurePosixPath("/proc"),
+    PurePosixPath("/sys"),
+    PurePosixPath("/dev"),
+    PurePosixPath("/run"),
+)
+
+
+class Network(enum.StrEnum):
+    HOST = "host"  # the host's network, as the original recipe shares it
+    NONE = "none"  # a private namespace with loopback only
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    suite: str = "bookworm"
+    packages: tuple[str, ...] = ()
+    mirror: str | None = None
+
+
+@dataclass(frozen=True)
+class ReadOnlyBind:
+    host: PurePosixPath
+    container: PurePosixPath
+
+
+@dataclass(frozen=True)
+class SandboxSpec:
+    stateless: bool = True
+    x11: bool = False
+    pulseaudio: bool = False
+    network: Network = Network.NONE
+    persist: tuple[PurePosixPath, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    bind_ro: tuple[ReadOnlyBind, ...] = ()
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    path: Path
+    origin: str  # "user", "system" or "shipped": where the lookup found it
+    command: tuple[str, ...]
+    description: str = ""
+    image: ImageSpec = ImageSpec()
+    sandbox: SandboxSpec = SandboxSpec()
+
+
+def invalid(message: str, hint: str | None = None) -> SandboxError:
+    return SandboxError(message, hint=hint, status=ExitStatus.USAGE)
+
+
+def check_profile_name(name: str) -> str:
+    if len(name) > MAX_NAME_LENGTH or not PROFILE_NAME.fullmatch(name):
+        raise invalid(
+            f"invalid profile name {name!r}; allowed: lower-case letters, digits, '.', '_' and '-',"
+            f" starting with a letter or digit, at most {MAX_NAME_LENGTH} characters"
+        )
+    return name
+
+
+def _found(value: Any) -> str:
+    kinds = {bool: "boolean", int: "integer", float: "float", str: "string", list: "array",
+             dict: "table"}
+    kind = kinds.get(type(value), type(value).__name__)
+    shown = repr(value) if not isinstance(value, dict) else "{...}"
+    if len(shown) > 60:
+        shown = shown[:57] + "..."
+    return f"{kind} {shown}"
+
+
+T = TypeVar("T")
+
+
+class _Reader:
+    """Walks one TOML document, turning every mistake into a one-line error."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def fail(self, key: str, problem: str, allowed: str) -> SandboxError:
+        return invalid(f"{self.path}: {key}: {problem}; allowed: {allowed}")
+
+    def table(self, doc: dict[str, Any], key: str, known: tuple[str, ...]) -> dict[str, Any]:
+        value = doc.get(key, {})
+        if not isinstance(value, dict):
+            raise self.fail(key, f"found {_found(value)}", f"a table [{key}]")
+        self.no_unknown_keys(value, known, prefix=f"{key}.")
+        return value
+
+    def no_unknown_keys(self, table: dict[str, Any], known: tuple[str, ...], prefix: str) -> None:
+        for key in table:
+            if key not in known:
+                where = f"[{prefix.rstrip('.')}]" if prefix else "the top level"
+                raise self.fail(
+                    f"{prefix}{key}", "unknown key", f"in {where}: {', '.join(known)}"
+                )
+
+    def value(
+        self,
+        table: dict[str, Any],
+        key: str,
+        label: str,
+        kind: type[T],
+        allowed: str,
+        default: T | None = None,
+    ) -> T:
+        if key not in table:
+            if default is None:
+                raise self.fail(label, "missing", allowed)
+            return default
+        value = table[key]
+        # bool is a subclass of int in Python; TOML keeps them apart, so do we.
+        if type(value) is not kind:
+            raise self.fail(label, f"found {_found(value)}", allowed)
+        return value
+
+    def string_list(
+        self,
+        table: dict[str, Any],
+        key: str,
+        label: str,
+        allowed: str,
+        check: Callable[[str, str], None],
+        *,
+        required: bool = False,
+    ) -> tuple[str, ...]:
+        if key not in table and not required:
+            return ()
+        items = self.value(table, key, label, list, allowed)
+        if required and not items:
+            raise self.fail(label, "found an empty array", allowed)
+        for index, item in enumerate(items):
+            item_label = f"{label}[{index}]"
+            if not isinstance(item, str):
+                raise self.fail(item_label, f"found {_found(item)}", allowed)
+            check(item, item_label)
+        return tuple(items)
+
+    def container_path(self, text: str, label: str, *, side: str = "container") -> PurePosixPath:
+        allowed = f"an absolute {side} path without '..', '.', ':' or control characters"
+        parts = text.split("/")
+        if not text.startswith("/"):
+            raise self.fail(label, f"found relative path {text!r}", allowed)
+        if any(part in (".", "..") for part in parts):
+            raise self.fail(label, f"found {text!r}", allowed)
+        if ":" in text or any(ord(c) < 32 or ord(c) == 127 for c in text):
+            raise self.fail(label, f"found {text!r}", allowed)
+        path = PurePosixPath(text)
+        if path == PurePosixPath("/"):
+            raise self.fail(label, "found '/'", "a directory below '/'")
+        for reserved in RESERVED_CONTAINER_DIRS if side == "container" else ():
+            if path == reserved or reserved in path.parents:
+                raise self.fail(
+                    label,
+                    f"found {text!r}",
+                    f"a path outside {', '.join(map(str, RESERVED_CONTAINER_DIRS))}",
+                )
+        return path
+
+
+def _no_overlap(reader: _Reader, entries: list[tuple[str, PurePosixPath]]) -> None:
+    seen: list[tuple[str, PurePosixPath]] = []
+    for label, path in entries:
+        for other_label, other in seen:
+            if path == other:
+                raise reader.fail(label, f"duplicate of {other_label} ({str(other)!r})",
+                                  "each container path once")
+            if other in path.parents or path in other.parents:
+                raise reader.fail(
+                    label,
+                    f"{str(path)!r} overlaps {other_label} ({str(other)!r})",
+                    "container paths that do not contain each other",
+                )
+        seen.append((label, path))
+
+
+def parse_profile(name: str, path: Path, origin: str, doc: dict[str, Any]) -> Profile:
+    """Validate a parsed TOML document into a Profile (pure: no file system access)."""
+    r = _Reader(path)
+    r.no_unknown_keys(doc, ("description", "command", "image", "sandbox"), prefix="")
+
+    description = r.value(doc, "description", "description", str, "a string", default="")
+    if "\n" in description:
+        raise r.fail("description", "found a line break", "a single line of text")
+
+    def command_word(word: str, label: str) -> None:
+        if not word or "\0" in word:
+            raise r.fail(label, f"found {word!r}", "non-empty strings without NUL")
+
+    command = r.string_list(
+        doc, "command", "command",
+        'a non-empty array of strings, the program and its arguments, e.g. ["xeyes"]',
+        command_word, required=True,
+    )
+
+    image_table = r.table(doc, "image", ("suite", "packages", "mirror"))
+    suite = r.value(image_table, "suite", "image.suite", str,
+                    'a Debian suite or codename, e.g. "bookworm"', default="bookworm")
+    if not SUITE_NAME.fullmatch(suite):
+        raise r.fail("image.suite", f"found {suite!r}",
+                     'a Debian suite or codename, e.g. "bookworm"')
+
+    def package(word: str, label: str) -> None:
+        if not PACKAGE_NAME.fullmatch(word):
+            raise r.fail(label, f"found {word!r}",
+                         "Debian package names (a-z, 0-9, '+', '-', '.'; two characters or more)")
+
+    packages = r.string_list(image_table, "packages", "image.packages",
+                             "an array of Debian package names", package)
+    mirror: str | None = None
+    if "mirror" in image_table:
+        mirror = r.value(image_table, "mirror", "image.mirror", str, "an http, https or file URL")
+        if not MIRROR_URL.fullmatch(mirror):
+            raise r.fail("image.mirror", f"found {mirror!r}",
+                         "an http://, https:// or file:/// URL of a Debian archive")
+
+    sandbox_table = r.table(
+        doc, "sandbox",
+        ("stateless", "x11", "pulseaudio", "network", "persist", "env", "bind_ro"),
+    )
+    flags = {
+        key: r.value(sandbox_table, key, f"sandbox.{key}", bool, "true or false", default=default)
+        for key, default in (("stateless", True), ("x11", False), ("pulseaudio", False))
+    }
+    network_text = r.value(sandbox_table, "network", "sandbox.network", str,
+                           '"host" or "none"', default=Network.NONE.value)
+    try:
+        network = Network(network_text)
+    except ValueError:
+        raise r.fail("sandbox.network", f"found {network_text!r}", '"host" or "none"') from None
+
+    persist_allowed = "an array of absolute container directories"
+    persist_texts = r.string_list(sandbox_table, "persist", "sandbox.persist", persist_allowed,
+                                  lambda text, label: None)
+    persist = tuple(
+        r.container_path(text, f"sandbox.persist[{i}]") for i, text in enumerate(persist_texts)
+    )
+
+    env_table = r.value(sandbox_table, "env", "sandbox.env", dict,
+                        "a table of NAME = \"value\" strings", default={})
+    env: list[tuple[str, str]] = []
+    for env_name, env_value in env_table.items():
+        label = f"sandbox.env.{env_name}"
+        if not ENV_NAME.fullmatch(env_name):
+            raise r.fail(label, f"found name {env_name!r}",
+                         "names of letters, digits and '_', not starting with a digit")
+        if env_name in RESERVED_ENV:
+            raise r.fail(label, "set by sandboxapp itself",
+                         f"any name but {', '.join(sorted(RESERVED_ENV))}")
+        if not isinstance(env_value, str) or "\0" in env_value:
+            raise r.fail(label, f"found {_found(env_value)}", "a string without NUL")
+        env.append((env_name, env_value))
+
+    bind_texts = r.string_list(sandbox_table, "bind_ro", "sandbox.bind_ro",
+                               'an array of "/host/path:/container/path" strings',
+                               lambda text, label: None)
+    binds: list[ReadOnlyBind] = []
+    for index, text in enumerate(bind_texts):
+        label = f"sandbox.bind_ro[{index}]"
+        host_text, _, container_text = text.partition(":")
+        container_text = container_text or host_text
+        if not host_text.startswith("/"):
+            raise r.fail(label, f"found {text!r}",
+                         '"/host/path:/container/path" with absolute paths')
+        host = r.container_path(host_text, label, side="host")
+        binds.append(ReadOnlyBind(host, r.container_path(container_text, label)))
+
+    _no_overlap(
+        r,
+        [(f"sandbox.persist[{i}]", p) for i, p in enumerate(persist)]
+        + [(f"sandbox.bind_ro[{i}]", b.container) for i, b in enumerate(binds)],
+    )
+
+    return Profile(
+        name=name,
+        path=path,
+        origin=origin,
+        command=command,
+        description=description,
+        image=ImageSpec(suite=suite, packages=packages, mirror=mirror),
+        sandbox=SandboxSpec(
+            stateless=flags["stateless"],
+            x11=flags["x11"],
+            pulseaudio=flags["pulseaudio"],
+            network=network,
+            persist=persist,
+            env=tuple(env),
+            bind_ro=tuple(binds),
+        ),
+    )
+
+
+def load_profile_file(path: Path, origin: str = "file") -> Profile:
+    name = path.name.removesuffix(".toml")
+    try:
+        check_profile_name(name)
+    except SandboxError as exc:
+        raise invalid(f"{path}: {exc.message}") from None
+    try:
+        with path.open("rb") as stream:
+            raw = stream.read(MAX_FILE_SIZE + 1)
+    except OSError as exc:
+        raise invalid(f"{path}: cannot read the profile: {exc.strerror}") from None
+    if len(raw) > MAX_FILE_SIZE:
+        raise invalid(f"{path}: the file is larger than {MAX_FILE_SIZE} bytes; allowed: a profile")
+    try:
+        doc = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise invalid(f"{path}: not UTF-8 text; allowed: a TOML file in UTF-8") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise invalid(f"{path}: TOML syntax error: {exc}") from None
+    return parse_profile(name, path, origin, doc)
+
+
+@dataclass(frozen=True)
+class ProfileEntry:
+    """A profile file found by the lookup, not yet loaded."""
+
+    name: str
+    path: Path
+    origin: str
+    shadowed_by: Path | None = None
+
+
+def iter_profile_files(locations: Locations) -> Iterator[ProfileEntry]:
+    """Every profile file in lookup order; later files of the same name are marked shadowed."""
+    first: dict[str, Path] = {}
+    for origin, directory in locations.profile_dirs():
+        try:
+            candidates = sorted(directory.glob("*.toml"))
+        except OSError:
+            continue
+        for path in candidates:
+            name = path.name.removesuffix(".toml")
+            if not path.is_file():
+                continue
+            yield ProfileEntry(name, path, origin, first.get(name))
+            first.setdefault(name, path)
+
+
+def find_profile(name: str, locations: Locations) -> Profile:
+    check_profile_name(name)
+    for origin, directory in locations.profile_dirs():
+        candidate = directory / f"{name}.toml"
+        if candidate.is_file():
+            return load_profile_file(candidate, origin)
+    searched = ", ".join(str(d) for _, d in locations.profile_dirs())
+    raise invalid(
+        f"no profile named {name!r}; looked in {searched}",
+        hint="'sandboxapp list' shows the profiles there are",
+    )

@@ -1,0 +1,181 @@
+"""Real parts for the integration tests: an X server and a sound server like a desktop's.
+
+No mocks: Xvfb with a cookie file (`-auth`) and `-noreset`, as a display manager starts Xorg,
+and a PulseAudio daemon with a null sink on a private runtime directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class HarnessError(RuntimeError):
+    pass
+
+
+def require_programs(*names: str) -> None:
+    """Fail (never skip) when a tool the tests need is missing."""
+    missing = [name for name in names if shutil.which(name) is None]
+    if missing:
+        raise HarnessError(
+            f"missing {', '.join(missing)}: run scripts/test, which installs what the tests need"
+        )
+
+
+def _wait_for(predicate: object, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(0.05)
+    raise HarnessError(f"timed out after {timeout}s waiting for {what}")
+
+
+@dataclass
+class XServer:
+    display: str  # ":N"
+    number: int
+    xauthority: Path  # a client cookie file, as a desktop session's XAUTHORITY
+    process: subprocess.Popen[bytes]
+
+    def client_env(self) -> dict[str, str]:
+        return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "DISPLAY": self.display,
+                "XAUTHORITY": str(self.xauthority)}
+
+
+@contextlib.contextmanager
+def x_server(workdir: Path) -> Iterator[XServer]:
+    require_programs("Xvfb", "xauth")
+    cookie = secrets.token_hex(16)
+    server_auth = workdir / "server.xauth"
+    client_auth = workdir / "client.xauth"
+    # The server loads every cookie in its -auth file, whatever display the entry names.
+    subprocess.run(["xauth", "-f", str(server_auth), "add", ":0", "MIT-MAGIC-COOKIE-1", cookie],
+                   check=True, capture_output=True)
+    read_fd, write_fd = os.pipe()
+    process = subprocess.Popen(
+        ["Xvfb", "-displayfd", str(write_fd), "-auth", str(server_auth), "-noreset",
+         "-nolisten", "tcp", "-screen", "0", "1280x800x24"],
+        pass_fds=(write_fd,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    os.close(write_fd)
+    try:
+        with os.fdopen(read_fd, "rb") as pipe:
+            number_text = pipe.readline().strip()
+        if not number_text:
+            raise HarnessError("Xvfb did not start")
+        number = int(number_text)
+        subprocess.run(
+            ["xauth", "-f", str(client_auth), "add", f":{number}", "MIT-MAGIC-COOKIE-1", cookie],
+            check=True, capture_output=True,
+        )
+        _wait_for(lambda: Path(f"/tmp/.X11-unix/X{number}").exists(), 10, "the X socket")
+        yield XServer(f":{number}", number, client_auth, process)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@dataclass
+class SoundServer:
+    runtime_dir: Path
+    socket: Path  # the server's own native socket, as the user's session has it
+    process: subprocess.Popen[bytes]
+
+    def client_env(self) -> dict[str, str]:
+        return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                "XDG_RUNTIME_DIR": str(self.runtime_dir),
+                "PULSE_SERVER": f"unix:{self.socket}",
+                "HOME": str(self.runtime_dir)}
+
+
+@contextlib.contextmanager
+def sound_server(workdir: Path) -> Iterator[SoundServer]:
+    require_programs("pulseaudio", "pactl")
+    runtime = Path(tempfile.mkdtemp(prefix="pulse-", dir=workdir))
+    runtime.chmod(0o700)
+    socket = runtime / "pulse" / "native"
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "XDG_RUNTIME_DIR": str(runtime),
+           "HOME": str(runtime)}
+    process = subprocess.Popen(
+        ["pulseaudio", "--daemonize=no", "--exit-idle-time=-1", "-n", "--disallow-exit",
+         "--load=module-null-sink sink_name=sandboxapp_test_sink",
+         f"--load=module-native-protocol-unix socket={socket}", "--log-target=stderr"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    try:
+        server = SoundServer(runtime, socket, process)
+        deadline = time.monotonic() + 15
+        while True:
+            probe = subprocess.run(["pactl", "info"], env=server.client_env(),
+                                   capture_output=True, check=False)
+            if probe.returncode == 0:
+                break
+            if process.poll() is not None or time.monotonic() > deadline:
+                err = process.stderr.read().decode(errors="replace") if process.stderr else ""
+                raise HarnessError(f"PulseAudio did not start: {err[-2000:]}")
+            time.sleep(0.1)
+        yield server
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def write_tone(path: Path, seconds: float = 1.0, rate: int = 44100) -> None:
+    """A loud 440 Hz sine as a 16-bit mono WAV file."""
+    import math
+    import struct
+    import wave
+
+    frames = b"".join(
+        struct.pack("<h", int(20000 * math.sin(2 * math.pi * 440 * i / rate)))
+        for i in range(int(seconds * rate))
+    )
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(frames)
+
+
+@contextlib.contextmanager
+def recording(server: SoundServer, path: Path) -> Iterator[None]:
+    """Record the test sink's monitor (what anything played on the server sounds like)."""
+    with path.open("wb") as out:
+        process = subprocess.Popen(
+            ["parec", "--device=sandboxapp_test_sink.monitor", "--format=s16le", "--channels=1",
+             "--rate=44100", "--raw"],
+            env=server.client_env(), stdout=out, stderr=subprocess.DEVNULL,
+        )
+        try:
+            time.sleep(0.3)
+            yield
+            time.sleep(0.3)
+        finally:
+            process.terminate()
+            process.wait(timeout=10)
+
+
+def peak_level(raw_s16le: bytes) -> int:
+    import array
+
+    samples = array.array("h")
+    samples.frombytes(raw_s16le[: len(raw_s16le) // 2 * 2])
+    return max((abs(s) for s in samples), default=0)

@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sandboxapp.image import ImageStore, spec_digest
+from sandboxapp.profile import load_profile_file
+from tests.harness import SoundServer, XServer, require_programs, sound_server, x_server
+
+REPO = Path(__file__).resolve().parents[2]
+TEST_PROFILE = REPO / "tests" / "profiles" / "sandboxapp-test.toml"
+# Built once and kept between test runs on the same machine: a second run does not debootstrap.
+TEST_IMAGE_DIR = Path(os.environ.get("SANDBOXAPP_TEST_IMAGE_DIR",
+                                     "/var/cache/sandboxapp-tests/images"))
+
+
+def sandboxapp(*args: str, env: dict[str, str] | None = None, timeout: float = 900,
+               check: bool = False) -> subprocess.CompletedProcess[str]:
+    """Run the real command line, the way a user does."""
+    full_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": "/root"}
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", "sandboxapp", *args], env=full_env,
+                          capture_output=True, text=True, timeout=timeout, check=check,
+                          cwd=REPO)
+
+
+@pytest.fixture(scope="session")
+def test_image_dir() -> Path:
+    """The image store holding the test image, built with sandboxapp's own builder."""
+    require_programs("debootstrap", "systemd-nspawn")
+    if os.geteuid() != 0:
+        pytest.fail("integration tests need root")
+    profile = load_profile_file(TEST_PROFILE)
+    image = ImageStore(TEST_IMAGE_DIR).get(profile.name)
+    if image is None or image.meta.spec_digest != spec_digest(profile.image):
+        result = sandboxapp("image", "build", "--force", str(TEST_PROFILE),
+                            env={"SANDBOXAPP_IMAGE_DIR": str(TEST_IMAGE_DIR)})
+        assert result.returncode == 0, result.stderr
+    return TEST_IMAGE_DIR
+
+
+@pytest.fixture(scope="session")
+def test_image_meta(test_image_dir: Path) -> dict[str, object]:
+    data = json.loads((test_image_dir / "sandboxapp-test" / "image.json").read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+@pytest.fixture
+def xserver(tmp_path: Path) -> Iterator[XServer]:
+    with x_server(tmp_path) as server:
+        yield server
+
+
+@pytest.fixture
+def soundserver(tmp_path: Path) -> Iterator[SoundServer]:
+    with sound_server(tmp_path) as server:
+        yield server

@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from sandboxapp.errors import SandboxError
+from sandboxapp.fsutil import exchange, remove_tree
+from sandboxapp.image import ImageStore
+from sandboxapp.imagebuild import clean_debris
+
+
+class Collected:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def stage(self, text: str) -> None:
+        self.lines.append(text)
+
+    def warn(self, text: str) -> None:
+        self.lines.append("warning: " + text)
+
+
+def test_remove_tree_refuses_a_directory_sandboxapp_did_not_mark(tmp_path: Path) -> None:
+    victim = tmp_path / "data"
+    victim.mkdir()
+    (victim / "precious").write_text("keep me")
+    with pytest.raises(SandboxError, match="did not make it"):
+        remove_tree(victim, marker="build.json")
+    assert (victim / "precious").read_text() == "keep me"
+
+
+def test_remove_tree_refuses_a_symlink(tmp_path: Path) -> None:
+    target = tmp_path / "target"
+    target.mkdir()
+    (target / "build.json").write_text("{}")
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    with pytest.raises(SandboxError, match="not a directory"):
+        remove_tree(link, marker="build.json")
+    assert (target / "build.json").exists()
+
+
+def test_remove_tree_does_not_follow_symlinks_inside(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "file").write_text("x")
+    tree = tmp_path / "tree"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "build.json").write_text("{}")
+    (tree / "sub" / "link").symlink_to(outside)
+    remove_tree(tree, marker="build.json")
+    assert not tree.exists()
+    assert (outside / "file").read_text() == "x"
+
+
+def test_exchange_swaps_two_directories(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "one").touch()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "two").touch()
+    exchange(tmp_path / "a", tmp_path / "b")
+    assert (tmp_path / "a" / "two").exists() and (tmp_path / "b" / "one").exists()
+
+
+def test_debris_of_dead_builders_goes_live_builds_and_foreign_dirs_stay(tmp_path: Path) -> None:
+    store = ImageStore(tmp_path)
+    store.ensure()
+    dead = tmp_path / ".build-app-dead"
+    (dead / "rootfs" / "etc").mkdir(parents=True)
+    (dead / "build.json").write_text(json.dumps({"pid": 999999999, "started": 1.0}))
+    import os
+
+    import psutil
+
+    live = tmp_path / ".build-app-live"
+    live.mkdir()
+    (live / "build.json").write_text(
+        json.dumps({"pid": os.getpid(), "started": psutil.Process().create_time()})
+    )
+    unmarked = tmp_path / ".build-app-unmarked"
+    unmarked.mkdir()
+    (unmarked / "something").write_text("not ours to delete")
+    progress = Collected()
+    clean_debris(store, progress)
+    assert not dead.exists()
+    assert live.exists()
+    assert (unmarked / "something").exists()
+    assert any(".build-app-dead" in line for line in progress.lines)
