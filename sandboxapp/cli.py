@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import threading
 import time
@@ -186,10 +187,24 @@ def cmd_run(args: argparse.Namespace, locations: Locations) -> int:
     if args.dry_run:
         _say(describe_plan(plan, host_facts()))
         return ExitStatus.OK
-    raise SandboxError(
-        "launching is not available in this version; --dry-run shows what a launch would do",
-        status=ExitStatus.LAUNCHER,
-    )
+    from sandboxapp.launcher import Launch
+
+    def warn(text: str) -> None:
+        _say(f"sandboxapp: warning: {text}", sys.stderr)
+
+    return Launch(plan, locations, os.environ, warn=warn, stderr=sys.stderr).run()
+
+
+def cmd_cleanup(args: argparse.Namespace, locations: Locations) -> int:
+    from sandboxapp.ledger import RunDir
+    from sandboxapp.recovery import reconcile
+
+    messages = reconcile(RunDir(locations.run_dir))
+    for message in messages:
+        _say(message)
+    if not messages:
+        _say("nothing to clean up")
+    return ExitStatus.OK
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -210,6 +225,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("args", nargs=argparse.REMAINDER, metavar="-- ARGS",
                    help="arguments appended to the profile's command")
     p.set_defaults(func=cmd_run)
+
+    p = commands.add_parser("cleanup",
+                            help="undo what crashed launches left: grants, sockets, layers")
+    p.set_defaults(func=cmd_cleanup)
 
     image = commands.add_parser("image", help="build, list and remove pristine images")
     image_commands = image.add_subparsers(dest="image_command", required=True, metavar="ACTION")

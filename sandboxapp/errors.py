@@ -29,7 +29,7 @@ class SandboxError(Exception):
         message: str,
         *,
         hint: str | None = None,
-        status: ExitStatus = ExitStatus.FAILURE,
+        status: int = ExitStatus.FAILURE,
         detail: str | None = None,
     ) -> None:
         super().__init__(message)

@@ -1,0 +1,98 @@
+"""Sound for a sandbox: a socket of its own on the user's PulseAudio server.
+
+`module-native-protocol-unix` with a socket path of ours gives the sandbox a socket that can be
+taken away: unloading the module closes it and removes the file. PipeWire's PulseAudio server
+cannot load that module; there the sandbox can only get the user's own socket (weaker: it cannot
+be revoked at exit), and the caller is told so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sandboxapp.errors import SandboxError
+
+MODULE = "module-native-protocol-unix"
+
+
+class SoundMode(enum.StrEnum):
+    OWN_SOCKET = "own-socket"  # a per-sandbox socket, unloaded at exit
+    SHARED_SOCKET = "shared-socket"  # the user's own socket (PipeWire): not revocable
+    NONE = "none"
+
+
+@dataclass(frozen=True)
+class SoundServerAddress:
+    """The user's sound server, as the user's own clients find it."""
+
+    socket: Path
+
+    @property
+    def server(self) -> str:
+        return f"unix:{self.socket}"
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str]) -> SoundServerAddress | None:
+        server = environ.get("PULSE_SERVER", "")
+        for word in server.split():
+            if word.startswith("unix:"):
+                return cls(Path(word.removeprefix("unix:")))
+            if word.startswith("/"):
+                return cls(Path(word))
+        if server:
+            return None  # a TCP server: nothing we could bind into a sandbox
+        runtime = environ.get("XDG_RUNTIME_DIR")
+        return cls(Path(runtime) / "pulse" / "native") if runtime else None
+
+
+@contextlib.contextmanager
+def _pulse(address: SoundServerAddress) -> Iterator[Any]:
+    import pulsectl
+
+    try:
+        pulse = pulsectl.Pulse("sandboxapp", server=address.server)
+    except pulsectl.PulseError as exc:
+        raise SandboxError(f"cannot reach the sound server at {address.socket}: {exc}") from None
+    try:
+        yield pulse
+    finally:
+        pulse.close()
+
+
+def load_socket_module(address: SoundServerAddress, socket: Path) -> int:
+    """Load a per-sandbox socket module; its index. Raises SandboxError when the server
+    cannot (PipeWire) or is not there."""
+    import pulsectl
+
+    with _pulse(address) as pulse:
+        try:
+            index = pulse.module_load(MODULE, f"socket={socket} auth-anonymous=1")
+        except pulsectl.PulseError as exc:
+            raise SandboxError(f"the sound server cannot load {MODULE}: {exc}") from None
+        return int(index)
+
+
+def unload_socket_module(address: SoundServerAddress, index: int, socket: Path) -> None:
+    """Unload our module, checking it is still ours (an index is reused after a restart)."""
+    with _pulse(address) as pulse:
+        for module in pulse.module_list():
+            if module.index == index and module.name == MODULE and f"socket={socket}" in (
+                module.argument or ""
+            ):
+                pulse.module_unload(index)
+                return
+
+
+def socket_modules(address: SoundServerAddress) -> list[tuple[int, str]]:
+    with _pulse(address) as pulse:
+        return [(m.index, m.argument or "") for m in pulse.module_list() if m.name == MODULE]
+
+
+def server_reachable(address: SoundServerAddress | None) -> bool:
+    return address is not None and address.socket.exists() and os.access(address.socket, os.W_OK)

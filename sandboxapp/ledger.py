@@ -1,0 +1,149 @@
+"""The on-disk record of what a running launch holds, for recovery after a crash.
+
+Each launch writes `$SANDBOXAPP_RUN_DIR/PROFILE.json`: the launcher's pid and start time and one
+entry per grant, layer and container, each written *before* the thing is made and dropped after
+it is undone. A launcher killed with SIGKILL cannot clean up; the next sandboxapp start finds its
+record, sees (psutil) that the launcher is gone, and undoes what the record still lists.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from sandboxapp.errors import ExitStatus, SandboxError
+
+RECORD_VERSION = 1
+
+
+def process_identity(pid: int | None = None) -> tuple[int, float]:
+    process = psutil.Process(pid)
+    return process.pid, process.create_time()
+
+
+def is_alive(pid: object, started: object) -> bool:
+    """The process pid exists and is the one that started at `started` (not a reused pid)."""
+    if not isinstance(pid, int) or not isinstance(started, (int, float)):
+        return False
+    try:
+        return abs(psutil.Process(pid).create_time() - float(started)) < 0.01
+    except psutil.Error:
+        return False
+
+
+@dataclass
+class Record:
+    path: Path
+    profile: str
+    pid: int
+    started: float
+    entries: list[dict[str, Any]] = field(default_factory=list)
+    next_id: int = 1
+
+    @property
+    def launcher_alive(self) -> bool:
+        return is_alive(self.pid, self.started)
+
+    def save(self) -> None:
+        data = {"version": RECORD_VERSION, "profile": self.profile, "pid": self.pid,
+                "started": self.started, "entries": self.entries, "next_id": self.next_id}
+        temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}")
+        with temporary.open("w", encoding="utf-8") as stream:
+            json.dump(data, stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, self.path)
+
+    def add(self, kind: str, **data: Any) -> dict[str, Any]:
+        entry = {"id": self.next_id, "kind": kind, **data}
+        self.next_id += 1
+        self.entries.append(entry)
+        self.save()
+        return entry
+
+    def update(self, entry: dict[str, Any], **data: Any) -> None:
+        entry.update(data)
+        self.save()
+
+    def drop(self, entry: dict[str, Any]) -> None:
+        self.entries = [e for e in self.entries if e["id"] != entry["id"]]
+        self.save()
+
+    def delete(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+    @classmethod
+    def load(cls, path: Path) -> Record | None:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            return cls(path, str(data["profile"]), int(data["pid"]), float(data["started"]),
+                       list(data["entries"]), int(data.get("next_id", 1)))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError):
+            # A record cut short by a crash during its first write holds nothing yet.
+            return cls(path, path.stem, 0, 0.0, [])
+
+
+class RunDir:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def ensure(self) -> None:
+        self.root.mkdir(mode=0o755, parents=True, exist_ok=True)
+
+    def record_path(self, profile: str) -> Path:
+        return self.root / f"{profile}.json"
+
+    def records(self) -> list[Record]:
+        if not self.root.is_dir():
+            return []
+        found = []
+        for path in sorted(self.root.glob("*.json")):
+            record = Record.load(path)
+            if record is not None:
+                found.append(record)
+        return found
+
+    def new_record(self, profile: str) -> Record:
+        pid, started = process_identity()
+        record = Record(self.record_path(profile), profile, pid, started)
+        record.save()
+        return record
+
+    @contextlib.contextmanager
+    def profile_lock(self, profile: str, *, wait: bool = False) -> Iterator[bool]:
+        """Hold the profile's lock; yields False (holding nothing) when another launcher has it
+        and wait is False. The kernel drops the lock when its holder dies, however it dies."""
+        self.ensure()
+        fd = os.open(self.root / f"{profile}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                yield False
+                return
+            yield True
+        finally:
+            os.close(fd)
+
+    def running_pid(self, profile: str) -> int | None:
+        record = Record.load(self.record_path(profile))
+        return record.pid if record is not None and record.launcher_alive else None
+
+    def already_running(self, profile: str) -> SandboxError:
+        pid = self.running_pid(profile)
+        return SandboxError(
+            f"{profile} is already running (pid {pid if pid else 'unknown'})",
+            hint="one instance per profile: use the running one, or stop it first",
+            status=ExitStatus.LAUNCHER,
+        )

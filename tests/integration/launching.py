@@ -1,0 +1,118 @@
+"""Helpers for launch tests: profile variants on the shared test image, and the real tools a
+user would look with (xhost, pactl)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.harness import SoundServer, XServer
+from tests.integration.conftest import REPO
+
+NAME = "sandboxapp-test"
+IMAGE_SECTION = '[image]\nsuite = "bookworm"\npackages = ["x11-utils", "pulseaudio-utils"]\n'
+
+
+def write_variant(directory: Path, command: Sequence[str], sandbox: str = "",
+                  name: str = NAME) -> Path:
+    """A profile on the test image with another command or [sandbox] section."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}.toml"
+    path.write_text(f"command = {json.dumps(list(command))}\n{IMAGE_SECTION}[sandbox]\n{sandbox}")
+    return path
+
+
+FULL_SANDBOX = 'x11 = true\npulseaudio = true\nnetwork = "none"\npersist = ["/root/data"]\n'
+
+
+@dataclass
+class Session:
+    """A desktop session's environment: display, sound server, data and run directories."""
+
+    tmp: Path
+    image_dir: Path
+    xserver: XServer | None = None
+    sound: SoundServer | None = None
+    sudo_uid: int | None = None
+
+    @property
+    def data_home(self) -> Path:
+        return self.tmp / "data"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.tmp / "run"
+
+    @property
+    def profiles(self) -> Path:
+        return self.tmp / "config" / "sandboxapp" / "profiles"
+
+    def persist_dir(self, container_path: str = "/root/data", name: str = NAME) -> Path:
+        return self.data_home / "sandboxapp" / name / container_path.lstrip("/")
+
+    def env(self) -> dict[str, str]:
+        env = {"PATH": os.environ["PATH"], "HOME": "/root",
+               "SANDBOXAPP_IMAGE_DIR": str(self.image_dir),
+               "SANDBOXAPP_RUN_DIR": str(self.run_dir),
+               "XDG_DATA_HOME": str(self.data_home),
+               "XDG_CONFIG_HOME": str(self.tmp / "config")}
+        if self.xserver is not None:
+            env.update(DISPLAY=self.xserver.display, XAUTHORITY=str(self.xserver.xauthority))
+        if self.sound is not None:
+            env["PULSE_SERVER"] = f"unix:{self.sound.socket}"
+        if self.sudo_uid is not None:
+            env.update(SUDO_UID=str(self.sudo_uid), SUDO_GID=str(self.sudo_uid))
+        return env
+
+    def sandboxapp(self, *args: str, env: dict[str, str] | None = None,
+                   timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "sandboxapp", *args],
+                              env=self.env() if env is None else env, cwd=REPO,
+                              capture_output=True, text=True, timeout=timeout, check=False)
+
+    def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return self.sandboxapp("run", *args, timeout=timeout)
+
+    def start(self, *args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen([sys.executable, "-m", "sandboxapp", "run", *args],
+                                env=self.env(), cwd=REPO, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+
+    def x_grants(self) -> list[str]:
+        assert self.xserver is not None
+        out = subprocess.run(["xhost"], env=self.xserver.client_env(), capture_output=True,
+                             text=True, check=True).stdout
+        return [line.strip() for line in out.splitlines()[1:] if line.strip()]
+
+    def socket_modules(self) -> list[str]:
+        assert self.sound is not None
+        out = subprocess.run(["pactl", "list", "short", "modules"],
+                             env=self.sound.client_env(), capture_output=True, text=True,
+                             check=True).stdout
+        return [line for line in out.splitlines() if "module-native-protocol-unix" in line]
+
+
+def wait_for_file(path: Path, process: subprocess.Popen[str] | None = None,
+                  timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"the launch ended early ({process.returncode}): "
+                                 f"{process.stderr.read() if process.stderr else ''}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {path}")
+        time.sleep(0.05)
+
+
+# A command for the container: do what `script` says, mark /root/data/ready, then wait until
+# the test creates /root/data/go.
+def waiting_command(script: str = "true") -> list[str]:
+    return ["/bin/sh", "-c",
+            f"{script} && touch /root/data/ready && "
+            "while [ ! -e /root/data/go ]; do sleep 0.05; done"]

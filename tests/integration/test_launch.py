@@ -1,0 +1,336 @@
+"""`sandboxapp run`: stateless launches with real nspawn, Xvfb and PulseAudio."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from sandboxapp.fsutil import mounts_under
+from tests.harness import SoundServer, XServer
+from tests.integration.launching import (
+    FULL_SANDBOX,
+    NAME,
+    Session,
+    wait_for_file,
+    waiting_command,
+    write_variant,
+)
+
+
+@pytest.fixture
+def session(tmp_path: Path, test_image_dir: Path, xserver: XServer,
+            soundserver: SoundServer) -> Session:
+    return Session(tmp_path, test_image_dir, xserver, soundserver)
+
+
+def image_uid(session: Session) -> int:
+    import json
+
+    meta = json.loads((session.image_dir / NAME / "image.json").read_text())
+    return int(meta["uid_base"])
+
+
+def assert_nothing_left(session: Session, grants_before: list[str],
+                        modules_before: list[str]) -> None:
+    assert session.x_grants() == grants_before
+    assert session.socket_modules() == modules_before
+    assert not (session.image_dir / ".layers" / NAME).exists()
+    assert mounts_under(session.image_dir) == []
+    assert not list(session.run_dir.glob("*.json"))
+    assert not (session.run_dir / "sound" / NAME).exists()
+
+
+def test_xdpyinfo_runs_in_the_sandbox(session: Session) -> None:
+    profile = write_variant(session.profiles, ["xdpyinfo"], FULL_SANDBOX)
+    result = session.run(str(profile))
+    assert result.returncode == 0, result.stderr
+    assert f"name of display:    {session.xserver.display}" in result.stdout  # type: ignore[union-attr]
+    assert "Attempted to remove" not in result.stderr
+
+
+def test_pactl_info_reaches_the_sound_server_through_its_own_socket(session: Session) -> None:
+    profile = write_variant(session.profiles, ["pactl", "info"], FULL_SANDBOX)
+    result = session.run(str(profile))
+    assert result.returncode == 0, result.stderr
+    assert "Server String: unix:/run/sandboxapp/pulse/native" in result.stdout
+    assert "Default Sink: sandboxapp_test_sink" in result.stdout
+
+
+def test_grants_exist_exactly_while_the_app_runs(session: Session) -> None:
+    grants_before = session.x_grants()
+    modules_before = session.socket_modules()
+    profile = write_variant(session.profiles, waiting_command("xdpyinfo >/dev/null"),
+                            FULL_SANDBOX)
+    launch = session.start(str(profile))
+    try:
+        wait_for_file(session.persist_dir() / "ready", launch)
+        uid = image_uid(session)
+        # Exactly one new host entry, the container's UID; exactly one new socket module.
+        assert session.x_grants() == [*grants_before, f"SI:localuser:#{uid}"]
+        new_modules = [m for m in session.socket_modules() if m not in modules_before]
+        assert len(new_modules) == 1
+        assert "auth-anonymous=1" in new_modules[0]
+        # Meanwhile a client with another UID (and no cookie) is still refused.
+        other = subprocess.run(
+            ["setpriv", "--reuid=4242", "--regid=4242", "--clear-groups", "xdpyinfo"],
+            env={"PATH": "/usr/bin:/bin", "DISPLAY": session.xserver.display},  # type: ignore[union-attr]
+            capture_output=True, text=True, check=False,
+        )
+        assert other.returncode != 0
+        assert "unable to open display" in other.stderr
+        (session.persist_dir() / "go").touch()
+        assert launch.wait(timeout=60) == 0, launch.stderr.read() if launch.stderr else ""
+    finally:
+        if launch.poll() is None:
+            launch.kill()
+            launch.wait()
+    assert_nothing_left(session, grants_before, modules_before)
+
+
+def test_another_profile_sandbox_is_not_admitted_by_this_grant(session: Session) -> None:
+    profile = write_variant(session.profiles, waiting_command(), FULL_SANDBOX)
+    launch = session.start(str(profile))
+    try:
+        wait_for_file(session.persist_dir() / "ready", launch)
+        uid = image_uid(session)
+        other_block = uid + 65536 if uid + 131072 < 0x7FFE0000 else uid - 65536
+        display = session.xserver.display  # type: ignore[union-attr]
+        number = display.lstrip(":")
+        # The same image in another UID block, as another profile's sandbox would be.
+        other = subprocess.run(
+            ["systemd-nspawn", "--quiet", "--register=no", "--keep-unit",
+             f"--directory={session.image_dir / NAME / 'rootfs'}", "--read-only",
+             f"--private-users={other_block}:65536", "--private-network",
+             f"--bind-ro=/tmp/.X11-unix/X{number}", f"--setenv=DISPLAY={display}",
+             "--console=pipe", "--as-pid2", "xdpyinfo"],
+            capture_output=True, text=True, timeout=60, check=False,
+        )
+        assert other.returncode != 0
+        assert "unable to open display" in other.stderr
+    finally:
+        (session.persist_dir() / "go").touch()
+        launch.wait(timeout=60)
+
+
+def test_only_persist_paths_survive_and_belong_to_the_launching_user(session: Session) -> None:
+    session.sudo_uid = 4321
+    profile = write_variant(
+        session.profiles,
+        ["/bin/sh", "-c", "echo kept > /root/data/kept; echo gone > /root/gone; "
+                          "mkdir -p /root/data/sub && touch /root/data/sub/file"],
+        FULL_SANDBOX,
+    )
+    first = session.run(str(profile))
+    assert first.returncode == 0, first.stderr
+    kept = session.persist_dir() / "kept"
+    assert kept.read_text() == "kept\n"
+    for path in (kept, session.persist_dir(), session.persist_dir() / "sub" / "file",
+                 session.data_home / "sandboxapp" / NAME):
+        assert (path.stat().st_uid, path.stat().st_gid) == (4321, 4321), path
+
+    check = write_variant(
+        session.profiles,
+        ["/bin/sh", "-c", "cat /root/data/kept; test ! -e /root/gone && echo clean"],
+        FULL_SANDBOX,
+    )
+    second = session.run(str(check))
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.splitlines() == ["kept", "clean"]
+
+
+@pytest.mark.parametrize(
+    ("command", "status", "message"),
+    [
+        (["/bin/sh", "-c", "exit 7"], 7, None),
+        (["no-such-program"], 127, "no-such-program: command not found in the image"),
+        (["/etc/passwd"], 126, "not executable"),
+    ],
+    ids=["exit-7", "missing-127", "not-executable-126"],
+)
+def test_exit_status_is_the_apps(session: Session, command: list[str], status: int,
+                                 message: str | None) -> None:
+    profile = write_variant(session.profiles, command, FULL_SANDBOX)
+    result = session.run(str(profile))
+    assert result.returncode == status, result.stderr
+    if message:
+        assert message in result.stderr
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT],
+                         ids=["SIGTERM", "SIGHUP", "SIGINT"])
+def test_signals_to_the_launcher_stop_the_app_gracefully_and_revoke(
+    session: Session, signum: signal.Signals
+) -> None:
+    grants_before = session.x_grants()
+    modules_before = session.socket_modules()
+    profile = write_variant(
+        session.profiles,
+        ["/bin/sh", "-c", "trap 'echo saved > /root/data/saved; exit 0' TERM HUP; "
+                          "touch /root/data/ready; while true; do sleep 0.1; done"],
+        FULL_SANDBOX,
+    )
+    launch = session.start(str(profile))
+    wait_for_file(session.persist_dir() / "ready", launch)
+    launch.send_signal(signum)
+    assert launch.wait(timeout=60) == 128 + signum
+    assert (session.persist_dir() / "saved").read_text() == "saved\n"
+    assert_nothing_left(session, grants_before, modules_before)
+
+
+def test_sigkill_of_the_launcher_is_cleaned_up_by_the_next_run(session: Session) -> None:
+    grants_before = session.x_grants()
+    modules_before = session.socket_modules()
+    profile = write_variant(session.profiles, waiting_command(), FULL_SANDBOX)
+    launch = session.start(str(profile))
+    wait_for_file(session.persist_dir() / "ready", launch)
+    uid = image_uid(session)
+    launch.kill()
+    launch.wait()
+    # The container died with its launcher (nothing runs in the layer any more) ...
+    layer = session.image_dir / ".layers" / NAME / "merged"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and _processes_rooted_in(layer):
+        time.sleep(0.1)
+    assert _processes_rooted_in(layer) == []
+    # ... but its grant, socket and layer are still there: SIGKILL runs no cleanup.
+    assert f"SI:localuser:#{uid}" in session.x_grants()
+    assert len(session.socket_modules()) == len(modules_before) + 1
+    assert layer.exists()
+
+    profile = write_variant(session.profiles, ["xdpyinfo", "-version"], FULL_SANDBOX)
+    again = session.run(str(profile))
+    assert again.returncode == 0, again.stderr
+    assert "cleaned up after sandboxapp-test" in again.stderr
+    assert_nothing_left(session, grants_before, modules_before)
+
+
+def _processes_rooted_in(tree: Path) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                root = Path(os.readlink(f"/proc/{entry}/root"))
+            except OSError:
+                continue
+            if root == tree or tree in root.parents:
+                found.append(int(entry))
+    return found
+
+
+def test_cleanup_command_undoes_a_killed_launch(session: Session) -> None:
+    grants_before = session.x_grants()
+    modules_before = session.socket_modules()
+    profile = write_variant(session.profiles, waiting_command(), FULL_SANDBOX)
+    launch = session.start(str(profile))
+    wait_for_file(session.persist_dir() / "ready", launch)
+    launch.kill()
+    launch.wait()
+    time.sleep(0.5)
+    result = session.sandboxapp("cleanup")
+    assert result.returncode == 0, result.stderr
+    assert "cleaned up after sandboxapp-test" in result.stdout
+    assert_nothing_left(session, grants_before, modules_before)
+
+
+def test_a_second_run_of_a_running_profile_is_refused(session: Session) -> None:
+    profile = write_variant(session.profiles, waiting_command(), FULL_SANDBOX)
+    launch = session.start(str(profile))
+    try:
+        wait_for_file(session.persist_dir() / "ready", launch)
+        second = session.run(str(profile))
+        assert second.returncode == 125
+        assert f"already running (pid {launch.pid})" in second.stderr
+    finally:
+        (session.persist_dir() / "go").touch()
+        assert launch.wait(timeout=60) == 0
+
+
+def test_nspawn_failing_to_start_still_revokes_everything(session: Session) -> None:
+    grants_before = session.x_grants()
+    modules_before = session.socket_modules()
+    # /etc/hostname is a file in the image: nspawn cannot mount a directory on it.
+    profile = write_variant(session.profiles, ["xdpyinfo"],
+                            'x11 = true\npulseaudio = true\npersist = ["/etc/hostname"]\n')
+    result = session.run(str(profile))
+    assert result.returncode != 0
+    assert "hostname" in result.stderr
+    assert_nothing_left(session, grants_before, modules_before)
+
+
+def test_network_none_has_loopback_only_and_host_shares_the_network(session: Session) -> None:
+    none = write_variant(session.profiles, ["ls", "/sys/class/net"], 'network = "none"\n')
+    result = session.run(str(none))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["lo"]
+    host = write_variant(session.profiles, ["ls", "/sys/class/net"], 'network = "host"\n')
+    result = session.run(str(host))
+    assert result.returncode == 0, result.stderr
+    assert sorted(result.stdout.split()) == sorted(os.listdir("/sys/class/net"))
+
+
+def test_without_x11_there_is_no_socket_and_no_grant(session: Session) -> None:
+    grants_before = session.x_grants()
+    profile = write_variant(session.profiles,
+                            ["/bin/sh", "-c", "ls -A /tmp; echo DISPLAY=${DISPLAY:-unset}"],
+                            "x11 = false\n")
+    result = session.run(str(profile))
+    assert result.returncode == 0, result.stderr
+    assert "DISPLAY=unset" in result.stdout
+    assert ".X11-unix" not in result.stdout
+    assert session.x_grants() == grants_before
+
+
+def test_the_display_socket_alone_is_bound_read_only(session: Session) -> None:
+    profile = write_variant(
+        session.profiles,
+        ["/bin/sh", "-c", "ls -A /tmp/.X11-unix; grep ' /tmp/.X11-unix/' /proc/self/mountinfo"],
+        'x11 = true\n',
+    )
+    result = session.run(str(profile))
+    assert result.returncode == 0, result.stderr
+    number = session.xserver.display.lstrip(":")  # type: ignore[union-attr]
+    assert result.stdout.splitlines()[0] == f"X{number}"
+    assert " ro," in result.stdout.splitlines()[1] or " ro " in result.stdout.splitlines()[1]
+
+
+def test_display_problems_are_launcher_errors(session: Session) -> None:
+    profile = write_variant(session.profiles, ["xdpyinfo"], "x11 = true\n")
+    env_without_display = session.env()
+    del env_without_display["DISPLAY"]
+    result = session.sandboxapp("run", str(profile), env=env_without_display)
+    assert result.returncode == 125
+    assert "DISPLAY is not set" in result.stderr
+    gone = session.env()
+    gone["DISPLAY"] = ":987"
+    result = session.sandboxapp("run", str(profile), env=gone)
+    assert result.returncode == 125
+    assert "no socket at /tmp/.X11-unix/X987" in result.stderr
+
+
+def test_a_grant_the_user_made_is_left_in_place(session: Session) -> None:
+    uid = image_uid(session)
+    subprocess.run(["xhost", f"+si:localuser:#{uid}"], env=session.xserver.client_env(),  # type: ignore[union-attr]
+                   check=True, capture_output=True)
+    profile = write_variant(session.profiles, ["xdpyinfo", "-version"], "x11 = true\n")
+    result = session.run(str(profile))
+    assert result.returncode == 0, result.stderr
+    assert f"SI:localuser:#{uid}" in session.x_grants()
+
+
+def test_dry_run_prints_the_command_and_changes_nothing(session: Session) -> None:
+    profile = write_variant(session.profiles, ["xdpyinfo"], FULL_SANDBOX)
+    grants_before = session.x_grants()
+    result = session.run("--dry-run", str(profile))
+    assert result.returncode == 0, result.stderr
+    uid = image_uid(session)
+    assert f"--private-users={uid}:65536" in result.stdout
+    assert f"grant localuser:#{uid}" in result.stdout
+    assert "command:  systemd-nspawn" in result.stdout
+    assert session.x_grants() == grants_before
+    assert not session.run_dir.exists()
+    assert not session.data_home.exists()
