@@ -179,3 +179,50 @@ def peak_level(raw_s16le: bytes) -> int:
     samples = array.array("h")
     samples.frombytes(raw_s16le[: len(raw_s16le) // 2 * 2])
     return max((abs(s) for s in samples), default=0)
+
+
+def screenshot(server: XServer, path: Path) -> tuple[int, int, int]:
+    """Save the whole screen as a PNG; (width, height, number of distinct colours)."""
+    import struct
+    import zlib
+
+    from Xlib import X
+    from Xlib.display import Display
+
+    saved = os.environ.get("XAUTHORITY")
+    os.environ["XAUTHORITY"] = str(server.xauthority)
+    try:
+        display = Display(server.display)
+    finally:
+        if saved is None:
+            del os.environ["XAUTHORITY"]
+        else:
+            os.environ["XAUTHORITY"] = saved
+    try:
+        root = display.screen().root
+        geometry = root.get_geometry()
+        width, height = geometry.width, geometry.height
+        raw = root.get_image(0, 0, width, height, X.ZPixmap, 0xFFFFFFFF).data
+    finally:
+        display.close()
+    rows = []
+    colours: set[bytes] = set()
+    for y in range(height):
+        line = raw[y * width * 4:(y + 1) * width * 4]
+        # ZPixmap at depth 24 is BGRX; PNG wants RGB.
+        rgb = bytearray(width * 3)
+        rgb[0::3], rgb[1::3], rgb[2::3] = line[2::4], line[1::4], line[0::4]
+        if y % 8 == 0:
+            colours.update(bytes(rgb[i:i + 3]) for i in range(0, len(rgb), 24))
+        rows.append(b"\0" + bytes(rgb))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    png = (b"\x89PNG\r\n\x1a\n"
+           + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+           + chunk(b"IDAT", zlib.compress(b"".join(rows), 6))
+           + chunk(b"IEND", b""))
+    path.write_bytes(png)
+    return width, height, len(colours)

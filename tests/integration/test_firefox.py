@@ -1,0 +1,148 @@
+"""The shipped Firefox profile, built for real, on a desktop-like X server (opt-in: slow)."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import os
+import sqlite3
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sandboxapp.image import ImageStore, spec_digest
+from sandboxapp.paths import SHIPPED_PROFILE_DIR
+from sandboxapp.profile import load_profile_file
+from tests.harness import SoundServer, XServer, require_programs, screenshot
+from tests.integration.conftest import TEST_IMAGE_DIR, sandboxapp
+from tests.integration.launching import Session
+
+ARTIFACTS = Path(os.environ.get("SANDBOXAPP_TEST_ARTIFACTS", "/tmp/sandboxapp-test-artifacts"))
+TITLE = "sandboxapp bookmark test"
+
+
+@pytest.fixture(scope="session")
+def firefox_image_dir() -> Path:
+    profile = load_profile_file(SHIPPED_PROFILE_DIR / "firefox.toml", "shipped")
+    image = ImageStore(TEST_IMAGE_DIR).get("firefox")
+    if image is None or image.meta.spec_digest != spec_digest(profile.image):
+        result = sandboxapp("image", "build", "--force", "firefox",
+                            env={"SANDBOXAPP_IMAGE_DIR": str(TEST_IMAGE_DIR)}, timeout=1800)
+        assert result.returncode == 0, result.stderr
+    return TEST_IMAGE_DIR
+
+
+@pytest.fixture
+def web_page(tmp_path: Path) -> Iterator[str]:
+    """A page served on the host's loopback (the firefox profile shares the host's network)."""
+    www = tmp_path / "www"
+    www.mkdir()
+    (www / "index.html").write_text(
+        f"<html><head><title>{TITLE}</title></head>"
+        "<body><h1>Hello from the host</h1><p>served to a sandboxed Firefox</p></body></html>"
+    )
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(www))
+    handler.log_message = lambda *args: None  # type: ignore[method-assign]
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/index.html"
+    finally:
+        server.shutdown()
+
+
+def xdotool(server: XServer, *args: str) -> str:
+    return subprocess.run(["xdotool", *args], env=server.client_env(), capture_output=True,
+                          text=True, check=False).stdout
+
+
+def wait_for_window(server: XServer, name: str, launch: subprocess.Popen[str]) -> str:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        found = xdotool(server, "search", "--onlyvisible", "--name", name).split()
+        if found:
+            return found[-1]
+        assert launch.poll() is None, launch.stderr.read() if launch.stderr else ""
+        time.sleep(0.5)
+    raise AssertionError(f"no window named {name!r} appeared")
+
+
+def firefox_profile(session: Session) -> Path:
+    root = session.persist_dir("/root/.config/mozilla", name="firefox") / "firefox"
+    profiles = sorted(root.glob("*.default-esr"))
+    assert len(profiles) == 1, profiles
+    return profiles[0]
+
+
+def read_only(path: Path) -> sqlite3.Connection:
+    return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+
+
+def bookmarks(profile: Path) -> list[tuple[str, str]]:
+    with read_only(profile / "places.sqlite") as db:
+        return db.execute("SELECT b.title, p.url FROM moz_bookmarks b "
+                          "JOIN moz_places p ON b.fk = p.id").fetchall()
+
+
+def zoom_for(profile: Path, site: str) -> float | None:
+    with read_only(profile / "content-prefs.sqlite") as db:
+        row = db.execute(
+            "SELECT p.value FROM prefs p JOIN groups g ON p.groupID = g.id "
+            "JOIN settings s ON p.settingID = s.id "
+            "WHERE g.name = ? AND s.name = 'browser.content.full-zoom'", (site,)).fetchone()
+    return float(row[0]) if row else None
+
+
+@pytest.mark.slow
+def test_firefox_shows_its_window_and_keeps_bookmarks_and_settings(
+    tmp_path: Path, firefox_image_dir: Path, xserver: XServer, soundserver: SoundServer,
+    web_page: str,
+) -> None:
+    require_programs("xdotool")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    session = Session(tmp_path, firefox_image_dir, xserver, soundserver, sudo_uid=4321)
+
+    # First run: the page shows; the user bookmarks it (Ctrl+D, Enter) and zooms in twice.
+    first = session.start("firefox", "--", web_page)
+    window = wait_for_window(xserver, TITLE, first)
+    time.sleep(3)
+    width, height, colours = screenshot(xserver, ARTIFACTS / "firefox-first-run.png")
+    assert colours > 20, "the screen is blank"
+    geometry = xdotool(xserver, "getwindowgeometry", window)
+    assert "Geometry" in geometry
+    xdotool(xserver, "mousemove", str(width // 3), str(height // 3))
+    time.sleep(0.5)
+    xdotool(xserver, "key", "--clearmodifiers", "ctrl+d")
+    time.sleep(2)
+    xdotool(xserver, "key", "Return")
+    time.sleep(1)
+    xdotool(xserver, "key", "ctrl+plus")
+    time.sleep(1)
+    xdotool(xserver, "key", "ctrl+plus")
+    time.sleep(2)
+    screenshot(xserver, ARTIFACTS / "firefox-bookmarked.png")
+    first.terminate()  # the launcher stops Firefox gracefully
+    assert first.wait(timeout=60) == 143
+
+    profile = firefox_profile(session)
+    assert profile.stat().st_uid == 4321  # the desktop user's own files
+    assert (TITLE, web_page) in bookmarks(profile)
+    assert zoom_for(profile, "127.0.0.1") == pytest.approx(1.2)
+
+    # Second run, from the pristine image again: the same profile, bookmark and zoom are there.
+    second = session.start("firefox", "--", web_page)
+    wait_for_window(xserver, TITLE, second)
+    time.sleep(3)
+    _, _, colours = screenshot(xserver, ARTIFACTS / "firefox-second-run.png")
+    assert colours > 20
+    second.terminate()
+    assert second.wait(timeout=60) == 143
+    assert firefox_profile(session) == profile
+    assert (TITLE, web_page) in bookmarks(profile)
+    assert zoom_for(profile, "127.0.0.1") == pytest.approx(1.2)
+    assert not (session.image_dir / ".layers" / "firefox").exists()
