@@ -334,3 +334,43 @@ def test_dry_run_prints_the_command_and_changes_nothing(session: Session) -> Non
     assert session.x_grants() == grants_before
     assert not session.run_dir.exists()
     assert not session.data_home.exists()
+
+
+def test_an_app_that_crashes_is_cleaned_up_after(session: Session) -> None:
+    grants_before = session.x_grants()
+    modules_before = session.socket_modules()
+    profile = write_variant(session.profiles, ["/bin/sh", "-c", "kill -SEGV $$"], FULL_SANDBOX)
+    result = session.run(str(profile))
+    assert result.returncode not in (0, 125)
+    assert_nothing_left(session, grants_before, modules_before)
+
+
+def test_without_a_sound_server_the_app_runs_silently_and_is_told(session: Session) -> None:
+    profile = write_variant(session.profiles,
+                            ["/bin/sh", "-c", "echo PULSE_SERVER=${PULSE_SERVER:-unset}"],
+                            FULL_SANDBOX)
+    env = session.env()
+    env["PULSE_SERVER"] = f"unix:{session.tmp}/no-such-server/native"
+    result = session.sandboxapp("run", str(profile), env=env)
+    assert result.returncode == 0, result.stderr
+    assert "PULSE_SERVER=unset" in result.stdout
+    assert "warning: no PulseAudio or PipeWire server found: running without sound" in (
+        result.stderr
+    )
+
+
+def test_the_sandbox_plays_sound_through_its_own_socket(session: Session) -> None:
+    from tests.harness import peak_level, recording
+
+    profile = write_variant(
+        session.profiles,
+        ["/bin/sh", "-c", "head -c 88200 /dev/urandom | pacat --format=s16le --rate=44100 "
+                          "--channels=1 --latency-msec=50"],
+        FULL_SANDBOX,
+    )
+    capture = session.tmp / "capture.raw"
+    assert session.sound is not None
+    with recording(session.sound, capture):
+        result = session.run(str(profile))
+    assert result.returncode == 0, result.stderr
+    assert peak_level(capture.read_bytes()) > 5000
