@@ -16,14 +16,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Protocol
 
-import psutil
-
 from sandboxapp.command import program_exists, run
 from sandboxapp.debian import KEYRING, mirror_from_sources, security_mirror, sources_list
 from sandboxapp.errors import SandboxError
 from sandboxapp.fsutil import exchange, fsync_dir, remove_tree, tree_size
 from sandboxapp.hostfacts import host_facts
 from sandboxapp.image import BUILD_MARKER, META_FILE, Image, ImageMeta, ImageStore, spec_digest
+from sandboxapp.ledger import is_alive, process_identity
 from sandboxapp.nspawn import maintenance_argv, shift_ownership_argv
 from sandboxapp.profile import Profile
 from sandboxapp.uidrange import UidRange, allocate
@@ -64,13 +63,7 @@ def check_build_tools() -> None:
 
 
 def _builder_alive(marker: dict[str, object]) -> bool:
-    pid, started = marker.get("pid"), marker.get("started")
-    if not isinstance(pid, int) or not isinstance(started, (int, float)):
-        return False
-    try:
-        return abs(psutil.Process(pid).create_time() - started) < 0.01
-    except psutil.Error:
-        return False
+    return is_alive(marker.get("pid"), marker.get("started"))
 
 
 def clean_debris(store: ImageStore, progress: Progress) -> None:
@@ -212,8 +205,8 @@ def build_image(
             ids = existing.meta.uid_range if existing else allocate(name, _taken_bases(store, name))
             staging = Path(tempfile.mkdtemp(prefix=f".build-{name}-", dir=store.root))
             staging.chmod(0o700)
-            marker = {"pid": os.getpid(), "started": psutil.Process().create_time(),
-                      "profile": name, "uid_base": ids.base}
+            pid, started = process_identity()
+            marker = {"pid": pid, "started": started, "profile": name, "uid_base": ids.base}
             (staging / BUILD_MARKER).write_text(json.dumps(marker))
         try:
             with store.log_path(name).open("w", encoding="utf-8") as log:

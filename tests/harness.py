@@ -40,6 +40,15 @@ def _wait_for(predicate: object, timeout: float, what: str) -> None:
     raise HarnessError(f"timed out after {timeout}s waiting for {what}")
 
 
+def stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 @dataclass
 class XServer:
     display: str  # ":N"
@@ -81,12 +90,7 @@ def x_server(workdir: Path) -> Iterator[XServer]:
         _wait_for(lambda: Path(f"/tmp/.X11-unix/X{number}").exists(), 10, "the X socket")
         yield XServer(f":{number}", number, client_auth, process)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
 
 
 @dataclass
@@ -130,12 +134,7 @@ def sound_server(workdir: Path) -> Iterator[SoundServer]:
             time.sleep(0.1)
         yield server
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
 
 
 def write_tone(path: Path, seconds: float = 1.0, rate: int = 44100) -> None:

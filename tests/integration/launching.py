@@ -3,12 +3,13 @@ user would look with (xhost, pactl)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,6 +84,21 @@ class Session:
         return subprocess.Popen([sys.executable, "-m", "sandboxapp", "run", *args],
                                 env=self.env(), cwd=REPO, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
+
+    @contextlib.contextmanager
+    def running(self, profile: Path) -> Iterator[subprocess.Popen[str]]:
+        """A launch of a waiting_command() profile, from its ready mark until the test lets it
+        finish (it must then exit 0)."""
+        launch = self.start(str(profile))
+        try:
+            wait_for_file(self.persist_dir() / "ready", launch)
+            yield launch
+            (self.persist_dir() / "go").touch()
+            assert launch.wait(timeout=60) == 0, launch.stderr.read() if launch.stderr else ""
+        finally:
+            if launch.poll() is None:
+                launch.kill()
+                launch.wait()
 
     def x_grants(self) -> list[str]:
         assert self.xserver is not None

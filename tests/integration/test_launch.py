@@ -66,9 +66,7 @@ def test_grants_exist_exactly_while_the_app_runs(session: Session) -> None:
     modules_before = session.socket_modules()
     profile = write_variant(session.profiles, waiting_command("xdpyinfo >/dev/null"),
                             FULL_SANDBOX)
-    launch = session.start(str(profile))
-    try:
-        wait_for_file(session.persist_dir() / "ready", launch)
+    with session.running(profile):
         uid = image_uid(session)
         # Exactly one new host entry, the container's UID; exactly one new socket module.
         assert session.x_grants() == [*grants_before, f"SI:localuser:#{uid}"]
@@ -83,20 +81,12 @@ def test_grants_exist_exactly_while_the_app_runs(session: Session) -> None:
         )
         assert other.returncode != 0
         assert "unable to open display" in other.stderr
-        (session.persist_dir() / "go").touch()
-        assert launch.wait(timeout=60) == 0, launch.stderr.read() if launch.stderr else ""
-    finally:
-        if launch.poll() is None:
-            launch.kill()
-            launch.wait()
     assert_nothing_left(session, grants_before, modules_before)
 
 
 def test_another_profile_sandbox_is_not_admitted_by_this_grant(session: Session) -> None:
     profile = write_variant(session.profiles, waiting_command(), FULL_SANDBOX)
-    launch = session.start(str(profile))
-    try:
-        wait_for_file(session.persist_dir() / "ready", launch)
+    with session.running(profile):
         uid = image_uid(session)
         other_block = uid + 65536 if uid + 131072 < 0x7FFE0000 else uid - 65536
         display = session.xserver.display  # type: ignore[union-attr]
@@ -112,9 +102,6 @@ def test_another_profile_sandbox_is_not_admitted_by_this_grant(session: Session)
         )
         assert other.returncode != 0
         assert "unable to open display" in other.stderr
-    finally:
-        (session.persist_dir() / "go").touch()
-        launch.wait(timeout=60)
 
 
 def test_only_persist_paths_survive_and_belong_to_the_launching_user(session: Session) -> None:
@@ -239,15 +226,10 @@ def test_cleanup_command_undoes_a_killed_launch(session: Session) -> None:
 
 def test_a_second_run_of_a_running_profile_is_refused(session: Session) -> None:
     profile = write_variant(session.profiles, waiting_command(), FULL_SANDBOX)
-    launch = session.start(str(profile))
-    try:
-        wait_for_file(session.persist_dir() / "ready", launch)
+    with session.running(profile) as launch:
         second = session.run(str(profile))
         assert second.returncode == 125
         assert f"already running (pid {launch.pid})" in second.stderr
-    finally:
-        (session.persist_dir() / "go").touch()
-        assert launch.wait(timeout=60) == 0
 
 
 def test_nspawn_failing_to_start_still_revokes_everything(session: Session) -> None:
