@@ -98,6 +98,10 @@ def remove_tree(path: Path, *, marker: str) -> None:
         )
     for mount_point in mounts_under(path):
         run(["umount", "--lazy", "--", str(mount_point)], what=f"detaching {mount_point}")
+    # A bind mount of the user's files is on the same device as the tree, so rm's
+    # --one-file-system would not stop at it: nothing may be mounted below by now.
+    if mounts_under(path):
+        raise SandboxError(f"refusing to delete {path}: something is still mounted below it")
     # The marker goes last, so that a deletion cut short can be recognised and finished later.
     children = [str(child) for child in path.iterdir() if child.name != marker]
     if children:

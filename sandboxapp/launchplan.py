@@ -100,21 +100,32 @@ def launch_spec(
     *,
     sound_socket: Path | None,
     sound_conf: Path | None,
+    staged: Mapping[Path, Path] | None = None,
 ) -> LaunchSpec:
-    """The nspawn launch for a plan, once the layer and the sound socket exist."""
+    """The nspawn launch for a plan, once the layer and the sound socket exist.
+
+    staged: host paths replaced by the place where the launcher has already bind-mounted the
+    very file it checked (so nspawn never resolves a path the user could swap meanwhile).
+    """
     if plan.image is None:
         raise SandboxError(f"the image for {plan.profile.name!r} is not built")
+    staged = staged or {}
+
+    def source(path: Path) -> Path:
+        return staged.get(path, path)
+
     binds: list[Bind] = [
-        Bind(p.host, str(p.container), read_only=False, root_idmap=True) for p in plan.persist
+        Bind(source(p.host), str(p.container), read_only=False, root_idmap=True)
+        for p in plan.persist
     ]
-    binds += [Bind(Path(b.host), str(b.container)) for b in plan.profile.sandbox.bind_ro]
+    binds += [Bind(source(Path(b.host)), str(b.container)) for b in plan.profile.sandbox.bind_ro]
     if plan.display is not None:
         # Only the display's own socket, read-only: not the whole socket directory.
-        binds.append(Bind(plan.display.socket, str(plan.display.socket)))
+        binds.append(Bind(source(plan.display.socket), str(plan.display.socket)))
     sound = sound_socket is not None and sound_conf is not None
     if sound_socket is not None and sound_conf is not None:
-        binds.append(Bind(sound_socket, str(PULSE_SOCKET)))
-        binds.append(Bind(sound_conf, str(PULSE_CLIENT_CONF)))
+        binds.append(Bind(source(sound_socket), str(PULSE_SOCKET)))
+        binds.append(Bind(source(sound_conf), str(PULSE_CLIENT_CONF)))
     return LaunchSpec(
         rootfs=rootfs,
         machine=plan.machine,

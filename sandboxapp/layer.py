@@ -13,6 +13,7 @@ import ctypes.util
 import json
 import os
 import signal
+import stat
 from pathlib import Path
 
 import psutil
@@ -41,6 +42,25 @@ def _mount_overlay(lower: Path, upper: Path, work: Path, target: Path, volatile:
         code = ctypes.get_errno()
         raise SandboxError(f"cannot mount the writable layer on {target}: {os.strerror(code)}",
                            status=ExitStatus.LAUNCHER)
+
+
+MS_BIND = 4096
+
+
+def stage_bind(fd: int, target: Path) -> None:
+    """Bind-mount the file or directory open as fd (O_PATH) on target, which is created.
+
+    The mount goes through /proc/self/fd, so it is the very inode that was checked, whatever
+    has happened to its path since."""
+    if stat.S_ISDIR(os.fstat(fd).st_mode):
+        target.mkdir(mode=0o700)
+    else:
+        os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+    source = f"/proc/self/fd/{fd}".encode()
+    if _libc().mount(source, os.fsencode(target), None, MS_BIND, None) != 0:
+        code = ctypes.get_errno()
+        raise SandboxError(f"cannot stage {os.readlink(source.decode())} for the sandbox: "
+                           f"{os.strerror(code)}", status=ExitStatus.LAUNCHER)
 
 
 def _unmount(target: Path) -> None:

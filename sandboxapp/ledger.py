@@ -12,6 +12,7 @@ import contextlib
 import fcntl
 import json
 import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,7 +100,17 @@ class RunDir:
         self.root = root
 
     def ensure(self) -> None:
-        self.root.mkdir(mode=0o755, parents=True, exist_ok=True)
+        self.root.mkdir(mode=0o700 if os.geteuid() else 0o755, parents=True, exist_ok=True)
+        # Records say what to undo: only a directory of our own, that nobody else can write,
+        # may hold them.
+        st = os.lstat(self.root)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+            raise SandboxError(
+                f"refusing to keep launch records in {self.root}: it is not a directory of "
+                "yours that only you can write",
+                hint="remove it, or set SANDBOXAPP_RUN_DIR",
+                status=ExitStatus.LAUNCHER,
+            )
 
     def record_path(self, profile: str) -> Path:
         return self.root / f"{profile}.json"

@@ -9,6 +9,12 @@ from pathlib import Path
 DEFAULT_IMAGE_DIR = Path("/var/lib/sandboxapp/images")
 DEFAULT_RUN_DIR = Path("/run/sandboxapp")
 SYSTEM_PROFILE_DIR = Path("/etc/sandboxapp/profiles")
+# What `sandboxapp setup` installs for desktop users.
+SANDBOXAPP_GROUP = "sandboxapp"
+HELPER_PATH = "/usr/local/libexec/sandboxapp-privileged"
+INSTALLED_LIB = Path("/usr/local/lib/sandboxapp")
+USER_COMMAND = Path("/usr/local/bin/sandboxapp")
+SUDOERS_FILE = Path("/etc/sudoers.d/sandboxapp")
 # The profiles that come with sandboxapp live beside the package in the source tree.
 SHIPPED_PROFILE_DIR = Path(__file__).resolve().parent.parent / "profiles"
 
@@ -17,6 +23,17 @@ def _env_path(name: str, default: Path) -> Path:
     value = os.environ.get(name, "")
     # Relative values are ignored, as the XDG base directory spec asks.
     return Path(value) if value.startswith("/") else default
+
+
+def default_run_dir() -> Path:
+    """Root's launch records live in /run/sandboxapp; a desktop user's in their runtime
+    directory (the root side of their launches still keeps its own in /run/sandboxapp)."""
+    if os.geteuid() == 0:
+        return DEFAULT_RUN_DIR
+    runtime = os.environ.get("XDG_RUNTIME_DIR", "")
+    if runtime.startswith("/"):
+        return Path(runtime) / "sandboxapp"
+    return Path(f"/tmp/sandboxapp-{os.getuid()}")
 
 
 def home() -> Path:
@@ -36,7 +53,7 @@ class Locations:
     def from_environment(cls) -> Locations:
         return cls(
             image_dir=_env_path("SANDBOXAPP_IMAGE_DIR", DEFAULT_IMAGE_DIR),
-            run_dir=_env_path("SANDBOXAPP_RUN_DIR", DEFAULT_RUN_DIR),
+            run_dir=_env_path("SANDBOXAPP_RUN_DIR", default_run_dir()),
             config_home=_env_path("XDG_CONFIG_HOME", home() / ".config"),
             data_home=_env_path("XDG_DATA_HOME", home() / ".local" / "share"),
         )

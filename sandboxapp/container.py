@@ -1,0 +1,149 @@
+"""The root side of a launch: the writable layer, the checked binds, systemd-nspawn.
+
+Used in-process when sandboxapp runs as root, and by the privileged helper when a desktop user
+launches. Every host path the user controls (persistent directories, read-only binds, the sound
+socket) is opened without following symlinks, its owner checked on the descriptor, and that
+very inode bind-mounted into a staging directory in the layer; nspawn only sees staged paths.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import stat
+import subprocess
+import threading
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from sandboxapp.command import base_env
+from sandboxapp.errors import ExitStatus, SandboxError
+from sandboxapp.hostfacts import host_facts
+from sandboxapp.launchplan import LaunchPlan, launch_spec
+from sandboxapp.layer import create_layer, stage_bind
+from sandboxapp.ledger import process_identity
+from sandboxapp.nspawn import NOISE_PREFIX, launch_argv
+from sandboxapp.safepath import DesktopUser, open_user_path
+from sandboxapp.supervisor import Supervisor
+
+# The stub init nspawn runs as PID 1 turns this into SIGTERM for the app: a graceful stop.
+GRACEFUL_KILL_SIGNAL = "SIGRTMIN+3"
+FILE_TYPE_NAMES = {stat.S_IFDIR: "directory", stat.S_IFSOCK: "socket", stat.S_IFREG: "file"}
+NSPAWN_NOISE = (NOISE_PREFIX, "Trying to halt container. Send SIGTERM again")
+
+
+@dataclass(frozen=True)
+class SoundPaths:
+    """The sound socket and client configuration on the host, to bind into the container."""
+
+    socket: Path
+    conf: Path
+
+
+@dataclass(frozen=True)
+class ContainerRequest:
+    plan: LaunchPlan
+    user: DesktopUser
+    trusted_profile: bool  # from a root-owned profile directory
+    sound: SoundPaths | None
+
+
+class ContainerSide:
+    def __init__(self, supervisor: Supervisor, request: ContainerRequest, stderr: IO[str],
+                 control_fd: int | None = None) -> None:
+        self.supervisor = supervisor
+        self.request = request
+        self.stderr = stderr
+        self.control_fd = control_fd
+
+    def _layer(self, stack: ExitStack) -> Path:
+        plan = self.request.plan
+        assert plan.image is not None
+        self.supervisor.add(stack, "layer", path=str(plan.layer_root))
+        return create_layer(plan.layer_root, plan.image.rootfs,
+                            keep=not plan.profile.sandbox.stateless)
+
+    def _checked_paths(self) -> list[tuple[Path, bool, str, int | None]]:
+        """(host path, trusted, what, required file type) for every host path the container
+        will see."""
+        request = self.request
+        plan = request.plan
+        paths: list[tuple[Path, bool, str, int | None]] = [
+            (p.host, False, "persistent directory", stat.S_IFDIR) for p in plan.persist
+        ]
+        paths += [(Path(b.host), request.trusted_profile, "sandbox.bind_ro", None)
+                  for b in plan.profile.sandbox.bind_ro]
+        if plan.display is not None:
+            paths.append((plan.display.socket, True, "X display socket", stat.S_IFSOCK))
+        if request.sound is not None:
+            # Made by the sound server: the user's, or root's where root runs that server.
+            paths.append((request.sound.socket, True, "sound socket", stat.S_IFSOCK))
+            paths.append((request.sound.conf, False, "sound client configuration",
+                          stat.S_IFREG))
+        return paths
+
+    def _stage(self, layer_dir: Path) -> dict[Path, Path]:
+        staging = layer_dir / "binds"
+        staging.mkdir(mode=0o700, exist_ok=True)
+        staged: dict[Path, Path] = {}
+        for index, (path, trusted, what, file_type) in enumerate(self._checked_paths()):
+            try:
+                fd = open_user_path(path, self.request.user, trusted=trusted)
+            except SandboxError as exc:
+                exc.message = f"{what}: {exc.message}"
+                raise
+            try:
+                if file_type is not None and stat.S_IFMT(os.fstat(fd).st_mode) != file_type:
+                    raise SandboxError(f"{what}: {path} is not a "
+                                       f"{FILE_TYPE_NAMES[file_type]}",
+                                       status=ExitStatus.LAUNCHER)
+                target = staging / str(index)
+                stage_bind(fd, target)
+                staged[path] = target
+            finally:
+                os.close(fd)
+        return staged
+
+    def _forward_stderr(self, stream: IO[str]) -> None:
+        for line in stream:
+            if not line.startswith(NSPAWN_NOISE):
+                self.stderr.write(line)
+                self.stderr.flush()
+
+    def run(self, stack: ExitStack) -> int:
+        plan = self.request.plan
+        merged = self._layer(stack)
+        self.supervisor.check_interrupted()
+        staged = self._stage(plan.layer_root)
+        sound = self.request.sound
+        spec = launch_spec(plan, merged, sound_socket=sound.socket if sound else None,
+                           sound_conf=sound.conf if sound else None, staged=staged)
+        spec = dataclasses.replace(spec, kill_signal=GRACEFUL_KILL_SIGNAL)
+        argv = launch_argv(spec, host_facts())
+        entry = self.supervisor.add(stack, "container", machine=plan.machine, pid=None,
+                                    started=None)
+        self.supervisor.check_interrupted()
+        process = subprocess.Popen(
+            # If the launcher is killed, nspawn is killed with it, and its container with it.
+            ["setpriv", "--pdeathsig", "KILL", "--", *argv],
+            env=base_env({"TERM": os.environ.get("TERM", "dumb")}),
+            stdin=subprocess.DEVNULL if self.control_fd is not None else None,
+            stderr=subprocess.PIPE,
+            text=True,
+            errors="replace",
+        )
+        pid, started = process_identity(process.pid)
+        assert self.supervisor.record is not None
+        self.supervisor.record.update(entry, pid=pid, started=started)
+        assert process.stderr is not None
+        forwarder = threading.Thread(target=self._forward_stderr, args=(process.stderr,),
+                                     daemon=True)
+        forwarder.start()
+        # A graceful stop: nspawn's SIGTERM becomes the app's SIGTERM (see GRACEFUL_KILL_SIGNAL);
+        # after STOP_TIMEOUT it is killed.
+        status = self.supervisor.wait(process, on_stop=process.terminate,
+                                      on_timeout=process.kill, control_fd=self.control_fd)
+        forwarder.join(timeout=5)
+        return status

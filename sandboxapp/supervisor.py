@@ -1,0 +1,141 @@
+"""What every long-running side of a launch shares: its ledger record, undo registration, and
+signals that only set a flag, so that the ExitStack always unwinds in the ordinary way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from typing import Any
+
+from sandboxapp.errors import SandboxError
+from sandboxapp.ledger import Record, RunDir
+from sandboxapp.recovery import reconcile, undo_entry
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+# How long a stopping app gets to save its state before it is killed.
+STOP_TIMEOUT = 10.0
+
+
+class Supervisor:
+    def __init__(self, run_dir: RunDir, warn: Callable[[str], None]) -> None:
+        self.run_dir = run_dir
+        self.warn = warn
+        self.signalled: int | None = None
+        # Set when the launch must stop for a reason other than a signal (its launcher is gone).
+        self.stop_requested = False
+        self.wake_read, self.wake_write = socket.socketpair()
+        self.record: Record | None = None
+
+    # -- signals -----------------------------------------------------------------------------
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self.signalled is None:
+            self.signalled = signum
+
+    def install_signal_handlers(self, stack: ExitStack) -> None:
+        self.wake_write.setblocking(False)
+        previous_fd = signal.set_wakeup_fd(self.wake_write.fileno(), warn_on_full_buffer=False)
+        stack.callback(signal.set_wakeup_fd, previous_fd)
+        for signum in STOP_SIGNALS:
+            previous = signal.signal(signum, self._on_signal)
+            stack.callback(signal.signal, signum, previous)
+        stack.callback(self.wake_read.close)
+        stack.callback(self.wake_write.close)
+
+    @property
+    def stopping(self) -> bool:
+        return self.signalled is not None or self.stop_requested
+
+    def check_interrupted(self) -> None:
+        if self.signalled is not None:
+            name = signal.Signals(self.signalled).name
+            raise SandboxError(f"stopped by {name} before the app started",
+                               status=128 + self.signalled)
+        if self.stop_requested:
+            raise SandboxError("the launcher went away before the app started")
+
+    # -- the record --------------------------------------------------------------------------
+
+    def begin(self, stack: ExitStack, profile: str) -> None:
+        """Take the profile's lock, clean up after dead launchers, start this launch's record."""
+        self.install_signal_handlers(stack)
+        if not stack.enter_context(self.run_dir.profile_lock(profile)):
+            raise self.run_dir.already_running(profile)
+        for message in reconcile(self.run_dir, holding=profile):
+            self.warn(message)
+        self.record = self.run_dir.new_record(profile)
+        stack.callback(self._forget_record)
+
+    def _forget_record(self) -> None:
+        assert self.record is not None
+        if not self.record.entries:
+            self.record.delete()
+
+    def add(self, stack: ExitStack, kind: str, **data: Any) -> dict[str, Any]:
+        """Record a resource and register its undo, both before it is made."""
+        record = self.record
+        assert record is not None
+        entry = record.add(kind, **data)
+
+        def undo() -> None:
+            if any(e["id"] == entry["id"] for e in record.entries):
+                try:
+                    undo_entry(entry, recovering=False)
+                except SandboxError as exc:
+                    self.warn(f"could not undo {entry['kind']}: {exc.message}; "
+                              "'sandboxapp cleanup' tries again")
+                    return
+                record.drop(entry)
+
+        stack.callback(undo)
+        return entry
+
+    # -- waiting -----------------------------------------------------------------------------
+
+    def wait(
+        self,
+        process: subprocess.Popen[Any],
+        on_stop: Callable[[], None],
+        on_timeout: Callable[[], None],
+        control_fd: int | None = None,
+    ) -> int:
+        """Wait for process. A signal, or end of input on control_fd (the launcher that feeds it
+        is gone or asks to stop), calls on_stop once; on_timeout follows every STOP_TIMEOUT
+        seconds until the process is gone."""
+        pidfd = os.pidfd_open(process.pid)
+        deadline: float | None = None
+        try:
+            while True:
+                waitables = [pidfd, self.wake_read.fileno()]
+                if control_fd is not None:
+                    waitables.append(control_fd)
+                timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+                ready, _, _ = select.select(waitables, [], [], timeout)
+                if pidfd in ready:
+                    break
+                if self.wake_read.fileno() in ready:
+                    with contextlib.suppress(BlockingIOError):
+                        self.wake_read.recv(64)
+                if control_fd is not None and control_fd in ready:
+                    # Anything, or end of file, on the control input means: stop.
+                    with contextlib.suppress(OSError):
+                        os.read(control_fd, 64)
+                    self.stop_requested = True
+                    control_fd = None
+                if self.stopping and deadline is None:
+                    on_stop()
+                    deadline = time.monotonic() + STOP_TIMEOUT
+                elif deadline is not None and time.monotonic() >= deadline:
+                    on_timeout()
+                    deadline = time.monotonic() + STOP_TIMEOUT
+        finally:
+            os.close(pidfd)
+        return process.wait()
