@@ -207,6 +207,15 @@ def cmd_cleanup(args: argparse.Namespace, locations: Locations) -> int:
     return ExitStatus.OK
 
 
+def cmd_setup(args: argparse.Namespace, locations: Locations) -> int:
+    from sandboxapp.install import setup, uninstall
+
+    report = uninstall() if args.uninstall else setup(locations, args.add_user)
+    for line in report.lines:
+        _say(line)
+    return ExitStatus.OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sandboxapp",
@@ -229,6 +238,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("cleanup",
                             help="undo what crashed launches left: grants, sockets, layers")
     p.set_defaults(func=cmd_cleanup)
+
+    p = commands.add_parser("setup", help="let desktop users launch sandboxes (as root)")
+    p.add_argument("--add-user", action="append", default=[], metavar="NAME",
+                   help="also add this user to the sandboxapp group (repeatable)")
+    p.add_argument("--uninstall", action="store_true",
+                   help="remove what setup installed (images and data stay)")
+    p.set_defaults(func=cmd_setup)
 
     image = commands.add_parser("image", help="build, list and remove pristine images")
     image_commands = image.add_subparsers(dest="image_command", required=True, metavar="ACTION")

@@ -148,7 +148,7 @@ class Launch:
 
     def _helper_argv(self, sound: SoundPaths | None) -> list[str]:
         plan = self.plan
-        argv = ["sudo", "--non-interactive", HELPER_PATH, "launch", plan.profile.name,
+        argv = ["sudo", "--non-interactive", HELPER_PATH, "launch",
                 "--profile-file", str(plan.profile.path.absolute()),
                 "--data-home", str(self.locations.data_home)]
         if plan.display is not None:
@@ -156,7 +156,7 @@ class Launch:
         if sound is not None:
             argv += ["--sound-socket", str(sound.socket), "--sound-conf", str(sound.conf)]
         extra = plan.command[len(plan.profile.command):]
-        return [*argv, "--", *extra]
+        return [*argv, plan.profile.name, "--", *extra]
 
     def _through_helper(self, sound: SoundPaths | None) -> int:
         self.supervisor.check_interrupted()
@@ -184,6 +184,9 @@ class Launch:
 
     def run(self) -> int:
         plan = self.plan
+        as_root = os.geteuid() == 0
+        if not as_root:
+            self._check_helper()
         if plan.image is None:
             raise SandboxError(
                 f"the image for {plan.profile.name!r} is not built",
@@ -191,9 +194,6 @@ class Launch:
                 status=ExitStatus.LAUNCHER,
             )
         check_command(plan.image.rootfs, plan.command[0])
-        as_root = os.geteuid() == 0
-        if not as_root:
-            self._check_helper()
         with ExitStack() as stack:
             self.supervisor.begin(stack, plan.profile.name)
             self._persistent_dirs()

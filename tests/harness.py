@@ -107,15 +107,20 @@ class SoundServer:
 
 
 @contextlib.contextmanager
-def sound_server(workdir: Path) -> Iterator[SoundServer]:
+def sound_server(workdir: Path, run_as: tuple[int, int] | None = None) -> Iterator[SoundServer]:
+    """A PulseAudio daemon; run_as (uid, gid) runs it as that user, as a desktop session does."""
     require_programs("pulseaudio", "pactl")
     runtime = Path(tempfile.mkdtemp(prefix="pulse-", dir=workdir))
     runtime.chmod(0o700)
+    prefix: list[str] = []
+    if run_as is not None:
+        os.chown(runtime, *run_as)
+        prefix = ["setpriv", f"--reuid={run_as[0]}", f"--regid={run_as[1]}", "--init-groups"]
     socket = runtime / "pulse" / "native"
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "XDG_RUNTIME_DIR": str(runtime),
            "HOME": str(runtime)}
     process = subprocess.Popen(
-        ["pulseaudio", "--daemonize=no", "--exit-idle-time=-1", "-n", "--disallow-exit",
+        [*prefix, "pulseaudio", "--daemonize=no", "--exit-idle-time=-1", "-n", "--disallow-exit",
          "--load=module-null-sink sink_name=sandboxapp_test_sink",
          f"--load=module-native-protocol-unix socket={socket}", "--log-target=stderr"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,

@@ -1,0 +1,139 @@
+"""The privileged helper: the root side of a desktop user's launch, reached through sudo.
+
+It takes one narrow request (a profile name and file, the user's data directory, the display
+number, the sound socket the session side made, the app's arguments), trusts none of it, and
+does only what needs root: the writable layer, the checked binds and systemd-nspawn. The user is
+the one sudo names (SUDO_UID); the profile is read again, from a descriptor opened without
+following symlinks; a profile that is not in a root-owned profile directory may only bind and
+keep the user's own files. Its input is a control channel: a line, or its end (the user's
+launcher is gone), stops the app gracefully. Every launch is logged to a root-owned file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tomllib
+from collections.abc import Sequence
+from contextlib import ExitStack
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sandboxapp.cli import report
+from sandboxapp.container import ContainerRequest, ContainerSide, SoundPaths
+from sandboxapp.display import Display
+from sandboxapp.errors import ExitStatus, SandboxError
+from sandboxapp.image import ImageStore
+from sandboxapp.imagefs import check_command
+from sandboxapp.launchplan import plan_launch
+from sandboxapp.ledger import RunDir
+from sandboxapp.paths import DEFAULT_RUN_DIR, SHIPPED_PROFILE_DIR, SYSTEM_PROFILE_DIR, Locations
+from sandboxapp.profile import MAX_FILE_SIZE, check_profile_name, invalid, parse_profile
+from sandboxapp.safepath import DesktopUser, read_user_file
+from sandboxapp.supervisor import Supervisor
+
+TRUSTED_PROFILE_DIRS = (SYSTEM_PROFILE_DIR, SHIPPED_PROFILE_DIR)
+
+
+def _absolute(text: str) -> Path:
+    path = Path(text)
+    if not path.is_absolute() or ".." in path.parts:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an absolute path without '..'")
+    return path
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sandboxapp-privileged")
+    commands = parser.add_subparsers(dest="command", required=True)
+    launch = commands.add_parser("launch")
+    launch.add_argument("profile")
+    launch.add_argument("--profile-file", type=_absolute, required=True)
+    launch.add_argument("--data-home", type=_absolute, required=True)
+    launch.add_argument("--display", type=int)
+    launch.add_argument("--sound-socket", type=_absolute)
+    launch.add_argument("--sound-conf", type=_absolute)
+    launch.add_argument("args", nargs=argparse.REMAINDER)
+    return parser
+
+
+def _log(store: ImageStore, text: str) -> None:
+    store.ensure()
+    stamp = datetime.now(UTC).isoformat(timespec="seconds")
+    fd = os.open(store.log_dir / "privileged.log",
+                 os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "a", encoding="utf-8") as stream:
+        stream.write(f"{stamp} {text}\n")
+
+
+def launch(args: argparse.Namespace, user: DesktopUser, locations: Locations) -> int:
+    name = check_profile_name(args.profile)
+    path: Path = args.profile_file
+    if path.name != f"{name}.toml":
+        raise invalid(f"the profile file {path} is not named {name}.toml")
+    trusted = path.parent in TRUSTED_PROFILE_DIRS
+    raw = read_user_file(path, user, trusted=trusted, limit=MAX_FILE_SIZE)
+    try:
+        doc = tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise invalid(f"{path}: not a valid profile: {exc}") from None
+    profile = parse_profile(name, path, "system" if trusted else "user", doc)
+
+    extra = list(args.args)
+    if extra and extra[0] == "--":
+        extra = extra[1:]
+    environ = {"DISPLAY": f":{args.display}"} if args.display is not None else {}
+    if profile.sandbox.x11 and args.display is None:
+        raise SandboxError("the profile needs the X display, and none was given",
+                           status=ExitStatus.LAUNCHER)
+    plan = plan_launch(profile, extra, locations, environ)
+    if not profile.sandbox.x11:
+        assert plan.display is None
+    elif plan.display != Display(args.display):
+        raise SandboxError("bad display", status=ExitStatus.LAUNCHER)
+    sound = None
+    if args.sound_socket is not None or args.sound_conf is not None:
+        if not profile.sandbox.pulseaudio or args.sound_socket is None or args.sound_conf is None:
+            raise SandboxError("sound was asked for, but the profile has none, or only half of it"
+                               " was given", status=ExitStatus.LAUNCHER)
+        sound = SoundPaths(args.sound_socket, args.sound_conf)
+    store = ImageStore(locations.image_dir)
+    image = store.require(name)
+    check_command(image.rootfs, plan.command[0])
+
+    _log(store, f"uid={user.uid} profile={name} file={path} trusted={trusted} "
+                f"display={args.display} sound={sound is not None} args={extra!r}")
+    supervisor = Supervisor(RunDir(locations.run_dir), warn=_warn)
+    with ExitStack() as stack:
+        supervisor.begin(stack, name)
+        request = ContainerRequest(plan, user, trusted_profile=trusted, sound=sound)
+        status = ContainerSide(supervisor, request, sys.stderr,
+                               control_fd=sys.stdin.fileno()).run(stack)
+    _log(store, f"uid={user.uid} profile={name} exit={status}")
+    if supervisor.signalled is not None:
+        return 128 + supervisor.signalled
+    return status
+
+
+def _warn(text: str) -> None:
+    sys.stderr.write(f"sandboxapp: warning: {text}\n")
+    sys.stderr.flush()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    if os.geteuid() != 0:
+        sys.stderr.write("sandboxapp-privileged: run it through sudo\n")
+        return int(ExitStatus.LAUNCHER)
+    args = _parser().parse_args(argv)
+    # Nothing from the caller's environment counts but the identity sudo vouches for; the
+    # store and run directories are the ones `sandboxapp setup` wrote into the wrapper.
+    user = DesktopUser.from_environment(os.environ)
+    image_dir = os.environ.get("SANDBOXAPP_IMAGE_DIR", "/var/lib/sandboxapp/images")
+    run_dir = os.environ.get("SANDBOXAPP_RUN_DIR", str(DEFAULT_RUN_DIR))
+    locations = Locations(image_dir=Path(image_dir), run_dir=Path(run_dir),
+                          config_home=Path("/nonexistent"), data_home=args.data_home)
+    try:
+        return launch(args, user, locations)
+    except SandboxError as error:
+        report(error, sys.stderr)
+        return int(error.status)

@@ -1,0 +1,333 @@
+"""A real unprivileged desktop user launches through `sandboxapp setup`'s sudo rule."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import pytest
+
+from sandboxapp.fsutil import mounts_under
+from sandboxapp.paths import HELPER_PATH, SUDOERS_FILE, USER_COMMAND
+from tests.harness import SoundServer, XServer, require_programs, sound_server
+from tests.integration.conftest import REPO
+from tests.integration.launching import FULL_SANDBOX, NAME, wait_for_file, write_variant
+
+
+@dataclass
+class DesktopUser:
+    name: str
+    uid: int
+    gid: int
+    home: Path
+    runtime: Path
+
+    @property
+    def profiles(self) -> Path:
+        return self.home / ".config" / "sandboxapp" / "profiles"
+
+    @property
+    def data(self) -> Path:
+        return self.home / ".local" / "share" / "sandboxapp" / NAME / "root" / "data"
+
+
+def _make_user(tag: str) -> Iterator[DesktopUser]:
+    name = f"sbx{tag}{secrets.token_hex(3)}"
+    subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", name], check=True)
+    entry = pwd.getpwnam(name)
+    # The user's runtime directory (like /run/user/UID), where a test's own tmp_path (root's,
+    # 0700) would not let them in.
+    runtime = Path(tempfile.mkdtemp(prefix=f"runtime-{name}-", dir="/tmp"))
+    os.chown(runtime, entry.pw_uid, entry.pw_gid)
+    try:
+        yield DesktopUser(name, entry.pw_uid, entry.pw_gid, Path(entry.pw_dir), runtime)
+    finally:
+        subprocess.run(["pkill", "-KILL", "-u", name], check=False)
+        time.sleep(0.2)
+        subprocess.run(["userdel", "--remove", name], check=False, capture_output=True)
+        shutil.rmtree(runtime, ignore_errors=True)
+
+
+@pytest.fixture
+def installed(test_image_dir: Path, tmp_path: Path) -> Iterator[Path]:
+    """`sandboxapp setup`, as an admin runs it; removed again afterwards."""
+    require_programs("sudo", "visudo", "useradd")
+    if SUDOERS_FILE.exists():
+        pytest.fail(f"{SUDOERS_FILE} exists: sandboxapp is set up on this machine, and these "
+                    "tests install and remove it; run them on a test machine")
+    root_run = tmp_path / "root-run"
+    env = {"PATH": os.environ["PATH"], "HOME": "/root",
+           "SANDBOXAPP_IMAGE_DIR": str(test_image_dir), "SANDBOXAPP_RUN_DIR": str(root_run)}
+    result = subprocess.run([sys.executable, "-m", "sandboxapp", "setup"], env=env, cwd=REPO,
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    try:
+        yield root_run
+    finally:
+        subprocess.run([sys.executable, "-m", "sandboxapp", "setup", "--uninstall"], env=env,
+                       cwd=REPO, capture_output=True, check=False)
+
+
+@pytest.fixture
+def member(installed: Path, tmp_path: Path) -> Iterator[DesktopUser]:
+    for user in _make_user("m"):
+        result = subprocess.run([str(USER_COMMAND), "setup", "--add-user", user.name],
+                                capture_output=True, text=True, check=False)
+        assert result.returncode == 0, result.stderr
+        yield user
+
+
+@pytest.fixture
+def outsider(installed: Path, tmp_path: Path) -> Iterator[DesktopUser]:
+    yield from _make_user("o")
+
+
+@pytest.fixture
+def user_x(member: DesktopUser, xserver: XServer) -> Path:
+    """The user's own cookie file for the display, as their session has it."""
+    cookie = member.home / ".Xauthority"
+    shutil.copy(xserver.xauthority, cookie)
+    os.chown(cookie, member.uid, member.gid)
+    cookie.chmod(0o600)
+    return cookie
+
+
+@pytest.fixture
+def user_sound(member: DesktopUser) -> Iterator[SoundServer]:
+    with sound_server(member.runtime, run_as=(member.uid, member.gid)) as server:
+        yield server
+
+
+def as_user(user: DesktopUser, argv: list[str], env: dict[str, str] | None = None,
+            background: bool = False) -> subprocess.CompletedProcess[str] | subprocess.Popen[str]:
+    full_env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(user.home),
+                "USER": user.name, "XDG_RUNTIME_DIR": str(user.runtime), **(env or {})}
+    command = ["setpriv", f"--reuid={user.uid}", f"--regid={user.gid}", "--init-groups",
+               "--", *argv]
+    if background:
+        return subprocess.Popen(command, env=full_env, cwd=user.home, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    # Input stays open until the command ends: the helper takes its end as "stop".
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        process = subprocess.Popen(command, env=full_env, cwd=user.home, stdin=subprocess.PIPE,
+                                   stdout=out, stderr=err, text=True)
+        try:
+            process.wait(timeout=120)
+        finally:
+            assert process.stdin is not None
+            process.stdin.close()
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(command, process.returncode, out.read(), err.read())
+
+
+def session_env(xserver: XServer, cookie: Path, sound: SoundServer) -> dict[str, str]:
+    return {"DISPLAY": xserver.display, "XAUTHORITY": str(cookie),
+            "PULSE_SERVER": f"unix:{sound.socket}"}
+
+
+def user_profile(user: DesktopUser, command: list[str], sandbox: str = FULL_SANDBOX) -> Path:
+    user.profiles.mkdir(parents=True, exist_ok=True)
+    path = write_variant(user.profiles, command, sandbox)
+    for directory in (user.home / ".config", user.home / ".config" / "sandboxapp",
+                      user.profiles, path):
+        os.chown(directory, user.uid, user.gid)
+    return path
+
+
+def etc_state() -> list[tuple[str, float]]:
+    return sorted((entry.name, entry.stat(follow_symlinks=False).st_mtime)
+                  for entry in os.scandir("/etc"))
+
+
+def test_a_group_member_launches_an_x_profile_through_the_rule(
+    member: DesktopUser, user_x: Path, user_sound: SoundServer, xserver: XServer,
+    installed: Path, test_image_dir: Path,
+) -> None:
+    user_profile(member, ["/bin/sh", "-c", "xdpyinfo | head -1; pactl info | head -1; "
+                          "echo mine > /root/data/file; touch /root/data/ready; "
+                          "while [ ! -e /root/data/go ]; do sleep 0.05; done"])
+    launch = as_user(member, [str(USER_COMMAND), "run", NAME],
+                     session_env(xserver, user_x, user_sound), background=True)
+    assert isinstance(launch, subprocess.Popen)
+    try:
+        wait_for_file(member.data / "ready", launch)
+        uid = json.loads((test_image_dir / NAME / "image.json").read_text())["uid_base"]
+        hosts = subprocess.run(["xhost"], env=xserver.client_env(), capture_output=True,
+                               text=True, check=True).stdout
+        assert f"SI:localuser:#{uid}" in hosts
+        # The grant came from the user's own connection: the launcher runs as the user, and
+        # the root helper was given no display credentials at all.
+        launcher = psutil.Process(launch.pid)
+        assert launcher.uids().real == member.uid
+        helpers = [p for p in launcher.children(recursive=True)
+                   if HELPER_PATH in p.cmdline() and p.name() != "sudo"]
+        assert helpers, "the root side did not go through the helper"
+        assert helpers[0].uids().effective == 0
+        helper_env = helpers[0].environ()
+        assert "XAUTHORITY" not in helper_env and "DISPLAY" not in helper_env
+        assert helper_env["SUDO_UID"] == str(member.uid)
+        (member.data / "go").touch()
+        out, err = launch.communicate(timeout=60)
+    finally:
+        if launch.poll() is None:
+            launch.kill()
+    assert launch.returncode == 0, err
+    assert out.splitlines()[0] == f"name of display:    {xserver.display}"
+    assert out.splitlines()[1].startswith("Server String: unix:/run/sandboxapp/pulse/native")
+    for path in (member.data / "file", member.data):
+        assert (path.stat().st_uid, path.stat().st_gid) == (member.uid, member.gid)
+    hosts = subprocess.run(["xhost"], env=xserver.client_env(), capture_output=True, text=True,
+                           check=True).stdout
+    assert f"SI:localuser:#{uid}" not in hosts
+    assert mounts_under(test_image_dir) == []
+    log = (test_image_dir / ".logs" / "privileged.log").read_text()
+    assert f"uid={member.uid} profile={NAME}" in log
+
+
+def _refused(result: subprocess.CompletedProcess[str] | subprocess.Popen[str],
+             *fragments: str) -> None:
+    assert isinstance(result, subprocess.CompletedProcess)
+    assert result.returncode in (2, 125), result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("sandboxapp:")]
+    assert len(lines) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], result.stderr
+
+
+def test_a_profile_binding_etc_shadow_is_refused(
+    member: DesktopUser, user_x: Path, user_sound: SoundServer, xserver: XServer,
+    test_image_dir: Path,
+) -> None:
+    before = etc_state()
+    user_profile(member, ["cat", "/mnt/shadow"],
+                 FULL_SANDBOX + 'bind_ro = ["/etc/shadow:/mnt/shadow"]\n')
+    result = as_user(member, [str(USER_COMMAND), "run", NAME],
+                     session_env(xserver, user_x, user_sound))
+    _refused(result, "sandbox.bind_ro", "/etc/shadow")
+    assert "root:" not in result.stdout
+    assert etc_state() == before
+    assert mounts_under(test_image_dir) == []
+
+
+def test_a_persist_directory_that_is_a_symlink_to_etc_is_refused(
+    member: DesktopUser, user_x: Path, user_sound: SoundServer, xserver: XServer,
+    test_image_dir: Path, installed: Path,
+) -> None:
+    before = etc_state()
+    user_profile(member, ["ls", "/root/data"])
+    member.data.parent.mkdir(parents=True)
+    subprocess.run(["chown", "-R", f"{member.uid}:{member.gid}", str(member.home / ".local")],
+                   check=True)
+    os.symlink("/etc", member.data)
+    os.lchown(member.data, member.uid, member.gid)
+    # Through the launcher (its own check) ...
+    result = as_user(member, [str(USER_COMMAND), "run", NAME],
+                     session_env(xserver, user_x, user_sound))
+    _refused(result, "symlink")
+    # ... and straight to the helper, as a user bypassing the launcher could.
+    direct = as_user(member, ["sudo", "-n", HELPER_PATH, "launch", "--profile-file",
+                              str(member.profiles / f"{NAME}.toml"), "--data-home",
+                              str(member.home / ".local" / "share"), "--display",
+                              xserver.display.lstrip(":"), NAME])
+    _refused(direct, "persistent directory", "symlink")
+    assert "passwd" not in direct.stdout
+    assert etc_state() == before
+    assert mounts_under(test_image_dir) == []
+    assert not list(installed.glob("*.json"))
+
+
+def test_a_data_directory_swapped_for_a_symlink_meanwhile_never_exposes_etc(
+    member: DesktopUser, user_x: Path, user_sound: SoundServer, xserver: XServer,
+    test_image_dir: Path,
+) -> None:
+    """Swap the persistent directory with a symlink to /etc as fast as possible while the
+    helper checks and binds it: each launch must refuse or bind the real directory."""
+    before = etc_state()
+    user_profile(member, ["/bin/sh", "-c", "if [ -e /root/data/passwd ]; then echo LEAK; fi"],
+                 'persist = ["/root/data"]\n')
+    member.data.mkdir(parents=True)
+    subprocess.run(["chown", "-R", f"{member.uid}:{member.gid}", str(member.home / ".local")],
+                   check=True)
+    real = member.data.with_name("data-real")
+    os.rename(member.data, real)
+    link = member.data.with_name("data-link")
+    os.symlink("/etc", link)
+    os.lchown(link, member.uid, member.gid)
+    stop = threading.Event()
+
+    def swap() -> None:
+        # Flip data between the real directory and the symlink (rename is atomic).
+        while not stop.is_set():
+            os.rename(real, member.data)
+            os.rename(member.data, real)
+            os.rename(link, member.data)
+            os.rename(member.data, link)
+
+    swapper = threading.Thread(target=swap, daemon=True)
+    swapper.start()
+    outcomes = []
+    try:
+        for _ in range(15):
+            direct = as_user(member, ["sudo", "-n", HELPER_PATH, "launch",
+                                      "--profile-file", str(member.profiles / f"{NAME}.toml"),
+                                      "--data-home", str(member.home / ".local" / "share"),
+                                      NAME])
+            assert isinstance(direct, subprocess.CompletedProcess)
+            assert "LEAK" not in direct.stdout
+            assert "Traceback" not in direct.stderr
+            outcomes.append(direct.returncode)
+            assert direct.returncode in (0, 125), direct.stderr
+    finally:
+        stop.set()
+        swapper.join()
+    assert set(outcomes) <= {0, 125}, outcomes
+    print(f"swap race: {outcomes.count(0)} launches bound the real directory, "
+          f"{outcomes.count(125)} were refused")
+    assert etc_state() == before
+    assert mounts_under(test_image_dir) == []
+
+
+def test_profile_names_with_dot_dot_are_refused(member: DesktopUser) -> None:
+    result = as_user(member, ["sudo", "-n", HELPER_PATH, "launch", "--profile-file",
+                              "/etc/x.toml", "--data-home", "/tmp", "../../etc/x"])
+    _refused(result, "invalid profile name")
+    result = as_user(member, ["sudo", "-n", HELPER_PATH, "launch", "--profile-file",
+                              f"/etc/sandboxapp/../shadow/{NAME}.toml", "--data-home", "/tmp",
+                              NAME])
+    assert isinstance(result, subprocess.CompletedProcess)
+    assert result.returncode == 2
+    assert "'..'" in result.stderr
+    result = as_user(member, [str(USER_COMMAND), "run", "--dry-run", "..%2Fetc"])
+    _refused(result, "invalid profile name")
+
+
+def test_the_helper_will_not_read_a_file_the_user_cannot(member: DesktopUser) -> None:
+    shadow = Path("/etc/shadow.toml")
+    result = as_user(member, ["sudo", "-n", HELPER_PATH, "launch", "--profile-file",
+                              str(shadow), "--data-home", "/tmp", "shadow"])
+    _refused(result, "/etc/shadow.toml")
+
+
+def test_a_user_outside_the_group_is_refused_with_the_hint(outsider: DesktopUser) -> None:
+    result = as_user(outsider, [str(USER_COMMAND), "run", "xeyes"], {"DISPLAY": ":0"})
+    _refused(result, "you are not in the sandboxapp group")
+    assert f"hint: run: sudo sandboxapp setup --add-user {outsider.name}" in result.stderr
+    # Going around the launcher does not help: sudo itself refuses.
+    direct = as_user(outsider, ["sudo", "-n", HELPER_PATH, "launch", "xeyes"])
+    assert isinstance(direct, subprocess.CompletedProcess)
+    assert direct.returncode == 1
+    assert "password is required" in direct.stderr
