@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from sandboxapp import __version__
 from sandboxapp.errors import ExitStatus, SandboxError
 from sandboxapp.paths import Locations
 from sandboxapp.profile import Profile, find_profile, iter_profile_files, load_profile_file
+
+if TYPE_CHECKING:
+    from sandboxapp.desktop import DesktopEntries
+    from sandboxapp.supervisor import TextSink
 
 
 def _say(text: str = "", stream: TextIO | None = None) -> None:
@@ -188,11 +193,39 @@ def cmd_run(args: argparse.Namespace, locations: Locations) -> int:
         _say(describe_plan(plan, host_facts()))
         return ExitStatus.OK
     from sandboxapp.launcher import Launch
+    from sandboxapp.notify import RunLog, Tee
+    from sandboxapp.safepath import DesktopUser
+
+    log: RunLog | None = None
+    problem = None
+    try:
+        log = RunLog(locations.state_home, profile.name,
+                     DesktopUser.from_environment(os.environ))
+    except (SandboxError, OSError) as exc:
+        # The log helps; it is not worth refusing the launch over.
+        problem = f"no run log: {exc}"
+    out = Tee(sys.stderr, log.stream) if log else Tee(sys.stderr)
 
     def warn(text: str) -> None:
-        _say(f"sandboxapp: warning: {text}", sys.stderr)
+        out.write(f"sandboxapp: warning: {text}\n")
+        out.flush()
 
-    return Launch(plan, locations, os.environ, warn=warn, stderr=sys.stderr).run()
+    if problem:
+        warn(problem)
+    try:
+        if log:
+            log.stream.write(f"# sandboxapp run {shlex.join([profile.name, *extra])}\n")
+        status = Launch(plan, locations, os.environ, warn=warn, stderr=out).run()
+        if log:
+            log.stream.write(f"# exit status {status}\n")
+        return status
+    except SandboxError as error:
+        if log:
+            report(error, log.stream)
+        raise
+    finally:
+        if log:
+            log.close()
 
 
 def cmd_cleanup(args: argparse.Namespace, locations: Locations) -> int:
@@ -216,6 +249,89 @@ def cmd_setup(args: argparse.Namespace, locations: Locations) -> int:
     return ExitStatus.OK
 
 
+def _entries(locations: Locations) -> DesktopEntries:
+    from sandboxapp.desktop import DesktopEntries
+    from sandboxapp.safepath import DesktopUser
+
+    return DesktopEntries(locations.data_home, DesktopUser.from_environment(os.environ))
+
+
+def cmd_desktop_install(args: argparse.Namespace, locations: Locations) -> int:
+    from sandboxapp.image import ImageStore
+
+    profile = _resolve_profile(args.profile, locations)
+    image = ImageStore(locations.image_dir).get(profile.name)
+    installed = _entries(locations).install(profile, image.rootfs if image else None)
+    _say(f"installed {installed.path} (from {installed.source})")
+    for icon in installed.icons:
+        _say(f"installed {icon}")
+    if image is None:
+        _say(f"note: the image is not built yet: sandboxapp image build {profile.name}")
+    return ExitStatus.OK
+
+
+def cmd_desktop_remove(args: argparse.Namespace, locations: Locations) -> int:
+    from sandboxapp.profile import check_profile_name
+
+    for path in _entries(locations).remove(check_profile_name(args.profile)):
+        _say(f"removed {path}")
+    return ExitStatus.OK
+
+
+def cmd_desktop_list(args: argparse.Namespace, locations: Locations) -> int:
+    entries = _entries(locations).installed()
+    if not entries:
+        _say(f"no sandboxapp menu entries in {locations.data_home / 'applications'}")
+    for name, path in entries:
+        _say(f"{name}  {path}")
+    return ExitStatus.OK
+
+
+def cmd_ps(args: argparse.Namespace, locations: Locations) -> int:
+    import json
+
+    from sandboxapp.manage import human_bytes, running_sandboxes
+
+    sandboxes = running_sandboxes(locations)
+    if args.json:
+        _say(json.dumps([s.to_json() for s in sandboxes], indent=2))
+        return ExitStatus.OK
+    if not sandboxes:
+        _say("no sandboxes are running")
+        return ExitStatus.OK
+    rows = [["PROFILE", "LAUNCHER", "CONTAINER", "HOST UID", "UPTIME", "CPU", "MEMORY",
+             "GRANTS"]]
+    for s in sandboxes:
+        minutes, seconds = divmod(int(s.uptime_seconds), 60)
+        rows.append([s.profile, str(s.launcher_pid), str(s.container_pid or "-"),
+                     str(s.host_uid or "-"), f"{minutes}:{seconds:02d}", f"{s.cpu_percent}%",
+                     human_bytes(s.memory_bytes), ", ".join(s.grants) or "-"])
+    _say(_table(rows))
+    return ExitStatus.OK
+
+
+def cmd_stop(args: argparse.Namespace, locations: Locations) -> int:
+    from sandboxapp.manage import stop
+    from sandboxapp.profile import check_profile_name
+
+    took = stop(locations, check_profile_name(args.profile), args.timeout)
+    _say(f"stopped {args.profile} in {took:.1f} s")
+    return ExitStatus.OK
+
+
+def cmd_doctor(args: argparse.Namespace, locations: Locations) -> int:
+    from sandboxapp.doctor import Status, run_checks
+
+    checks = run_checks(locations, os.environ)
+    width = max(len(c.name) for c in checks)
+    for check in checks:
+        line = f"{check.status.value:4}  {check.name.ljust(width)}  {check.detail}"
+        if check.hint and check.status is not Status.OK:
+            line += f" (fix: {check.hint})"
+        _say(line)
+    return ExitStatus.FAILURE if any(c.status is Status.FAIL for c in checks) else ExitStatus.OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sandboxapp",
@@ -235,6 +351,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="arguments appended to the profile's command")
     p.set_defaults(func=cmd_run)
 
+    p = commands.add_parser("ps", help="list the running sandboxes")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_ps)
+
+    p = commands.add_parser("stop", help="stop a running sandbox gracefully")
+    p.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="how long the app gets to exit before it is killed (default 10)")
+    p.add_argument("profile", metavar="PROFILE")
+    p.set_defaults(func=cmd_stop)
+
+    p = commands.add_parser("doctor", help="check this machine, one line per check")
+    p.set_defaults(func=cmd_doctor)
+
     p = commands.add_parser("cleanup",
                             help="undo what crashed launches left: grants, sockets, layers")
     p.set_defaults(func=cmd_cleanup)
@@ -245,6 +374,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--uninstall", action="store_true",
                    help="remove what setup installed (images and data stay)")
     p.set_defaults(func=cmd_setup)
+
+    desktop = commands.add_parser("desktop", help="menu entries for profiles")
+    desktop_commands = desktop.add_subparsers(dest="desktop_command", required=True,
+                                              metavar="ACTION")
+    p = desktop_commands.add_parser("install", help="add a menu entry that runs the profile")
+    p.add_argument("profile", metavar="PROFILE")
+    p.set_defaults(func=cmd_desktop_install)
+    p = desktop_commands.add_parser("remove", help="remove a profile's menu entry and icons")
+    p.add_argument("profile", metavar="PROFILE")
+    p.set_defaults(func=cmd_desktop_remove)
+    p = desktop_commands.add_parser("list", help="show the installed menu entries")
+    p.set_defaults(func=cmd_desktop_list)
 
     image = commands.add_parser("image", help="build, list and remove pristine images")
     image_commands = image.add_subparsers(dest="image_command", required=True, metavar="ACTION")
@@ -260,7 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def report(error: SandboxError, stream: TextIO) -> None:
+def report(error: SandboxError, stream: TextSink) -> None:
     stream.write(f"sandboxapp: {error.message}\n")
     if error.detail:
         for line in error.detail.splitlines():
@@ -278,6 +419,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(func(args, Locations.from_environment()))
     except SandboxError as error:
         report(error, sys.stderr)
+        if args.command == "run" and not sys.stderr.isatty():
+            # Started from a menu: nobody reads stderr, so say it on the desktop too.
+            from sandboxapp.notify import notify
+
+            body = error.message + (f"\n{error.hint}" if error.hint else "")
+            notify(os.environ, f"sandboxapp: {getattr(args, 'profile', '')} did not start",
+                   body)
         return int(error.status)
     except KeyboardInterrupt:
         sys.stderr.write("sandboxapp: interrupted\n")

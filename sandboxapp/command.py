@@ -12,6 +12,7 @@ import os
 import shlex
 import signal
 import subprocess
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO
@@ -56,6 +57,7 @@ def run(
     capture: bool = False,
     stdin: int | None = subprocess.DEVNULL,
     what: str | None = None,
+    timeout: float | None = None,
 ) -> Result:
     """Run argv to completion.
 
@@ -85,6 +87,10 @@ def run(
             hint="run the README's install command to install what sandboxapp needs",
         ) from exc
     assert proc.stdout is not None
+    # A command that outlives its timeout is killed; its output then ends.
+    timer = threading.Timer(timeout, proc.kill) if timeout is not None else None
+    if timer is not None:
+        timer.start()
     with proc:
         for line in proc.stdout:
             tail.append(line.rstrip("\n"))
@@ -94,6 +100,8 @@ def run(
                 log.write(line)
                 log.flush()
     returncode = proc.wait()
+    if timer is not None:
+        timer.cancel()
     if log is not None:
         log.write(f"# {describe_status(returncode)}\n")
         log.flush()

@@ -16,7 +16,6 @@ import threading
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 from sandboxapp.command import base_env
 from sandboxapp.errors import ExitStatus, SandboxError
@@ -26,7 +25,7 @@ from sandboxapp.layer import create_layer, stage_bind
 from sandboxapp.ledger import process_identity
 from sandboxapp.nspawn import NOISE_PREFIX, launch_argv
 from sandboxapp.safepath import DesktopUser, open_user_path
-from sandboxapp.supervisor import Supervisor
+from sandboxapp.supervisor import Supervisor, TextSink, forward_lines
 
 # The stub init nspawn runs as PID 1 turns this into SIGTERM for the app: a graceful stop.
 GRACEFUL_KILL_SIGNAL = "SIGRTMIN+3"
@@ -51,7 +50,7 @@ class ContainerRequest:
 
 
 class ContainerSide:
-    def __init__(self, supervisor: Supervisor, request: ContainerRequest, stderr: IO[str],
+    def __init__(self, supervisor: Supervisor, request: ContainerRequest, stderr: TextSink,
                  control_fd: int | None = None) -> None:
         self.supervisor = supervisor
         self.request = request
@@ -106,12 +105,6 @@ class ContainerSide:
                 os.close(fd)
         return staged
 
-    def _forward_stderr(self, stream: IO[str]) -> None:
-        for line in stream:
-            if not line.startswith(NSPAWN_NOISE):
-                self.stderr.write(line)
-                self.stderr.flush()
-
     def run(self, stack: ExitStack) -> int:
         plan = self.request.plan
         merged = self._layer(stack)
@@ -123,7 +116,8 @@ class ContainerSide:
         spec = dataclasses.replace(spec, kill_signal=GRACEFUL_KILL_SIGNAL)
         argv = launch_argv(spec, host_facts())
         entry = self.supervisor.add(stack, "container", machine=plan.machine, pid=None,
-                                    started=None)
+                                    started=None, uid=spec.ids.base, user=self.request.user.uid,
+                                    profile_file=str(plan.profile.path))
         self.supervisor.check_interrupted()
         process = subprocess.Popen(
             # If the launcher is killed, nspawn is killed with it, and its container with it.
@@ -138,7 +132,8 @@ class ContainerSide:
         assert self.supervisor.record is not None
         self.supervisor.record.update(entry, pid=pid, started=started)
         assert process.stderr is not None
-        forwarder = threading.Thread(target=self._forward_stderr, args=(process.stderr,),
+        forwarder = threading.Thread(target=forward_lines,
+                                     args=(process.stderr, self.stderr, NSPAWN_NOISE),
                                      daemon=True)
         forwarder.start()
         # A graceful stop: nspawn's SIGTERM becomes the app's SIGTERM (see GRACEFUL_KILL_SIGNAL);

@@ -17,10 +17,10 @@ import os
 import pwd
 import stat
 import subprocess
+import threading
 from collections.abc import Callable, Mapping
 from contextlib import ExitStack
 from pathlib import Path
-from typing import IO
 
 from sandboxapp import x11
 from sandboxapp.audio import SoundServerAddress, load_socket_module, server_reachable
@@ -33,7 +33,7 @@ from sandboxapp.ledger import RunDir
 from sandboxapp.paths import HELPER_PATH, SANDBOXAPP_GROUP, Locations
 from sandboxapp.recovery import SOUND_CONF, SOUND_SOCKET
 from sandboxapp.safepath import DesktopUser, ensure_user_dir, write_file_no_follow
-from sandboxapp.supervisor import Supervisor
+from sandboxapp.supervisor import Supervisor, TextSink, forward_lines
 
 
 class Launch:
@@ -44,7 +44,7 @@ class Launch:
         environ: Mapping[str, str],
         *,
         warn: Callable[[str], None],
-        stderr: IO[str],
+        stderr: TextSink,
     ) -> None:
         self.plan = plan
         self.locations = locations
@@ -161,14 +161,18 @@ class Launch:
     def _through_helper(self, sound: SoundPaths | None) -> int:
         self.supervisor.check_interrupted()
         process = subprocess.Popen(self._helper_argv(sound), env=base_env(
-            {"TERM": self.environ.get("TERM", "dumb")}), stdin=subprocess.PIPE)
-        assert process.stdin is not None
+            {"TERM": self.environ.get("TERM", "dumb")}), stdin=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True, errors="replace")
+        assert process.stdin is not None and process.stderr is not None
         stdin = process.stdin
+        forwarder = threading.Thread(target=forward_lines, args=(process.stderr, self.stderr),
+                                     daemon=True)
+        forwarder.start()
 
         def ask_to_stop() -> None:
             # The helper stops the app gracefully when its input says so or ends.
             with contextlib.suppress(OSError):
-                stdin.write(b"stop\n")
+                stdin.write("stop\n")
                 stdin.flush()
 
         def end_input() -> None:
@@ -179,6 +183,7 @@ class Launch:
             return self.supervisor.wait(process, on_stop=ask_to_stop, on_timeout=end_input)
         finally:
             end_input()
+            forwarder.join(timeout=5)
 
     # -- the whole launch --------------------------------------------------------------------
 

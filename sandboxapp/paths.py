@@ -46,6 +46,7 @@ class Locations:
     run_dir: Path
     config_home: Path
     data_home: Path
+    state_home: Path = Path("/nonexistent")
     system_profiles: Path = SYSTEM_PROFILE_DIR
     shipped_profiles: Path = SHIPPED_PROFILE_DIR
 
@@ -56,6 +57,7 @@ class Locations:
             run_dir=_env_path("SANDBOXAPP_RUN_DIR", default_run_dir()),
             config_home=_env_path("XDG_CONFIG_HOME", home() / ".config"),
             data_home=_env_path("XDG_DATA_HOME", home() / ".local" / "share"),
+            state_home=_env_path("XDG_STATE_HOME", home() / ".local" / "state"),
         )
 
     def profile_dirs(self) -> list[tuple[str, Path]]:

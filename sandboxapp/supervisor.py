@@ -13,7 +13,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
-from typing import Any
+from typing import IO, Any, Protocol
 
 from sandboxapp.errors import SandboxError
 from sandboxapp.ledger import Record, RunDir
@@ -24,6 +24,22 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
 STOP_TIMEOUT = 10.0
 
 
+class TextSink(Protocol):
+    """Where messages for the user go: stderr, or stderr and a run log together."""
+
+    def write(self, text: str, /) -> int: ...
+
+    def flush(self) -> None: ...
+
+
+def forward_lines(source: IO[str], target: TextSink, drop: tuple[str, ...] = ()) -> None:
+    """Copy a child's output line by line (leaving out lines that start with `drop`)."""
+    for line in source:
+        if not line.startswith(drop):
+            target.write(line)
+            target.flush()
+
+
 class Supervisor:
     def __init__(self, run_dir: RunDir, warn: Callable[[str], None]) -> None:
         self.run_dir = run_dir
@@ -31,6 +47,7 @@ class Supervisor:
         self.signalled: int | None = None
         # Set when the launch must stop for a reason other than a signal (its launcher is gone).
         self.stop_requested = False
+        self.escalations = 0
         self.wake_read, self.wake_write = socket.socketpair()
         self.record: Record | None = None
 
@@ -39,6 +56,8 @@ class Supervisor:
     def _on_signal(self, signum: int, frame: Any) -> None:
         if self.signalled is None:
             self.signalled = signum
+        else:
+            self.escalations += 1  # a second signal: do not wait any longer
 
     def install_signal_handlers(self, stack: ExitStack) -> None:
         self.wake_write.setblocking(False)
@@ -107,11 +126,13 @@ class Supervisor:
         on_timeout: Callable[[], None],
         control_fd: int | None = None,
     ) -> int:
-        """Wait for process. A signal, or end of input on control_fd (the launcher that feeds it
-        is gone or asks to stop), calls on_stop once; on_timeout follows every STOP_TIMEOUT
-        seconds until the process is gone."""
+        """Wait for process. A signal, or a line or end of input on control_fd (the launcher
+        that feeds it asks to stop, or is gone), calls on_stop; on_timeout follows after
+        STOP_TIMEOUT seconds, or at once on a second signal or control event, and again every
+        STOP_TIMEOUT seconds until the process is gone."""
         pidfd = os.pidfd_open(process.pid)
         deadline: float | None = None
+        escalated = 0
         try:
             while True:
                 waitables = [pidfd, self.wake_read.fileno()]
@@ -125,15 +146,21 @@ class Supervisor:
                     with contextlib.suppress(BlockingIOError):
                         self.wake_read.recv(64)
                 if control_fd is not None and control_fd in ready:
-                    # Anything, or end of file, on the control input means: stop.
-                    with contextlib.suppress(OSError):
-                        os.read(control_fd, 64)
+                    try:
+                        data = os.read(control_fd, 64)
+                    except OSError:
+                        data = b""
+                    if not data:
+                        control_fd = None  # the launcher is gone: nothing more will come
+                    if self.stop_requested:
+                        self.escalations += 1
                     self.stop_requested = True
-                    control_fd = None
                 if self.stopping and deadline is None:
                     on_stop()
                     deadline = time.monotonic() + STOP_TIMEOUT
-                elif deadline is not None and time.monotonic() >= deadline:
+                elif deadline is not None and (time.monotonic() >= deadline
+                                               or self.escalations > escalated):
+                    escalated = self.escalations
                     on_timeout()
                     deadline = time.monotonic() + STOP_TIMEOUT
         finally:

@@ -62,7 +62,8 @@ class Session:
                "SANDBOXAPP_IMAGE_DIR": str(self.image_dir),
                "SANDBOXAPP_RUN_DIR": str(self.run_dir),
                "XDG_DATA_HOME": str(self.data_home),
-               "XDG_CONFIG_HOME": str(self.tmp / "config")}
+               "XDG_CONFIG_HOME": str(self.tmp / "config"),
+               "XDG_STATE_HOME": str(self.tmp / "state")}
         if self.xserver is not None:
             env.update(DISPLAY=self.xserver.display, XAUTHORITY=str(self.xserver.xauthority))
         if self.sound is not None:

@@ -1,0 +1,166 @@
+"""`sandboxapp doctor`: is this machine ready, and is anything defeating the isolation?"""
+
+from __future__ import annotations
+
+import enum
+import grp
+import os
+import shutil
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from sandboxapp.errors import SandboxError
+from sandboxapp.paths import HELPER_PATH, SANDBOXAPP_GROUP, Locations
+
+MIN_FREE_BYTES = 2 * 10**9  # an image with Firefox is about 0.7 GB; room for a rebuild beside it
+ROOTIDMAP_SINCE = 252
+
+
+class Status(enum.StrEnum):
+    OK = "ok"
+    WARN = "warn"
+    FAIL = "FAIL"
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: Status
+    detail: str
+    hint: str | None = None
+
+
+def _nspawn() -> Check:
+    from sandboxapp.hostfacts import nspawn_version
+
+    if shutil.which("systemd-nspawn") is None:
+        return Check("systemd-nspawn", Status.FAIL, "not installed",
+                     "apt-get install systemd-container")
+    version = nspawn_version()
+    if version < ROOTIDMAP_SINCE:
+        return Check("systemd-nspawn", Status.FAIL,
+                     f"systemd {version}: persistent directories need rootidmap binds "
+                     f"(systemd {ROOTIDMAP_SINCE} or newer)", "upgrade systemd-container")
+    return Check("systemd-nspawn", Status.OK, f"systemd {version}, rootidmap binds supported")
+
+
+def _debootstrap() -> Check:
+    from sandboxapp.debian import KEYRING
+
+    if shutil.which("debootstrap") is None:
+        return Check("debootstrap", Status.FAIL, "not installed", "apt-get install debootstrap")
+    if not KEYRING.is_file():
+        return Check("debootstrap", Status.FAIL, f"{KEYRING} is missing: signatures cannot be "
+                     "checked", "apt-get install debian-archive-keyring")
+    return Check("debootstrap", Status.OK, f"installed, archive keyring {KEYRING}")
+
+
+def _user_namespaces() -> Check:
+    try:
+        limit = int(Path("/proc/sys/user/max_user_namespaces").read_text())
+    except (OSError, ValueError):
+        return Check("user namespaces", Status.FAIL, "the kernel does not offer them")
+    if limit == 0:
+        return Check("user namespaces", Status.FAIL, "disabled (user.max_user_namespaces = 0)",
+                     "sysctl -w user.max_user_namespaces=15000")
+    return Check("user namespaces", Status.OK, f"available (up to {limit})")
+
+
+def _overlayfs() -> Check:
+    filesystems = Path("/proc/filesystems").read_text()
+    if "overlay" in filesystems.split():
+        return Check("overlayfs", Status.OK, "available")
+    if Path(f"/lib/modules/{os.uname().release}").is_dir():
+        return Check("overlayfs", Status.WARN, "not loaded yet; the kernel loads it on first use")
+    return Check("overlayfs", Status.FAIL, "not available", "modprobe overlay")
+
+
+def _display(environ: Mapping[str, str]) -> list[Check]:
+    from sandboxapp import x11
+    from sandboxapp.display import parse_display
+
+    try:
+        display = parse_display(environ.get("DISPLAY"))
+        access = x11.XAccess.from_environment(display, environ)
+        everyone = x11.admits_everyone_local(access)
+    except SandboxError as exc:
+        return [Check("X display", Status.FAIL, exc.message, exc.hint)]
+    checks = [Check("X display", Status.OK, f"{display.name} reachable")]
+    if everyone:
+        checks.append(Check(
+            "X access control", Status.FAIL,
+            "the X server admits every local user (xhost shows LOCAL:, or access control is "
+            "off): any sandbox could reach your display, whatever sandboxapp grants",
+            "xhost -local: ; xhost -"))
+    else:
+        checks.append(Check("X access control", Status.OK,
+                            "only authorised clients and granted UIDs get in"))
+    return checks
+
+
+def _sound(environ: Mapping[str, str], run_dir: Path) -> Check:
+    from sandboxapp.audio import (
+        SoundServerAddress,
+        load_socket_module,
+        server_reachable,
+        unload_socket_module,
+    )
+
+    address = SoundServerAddress.from_environment(environ)
+    if address is None or not server_reachable(address):
+        return Check("sound server", Status.FAIL, "no PulseAudio or PipeWire server found",
+                     "start your session's sound server, or set PULSE_SERVER")
+    probe = Path(environ.get("XDG_RUNTIME_DIR") or run_dir) / f"sandboxapp-doctor-{os.getpid()}"
+    try:
+        index = load_socket_module(address, probe)
+    except SandboxError as exc:
+        return Check("sound server", Status.WARN,
+                     f"reachable at {address.socket}, but {exc.message}: sandboxes would share "
+                     "your own socket", "use PulseAudio for per-sandbox sockets")
+    unload_socket_module(address, index, probe)
+    return Check("sound server", Status.OK,
+                 f"{address.socket}: per-sandbox sockets work")
+
+
+def _privileges() -> Check:
+    if os.geteuid() == 0:
+        return Check("privileges", Status.OK, "running as root")
+    try:
+        group = grp.getgrnam(SANDBOXAPP_GROUP)
+    except KeyError:
+        return Check("privileges", Status.FAIL, "sandboxapp is not set up for desktop users",
+                     "sudo sandboxapp setup --add-user $USER")
+    name = os.environ.get("USER", "")
+    if not os.access(HELPER_PATH, os.X_OK):
+        return Check("privileges", Status.FAIL, f"{HELPER_PATH} is missing",
+                     "sudo sandboxapp setup")
+    if group.gr_gid not in os.getgroups() and name not in group.gr_mem:
+        return Check("privileges", Status.FAIL, f"you are not in the {SANDBOXAPP_GROUP} group",
+                     f"sudo sandboxapp setup --add-user {name or '$USER'}")
+    return Check("privileges", Status.OK, f"member of {SANDBOXAPP_GROUP}; helper installed")
+
+
+def _disk(image_dir: Path) -> Check:
+    existing = image_dir
+    while not existing.exists():
+        existing = existing.parent
+    free = shutil.disk_usage(existing).free
+    text = f"{free / 10**9:.1f} GB free for images in {image_dir}"
+    if free < MIN_FREE_BYTES:
+        return Check("disk space", Status.FAIL, text, "free some space, or set "
+                     "SANDBOXAPP_IMAGE_DIR to a larger file system")
+    return Check("disk space", Status.OK, text)
+
+
+def run_checks(locations: Locations, environ: Mapping[str, str]) -> list[Check]:
+    checks: list[Check] = []
+    steps: list[Callable[[], Check | list[Check]]] = [
+        _nspawn, _debootstrap, _user_namespaces, _overlayfs,
+        lambda: _display(environ), lambda: _sound(environ, locations.run_dir), _privileges,
+        lambda: _disk(locations.image_dir),
+    ]
+    for step in steps:
+        result = step()
+        checks.extend(result if isinstance(result, list) else [result])
+    return checks

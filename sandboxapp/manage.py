@@ -1,0 +1,157 @@
+"""Seeing and stopping what runs: `sandboxapp ps` and `sandboxapp stop`."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from dataclasses import asdict, dataclass
+
+import psutil
+
+from sandboxapp.errors import ExitStatus, SandboxError
+from sandboxapp.ledger import Record, RunDir
+from sandboxapp.paths import DEFAULT_RUN_DIR, Locations
+
+CPU_SAMPLE_SECONDS = 0.2
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    profile: str
+    launcher_pid: int
+    container_pid: int | None  # the container's PID 1, as the host sees it
+    host_uid: int | None
+    uptime_seconds: float
+    cpu_percent: float
+    memory_bytes: int
+    grants: tuple[str, ...]
+
+    def to_json(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def _run_dirs(locations: Locations) -> list[RunDir]:
+    """The run directories to look in: this side's own, and the root side's."""
+    dirs = [locations.run_dir]
+    if DEFAULT_RUN_DIR not in dirs:
+        dirs.append(DEFAULT_RUN_DIR)
+    return [RunDir(d) for d in dirs]
+
+
+def _live_records(locations: Locations) -> dict[str, list[Record]]:
+    by_profile: dict[str, list[Record]] = {}
+    for run_dir in _run_dirs(locations):
+        try:
+            records = run_dir.records()
+        except OSError:
+            continue
+        for record in records:
+            if record.launcher_alive:
+                by_profile.setdefault(record.profile, []).append(record)
+    return by_profile
+
+
+def _container_tree(records: list[Record]) -> tuple[int | None, int | None, list[psutil.Process]]:
+    for record in records:
+        for entry in record.entries:
+            if entry["kind"] == "container" and isinstance(entry.get("pid"), int):
+                try:
+                    nspawn = psutil.Process(entry["pid"])
+                    tree = nspawn.children(recursive=True)
+                except psutil.Error:
+                    continue
+                init = next((p.pid for p in nspawn.children()), None)
+                return init, entry.get("uid"), tree
+    return None, None, []
+
+
+def _grants(records: list[Record]) -> tuple[str, ...]:
+    grants = []
+    for record in records:
+        for entry in record.entries:
+            if entry["kind"] == "x11":
+                grants.append(f"x11 :{entry['display']} localuser:#{entry['uid']}")
+            elif entry["kind"] == "sound":
+                own = entry.get("index") is not None
+                grants.append(f"sound {entry['socket'] if own else 'shared socket'}")
+    return tuple(grants)
+
+
+def _usage(tree: list[psutil.Process]) -> tuple[float, int]:
+    def cpu_total() -> float:
+        total = 0.0
+        for process in tree:
+            try:
+                times = process.cpu_times()
+                total += times.user + times.system
+            except psutil.Error:
+                pass
+        return total
+
+    before = cpu_total()
+    time.sleep(CPU_SAMPLE_SECONDS)
+    percent = (cpu_total() - before) / CPU_SAMPLE_SECONDS * 100
+    memory = 0
+    for process in tree:
+        with contextlib.suppress(psutil.Error):
+            memory += process.memory_info().rss
+    return round(percent, 1), memory
+
+
+def running_sandboxes(locations: Locations) -> list[Sandbox]:
+    sandboxes = []
+    for profile, records in sorted(_live_records(locations).items()):
+        launcher = min(records, key=lambda r: r.started)
+        init, uid, tree = _container_tree(records)
+        cpu, memory = _usage(tree) if tree else (0.0, 0)
+        sandboxes.append(Sandbox(profile, launcher.pid, init, uid,
+                                 round(time.time() - launcher.started, 1), cpu, memory,
+                                 _grants(records)))
+    return sandboxes
+
+
+def stop(locations: Locations, profile: str, timeout: float) -> float:
+    """Stop a running sandbox gracefully; how long it took. Its launcher gets SIGTERM (the app
+    then gets SIGTERM and time to save), after `timeout` seconds a second SIGTERM (the app is
+    killed); the launcher takes the grants back as on a normal exit."""
+    records = _live_records(locations).get(profile)
+    if not records:
+        raise SandboxError(f"{profile} is not running", status=ExitStatus.USAGE,
+                           hint="'sandboxapp ps' shows what runs")
+    mine = [r for r in records if _owned_by_caller(r.pid)]
+    if not mine:
+        raise SandboxError(f"{profile} was started by another user", status=ExitStatus.USAGE)
+    launcher = min(mine, key=lambda r: r.started)
+    started = time.monotonic()
+    process = psutil.Process(launcher.pid)
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except psutil.TimeoutExpired:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except psutil.TimeoutExpired:
+            raise SandboxError(f"{profile} did not stop (launcher pid {launcher.pid})",
+                               status=ExitStatus.FAILURE) from None
+    except psutil.NoSuchProcess:
+        pass
+    return time.monotonic() - started
+
+
+def _owned_by_caller(pid: int) -> bool:
+    try:
+        return os.geteuid() == 0 or psutil.Process(pid).uids().real == os.getuid()
+    except psutil.Error:
+        return False
+
+
+def human_bytes(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"
