@@ -290,7 +290,7 @@ def cmd_desktop_list(args: argparse.Namespace, locations: Locations) -> int:
 def cmd_ps(args: argparse.Namespace, locations: Locations) -> int:
     import json
 
-    from sandboxapp.manage import human_bytes, running_sandboxes
+    from sandboxapp.manage import running_sandboxes
 
     sandboxes = running_sandboxes(locations)
     if args.json:
@@ -305,7 +305,7 @@ def cmd_ps(args: argparse.Namespace, locations: Locations) -> int:
         minutes, seconds = divmod(int(s.uptime_seconds), 60)
         rows.append([s.profile, str(s.launcher_pid), str(s.container_pid or "-"),
                      str(s.host_uid or "-"), f"{minutes}:{seconds:02d}", f"{s.cpu_percent}%",
-                     human_bytes(s.memory_bytes), ", ".join(s.grants) or "-"])
+                     _human_size(s.memory_bytes), ", ".join(s.grants) or "-"])
     _say(_table(rows))
     return ExitStatus.OK
 

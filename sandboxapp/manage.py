@@ -146,12 +146,3 @@ def _owned_by_caller(pid: int) -> bool:
         return os.geteuid() == 0 or psutil.Process(pid).uids().real == os.getuid()
     except psutil.Error:
         return False
-
-
-def human_bytes(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{size} B"
