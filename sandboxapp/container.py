@@ -8,14 +8,16 @@ very inode bind-mounted into a staging directory in the layer; nspawn only sees 
 
 from __future__ import annotations
 
-import dataclasses
 import os
+import signal
 import stat
 import subprocess
 import threading
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+
+import psutil
 
 from sandboxapp.command import base_env
 from sandboxapp.errors import ExitStatus, SandboxError
@@ -27,8 +29,6 @@ from sandboxapp.nspawn import NOISE_PREFIX, launch_argv
 from sandboxapp.safepath import DesktopUser, open_user_path
 from sandboxapp.supervisor import Supervisor, TextSink, forward_lines
 
-# The stub init nspawn runs as PID 1 turns this into SIGTERM for the app: a graceful stop.
-GRACEFUL_KILL_SIGNAL = "SIGRTMIN+3"
 FILE_TYPE_NAMES = {stat.S_IFDIR: "directory", stat.S_IFSOCK: "socket", stat.S_IFREG: "file"}
 NSPAWN_NOISE = (NOISE_PREFIX, "Trying to halt container. Send SIGTERM again")
 
@@ -47,6 +47,21 @@ class ContainerRequest:
     user: DesktopUser
     trusted_profile: bool  # from a root-owned profile directory
     sound: SoundPaths | None
+
+
+def stop_app(nspawn_pid: int) -> None:
+    """A graceful stop: SIGTERM to the app itself (the container's PID 2, below nspawn's stub
+    init), so it can save its work. Signalling nspawn instead would SIGKILL it, and its stub
+    init's own stop sends SIGHUP too, which ends most programs at once."""
+    try:
+        init = psutil.Process(nspawn_pid).children()
+        apps = init[0].children() if init else []
+        for app in apps or init:
+            app.send_signal(signal.SIGTERM)
+        if not init:
+            psutil.Process(nspawn_pid).send_signal(signal.SIGTERM)
+    except psutil.Error:
+        pass
 
 
 class ContainerSide:
@@ -113,7 +128,6 @@ class ContainerSide:
         sound = self.request.sound
         spec = launch_spec(plan, merged, sound_socket=sound.socket if sound else None,
                            sound_conf=sound.conf if sound else None, staged=staged)
-        spec = dataclasses.replace(spec, kill_signal=GRACEFUL_KILL_SIGNAL)
         argv = launch_argv(spec, host_facts())
         entry = self.supervisor.add(stack, "container", machine=plan.machine, pid=None,
                                     started=None, uid=spec.ids.base, user=self.request.user.uid,
@@ -136,9 +150,7 @@ class ContainerSide:
                                      args=(process.stderr, self.stderr, NSPAWN_NOISE),
                                      daemon=True)
         forwarder.start()
-        # A graceful stop: nspawn's SIGTERM becomes the app's SIGTERM (see GRACEFUL_KILL_SIGNAL);
-        # after STOP_TIMEOUT it is killed.
-        status = self.supervisor.wait(process, on_stop=process.terminate,
+        status = self.supervisor.wait(process, on_stop=lambda: stop_app(process.pid),
                                       on_timeout=process.kill, control_fd=self.control_fd)
         forwarder.join(timeout=5)
         return status

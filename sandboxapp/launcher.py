@@ -28,6 +28,7 @@ from sandboxapp.command import base_env, program_exists
 from sandboxapp.container import ContainerRequest, ContainerSide, SoundPaths
 from sandboxapp.errors import ExitStatus, SandboxError
 from sandboxapp.imagefs import check_command
+from sandboxapp.join import join
 from sandboxapp.launchplan import PULSE_CLIENT_CONF_TEXT, LaunchPlan
 from sandboxapp.ledger import RunDir
 from sandboxapp.paths import HELPER_PATH, SANDBOXAPP_GROUP, Locations
@@ -185,6 +186,14 @@ class Launch:
             end_input()
             forwarder.join(timeout=5)
 
+    def _join(self, as_root: bool) -> int:
+        if as_root:
+            return join(self.supervisor.run_dir, self.plan, self.user)
+        argv = self._helper_argv(None)
+        argv[argv.index("launch")] = "join"
+        return subprocess.run(argv, env=base_env({"TERM": self.environ.get("TERM", "dumb")}),
+                              check=False).returncode
+
     # -- the whole launch --------------------------------------------------------------------
 
     def run(self) -> int:
@@ -200,7 +209,9 @@ class Launch:
             )
         check_command(plan.image.rootfs, plan.command[0])
         with ExitStack() as stack:
-            self.supervisor.begin(stack, plan.profile.name)
+            if not self.supervisor.begin(stack, plan.profile.name):
+                # Already running: this command runs inside that sandbox instead.
+                return self._join(as_root)
             self._persistent_dirs()
             self._x11(stack)
             self.supervisor.check_interrupted()

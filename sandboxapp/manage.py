@@ -127,18 +127,26 @@ def stop(locations: Locations, profile: str, timeout: float) -> float:
     started = time.monotonic()
     process = psutil.Process(launcher.pid)
     process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=timeout)
-    except psutil.TimeoutExpired:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except psutil.TimeoutExpired:
+    if not _wait_gone(process, timeout):
+        process.send_signal(signal.SIGTERM)  # the second one: the app is killed now
+        if not _wait_gone(process, 30):
             raise SandboxError(f"{profile} did not stop (launcher pid {launcher.pid})",
-                               status=ExitStatus.FAILURE) from None
-    except psutil.NoSuchProcess:
-        pass
+                               status=ExitStatus.FAILURE)
     return time.monotonic() - started
+
+
+def _wait_gone(process: psutil.Process, timeout: float) -> bool:
+    """Whether the process ended within timeout (a zombie its parent has not reaped yet has
+    ended too)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if process.status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.05)
+    return False
 
 
 def _owned_by_caller(pid: int) -> bool:

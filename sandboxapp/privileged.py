@@ -22,11 +22,11 @@ from pathlib import Path
 
 from sandboxapp.cli import report
 from sandboxapp.container import ContainerRequest, ContainerSide, SoundPaths
-from sandboxapp.display import Display
 from sandboxapp.errors import ExitStatus, SandboxError
 from sandboxapp.image import ImageStore
 from sandboxapp.imagefs import check_command
-from sandboxapp.launchplan import plan_launch
+from sandboxapp.join import join
+from sandboxapp.launchplan import LaunchPlan, plan_launch
 from sandboxapp.ledger import RunDir
 from sandboxapp.paths import DEFAULT_RUN_DIR, SHIPPED_PROFILE_DIR, SYSTEM_PROFILE_DIR, Locations
 from sandboxapp.profile import MAX_FILE_SIZE, check_profile_name, invalid, parse_profile
@@ -46,14 +46,16 @@ def _absolute(text: str) -> Path:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sandboxapp-privileged")
     commands = parser.add_subparsers(dest="command", required=True)
-    launch = commands.add_parser("launch")
-    launch.add_argument("profile")
-    launch.add_argument("--profile-file", type=_absolute, required=True)
-    launch.add_argument("--data-home", type=_absolute, required=True)
-    launch.add_argument("--display", type=int)
-    launch.add_argument("--sound-socket", type=_absolute)
-    launch.add_argument("--sound-conf", type=_absolute)
-    launch.add_argument("args", nargs=argparse.REMAINDER)
+    # launch: a new sandbox; join: the command inside the user's running sandbox.
+    for command in ("launch", "join"):
+        sub = commands.add_parser(command)
+        sub.add_argument("--profile-file", type=_absolute, required=True)
+        sub.add_argument("--data-home", type=_absolute, required=True)
+        sub.add_argument("--display", type=int)
+        sub.add_argument("--sound-socket", type=_absolute)
+        sub.add_argument("--sound-conf", type=_absolute)
+        sub.add_argument("profile")
+        sub.add_argument("args", nargs=argparse.REMAINDER)
     return parser
 
 
@@ -66,7 +68,9 @@ def _log(store: ImageStore, text: str) -> None:
         stream.write(f"{stamp} {text}\n")
 
 
-def launch(args: argparse.Namespace, user: DesktopUser, locations: Locations) -> int:
+def _checked_plan(args: argparse.Namespace, user: DesktopUser,
+                  locations: Locations) -> tuple[LaunchPlan, bool, SoundPaths | None]:
+    """The request, re-read and re-checked: (plan, profile trusted, sound paths)."""
     name = check_profile_name(args.profile)
     path: Path = args.profile_file
     if path.name != f"{name}.toml":
@@ -87,25 +91,34 @@ def launch(args: argparse.Namespace, user: DesktopUser, locations: Locations) ->
         raise SandboxError("the profile needs the X display, and none was given",
                            status=ExitStatus.LAUNCHER)
     plan = plan_launch(profile, extra, locations, environ)
-    if not profile.sandbox.x11:
-        assert plan.display is None
-    elif plan.display != Display(args.display):
-        raise SandboxError("bad display", status=ExitStatus.LAUNCHER)
     sound = None
     if args.sound_socket is not None or args.sound_conf is not None:
         if not profile.sandbox.pulseaudio or args.sound_socket is None or args.sound_conf is None:
             raise SandboxError("sound was asked for, but the profile has none, or only half of it"
                                " was given", status=ExitStatus.LAUNCHER)
         sound = SoundPaths(args.sound_socket, args.sound_conf)
-    store = ImageStore(locations.image_dir)
-    image = store.require(name)
+    image = ImageStore(locations.image_dir).require(name)
     check_command(image.rootfs, plan.command[0])
+    return plan, trusted, sound
 
+
+def join_running(args: argparse.Namespace, user: DesktopUser, locations: Locations) -> int:
+    plan, _, _ = _checked_plan(args, user, locations)
+    _log(ImageStore(locations.image_dir),
+         f"uid={user.uid} profile={plan.profile.name} join args={plan.command!r}")
+    return join(RunDir(locations.run_dir), plan, user)
+
+
+def launch(args: argparse.Namespace, user: DesktopUser, locations: Locations) -> int:
+    plan, trusted, sound = _checked_plan(args, user, locations)
+    name, path, extra = plan.profile.name, plan.profile.path, plan.command
+    store = ImageStore(locations.image_dir)
     _log(store, f"uid={user.uid} profile={name} file={path} trusted={trusted} "
                 f"display={args.display} sound={sound is not None} args={extra!r}")
     supervisor = Supervisor(RunDir(locations.run_dir), warn=_warn)
     with ExitStack() as stack:
-        supervisor.begin(stack, name)
+        if not supervisor.begin(stack, name):
+            raise supervisor.run_dir.already_running(name)
         request = ContainerRequest(plan, user, trusted_profile=trusted, sound=sound)
         status = ContainerSide(supervisor, request, sys.stderr,
                                control_fd=sys.stdin.fileno()).run(stack)
@@ -133,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     locations = Locations(image_dir=Path(image_dir), run_dir=Path(run_dir),
                           config_home=Path("/nonexistent"), data_home=args.data_home)
     try:
-        return launch(args, user, locations)
+        return (join_running if args.command == "join" else launch)(args, user, locations)
     except SandboxError as error:
         report(error, sys.stderr)
         return int(error.status)

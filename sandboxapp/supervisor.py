@@ -83,15 +83,17 @@ class Supervisor:
 
     # -- the record --------------------------------------------------------------------------
 
-    def begin(self, stack: ExitStack, profile: str) -> None:
-        """Take the profile's lock, clean up after dead launchers, start this launch's record."""
-        self.install_signal_handlers(stack)
+    def begin(self, stack: ExitStack, profile: str) -> bool:
+        """Take the profile's lock, clean up after dead launchers, start this launch's record;
+        False (and nothing done) when another launch of the profile holds the lock."""
         if not stack.enter_context(self.run_dir.profile_lock(profile)):
-            raise self.run_dir.already_running(profile)
+            return False
+        self.install_signal_handlers(stack)
         for message in reconcile(self.run_dir, holding=profile):
             self.warn(message)
         self.record = self.run_dir.new_record(profile)
         stack.callback(self._forget_record)
+        return True
 
     def _forget_record(self) -> None:
         assert self.record is not None

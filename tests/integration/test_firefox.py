@@ -14,26 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from sandboxapp.image import ImageStore, spec_digest
-from sandboxapp.paths import SHIPPED_PROFILE_DIR
-from sandboxapp.profile import load_profile_file
 from tests.harness import SoundServer, XServer, require_programs, screenshot
-from tests.integration.conftest import TEST_IMAGE_DIR, sandboxapp
 from tests.integration.launching import Session
 
 ARTIFACTS = Path(os.environ.get("SANDBOXAPP_TEST_ARTIFACTS", "/tmp/sandboxapp-test-artifacts"))
 TITLE = "sandboxapp bookmark test"
-
-
-@pytest.fixture(scope="session")
-def firefox_image_dir() -> Path:
-    profile = load_profile_file(SHIPPED_PROFILE_DIR / "firefox.toml", "shipped")
-    image = ImageStore(TEST_IMAGE_DIR).get("firefox")
-    if image is None or image.meta.spec_digest != spec_digest(profile.image):
-        result = sandboxapp("image", "build", "--force", "firefox",
-                            env={"SANDBOXAPP_IMAGE_DIR": str(TEST_IMAGE_DIR)}, timeout=1800)
-        assert result.returncode == 0, result.stderr
-    return TEST_IMAGE_DIR
 
 
 @pytest.fixture

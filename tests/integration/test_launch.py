@@ -224,14 +224,6 @@ def test_cleanup_command_undoes_a_killed_launch(session: Session) -> None:
     assert_nothing_left(session, grants_before, modules_before)
 
 
-def test_a_second_run_of_a_running_profile_is_refused(session: Session) -> None:
-    profile = write_variant(session.profiles, waiting_command(), FULL_SANDBOX)
-    with session.running(profile) as launch:
-        second = session.run(str(profile))
-        assert second.returncode == 125
-        assert f"already running (pid {launch.pid})" in second.stderr
-
-
 def test_nspawn_failing_to_start_still_revokes_everything(session: Session) -> None:
     grants_before = session.x_grants()
     modules_before = session.socket_modules()
