@@ -28,6 +28,15 @@ PULSE_CLIENT_CONF = PULSE_DIR / "client.conf"
 PULSE_CLIENT_CONF_TEXT = "autospawn = no\nenable-shm = no\n"
 # The container has its own IPC namespace, so MIT-SHM to the host's X server cannot work:
 # these tell Qt and other toolkits not to try (the same variables x11docker sets).
+# The sandbox's own session bus, started before the app (dbus-daemon --fork returns once the
+# bus is ready) and gone with the container.
+SESSION_BUS = "unix:path=/run/sandboxapp-session-bus"
+SESSION_BUS_WRAPPER = (
+    "/bin/sh", "-c",
+    f"dbus-daemon --session --address={SESSION_BUS} --fork --nopidfile --syslog-only"
+    ' && exec "$@"',
+    "sh",
+)
 NO_MITSHM_ENV = (("QT_X11_NO_MITSHM", "1"), ("_X11_NO_MITSHM", "1"), ("_MITSHM", "0"))
 
 
@@ -90,6 +99,8 @@ def container_env(plan: LaunchPlan, *, sound: bool) -> tuple[tuple[str, str], ..
     if sound:
         env.append(("PULSE_SERVER", f"unix:{PULSE_SOCKET}"))
         env.append(("PULSE_CLIENTCONFIG", str(PULSE_CLIENT_CONF)))
+    if plan.profile.sandbox.session_bus:
+        env.append(("DBUS_SESSION_BUS_ADDRESS", SESSION_BUS))
     env.extend(plan.profile.sandbox.env)
     return tuple(env)
 
@@ -133,7 +144,8 @@ def launch_spec(
         private_network=plan.profile.sandbox.network is Network.NONE,
         binds=tuple(binds),
         env=container_env(plan, sound=sound),
-        command=plan.command,
+        command=(*SESSION_BUS_WRAPPER, *plan.command) if plan.profile.sandbox.session_bus
+        else plan.command,
     )
 
 

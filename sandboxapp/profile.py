@@ -28,7 +28,8 @@ MAX_FILE_SIZE = 1 << 20
 
 # Set by sandboxapp itself for every run: a profile may not override them.
 RESERVED_ENV = frozenset(
-    {"DISPLAY", "XAUTHORITY", "PULSE_SERVER", "PULSE_CLIENTCONFIG", "PULSE_COOKIE", "container"}
+    {"DISPLAY", "XAUTHORITY", "PULSE_SERVER", "PULSE_CLIENTCONFIG", "PULSE_COOKIE",
+     "DBUS_SESSION_BUS_ADDRESS", "container"}
 )
 # Container paths that belong to the kernel or to nspawn, not to the application.
 RESERVED_CONTAINER_DIRS = (
@@ -62,6 +63,9 @@ class SandboxSpec:
     stateless: bool = True
     x11: bool = False
     pulseaudio: bool = False
+    # A D-Bus session bus of the sandbox's own (never the user's): programs that find their
+    # running instance over D-Bus, as Firefox does, then get joined launches right.
+    session_bus: bool = False
     network: Network = Network.NONE
     persist: tuple[PurePosixPath, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
@@ -250,11 +254,13 @@ def parse_profile(name: str, path: Path, origin: str, doc: dict[str, Any]) -> Pr
 
     sandbox_table = r.table(
         doc, "sandbox",
-        ("stateless", "x11", "pulseaudio", "network", "persist", "env", "bind_ro"),
+        ("stateless", "x11", "pulseaudio", "session_bus", "network", "persist", "env",
+         "bind_ro"),
     )
     flags = {
         key: r.value(sandbox_table, key, f"sandbox.{key}", bool, "true or false", default=default)
-        for key, default in (("stateless", True), ("x11", False), ("pulseaudio", False))
+        for key, default in (("stateless", True), ("x11", False), ("pulseaudio", False),
+                             ("session_bus", False))
     }
     network_text = r.value(sandbox_table, "network", "sandbox.network", str,
                            '"host" or "none"', default=Network.NONE.value)
@@ -316,6 +322,7 @@ def parse_profile(name: str, path: Path, origin: str, doc: dict[str, Any]) -> Pr
             stateless=flags["stateless"],
             x11=flags["x11"],
             pulseaudio=flags["pulseaudio"],
+            session_bus=flags["session_bus"],
             network=network,
             persist=persist,
             env=tuple(env),

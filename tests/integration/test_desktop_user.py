@@ -331,3 +331,29 @@ def test_a_user_outside_the_group_is_refused_with_the_hint(outsider: DesktopUser
     assert isinstance(direct, subprocess.CompletedProcess)
     assert direct.returncode == 1
     assert "password is required" in direct.stderr
+
+
+def test_a_second_launch_by_the_user_joins_through_the_helper(
+    member: DesktopUser, user_x: Path, user_sound: SoundServer, xserver: XServer,
+    test_image_dir: Path,
+) -> None:
+    user_profile(member, ["/bin/sh"])
+    env = session_env(xserver, user_x, user_sound)
+    first = as_user(member, [str(USER_COMMAND), "run", NAME, "--", "-c",
+                             "readlink /proc/self/ns/pid > /root/data/ns; touch /root/data/ready; "
+                             "while [ ! -e /root/data/go ]; do sleep 0.05; done"],
+                    env, background=True)
+    assert isinstance(first, subprocess.Popen)
+    try:
+        wait_for_file(member.data / "ready", first)
+        joined = as_user(member, [str(USER_COMMAND), "run", NAME, "--", "-c",
+                                  "readlink /proc/self/ns/pid; touch /root/data/go"], env)
+        assert isinstance(joined, subprocess.CompletedProcess)
+        assert joined.returncode == 0, joined.stderr
+        assert joined.stdout.strip() == (member.data / "ns").read_text().strip()
+        assert first.wait(timeout=60) == 0
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert mounts_under(test_image_dir) == []
+

@@ -19,6 +19,7 @@ from tests.integration.launching import Session
 
 ARTIFACTS = Path(os.environ.get("SANDBOXAPP_TEST_ARTIFACTS", "/tmp/sandboxapp-test-artifacts"))
 TITLE = "sandboxapp bookmark test"
+SECOND_TITLE = "sandboxapp second page"
 
 
 @pytest.fixture
@@ -29,6 +30,10 @@ def web_page(tmp_path: Path) -> Iterator[str]:
     (www / "index.html").write_text(
         f"<html><head><title>{TITLE}</title></head>"
         "<body><h1>Hello from the host</h1><p>served to a sandboxed Firefox</p></body></html>"
+    )
+    (www / "second.html").write_text(
+        f"<html><head><title>{SECOND_TITLE}</title></head><body>opened by a second launch"
+        "</body></html>"
     )
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(www))
     handler.log_message = lambda *args: None  # type: ignore[method-assign]
@@ -125,6 +130,16 @@ def test_firefox_shows_its_window_and_keeps_bookmarks_and_settings(
     time.sleep(3)
     _, _, colours = screenshot(xserver, ARTIFACTS / "firefox-second-run.png")
     assert colours > 20
+    # Launched again while it runs (the menu entry clicked again, a link opened): the URL goes
+    # to the running sandboxed Firefox over the sandbox's own session bus, as a new tab.
+    joined = session.run("firefox", "--", web_page.replace("index.html", "second.html"),
+                         timeout=60)
+    assert joined.returncode == 0, joined.stderr
+    wait_for_window(xserver, SECOND_TITLE, second)
+    time.sleep(2)
+    screenshot(xserver, ARTIFACTS / "firefox-joined.png")
+    ps = session.sandboxapp("ps", "--json")
+    assert [s["profile"] for s in __import__("json").loads(ps.stdout)] == ["firefox"]
     second.terminate()
     assert second.wait(timeout=60) == 143
     assert firefox_profile(session) == profile
