@@ -19,6 +19,7 @@ from sandboxapp.profile import Profile, find_profile, iter_profile_files, load_p
 
 if TYPE_CHECKING:
     from sandboxapp.desktop import DesktopEntries
+    from sandboxapp.image import Image
     from sandboxapp.supervisor import TextSink
 
 
@@ -156,20 +157,76 @@ def cmd_image_build(args: argparse.Namespace, locations: Locations) -> int:
     return ExitStatus.OK
 
 
+def _image_state(name: str, image: Image, locations: Locations) -> str:
+    from sandboxapp.imagebuild import image_is_stale
+
+    try:
+        profile = find_profile(name, locations)
+    except SandboxError:
+        return "no profile"
+    return "stale" if image_is_stale(profile, image) else "current"
+
+
 def cmd_image_list(args: argparse.Namespace, locations: Locations) -> int:
+    from datetime import UTC, datetime
+
     from sandboxapp.image import ImageStore
 
     images = ImageStore(locations.image_dir).images()
     if not images:
         _say(f"no images in {locations.image_dir}")
         return ExitStatus.OK
-    rows = [["PROFILE", "SUITE", "SIZE", "BUILT", "UID RANGE"]]
+    rows = [["PROFILE", "SUITE", "SIZE", "BUILT", "UPDATED", "AGE", "STATE", "UID RANGE"]]
     for image in images:
         meta = image.meta
+        updated = (datetime.fromisoformat(meta.updated_at).strftime("%Y-%m-%d %H:%M")
+                   if meta.updated_at else "-")
+        age = datetime.now(UTC) - meta.refreshed_at
         rows.append([meta.profile, meta.suite, _human_size(meta.size_bytes),
-                     image.built_at.strftime("%Y-%m-%d %H:%M UTC"), str(meta.uid_range)])
+                     image.built_at.strftime("%Y-%m-%d %H:%M"), updated, f"{age.days} d",
+                     _image_state(meta.profile, image, locations), str(meta.uid_range)])
     _say(_table(rows))
     return ExitStatus.OK
+
+
+def cmd_image_update(args: argparse.Namespace, locations: Locations) -> int:
+    from sandboxapp.image import ImageStore
+    from sandboxapp.imagebuild import update_image
+
+    store = ImageStore(locations.image_dir)
+    if args.all:
+        names = [image.name for image in store.images()]
+    elif args.profile:
+        names = [args.profile]
+    else:
+        raise SandboxError("name a profile, or give --all", status=ExitStatus.USAGE)
+    for name in names:
+        profile = _resolve_profile(name, locations)
+        progress = TerminalProgress(sys.stderr)
+        try:
+            image, changes = update_image(profile, store, progress)
+        finally:
+            progress.done.set()
+        progress.finish(f"updated {image.name}: {len(changes)} package(s) changed")
+        for change in changes:
+            _say(f"{image.name}: {change.name} {change.old or '(new)'} -> "
+                 f"{change.new or '(removed)'}")
+    return ExitStatus.OK
+
+
+def cmd_shell(args: argparse.Namespace, locations: Locations) -> int:
+    from sandboxapp.image import ImageStore
+    from sandboxapp.imagebuild import shell_in_image
+
+    profile = _resolve_profile(args.profile, locations)
+    progress = TerminalProgress(sys.stderr)
+    try:
+        status, kept = shell_in_image(profile, ImageStore(locations.image_dir), progress,
+                                      discard=args.discard)
+    finally:
+        progress.done.set()
+    progress.finish(f"changes to {profile.name}'s image " + ("kept" if kept else "discarded"))
+    return status
 
 
 def cmd_image_remove(args: argparse.Namespace, locations: Locations) -> int:
@@ -178,6 +235,63 @@ def cmd_image_remove(args: argparse.Namespace, locations: Locations) -> int:
     path = ImageStore(locations.image_dir).remove(args.profile)
     _say(f"removed {path}")
     return ExitStatus.OK
+
+
+def _prepare_image(profile: Profile, locations: Locations,
+                   warn: Callable[[str], None]) -> bool:
+    """Before a launch: build a missing image, update one that is too old where the profile
+    asks for it (or say how), say when the profile has moved on. Whether the image changed."""
+    from datetime import UTC, datetime
+
+    from sandboxapp.image import ImageStore
+    from sandboxapp.imagebuild import image_is_stale
+
+    image = ImageStore(locations.image_dir).get(profile.name)
+    if image is None:
+        if not sys.stderr.isatty():
+            from sandboxapp.notify import notify
+
+            notify(os.environ, f"sandboxapp: starting {profile.name} for the first time",
+                   "Its image is being built: this takes a minute or two.")
+        warn(f"the image for {profile.name} is not built yet: building it first "
+             "(a minute or two)")
+        _image_work("build", profile, locations)
+        return True
+    if image_is_stale(profile, image):
+        warn(f"the image for {profile.name} is stale: its profile's [image] section changed; "
+             f"rebuild it with: sandboxapp image build {profile.name}")
+        return False
+    age = datetime.now(UTC) - image.meta.refreshed_at
+    if age.days >= profile.updates.update_after_days:
+        if profile.updates.auto_update:
+            warn(f"the image for {profile.name} is {age.days} days old: updating it first")
+            _image_work("update", profile, locations)
+            return True
+        warn(f"the image for {profile.name} is {age.days} days old; update it with: "
+             f"sandboxapp image update {profile.name}")
+    return False
+
+
+def _image_work(action: str, profile: Profile, locations: Locations) -> None:
+    """Build or update an image: here when root, through the privileged helper otherwise."""
+    if os.geteuid() != 0:
+        from sandboxapp.launcher import helper_image_work
+
+        helper_image_work(action, profile)
+        return
+    from sandboxapp.image import ImageStore
+    from sandboxapp.imagebuild import build_image, update_image
+
+    store = ImageStore(locations.image_dir)
+    progress = TerminalProgress(sys.stderr)
+    try:
+        if action == "build":
+            build_image(profile, store, progress)
+        else:
+            update_image(profile, store, progress)
+    finally:
+        progress.done.set()
+    progress.finish(f"the image for {profile.name} is ready")
 
 
 def cmd_run(args: argparse.Namespace, locations: Locations) -> int:
@@ -215,6 +329,8 @@ def cmd_run(args: argparse.Namespace, locations: Locations) -> int:
     try:
         if log:
             log.stream.write(f"# sandboxapp run {shlex.join([profile.name, *extra])}\n")
+        if _prepare_image(profile, locations, warn):
+            plan = plan_launch(profile, extra, locations)
         status = Launch(plan, locations, os.environ, warn=warn, stderr=out).run()
         if log:
             log.stream.write(f"# exit status {status}\n")
@@ -364,6 +480,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("doctor", help="check this machine, one line per check")
     p.set_defaults(func=cmd_doctor)
 
+    p = commands.add_parser("shell", help="a root shell in a profile's pristine image; "
+                            "changes land when it exits with 0 (as root)")
+    p.add_argument("--discard", action="store_true", help="throw the changes away")
+    p.add_argument("profile", metavar="PROFILE")
+    p.set_defaults(func=cmd_shell)
+
     p = commands.add_parser("cleanup",
                             help="undo what crashed launches left: grants, sockets, layers")
     p.set_defaults(func=cmd_cleanup)
@@ -393,6 +515,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="rebuild an image that exists")
     p.add_argument("profile", metavar="PROFILE")
     p.set_defaults(func=cmd_image_build)
+    p = image_commands.add_parser("update", help="apt update and dist-upgrade an image, "
+                                  "atomically (as root)")
+    p.add_argument("--all", action="store_true", help="every built image")
+    p.add_argument("profile", metavar="PROFILE", nargs="?")
+    p.set_defaults(func=cmd_image_update)
     p = image_commands.add_parser("list", help="show the built images")
     p.set_defaults(func=cmd_image_list)
     p = image_commands.add_parser("remove", help="delete a profile's image")

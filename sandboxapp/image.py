@@ -25,7 +25,7 @@ from pathlib import Path
 
 from sandboxapp import __version__
 from sandboxapp.errors import ExitStatus, SandboxError
-from sandboxapp.fsutil import remove_tree
+from sandboxapp.fsutil import mount_points, remove_tree
 from sandboxapp.profile import ImageSpec, check_profile_name
 from sandboxapp.uidrange import UidRange
 
@@ -36,7 +36,7 @@ META_VERSION = 1
 
 def spec_digest(spec: ImageSpec) -> str:
     """A digest of what the image is built from, to tell when a profile has moved on."""
-    text = json.dumps(dataclasses.asdict(spec), sort_keys=True)
+    text = json.dumps(dataclasses.asdict(spec), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -54,6 +54,12 @@ class ImageMeta:
     size_bytes: int
     sandboxapp_version: str = __version__
     meta_version: int = META_VERSION
+    updated_at: str | None = None  # the last `image update`, or None
+
+    @property
+    def refreshed_at(self) -> datetime:
+        """When the image last got its packages from the archive."""
+        return datetime.fromisoformat(self.updated_at or self.built_at)
 
     @property
     def uid_range(self) -> UidRange:
@@ -173,6 +179,26 @@ class ImageStore:
                 found.append((entry, {}))
         return found
 
+    def layers_using(self, rootfs: Path) -> list[Path]:
+        """Mounted writable layers whose lower tree is this rootfs (the same inode, whatever
+        its path is now: an image replaced by an update keeps serving running sandboxes)."""
+        try:
+            st = rootfs.stat()
+        except FileNotFoundError:
+            return []
+        mounted = set(mount_points())
+        users = []
+        for marker in sorted((self.root / ".layers").glob("*/layer.json")):
+            try:
+                data = json.loads(marker.read_text())
+            except (OSError, ValueError):
+                continue
+            if data.get("rootfs_id") == [st.st_dev, st.st_ino] and (
+                marker.parent / "merged" in mounted
+            ):
+                users.append(marker.parent)
+        return users
+
     def remove(self, name: str) -> Path:
         path = self.image_path(name)
         if self.get(name) is None:
@@ -182,6 +208,10 @@ class ImageStore:
                 status=ExitStatus.USAGE,
             )
         with self.lock(f"image-{name}", wait=False):
+            if self.layers_using(path / "rootfs"):
+                raise SandboxError(f"{name} is running: its image cannot go now",
+                                   hint=f"stop it first: sandboxapp stop {name}",
+                                   status=ExitStatus.USAGE)
             # Renamed out of the way first, so that a half-deleted tree is never taken for
             # an image; the marker check happens before any deletion.
             trash = self.root / f".old-{name}-{os.getpid()}"

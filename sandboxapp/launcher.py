@@ -32,6 +32,7 @@ from sandboxapp.join import join
 from sandboxapp.launchplan import PULSE_CLIENT_CONF_TEXT, LaunchPlan
 from sandboxapp.ledger import RunDir
 from sandboxapp.paths import HELPER_PATH, SANDBOXAPP_GROUP, Locations
+from sandboxapp.profile import Profile
 from sandboxapp.recovery import SOUND_CONF, SOUND_SOCKET
 from sandboxapp.safepath import DesktopUser, ensure_user_dir, write_file_no_follow
 from sandboxapp.supervisor import Supervisor, TextSink, forward_lines
@@ -225,3 +226,16 @@ class Launch:
         if self.supervisor.signalled is not None:
             return 128 + self.supervisor.signalled
         return status
+
+
+def helper_image_work(action: str, profile: Profile) -> None:
+    """A desktop user's first launch builds (or an auto-update updates) the image through the
+    privileged helper; it does so for trusted profiles only."""
+    argv = ["sudo", "--non-interactive", HELPER_PATH, action, "--profile-file",
+            str(profile.path.absolute()), "--data-home", "/nonexistent", profile.name]
+    status = subprocess.run(argv, env=base_env(), check=False).returncode
+    if status != 0:
+        raise SandboxError(f"the image for {profile.name} could not be {action}ed here",
+                           hint=f"ask an administrator to run: sudo sandboxapp image {action} "
+                                f"{profile.name}", status=ExitStatus.LAUNCHER)
+

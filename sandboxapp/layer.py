@@ -80,7 +80,12 @@ def create_layer(layer: Path, rootfs: Path, *, keep: bool) -> Path:
         # caller holds the profile's lock, so nothing uses it.
         remove_layer(layer, kill_leftovers=True)
     layer.mkdir(mode=0o700, exist_ok=True)
-    (layer / LAYER_MARKER).write_text(json.dumps({"rootfs": str(rootfs), "keep": keep}))
+    root_id = rootfs.stat()
+    (layer / LAYER_MARKER).write_text(json.dumps({
+        "rootfs": str(rootfs), "keep": keep,
+        # The image an update may replace meanwhile is recognised by its inode, not its path.
+        "rootfs_id": [root_id.st_dev, root_id.st_ino],
+    }))
     upper, work, merged = layer / "upper", layer / "work", layer / "merged"
     root_stat = rootfs.stat()
     if not upper.exists():

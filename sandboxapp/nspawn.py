@@ -23,10 +23,14 @@ def maintenance_argv(
     facts: HostFacts,
     *,
     env: Mapping[str, str] | None = None,
+    ids: UidRange | None = None,
 ) -> list[str]:
-    """A root command in an image tree that is still owned by the host's root (during a
-    build): the host's network, no user namespace."""
+    """A root command in an image tree, with the host's network: during a build the tree is
+    still the host root's (no user namespace); an image already shifted into its block (ids)
+    is worked on in that block, so what the command creates stays in it."""
     argv = ["systemd-nspawn", "--quiet", *registration_args(facts), f"--directory={rootfs}"]
+    if ids is not None:
+        argv.append(f"--private-users={ids.base}:{ids.count}")
     argv += [f"--setenv={key}={value}" for key, value in (env or {}).items()]
     return [*argv, "--as-pid2", "--", *command]
 

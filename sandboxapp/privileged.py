@@ -24,12 +24,19 @@ from sandboxapp.cli import report
 from sandboxapp.container import ContainerRequest, ContainerSide, SoundPaths
 from sandboxapp.errors import ExitStatus, SandboxError
 from sandboxapp.image import ImageStore
+from sandboxapp.imagebuild import build_image, update_image
 from sandboxapp.imagefs import check_command
 from sandboxapp.join import join
 from sandboxapp.launchplan import LaunchPlan, plan_launch
 from sandboxapp.ledger import RunDir
 from sandboxapp.paths import DEFAULT_RUN_DIR, SHIPPED_PROFILE_DIR, SYSTEM_PROFILE_DIR, Locations
-from sandboxapp.profile import MAX_FILE_SIZE, check_profile_name, invalid, parse_profile
+from sandboxapp.profile import (
+    MAX_FILE_SIZE,
+    Profile,
+    check_profile_name,
+    invalid,
+    parse_profile,
+)
 from sandboxapp.safepath import DesktopUser, read_user_file
 from sandboxapp.supervisor import Supervisor
 
@@ -46,8 +53,9 @@ def _absolute(text: str) -> Path:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sandboxapp-privileged")
     commands = parser.add_subparsers(dest="command", required=True)
-    # launch: a new sandbox; join: the command inside the user's running sandbox.
-    for command in ("launch", "join"):
+    # launch: a new sandbox; join: the command inside the user's running sandbox;
+    # build, update: a trusted profile's image, for a user's first launch or auto-update.
+    for command in ("launch", "join", "build", "update"):
         sub = commands.add_parser(command)
         sub.add_argument("--profile-file", type=_absolute, required=True)
         sub.add_argument("--data-home", type=_absolute, required=True)
@@ -68,9 +76,8 @@ def _log(store: ImageStore, text: str) -> None:
         stream.write(f"{stamp} {text}\n")
 
 
-def _checked_plan(args: argparse.Namespace, user: DesktopUser,
-                  locations: Locations) -> tuple[LaunchPlan, bool, SoundPaths | None]:
-    """The request, re-read and re-checked: (plan, profile trusted, sound paths)."""
+def _read_profile(args: argparse.Namespace, user: DesktopUser) -> tuple[Profile, bool]:
+    """The profile, read again from a descriptor: (profile, from a trusted directory)."""
     name = check_profile_name(args.profile)
     path: Path = args.profile_file
     if path.name != f"{name}.toml":
@@ -81,8 +88,40 @@ def _checked_plan(args: argparse.Namespace, user: DesktopUser,
         doc = tomllib.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise invalid(f"{path}: not a valid profile: {exc}") from None
-    profile = parse_profile(name, path, "system" if trusted else "user", doc)
+    return parse_profile(name, path, "system" if trusted else "user", doc), trusted
 
+
+class _StderrProgress:
+    def stage(self, text: str) -> None:
+        sys.stderr.write(f"sandboxapp: {text}\n")
+        sys.stderr.flush()
+
+    def warn(self, text: str) -> None:
+        _warn(text)
+
+
+def image_work(args: argparse.Namespace, user: DesktopUser, locations: Locations) -> int:
+    profile, trusted = _read_profile(args, user)
+    if not trusted:
+        raise SandboxError(
+            f"images are built and updated for users only from trusted profiles "
+            f"(in {', '.join(map(str, TRUSTED_PROFILE_DIRS))})",
+            hint=f"ask an administrator to run: sudo sandboxapp image {args.command} "
+                 f"{profile.name}", status=ExitStatus.LAUNCHER)
+    store = ImageStore(locations.image_dir)
+    _log(store, f"uid={user.uid} profile={profile.name} image {args.command}")
+    if args.command == "build":
+        build_image(profile, store, _StderrProgress())
+    else:
+        update_image(profile, store, _StderrProgress())
+    return ExitStatus.OK
+
+
+def _checked_plan(args: argparse.Namespace, user: DesktopUser,
+                  locations: Locations) -> tuple[LaunchPlan, bool, SoundPaths | None]:
+    """The request, re-read and re-checked: (plan, profile trusted, sound paths)."""
+    profile, trusted = _read_profile(args, user)
+    name = profile.name
     extra = list(args.args)
     if extra and extra[0] == "--":
         extra = extra[1:]
@@ -146,7 +185,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     locations = Locations(image_dir=Path(image_dir), run_dir=Path(run_dir),
                           config_home=Path("/nonexistent"), data_home=args.data_home)
     try:
-        return (join_running if args.command == "join" else launch)(args, user, locations)
+        handler = {"join": join_running, "launch": launch, "build": image_work,
+                   "update": image_work}[args.command]
+        return handler(args, user, locations)
     except SandboxError as error:
         report(error, sys.stderr)
         return int(error.status)

@@ -46,10 +46,30 @@ class Network(enum.StrEnum):
 
 
 @dataclass(frozen=True)
+class Repository:
+    """An extra apt repository, signature-checked against its own key."""
+
+    uri: str
+    suite: str  # a suite name, or a flat repository's path ending in "/" (e.g. "./")
+    components: tuple[str, ...]
+    key: PurePosixPath  # host path of the repository's signing key (ASCII-armored or binary)
+
+
+@dataclass(frozen=True)
 class ImageSpec:
+    """What the image is built from: a change here makes a built image stale."""
+
     suite: str = "bookworm"
     packages: tuple[str, ...] = ()
     mirror: str | None = None
+    repositories: tuple[Repository, ...] = ()
+
+
+@dataclass(frozen=True)
+class UpdatePolicy:
+    update_after_days: int = 7
+    # Update an image that is too old before a launch, instead of only warning.
+    auto_update: bool = False
 
 
 @dataclass(frozen=True)
@@ -81,6 +101,7 @@ class Profile:
     description: str = ""
     image: ImageSpec = ImageSpec()
     sandbox: SandboxSpec = SandboxSpec()
+    updates: UpdatePolicy = UpdatePolicy()
 
 
 def invalid(message: str, hint: str | None = None) -> SandboxError:
@@ -212,6 +233,45 @@ def _no_overlap(reader: _Reader, entries: list[tuple[str, PurePosixPath]]) -> No
         seen.append((label, path))
 
 
+REPOSITORY_URI = re.compile(r"https?://[^\s\[\]]+")
+COMPONENT = re.compile(r"[a-z0-9][a-z0-9/-]*")
+
+
+def _repositories(r: _Reader, image_table: dict[str, Any]) -> tuple[Repository, ...]:
+    allowed = 'an array of tables {uri = "http://…", suite = "…", key = "/path/to/key"}'
+    items = r.value(image_table, "repositories", "image.repositories", list, allowed,
+                    default=[])
+    repositories = []
+    for index, item in enumerate(items):
+        label = f"image.repositories[{index}]"
+        if not isinstance(item, dict):
+            raise r.fail(label, f"found {_found(item)}", allowed)
+        r.no_unknown_keys(item, ("uri", "suite", "components", "key"), prefix=f"{label}.")
+        uri = r.value(item, "uri", f"{label}.uri", str, "an http:// or https:// URL")
+        if not REPOSITORY_URI.fullmatch(uri):
+            raise r.fail(f"{label}.uri", f"found {uri!r}", "an http:// or https:// URL")
+        suite = r.value(item, "suite", f"{label}.suite", str,
+                        'a suite name, or a flat repository\'s path ending in "/" (e.g. "./")')
+        if not (SUITE_NAME.fullmatch(suite) or re.fullmatch(r"[a-z0-9./-]*/", suite)):
+            raise r.fail(f"{label}.suite", f"found {suite!r}",
+                         'a suite name, or a path ending in "/" (e.g. "./")')
+
+        def component(word: str, where: str) -> None:
+            if not COMPONENT.fullmatch(word):
+                raise r.fail(where, f"found {word!r}", "component names such as main")
+
+        default = () if suite.endswith("/") else ("main",)
+        components = r.string_list(item, "components", f"{label}.components",
+                                   "an array of component names", component) or default
+        if suite.endswith("/") and components:
+            raise r.fail(f"{label}.components", "components given for a flat repository",
+                         "no components when the suite ends in '/'")
+        key_text = r.value(item, "key", f"{label}.key", str, "an absolute host path")
+        key = r.container_path(key_text, f"{label}.key", side="host")
+        repositories.append(Repository(uri, suite, tuple(components), key))
+    return tuple(repositories)
+
+
 def parse_profile(name: str, path: Path, origin: str, doc: dict[str, Any]) -> Profile:
     """Validate a parsed TOML document into a Profile (pure: no file system access)."""
     r = _Reader(path)
@@ -231,7 +291,8 @@ def parse_profile(name: str, path: Path, origin: str, doc: dict[str, Any]) -> Pr
         command_word, required=True,
     )
 
-    image_table = r.table(doc, "image", ("suite", "packages", "mirror"))
+    image_table = r.table(doc, "image", ("suite", "packages", "mirror", "repositories",
+                                         "update_after_days", "auto_update"))
     suite = r.value(image_table, "suite", "image.suite", str,
                     'a Debian suite or codename, e.g. "bookworm"', default="bookworm")
     if not SUITE_NAME.fullmatch(suite):
@@ -251,6 +312,15 @@ def parse_profile(name: str, path: Path, origin: str, doc: dict[str, Any]) -> Pr
         if not MIRROR_URL.fullmatch(mirror):
             raise r.fail("image.mirror", f"found {mirror!r}",
                          "an http://, https:// or file:/// URL of a Debian archive")
+
+    repositories = _repositories(r, image_table)
+    days = r.value(image_table, "update_after_days", "image.update_after_days", int,
+                   "a whole number of days from 1 to 365", default=7)
+    if not 1 <= days <= 365:
+        raise r.fail("image.update_after_days", f"found {days}",
+                     "a whole number of days from 1 to 365")
+    auto_update = r.value(image_table, "auto_update", "image.auto_update", bool,
+                          "true or false", default=False)
 
     sandbox_table = r.table(
         doc, "sandbox",
@@ -317,7 +387,9 @@ def parse_profile(name: str, path: Path, origin: str, doc: dict[str, Any]) -> Pr
         origin=origin,
         command=command,
         description=description,
-        image=ImageSpec(suite=suite, packages=packages, mirror=mirror),
+        image=ImageSpec(suite=suite, packages=packages, mirror=mirror,
+                        repositories=repositories),
+        updates=UpdatePolicy(update_after_days=days, auto_update=auto_update),
         sandbox=SandboxSpec(
             stateless=flags["stateless"],
             x11=flags["x11"],

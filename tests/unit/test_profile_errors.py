@@ -93,6 +93,22 @@ MALFORMED: list[tuple[str, str, tuple[str, ...]]] = [
     ("bind-over-persist", 'command = ["x"]\n[sandbox]\npersist = ["/data"]\n'
      'bind_ro = ["/srv/a:/data/a"]\n', ("sandbox.bind_ro[0]", "overlaps")),
     ("sandbox-not-table", 'command = ["x"]\nsandbox = true\n', ("sandbox", "a table [sandbox]")),
+    ("repositories-not-array", 'command = ["x"]\n[image]\nrepositories = "http://r/"\n',
+     ("image.repositories", "array of tables")),
+    ("repository-bad-uri", 'command = ["x"]\n[[image.repositories]]\nuri = "ftp://r/"\n'
+     'suite = "./"\nkey = "/k.asc"\n', ("image.repositories[0].uri", "http://")),
+    ("repository-flat-components", 'command = ["x"]\n[[image.repositories]]\nuri = "http://r/"'
+     '\nsuite = "./"\ncomponents = ["main"]\nkey = "/k.asc"\n',
+     ("image.repositories[0].components", "flat")),
+    ("repository-relative-key", 'command = ["x"]\n[[image.repositories]]\nuri = "http://r/"'
+     '\nsuite = "stable"\nkey = "k.asc"\n', ("image.repositories[0].key", "relative")),
+    ("repository-unknown-key", 'command = ["x"]\n[[image.repositories]]\nuri = "http://r/"'
+     '\nsuite = "./"\nkey = "/k"\ntrusted = true\n',
+     ("image.repositories[0].trusted", "unknown key")),
+    ("update-days-zero", 'command = ["x"]\n[image]\nupdate_after_days = 0\n',
+     ("image.update_after_days", "1 to 365")),
+    ("auto-update-string", 'command = ["x"]\n[image]\nauto_update = "yes"\n',
+     ("image.auto_update", "true or false")),
 ]
 
 
