@@ -329,6 +329,10 @@ def cmd_run(args: argparse.Namespace, locations: Locations) -> int:
     try:
         if log:
             log.stream.write(f"# sandboxapp run {shlex.join([profile.name, *extra])}\n")
+        if os.geteuid() != 0:
+            from sandboxapp.launcher import check_helper_access
+
+            check_helper_access()
         if _prepare_image(profile, locations, warn):
             plan = plan_launch(profile, extra, locations)
         status = Launch(plan, locations, os.environ, warn=warn, stderr=out).run()

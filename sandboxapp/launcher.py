@@ -38,6 +38,28 @@ from sandboxapp.safepath import DesktopUser, ensure_user_dir, write_file_no_foll
 from sandboxapp.supervisor import Supervisor, TextSink, forward_lines
 
 
+def check_helper_access() -> None:
+    """A desktop user's launch needs sudo, the helper and membership of the group: say which
+    is missing, with the command that fixes it."""
+    if not program_exists("sudo"):
+        raise SandboxError("sudo is not installed: a desktop user's launch goes through it",
+                           hint="apt-get install sudo, then: sudo sandboxapp setup",
+                           status=ExitStatus.LAUNCHER)
+    name = pwd.getpwuid(os.getuid()).pw_name
+    hint = f"run: sudo sandboxapp setup --add-user {name}"
+    try:
+        group = grp.getgrnam(SANDBOXAPP_GROUP)
+    except KeyError:
+        raise SandboxError("sandboxapp is not set up for desktop users on this machine",
+                           hint=hint, status=ExitStatus.LAUNCHER) from None
+    if not os.access(HELPER_PATH, os.X_OK):
+        raise SandboxError(f"the privileged helper {HELPER_PATH} is not installed",
+                           hint=hint, status=ExitStatus.LAUNCHER)
+    if group.gr_gid not in os.getgroups() and name not in group.gr_mem:
+        raise SandboxError(f"you are not in the {SANDBOXAPP_GROUP} group", hint=hint,
+                           status=ExitStatus.LAUNCHER)
+
+
 class Launch:
     def __init__(
         self,
@@ -129,25 +151,6 @@ class Launch:
 
     # -- the root side, through the helper ---------------------------------------------------
 
-    def _check_helper(self) -> None:
-        if not program_exists("sudo"):
-            raise SandboxError("sudo is not installed: a desktop user's launch goes through it",
-                               hint="apt-get install sudo, then: sudo sandboxapp setup",
-                               status=ExitStatus.LAUNCHER)
-        name = pwd.getpwuid(os.getuid()).pw_name
-        hint = f"run: sudo sandboxapp setup --add-user {name}"
-        try:
-            group = grp.getgrnam(SANDBOXAPP_GROUP)
-        except KeyError:
-            raise SandboxError("sandboxapp is not set up for desktop users on this machine",
-                               hint=hint, status=ExitStatus.LAUNCHER) from None
-        if not os.access(HELPER_PATH, os.X_OK):
-            raise SandboxError(f"the privileged helper {HELPER_PATH} is not installed",
-                               hint=hint, status=ExitStatus.LAUNCHER)
-        if group.gr_gid not in os.getgroups() and name not in group.gr_mem:
-            raise SandboxError(f"you are not in the {SANDBOXAPP_GROUP} group", hint=hint,
-                               status=ExitStatus.LAUNCHER)
-
     def _helper_argv(self, sound: SoundPaths | None) -> list[str]:
         plan = self.plan
         argv = ["sudo", "--non-interactive", HELPER_PATH, "launch",
@@ -201,7 +204,7 @@ class Launch:
         plan = self.plan
         as_root = os.geteuid() == 0
         if not as_root:
-            self._check_helper()
+            check_helper_access()
         if plan.image is None:
             raise SandboxError(
                 f"the image for {plan.profile.name!r} is not built",
@@ -235,7 +238,8 @@ def helper_image_work(action: str, profile: Profile) -> None:
             str(profile.path.absolute()), "--data-home", "/nonexistent", profile.name]
     status = subprocess.run(argv, env=base_env(), check=False).returncode
     if status != 0:
-        raise SandboxError(f"the image for {profile.name} could not be {action}ed here",
+        done = {"build": "built", "update": "updated"}[action]
+        raise SandboxError(f"the image for {profile.name} could not be {done} here",
                            hint=f"ask an administrator to run: sudo sandboxapp image {action} "
                                 f"{profile.name}", status=ExitStatus.LAUNCHER)
 
