@@ -51,9 +51,24 @@ class SoundServerAddress:
         return cls(Path(runtime) / "pulse" / "native") if runtime else None
 
 
+def _import_pulsectl() -> Any:
+    """pulsectl looks for its library with ctypes.util.find_library("libpulse"), a name that
+    never matches: the search runs ldconfig and a compiler (tens of milliseconds on every
+    launch) before it falls back to the soname. Skip straight to the fallback."""
+    import ctypes.util
+
+    original = ctypes.util.find_library
+    ctypes.util.find_library = lambda name: None if name == "libpulse" else original(name)
+    try:
+        import pulsectl
+    finally:
+        ctypes.util.find_library = original
+    return pulsectl
+
+
 @contextlib.contextmanager
 def _pulse(address: SoundServerAddress) -> Iterator[Any]:
-    import pulsectl
+    pulsectl = _import_pulsectl()
 
     try:
         pulse = pulsectl.Pulse("sandboxapp", server=address.server)
@@ -68,7 +83,7 @@ def _pulse(address: SoundServerAddress) -> Iterator[Any]:
 def load_socket_module(address: SoundServerAddress, socket: Path) -> int:
     """Load a per-sandbox socket module; its index. Raises SandboxError when the server
     cannot (PipeWire) or is not there."""
-    import pulsectl
+    pulsectl = _import_pulsectl()
 
     with _pulse(address) as pulse:
         try:

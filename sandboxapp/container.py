@@ -17,8 +17,6 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
-
 from sandboxapp.command import base_env
 from sandboxapp.errors import ExitStatus, SandboxError
 from sandboxapp.hostfacts import host_facts
@@ -53,6 +51,8 @@ def stop_app(nspawn_pid: int) -> None:
     """A graceful stop: SIGTERM to the app itself (the container's PID 2, below nspawn's stub
     init), so it can save its work. Signalling nspawn instead would SIGKILL it, and its stub
     init's own stop sends SIGHUP too, which ends most programs at once."""
+    import psutil  # off the launch path: only needed here
+
     try:
         init = psutil.Process(nspawn_pid).children()
         apps = init[0].children() if init else []

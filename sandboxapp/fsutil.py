@@ -4,27 +4,30 @@ sandboxapp created (never anything else, never across a mount point)."""
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
+import functools
 import os
+import shutil
 import stat
 from collections.abc import Iterator
 from pathlib import Path
 
-from sandboxapp.command import run
 from sandboxapp.errors import SandboxError
 
 _RENAME_EXCHANGE = 2
+MNT_DETACH = 2
 _AT_FDCWD = -100
 
 
-def _libc() -> ctypes.CDLL:
-    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+@functools.cache
+def libc() -> ctypes.CDLL:
+    # By its soname: ctypes.util.find_library runs ldconfig, which a launch cannot afford.
+    return ctypes.CDLL("libc.so.6", use_errno=True)
 
 
 def exchange(first: Path, second: Path) -> None:
     """Swap two paths in one atomic step (renameat2 RENAME_EXCHANGE)."""
-    result = _libc().renameat2(
+    result = libc().renameat2(
         _AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second), _RENAME_EXCHANGE
     )
     if result != 0:
@@ -73,12 +76,14 @@ def processes_using(path: Path) -> list[int]:
     return pids
 
 
-def remove_tree(path: Path, *, marker: str) -> None:
+def remove_tree(path: Path, *, marker: str, check_users: bool = True) -> None:
     """Delete a directory tree that sandboxapp made.
 
     The tree must be a real directory (not a symlink) holding `marker`, the file sandboxapp
-    writes into every tree it creates; mounts left below it (by a killed build) are detached
-    first, and the deletion never crosses into another file system.
+    writes into every tree it creates; mounts left below it (by a killed build or launch) are
+    detached first, and nothing is deleted while anything is still mounted below. check_users:
+    refuse while a process has its root or working directory inside (skipped where the caller
+    knows, as after a container has exited).
     """
     try:
         st = path.lstat()
@@ -91,21 +96,26 @@ def remove_tree(path: Path, *, marker: str) -> None:
             f"refusing to delete {path}: it has no {marker}, so sandboxapp did not make it",
             hint="look at it and remove it by hand if it is not needed",
         )
-    users = processes_using(path)
+    users = processes_using(path) if check_users else []
     if users:
         raise SandboxError(
             f"refusing to delete {path}: in use by process {', '.join(map(str, users))}"
         )
     for mount_point in mounts_under(path):
-        run(["umount", "--lazy", "--", str(mount_point)], what=f"detaching {mount_point}")
-    # A bind mount of the user's files is on the same device as the tree, so rm's
-    # --one-file-system would not stop at it: nothing may be mounted below by now.
+        if libc().umount2(os.fsencode(mount_point), MNT_DETACH) != 0:
+            code = ctypes.get_errno()
+            raise SandboxError(f"cannot detach {mount_point}: {os.strerror(code)}")
+    # A bind mount of the user's files would be deleted through: nothing may be mounted below.
     if mounts_under(path):
         raise SandboxError(f"refusing to delete {path}: something is still mounted below it")
     # The marker goes last, so that a deletion cut short can be recognised and finished later.
-    children = [str(child) for child in path.iterdir() if child.name != marker]
-    if children:
-        run(["rm", "-rf", "--one-file-system", "--", *children], what=f"deleting {path}")
+    # rmtree works through directory descriptors and never follows a symlink.
+    for child in path.iterdir():
+        if child.name != marker:
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
     (path / marker).unlink()
     path.rmdir()
 

@@ -15,7 +15,6 @@ class HostFacts:
     # With systemd as PID 1 nspawn can register the container with machined (machinectl list);
     # without it, registering fails and nspawn must not try to create a scope unit either.
     systemd_running: bool
-    nspawn_version: int
 
 
 def nspawn_version() -> int:
@@ -26,7 +25,4 @@ def nspawn_version() -> int:
 
 @functools.cache
 def host_facts() -> HostFacts:
-    return HostFacts(
-        systemd_running=Path("/run/systemd/system").is_dir(),
-        nspawn_version=nspawn_version(),
-    )
+    return HostFacts(systemd_running=Path("/run/systemd/system").is_dir())

@@ -7,8 +7,6 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Sequence
 
-import psutil
-
 from sandboxapp.command import base_env
 from sandboxapp.errors import ExitStatus, SandboxError
 from sandboxapp.launchplan import LaunchPlan, container_env
@@ -20,6 +18,8 @@ CONTAINER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 def container_init(run_dir: RunDir, profile: str, user: DesktopUser) -> int:
     """The host pid of the running container's PID 1, for a launch this user made."""
+    import psutil  # off the launch path: only needed here
+
     record = Record.load(run_dir.record_path(profile))
     if record is None or not record.launcher_alive:
         raise SandboxError(f"{profile} is not running", status=ExitStatus.LAUNCHER)

@@ -108,10 +108,11 @@ class Launch:
             )
         access = x11.XAccess.from_environment(display, self.environ)
         uid = self.plan.image.meta.uid_base
-        if x11.has_grant(access, uid):
-            return  # the user made this grant: it is theirs, and stays after we exit
-        self.supervisor.add(stack, "x11", **access.to_record(), uid=uid)
-        x11.grant(access, uid)
+        entry = self.supervisor.add(stack, "x11", **access.to_record(), uid=uid)
+        if not x11.grant(access, uid):
+            # The user had made this grant: it is theirs, and stays after we exit.
+            assert self.supervisor.record is not None
+            self.supervisor.record.drop(entry)
 
     def _sound_dir(self) -> Path:
         runtime = self.environ.get("XDG_RUNTIME_DIR", "")

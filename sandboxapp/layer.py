@@ -9,24 +9,16 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import json
 import os
 import signal
 import stat
 from pathlib import Path
 
-import psutil
-
 from sandboxapp.errors import ExitStatus, SandboxError
-from sandboxapp.fsutil import mounts_under, remove_tree
+from sandboxapp.fsutil import MNT_DETACH, libc, mounts_under, remove_tree
 
 LAYER_MARKER = "layer.json"
-MNT_DETACH = 2
-
-
-def _libc() -> ctypes.CDLL:
-    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
 
 def _mount_overlay(lower: Path, upper: Path, work: Path, target: Path, volatile: bool) -> None:
@@ -38,7 +30,7 @@ def _mount_overlay(lower: Path, upper: Path, work: Path, target: Path, volatile:
     if volatile:
         # The layer is thrown away at exit: no need to sync it to disk.
         options += ",volatile"
-    if _libc().mount(b"overlay", os.fsencode(target), b"overlay", 0, options.encode()) != 0:
+    if libc().mount(b"overlay", os.fsencode(target), b"overlay", 0, options.encode()) != 0:
         code = ctypes.get_errno()
         raise SandboxError(f"cannot mount the writable layer on {target}: {os.strerror(code)}",
                            status=ExitStatus.LAUNCHER)
@@ -57,14 +49,14 @@ def stage_bind(fd: int, target: Path) -> None:
     else:
         os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
     source = f"/proc/self/fd/{fd}".encode()
-    if _libc().mount(source, os.fsencode(target), None, MS_BIND, None) != 0:
+    if libc().mount(source, os.fsencode(target), None, MS_BIND, None) != 0:
         code = ctypes.get_errno()
         raise SandboxError(f"cannot stage {os.readlink(source.decode())} for the sandbox: "
                            f"{os.strerror(code)}", status=ExitStatus.LAUNCHER)
 
 
 def _unmount(target: Path) -> None:
-    if _libc().umount2(os.fsencode(target), MNT_DETACH) != 0:
+    if libc().umount2(os.fsencode(target), MNT_DETACH) != 0:
         code = ctypes.get_errno()
         raise SandboxError(f"cannot unmount {target}: {os.strerror(code)}")
 
@@ -101,6 +93,8 @@ def create_layer(layer: Path, rootfs: Path, *, keep: bool) -> Path:
 
 def kill_processes_in(tree: Path) -> list[int]:
     """SIGKILL every process whose root directory is in tree (a container nobody supervises)."""
+    import psutil  # off the launch path: only needed here
+
     killed = []
     for process in psutil.process_iter():
         with contextlib.suppress(psutil.Error, OSError):
@@ -130,6 +124,6 @@ def remove_layer(layer: Path, *, kill_leftovers: bool) -> None:
     if keep:
         return
     if (layer / LAYER_MARKER).exists():
-        remove_tree(layer, marker=LAYER_MARKER)
+        remove_tree(layer, marker=LAYER_MARKER, check_users=kill_leftovers)
     elif not any(layer.iterdir()):
         layer.rmdir()

@@ -18,26 +18,42 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from sandboxapp.errors import ExitStatus, SandboxError
 
 RECORD_VERSION = 1
 
 
+def _start_ticks(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (/proc/PID/stat, field 22): with
+    the pid, an identity that a reused pid does not share."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: count from its end.
+    return int(stat[stat.rindex(")") + 2:].split()[19])
+
+
 def process_identity(pid: int | None = None) -> tuple[int, float]:
-    process = psutil.Process(pid)
-    return process.pid, process.create_time()
+    pid = os.getpid() if pid is None else pid
+    ticks = _start_ticks(pid)
+    if ticks is None:
+        raise SandboxError(f"process {pid} is gone")
+    return pid, float(ticks)
 
 
 def is_alive(pid: object, started: object) -> bool:
     """The process pid exists and is the one that started at `started` (not a reused pid)."""
     if not isinstance(pid, int) or not isinstance(started, (int, float)):
         return False
-    try:
-        return abs(psutil.Process(pid).create_time() - float(started)) < 0.01
-    except psutil.Error:
-        return False
+    return _start_ticks(pid) == started
+
+
+def started_at(started: float) -> float:
+    """A process start recorded by process_identity, as a Unix time."""
+    import psutil  # only `ps` needs it: kept off the launch path
+
+    return float(psutil.boot_time()) + started / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -57,10 +73,9 @@ class Record:
         data = {"version": RECORD_VERSION, "profile": self.profile, "pid": self.pid,
                 "started": self.started, "entries": self.entries, "next_id": self.next_id}
         temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}")
+        # Atomic, not durable: the records describe processes, which a reboot ends anyway.
         with temporary.open("w", encoding="utf-8") as stream:
             json.dump(data, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
         os.replace(temporary, self.path)
 
     def add(self, kind: str, **data: Any) -> dict[str, Any]:

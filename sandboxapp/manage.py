@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 import psutil
 
 from sandboxapp.errors import ExitStatus, SandboxError
-from sandboxapp.ledger import Record, RunDir
+from sandboxapp.ledger import Record, RunDir, started_at
 from sandboxapp.paths import DEFAULT_RUN_DIR, Locations
 
 CPU_SAMPLE_SECONDS = 0.2
@@ -107,7 +107,7 @@ def running_sandboxes(locations: Locations) -> list[Sandbox]:
         init, uid, tree = _container_tree(records)
         cpu, memory = _usage(tree) if tree else (0.0, 0)
         sandboxes.append(Sandbox(profile, launcher.pid, init, uid,
-                                 round(time.time() - launcher.started, 1), cpu, memory,
+                                 round(time.time() - started_at(launcher.started), 1), cpu, memory,
                                  _grants(records)))
     return sandboxes
 

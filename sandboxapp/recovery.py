@@ -8,8 +8,6 @@ import signal
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from sandboxapp import x11
 from sandboxapp.audio import SoundServerAddress, unload_socket_module
 from sandboxapp.display import Display
@@ -31,6 +29,8 @@ def remove_sound_dir(directory: Path) -> None:
 
 def undo_entry(entry: dict[str, Any], *, recovering: bool) -> None:
     """Undo one ledger entry. Each undo copes with a thing that was never fully made."""
+    import psutil  # off the launch path: only needed here
+
     kind = entry["kind"]
     if kind == "container":
         # nspawn runs with a parent-death signal, so this finds something only when that

@@ -42,8 +42,13 @@ class XAccess:
 
 @contextlib.contextmanager
 def _connection(access: XAccess) -> Iterator[Any]:
+    """A bare protocol connection: it authenticates with the user's cookie like any client,
+    but skips the extension set-up of Xlib.display.Display, which a launch does not need."""
     from Xlib import error as xerror
-    from Xlib.display import Display as XDisplay
+
+    # The display class below Xlib.display.Display: the protocol and its resource classes,
+    # without the round trips that set up every extension the server has.
+    from Xlib.display import _BaseDisplay as ProtocolDisplay
 
     # python-xlib reads the cookie file named by XAUTHORITY (or ~/.Xauthority).
     saved = os.environ.get("XAUTHORITY")
@@ -51,8 +56,9 @@ def _connection(access: XAccess) -> Iterator[Any]:
         os.environ["XAUTHORITY"] = access.xauthority
     try:
         try:
-            connection = XDisplay(f":{access.display.number}")
-        except (xerror.DisplayError, xerror.ConnectionClosedError, OSError) as exc:
+            connection = ProtocolDisplay(f":{access.display.number}")
+        except (xerror.DisplayError, xerror.ConnectionClosedError, xerror.XError,
+                OSError) as exc:
             raise SandboxError(
                 f"cannot open the X display :{access.display.number}: {exc}",
                 hint="check DISPLAY and XAUTHORITY: they must name your running X session",
@@ -70,18 +76,25 @@ def _connection(access: XAccess) -> Iterator[Any]:
         connection.close()
 
 
+def _host_list(connection: Any) -> Any:
+    from Xlib.protocol import request
+
+    return request.ListHosts(display=connection)
+
+
 def _entries(connection: Any) -> set[bytes]:
-    reply = connection.list_hosts()
     return {
         bytes(host.name)
-        for host in reply.hosts
+        for host in _host_list(connection).hosts
         if host.family == FAMILY_SERVER_INTERPRETED
     }
 
 
-def has_grant(access: XAccess, uid: int) -> bool:
-    with _connection(access) as connection:
-        return host_entry(uid) in _entries(connection)
+def _change(connection: Any, mode: int, uid: int) -> None:
+    from Xlib.protocol import request
+
+    request.ChangeHosts(display=connection, onerror=None, mode=mode,
+                        host_family=FAMILY_SERVER_INTERPRETED, host=host_entry(uid))
 
 
 def grant(access: XAccess, uid: int) -> bool:
@@ -89,8 +102,8 @@ def grant(access: XAccess, uid: int) -> bool:
     with _connection(access) as connection:
         if host_entry(uid) in _entries(connection):
             return False
-        connection.change_hosts(HOST_INSERT, FAMILY_SERVER_INTERPRETED, host_entry(uid))
-        connection.sync()
+        _change(connection, HOST_INSERT, uid)
+        # The host list is read again: a round trip that also shows the grant took.
         if host_entry(uid) not in _entries(connection):
             raise SandboxError(f"the X server did not take the grant for UID {uid}",
                                status=ExitStatus.LAUNCHER)
@@ -100,8 +113,8 @@ def grant(access: XAccess, uid: int) -> bool:
 def revoke(access: XAccess, uid: int) -> None:
     with _connection(access) as connection:
         if host_entry(uid) in _entries(connection):
-            connection.change_hosts(HOST_DELETE, FAMILY_SERVER_INTERPRETED, host_entry(uid))
-            connection.sync()
+            _change(connection, HOST_DELETE, uid)
+            _host_list(connection)  # a round trip, so the request is done before we go
 
 
 def admits_everyone_local(access: XAccess) -> bool:
@@ -109,7 +122,7 @@ def admits_everyone_local(access: XAccess) -> bool:
     from Xlib import X
 
     with _connection(access) as connection:
-        reply = connection.list_hosts()
+        reply = _host_list(connection)
         if reply.mode == X.DisableAccess:
             return True
         return any(host.family == 252 for host in reply.hosts)  # FamilyLocalHost

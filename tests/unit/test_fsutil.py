@@ -9,6 +9,7 @@ from sandboxapp.errors import SandboxError
 from sandboxapp.fsutil import exchange, remove_tree
 from sandboxapp.image import ImageStore
 from sandboxapp.imagebuild import clean_debris
+from sandboxapp.ledger import process_identity
 
 
 class Collected:
@@ -70,15 +71,10 @@ def test_debris_of_dead_builders_goes_live_builds_and_foreign_dirs_stay(tmp_path
     dead = tmp_path / ".build-app-dead"
     (dead / "rootfs" / "etc").mkdir(parents=True)
     (dead / "build.json").write_text(json.dumps({"pid": 999999999, "started": 1.0}))
-    import os
-
-    import psutil
-
     live = tmp_path / ".build-app-live"
     live.mkdir()
-    (live / "build.json").write_text(
-        json.dumps({"pid": os.getpid(), "started": psutil.Process().create_time()})
-    )
+    pid, started = process_identity()
+    (live / "build.json").write_text(json.dumps({"pid": pid, "started": started}))
     unmarked = tmp_path / ".build-app-unmarked"
     unmarked.mkdir()
     (unmarked / "something").write_text("not ours to delete")

@@ -14,8 +14,8 @@ from sandboxapp.image import ImageMeta
 from sandboxapp.nspawn import Bind, LaunchSpec, launch_argv, shift_ownership_argv
 from sandboxapp.uidrange import BLOCK_SIZE, END, FIRST_BASE, UidRange, allocate, preferred_slot
 
-NO_SYSTEMD = HostFacts(systemd_running=False, nspawn_version=252)
-WITH_SYSTEMD = HostFacts(systemd_running=True, nspawn_version=257)
+NO_SYSTEMD = HostFacts(systemd_running=False)
+WITH_SYSTEMD = HostFacts(systemd_running=True)
 
 
 def test_uid_block_is_deterministic_aligned_and_in_our_region() -> None:
