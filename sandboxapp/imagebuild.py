@@ -345,35 +345,42 @@ def _copy_existing(build: _Build, existing: Image) -> None:
     build.shifted = True
 
 
+def _rework_existing(
+    profile: Profile, store: ImageStore, progress: Progress, what: str,
+    produce: Callable[[_Build, Image], ImageMeta | None],
+) -> Image | None:
+    """Work on a copy of the profile's built image and swap it in (see _commit_staged)."""
+    check_build_tools()
+    store.ensure()
+    with store.lock(f"image-{profile.name}", wait=False):
+        clean_debris(store, progress)
+        existing = store.require(profile.name)
+        return _commit_staged(profile, store, progress, existing, existing.meta.uid_range, what,
+                              lambda build: produce(build, existing))
+
+
 def update_image(profile: Profile, store: ImageStore,
                  progress: Progress) -> tuple[Image, tuple[PackageChange, ...]]:
     """apt update and dist-upgrade beside the pristine image, then an atomic swap; sandboxes
     already running keep the image they started on until they exit."""
-    check_build_tools()
-    store.ensure()
-    name = profile.name
     changes: list[PackageChange] = []
-    with store.lock(f"image-{name}", wait=False):
-        clean_debris(store, progress)
-        existing = store.require(name)
 
-        def produce(build: _Build) -> ImageMeta:
-            _copy_existing(build, existing)
-            before = installed_versions(build.rootfs)
-            build.write_policy()
-            build.upgrade()
-            build.clean()
-            after = installed_versions(build.rootfs)
-            changes.extend(
-                PackageChange(pkg, before.get(pkg), after.get(pkg))
-                for pkg in sorted(set(before) | set(after)) if before.get(pkg) != after.get(pkg)
-            )
-            return dataclasses.replace(
-                existing.meta, updated_at=datetime.now(UTC).isoformat(timespec="seconds"),
-                size_bytes=tree_size(build.rootfs))
+    def produce(build: _Build, existing: Image) -> ImageMeta:
+        _copy_existing(build, existing)
+        before = installed_versions(build.rootfs)
+        build.write_policy()
+        build.upgrade()
+        build.clean()
+        after = installed_versions(build.rootfs)
+        changes.extend(
+            PackageChange(pkg, before.get(pkg), after.get(pkg))
+            for pkg in sorted(set(before) | set(after)) if before.get(pkg) != after.get(pkg)
+        )
+        return dataclasses.replace(
+            existing.meta, updated_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            size_bytes=tree_size(build.rootfs))
 
-        image = _commit_staged(profile, store, progress, existing, existing.meta.uid_range,
-                               "update", produce)
+    image = _rework_existing(profile, store, progress, "update", produce)
     assert image is not None
     return image, tuple(changes)
 
@@ -382,29 +389,21 @@ def shell_in_image(profile: Profile, store: ImageStore, progress: Progress,
                    *, discard: bool) -> tuple[int, bool]:
     """An interactive root shell in a copy of the pristine image, in its UID block; the copy
     replaces the image when the shell exits with 0 (and discard is not set). (status, kept)"""
-    check_build_tools()
-    store.ensure()
-    name = profile.name
     result: list[int] = []
-    with store.lock(f"image-{name}", wait=False):
-        clean_debris(store, progress)
-        existing = store.require(name)
 
-        def produce(build: _Build) -> ImageMeta | None:
-            _copy_existing(build, existing)
-            progress.stage(f"shell in {name}'s image: exit 0 keeps the changes"
-                           + (" (--discard: nothing is kept)" if discard else ""))
-            argv = maintenance_argv(build.rootfs, ["/bin/bash", "-l"], build.facts,
-                                    ids=build.ids)
-            # A terminal gets an interactive shell; a script piped in is read as it comes.
-            argv.insert(1, "--console=autopipe")
-            status = subprocess.run(argv, env=base_env({"TERM": os.environ.get("TERM", "dumb")}),
-                                    check=False).returncode
-            result.append(status)
-            if discard or status != 0:
-                return None
-            return dataclasses.replace(existing.meta, size_bytes=tree_size(build.rootfs))
+    def produce(build: _Build, existing: Image) -> ImageMeta | None:
+        _copy_existing(build, existing)
+        progress.stage(f"shell in {profile.name}'s image: exit 0 keeps the changes"
+                       + (" (--discard: nothing is kept)" if discard else ""))
+        argv = maintenance_argv(build.rootfs, ["/bin/bash", "-l"], build.facts, ids=build.ids)
+        # A terminal gets an interactive shell; a script piped in is read as it comes.
+        argv.insert(1, "--console=autopipe")
+        status = subprocess.run(argv, env=base_env({"TERM": os.environ.get("TERM", "dumb")}),
+                                check=False).returncode
+        result.append(status)
+        if discard or status != 0:
+            return None
+        return dataclasses.replace(existing.meta, size_bytes=tree_size(build.rootfs))
 
-        image = _commit_staged(profile, store, progress, existing, existing.meta.uid_range,
-                               "shell", produce)
+    image = _rework_existing(profile, store, progress, "shell", produce)
     return result[0] if result else 1, image is not None

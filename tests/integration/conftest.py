@@ -6,6 +6,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -13,6 +14,10 @@ from sandboxapp.image import ImageStore, spec_digest
 from sandboxapp.paths import SHIPPED_PROFILE_DIR
 from sandboxapp.profile import load_profile_file
 from tests.harness import SoundServer, XServer, require_programs, sound_server, x_server
+
+if TYPE_CHECKING:
+    # launching imports this module: the class is only named here.
+    from tests.integration.launching import Session
 
 REPO = Path(__file__).resolve().parents[2]
 TEST_PROFILE = REPO / "tests" / "profiles" / "sandboxapp-test.toml"
@@ -74,3 +79,13 @@ def firefox_image_dir() -> Path:
                             env={"SANDBOXAPP_IMAGE_DIR": str(TEST_IMAGE_DIR)}, timeout=1800)
         assert result.returncode == 0, result.stderr
     return TEST_IMAGE_DIR
+
+
+@pytest.fixture
+def session(tmp_path: Path, test_image_dir: Path, xserver: XServer,
+            soundserver: SoundServer) -> Session:
+    """A desktop session's environment around the test image: display, sound, directories."""
+    from tests.integration.launching import Session
+
+    return Session(tmp_path, test_image_dir, xserver, soundserver)
+

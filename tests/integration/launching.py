@@ -133,3 +133,9 @@ def waiting_command(script: str = "true") -> list[str]:
     return ["/bin/sh", "-c",
             f"{script} && touch /root/data/ready && "
             "while [ ! -e /root/data/go ]; do sleep 0.05; done"]
+
+
+def image_uid(session: Session, name: str = NAME) -> int:
+    """The host UID the image's sandboxes run as (its block's first)."""
+    return int(json.loads((session.image_dir / name / "image.json").read_text())["uid_base"])
+

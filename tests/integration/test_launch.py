@@ -11,28 +11,15 @@ from pathlib import Path
 import pytest
 
 from sandboxapp.fsutil import mounts_under
-from tests.harness import SoundServer, XServer
 from tests.integration.launching import (
     FULL_SANDBOX,
     NAME,
     Session,
+    image_uid,
     wait_for_file,
     waiting_command,
     write_variant,
 )
-
-
-@pytest.fixture
-def session(tmp_path: Path, test_image_dir: Path, xserver: XServer,
-            soundserver: SoundServer) -> Session:
-    return Session(tmp_path, test_image_dir, xserver, soundserver)
-
-
-def image_uid(session: Session) -> int:
-    import json
-
-    meta = json.loads((session.image_dir / NAME / "image.json").read_text())
-    return int(meta["uid_base"])
 
 
 def assert_nothing_left(session: Session, grants_before: list[str],

@@ -12,25 +12,16 @@ from pathlib import Path
 import pytest
 
 from sandboxapp.fsutil import mounts_under
-from tests.harness import SoundServer, XServer, require_programs
+from tests.harness import XServer, require_programs
 from tests.integration.launching import (
     FULL_SANDBOX,
     NAME,
     Session,
+    image_uid,
     wait_for_file,
     waiting_command,
     write_variant,
 )
-
-
-@pytest.fixture
-def session(tmp_path: Path, test_image_dir: Path, xserver: XServer,
-            soundserver: SoundServer) -> Session:
-    return Session(tmp_path, test_image_dir, xserver, soundserver)
-
-
-def image_uid(session: Session, name: str = NAME) -> int:
-    return int(json.loads((session.image_dir / name / "image.json").read_text())["uid_base"])
 
 
 def validate(path: Path) -> None:
