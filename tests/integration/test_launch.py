@@ -335,3 +335,21 @@ def test_the_sandbox_plays_sound_through_its_own_socket(session: Session) -> Non
         result = session.run(str(profile))
     assert result.returncode == 0, result.stderr
     assert peak_level(capture.read_bytes()) > 5000
+
+
+def test_root_launching_for_itself_keeps_data_in_its_home(session: Session, tmp_path: Path) -> None:
+    """An administrator running sandboxapp as plain root: the data goes below /root, as it
+    goes below any user's home."""
+    profile = write_variant(session.profiles, ["/bin/sh", "-c", "echo kept > /root/data/kept"],
+                            FULL_SANDBOX)
+    env = session.env()
+    home = Path("/root") / f".sandboxapp-test-{tmp_path.name}"
+    env["XDG_DATA_HOME"] = str(home)
+    try:
+        result = session.sandboxapp("run", str(profile), env=env)
+        assert result.returncode == 0, result.stderr
+        assert (home / "sandboxapp" / NAME / "root" / "data" / "kept").read_text() == "kept\n"
+    finally:
+        import shutil
+
+        shutil.rmtree(home, ignore_errors=True)
