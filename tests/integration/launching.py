@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from sandboxapp.fsutil import mounts_under
 from tests.harness import SoundServer, XServer
 from tests.integration.conftest import REPO
 
@@ -101,6 +102,21 @@ class Session:
                 launch.kill()
                 launch.wait()
 
+    def start_ready(self, profile: Path) -> subprocess.Popen[str]:
+        """Start a launch of a looping_command() profile and wait until its app is up."""
+        launch = self.start(str(profile))
+        wait_for_file(self.persist_dir() / "ready", launch)
+        return launch
+
+    def assert_nothing_left(self, grants_before: list[str], modules_before: list[str]) -> None:
+        """No grant, socket, layer, mount or record outlived the launch."""
+        assert self.x_grants() == grants_before
+        assert self.socket_modules() == modules_before
+        assert not (self.image_dir / ".layers" / NAME).exists()
+        assert mounts_under(self.image_dir) == []
+        assert not list(self.run_dir.glob("*.json"))
+        assert not (self.run_dir / "sound" / NAME).exists()
+
     def x_grants(self) -> list[str]:
         assert self.xserver is not None
         out = subprocess.run(["xhost"], env=self.xserver.client_env(), capture_output=True,
@@ -125,6 +141,11 @@ def wait_for_file(path: Path, process: subprocess.Popen[str] | None = None,
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {path}")
         time.sleep(0.05)
+
+
+def looping_command(trap: str) -> list[str]:
+    """A command for the container: set the shell trap, mark /root/data/ready, loop forever."""
+    return ["/bin/sh", "-c", f"{trap}; touch /root/data/ready; while true; do sleep 0.1; done"]
 
 
 # A command for the container: do what `script` says, mark /root/data/ready, then wait until

@@ -10,26 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from sandboxapp.fsutil import mounts_under
 from tests.integration.launching import (
     FULL_SANDBOX,
     NAME,
     Session,
     image_uid,
-    wait_for_file,
+    looping_command,
     waiting_command,
     write_variant,
 )
-
-
-def assert_nothing_left(session: Session, grants_before: list[str],
-                        modules_before: list[str]) -> None:
-    assert session.x_grants() == grants_before
-    assert session.socket_modules() == modules_before
-    assert not (session.image_dir / ".layers" / NAME).exists()
-    assert mounts_under(session.image_dir) == []
-    assert not list(session.run_dir.glob("*.json"))
-    assert not (session.run_dir / "sound" / NAME).exists()
 
 
 def test_xdpyinfo_runs_in_the_sandbox(session: Session) -> None:
@@ -68,7 +57,7 @@ def test_grants_exist_exactly_while_the_app_runs(session: Session) -> None:
         )
         assert other.returncode != 0
         assert "unable to open display" in other.stderr
-    assert_nothing_left(session, grants_before, modules_before)
+    session.assert_nothing_left(grants_before, modules_before)
 
 
 def test_another_profile_sandbox_is_not_admitted_by_this_grant(session: Session) -> None:
@@ -144,24 +133,19 @@ def test_signals_to_the_launcher_stop_the_app_gracefully_and_revoke(
     modules_before = session.socket_modules()
     profile = write_variant(
         session.profiles,
-        ["/bin/sh", "-c", "trap 'echo saved > /root/data/saved; exit 0' TERM HUP; "
-                          "touch /root/data/ready; while true; do sleep 0.1; done"],
-        FULL_SANDBOX,
-    )
-    launch = session.start(str(profile))
-    wait_for_file(session.persist_dir() / "ready", launch)
+        looping_command("trap 'echo saved > /root/data/saved; exit 0' TERM HUP"), FULL_SANDBOX)
+    launch = session.start_ready(profile)
     launch.send_signal(signum)
     assert launch.wait(timeout=60) == 128 + signum
     assert (session.persist_dir() / "saved").read_text() == "saved\n"
-    assert_nothing_left(session, grants_before, modules_before)
+    session.assert_nothing_left(grants_before, modules_before)
 
 
 def test_sigkill_of_the_launcher_is_cleaned_up_by_the_next_run(session: Session) -> None:
     grants_before = session.x_grants()
     modules_before = session.socket_modules()
     profile = write_variant(session.profiles, waiting_command(), FULL_SANDBOX)
-    launch = session.start(str(profile))
-    wait_for_file(session.persist_dir() / "ready", launch)
+    launch = session.start_ready(profile)
     uid = image_uid(session)
     launch.kill()
     launch.wait()
@@ -180,7 +164,7 @@ def test_sigkill_of_the_launcher_is_cleaned_up_by_the_next_run(session: Session)
     again = session.run(str(profile))
     assert again.returncode == 0, again.stderr
     assert "cleaned up after sandboxapp-test" in again.stderr
-    assert_nothing_left(session, grants_before, modules_before)
+    session.assert_nothing_left(grants_before, modules_before)
 
 
 def _processes_rooted_in(tree: Path) -> list[int]:
@@ -200,15 +184,14 @@ def test_cleanup_command_undoes_a_killed_launch(session: Session) -> None:
     grants_before = session.x_grants()
     modules_before = session.socket_modules()
     profile = write_variant(session.profiles, waiting_command(), FULL_SANDBOX)
-    launch = session.start(str(profile))
-    wait_for_file(session.persist_dir() / "ready", launch)
+    launch = session.start_ready(profile)
     launch.kill()
     launch.wait()
     time.sleep(0.5)
     result = session.sandboxapp("cleanup")
     assert result.returncode == 0, result.stderr
     assert "cleaned up after sandboxapp-test" in result.stdout
-    assert_nothing_left(session, grants_before, modules_before)
+    session.assert_nothing_left(grants_before, modules_before)
 
 
 def test_nspawn_failing_to_start_still_revokes_everything(session: Session) -> None:
@@ -220,7 +203,7 @@ def test_nspawn_failing_to_start_still_revokes_everything(session: Session) -> N
     result = session.run(str(profile))
     assert result.returncode != 0
     assert "hostname" in result.stderr
-    assert_nothing_left(session, grants_before, modules_before)
+    session.assert_nothing_left(grants_before, modules_before)
 
 
 def test_network_none_has_loopback_only_and_host_shares_the_network(session: Session) -> None:
@@ -303,7 +286,7 @@ def test_an_app_that_crashes_is_cleaned_up_after(session: Session) -> None:
     profile = write_variant(session.profiles, ["/bin/sh", "-c", "kill -SEGV $$"], FULL_SANDBOX)
     result = session.run(str(profile))
     assert result.returncode not in (0, 125)
-    assert_nothing_left(session, grants_before, modules_before)
+    session.assert_nothing_left(grants_before, modules_before)
 
 
 def test_without_a_sound_server_the_app_runs_silently_and_is_told(session: Session) -> None:

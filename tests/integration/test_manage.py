@@ -18,6 +18,7 @@ from tests.integration.launching import (
     NAME,
     Session,
     image_uid,
+    looping_command,
     wait_for_file,
     waiting_command,
     write_variant,
@@ -102,32 +103,20 @@ def test_stop_lets_the_app_save_and_revokes(session: Session) -> None:
     grants_before = session.x_grants()
     modules_before = session.socket_modules()
     profile = write_variant(
-        session.profiles,
-        ["/bin/sh", "-c", "trap 'echo saved > /root/data/saved; exit 0' TERM; "
-                          "touch /root/data/ready; while true; do sleep 0.1; done"],
-        FULL_SANDBOX,
-    )
-    launch = session.start(str(profile))
-    wait_for_file(session.persist_dir() / "ready", launch)
+        session.profiles, looping_command("trap 'echo saved > /root/data/saved; exit 0' TERM"),
+        FULL_SANDBOX)
+    launch = session.start_ready(profile)
     stopped = session.sandboxapp("stop", NAME)
     assert stopped.returncode == 0, stopped.stderr
     assert f"stopped {NAME}" in stopped.stdout
     assert launch.wait(timeout=30) == 143
     assert (session.persist_dir() / "saved").read_text() == "saved\n"
-    assert session.x_grants() == grants_before
-    assert session.socket_modules() == modules_before
-    assert mounts_under(session.image_dir) == []
+    session.assert_nothing_left(grants_before, modules_before)
 
 
 def test_stop_kills_an_app_that_ignores_sigterm_after_the_timeout(session: Session) -> None:
-    profile = write_variant(
-        session.profiles,
-        ["/bin/sh", "-c", "trap '' TERM HUP; touch /root/data/ready; "
-                          "while true; do sleep 0.1; done"],
-        FULL_SANDBOX,
-    )
-    launch = session.start(str(profile))
-    wait_for_file(session.persist_dir() / "ready", launch)
+    profile = write_variant(session.profiles, looping_command("trap '' TERM HUP"), FULL_SANDBOX)
+    launch = session.start_ready(profile)
     started = time.monotonic()
     stopped = session.sandboxapp("stop", "--timeout", "2", NAME)
     assert stopped.returncode == 0, stopped.stderr
