@@ -47,19 +47,43 @@ class ContainerRequest:
     sound: SoundPaths | None
 
 
-def stop_app(nspawn_pid: int) -> None:
+# nspawn runs as the first process of a PID namespace of its own, made by unshare: when nspawn
+# dies (the launcher's parent-death signal kills unshare, which kills nspawn), the kernel kills
+# everything in that namespace, the container included. nspawn alone would leave its container
+# running: nothing kills it where systemd does not track nspawn's unit.
+PID_NAMESPACE = ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child=SIGKILL", "--"]
+
+
+def container_init(spawned_pid: int) -> int | None:
+    """The host pid of the container's PID 1 (nspawn's stub init), below the process the
+    launcher spawned (unshare, whose child is nspawn); None while it starts or stops."""
+    import psutil  # off the launch path: only needed here
+
+    try:
+        process = psutil.Process(spawned_pid)
+        for _ in range(2):  # unshare -> nspawn -> the container's init
+            children = process.children()
+            if not children:
+                return None
+            process = children[0]
+        return int(process.pid)
+    except psutil.Error:
+        return None
+
+
+def stop_app(spawned_pid: int) -> None:
     """A graceful stop: SIGTERM to the app itself (the container's PID 2, below nspawn's stub
     init), so it can save its work. Signalling nspawn instead would SIGKILL it, and its stub
     init's own stop sends SIGHUP too, which ends most programs at once."""
     import psutil  # off the launch path: only needed here
 
+    init = container_init(spawned_pid)
     try:
-        init = psutil.Process(nspawn_pid).children()
-        apps = init[0].children() if init else []
-        for app in apps or init:
+        apps = psutil.Process(init).children() if init is not None else []
+        for app in apps:
             app.send_signal(signal.SIGTERM)
-        if not init:
-            psutil.Process(nspawn_pid).send_signal(signal.SIGTERM)
+        if not apps:
+            psutil.Process(spawned_pid).send_signal(signal.SIGTERM)
     except psutil.Error:
         pass
 
@@ -134,8 +158,9 @@ class ContainerSide:
                                     profile_file=str(plan.profile.path))
         self.supervisor.check_interrupted()
         process = subprocess.Popen(
-            # If the launcher is killed, nspawn is killed with it, and its container with it.
-            ["setpriv", "--pdeathsig", "KILL", "--", *argv],
+            # If the launcher is killed, unshare is killed with it, and nspawn and its
+            # container with that.
+            ["setpriv", "--pdeathsig", "KILL", "--", *PID_NAMESPACE, *argv],
             env=base_env({"TERM": os.environ.get("TERM", "dumb")}),
             stdin=subprocess.DEVNULL if self.control_fd is not None else None,
             stderr=subprocess.PIPE,

@@ -8,6 +8,7 @@ import subprocess
 from collections.abc import Sequence
 
 from sandboxapp.command import base_env
+from sandboxapp.container import container_init
 from sandboxapp.errors import ExitStatus, SandboxError
 from sandboxapp.launchplan import LaunchPlan, container_env
 from sandboxapp.ledger import Record, RunDir
@@ -16,10 +17,8 @@ from sandboxapp.safepath import DesktopUser
 CONTAINER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
-def container_init(run_dir: RunDir, profile: str, user: DesktopUser) -> int:
+def running_init(run_dir: RunDir, profile: str, user: DesktopUser) -> int:
     """The host pid of the running container's PID 1, for a launch this user made."""
-    import psutil  # off the launch path: only needed here
-
     record = Record.load(run_dir.record_path(profile))
     if record is None or not record.launcher_alive:
         raise SandboxError(f"{profile} is not running", status=ExitStatus.LAUNCHER)
@@ -29,12 +28,10 @@ def container_init(run_dir: RunDir, profile: str, user: DesktopUser) -> int:
         if user.uid not in (0, entry.get("user")):
             raise SandboxError(f"{profile} is running for another user",
                                status=ExitStatus.LAUNCHER)
-        try:
-            children = psutil.Process(entry["pid"]).children()
-        except psutil.Error:
-            break
-        if children:
-            return children[0].pid
+        init = container_init(entry["pid"])
+        if init is not None:
+            return init
+        break
     raise SandboxError(f"{profile} is starting or stopping; try again in a moment",
                        status=ExitStatus.LAUNCHER)
 
@@ -52,6 +49,6 @@ def join_argv(init_pid: int, plan: LaunchPlan, command: Sequence[str]) -> list[s
 
 
 def join(run_dir: RunDir, plan: LaunchPlan, user: DesktopUser) -> int:
-    init = container_init(run_dir, plan.profile.name, user)
+    init = running_init(run_dir, plan.profile.name, user)
     argv = join_argv(init, plan, plan.command)
     return subprocess.run(argv, env=base_env(), check=False).returncode

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 
 import psutil
 
+from sandboxapp.container import container_init
 from sandboxapp.errors import ExitStatus, SandboxError
 from sandboxapp.ledger import Record, RunDir, started_at
 from sandboxapp.paths import DEFAULT_RUN_DIR, Locations
@@ -58,12 +59,10 @@ def _container_tree(records: list[Record]) -> tuple[int | None, int | None, list
         for entry in record.entries:
             if entry["kind"] == "container" and isinstance(entry.get("pid"), int):
                 try:
-                    nspawn = psutil.Process(entry["pid"])
-                    tree = nspawn.children(recursive=True)
+                    tree = psutil.Process(entry["pid"]).children(recursive=True)
                 except psutil.Error:
                     continue
-                init = next((p.pid for p in nspawn.children()), None)
-                return init, entry.get("uid"), tree
+                return container_init(entry["pid"]), entry.get("uid"), tree
     return None, None, []
 
 

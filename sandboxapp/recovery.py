@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from sandboxapp.display import Display
 from sandboxapp.errors import SandboxError
 from sandboxapp.layer import remove_layer
 from sandboxapp.ledger import Record, RunDir, is_alive
+from sandboxapp.uidrange import BLOCK_SIZE
 
 SOUND_CONF = "client.conf"
 SOUND_SOCKET = "native"
@@ -27,18 +29,54 @@ def remove_sound_dir(directory: Path) -> None:
         directory.rmdir()
 
 
+def processes_in_block(base: int) -> list[int]:
+    """Live processes running as a UID of the block that starts at base: a container's, since
+    the block belongs to one image and no host account. Zombies are dead already."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/status", encoding="ascii", errors="replace") as status:
+                fields = dict(line.split(":", 1) for line in status if ":" in line)
+            uid = int(fields["Uid"].split()[0])
+            zombie = fields["State"].split()[0] == "Z"
+        except (OSError, KeyError, IndexError, ValueError):
+            continue
+        if base <= uid < base + BLOCK_SIZE and not zombie:
+            found.append(int(name))
+    return found
+
+
+def kill_block(base: int, timeout: float = 10.0) -> None:
+    """SIGKILL every process of the UID block, and wait until they are gone."""
+    deadline = time.monotonic() + timeout
+    while pids := processes_in_block(base):
+        if time.monotonic() > deadline:
+            raise SandboxError(f"processes {', '.join(map(str, pids))} of UID block {base} "
+                               "did not die")
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.05)
+
+
 def undo_entry(entry: dict[str, Any], *, recovering: bool) -> None:
     """Undo one ledger entry. Each undo copes with a thing that was never fully made."""
-    import psutil  # off the launch path: only needed here
-
     kind = entry["kind"]
     if kind == "container":
         # nspawn runs with a parent-death signal, so this finds something only when that
         # failed; its container's processes die with it.
         if is_alive(entry.get("pid"), entry.get("started")):
+            import psutil  # off the launch path: only needed here
+
             with contextlib.suppress(psutil.Error):
                 psutil.Process(entry["pid"]).send_signal(signal.SIGKILL)
                 psutil.Process(entry["pid"]).wait(timeout=10)
+        # After a crash, whatever still runs in the image's UID block is the container's
+        # (its launcher's profile lock, which the caller holds, keeps any other out).
+        if recovering and isinstance(entry.get("uid"), int):
+            kill_block(entry["uid"])
     elif kind == "layer":
         remove_layer(Path(entry["path"]), kill_leftovers=recovering)
     elif kind == "x11":

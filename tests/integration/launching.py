@@ -13,6 +13,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
 from sandboxapp.fsutil import mounts_under
 from tests.harness import SoundServer, XServer
 from tests.integration.conftest import REPO
@@ -116,6 +118,7 @@ class Session:
         assert mounts_under(self.image_dir) == []
         assert not list(self.run_dir.glob("*.json"))
         assert not (self.run_dir / "sound" / NAME).exists()
+        assert sandbox_processes(image_uid(self)) == []
 
     def x_grants(self) -> list[str]:
         assert self.xserver is not None
@@ -154,6 +157,27 @@ def waiting_command(script: str = "true") -> list[str]:
     return ["/bin/sh", "-c",
             f"{script} && touch /root/data/ready && "
             "while [ ! -e /root/data/go ]; do sleep 0.05; done"]
+
+
+def sandbox_processes(base: int) -> list[str]:
+    """Processes running as a UID of the image's block, that is, in one of its sandboxes
+    (whatever mount namespace they are in), as "pid command"; zombies, which run nothing and
+    wait for an init to reap them, do not count."""
+    found = []
+    for process in psutil.process_iter(["uids", "name", "status"]):
+        with contextlib.suppress(psutil.Error, TypeError):
+            if process.info["status"] == psutil.STATUS_ZOMBIE:
+                continue
+            if base <= process.info["uids"].real < base + 0x10000:
+                found.append(f"{process.pid} {process.info['name']}")
+    return found
+
+
+def wait_for_no_sandbox_processes(base: int, timeout: float = 20) -> list[str]:
+    deadline = time.monotonic() + timeout
+    while (left := sandbox_processes(base)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return left
 
 
 def image_uid(session: Session, name: str = NAME) -> int:
