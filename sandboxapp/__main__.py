@@ -1,5 +1,5 @@
 from __future__ import annotations
 
-from sandboxapp.cli import main
+from sandboxapp.cli import entry
 
-raise SystemExit(main())
+entry()

@@ -14,8 +14,8 @@ import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from sandboxapp import pulsewire
 from sandboxapp.errors import SandboxError
 
 MODULE = "module-native-protocol-unix"
@@ -51,62 +51,38 @@ class SoundServerAddress:
         return cls(Path(runtime) / "pulse" / "native") if runtime else None
 
 
-def _import_pulsectl() -> Any:
-    """pulsectl looks for its library with ctypes.util.find_library("libpulse"), a name that
-    never matches: the search runs ldconfig and a compiler (tens of milliseconds on every
-    launch) before it falls back to the soname. Skip straight to the fallback."""
-    import ctypes.util
-
-    original = ctypes.util.find_library
-    ctypes.util.find_library = lambda name: None if name == "libpulse" else original(name)
-    try:
-        import pulsectl
-    finally:
-        ctypes.util.find_library = original
-    return pulsectl
-
-
 @contextlib.contextmanager
-def _pulse(address: SoundServerAddress) -> Iterator[Any]:
-    pulsectl = _import_pulsectl()
-
+def _pulse(address: SoundServerAddress) -> Iterator[pulsewire.Connection]:
     try:
-        pulse = pulsectl.Pulse("sandboxapp", server=address.server)
-    except pulsectl.PulseError as exc:
+        connection = pulsewire.Connection(address.socket, pulsewire.read_cookie(os.environ),
+                                          "sandboxapp")
+    except (OSError, pulsewire.PulseError) as exc:
         raise SandboxError(f"cannot reach the sound server at {address.socket}: {exc}") from None
     try:
-        yield pulse
+        yield connection
+    except (OSError, pulsewire.PulseError) as exc:
+        raise SandboxError(f"the sound server at {address.socket} failed: {exc}") from None
     finally:
-        pulse.close()
+        connection.close()
 
 
 def load_socket_module(address: SoundServerAddress, socket: Path) -> int:
     """Load a per-sandbox socket module; its index. Raises SandboxError when the server
     cannot (PipeWire) or is not there."""
-    pulsectl = _import_pulsectl()
-
     with _pulse(address) as pulse:
         try:
-            index = pulse.module_load(MODULE, f"socket={socket} auth-anonymous=1")
-        except pulsectl.PulseError as exc:
+            return pulse.load_module(MODULE, f"socket={socket} auth-anonymous=1")
+        except pulsewire.PulseError as exc:
             raise SandboxError(f"the sound server cannot load {MODULE}: {exc}") from None
-        return int(index)
 
 
 def unload_socket_module(address: SoundServerAddress, index: int, socket: Path) -> None:
     """Unload our module, checking it is still ours (an index is reused after a restart)."""
     with _pulse(address) as pulse:
-        for module in pulse.module_list():
-            if module.index == index and module.name == MODULE and f"socket={socket}" in (
-                module.argument or ""
-            ):
-                pulse.module_unload(index)
-                return
-
-
-def socket_modules(address: SoundServerAddress) -> list[tuple[int, str]]:
-    with _pulse(address) as pulse:
-        return [(m.index, m.argument or "") for m in pulse.module_list() if m.name == MODULE]
+        module = pulse.module(index)
+        if module is not None and module.name == MODULE and (
+                f"socket={socket}" in module.argument.split()):
+            pulse.unload_module(index)
 
 
 def server_reachable(address: SoundServerAddress | None) -> bool:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from sandboxapp import __version__
-from sandboxapp.errors import ExitStatus, SandboxError
+from sandboxapp.errors import ExitStatus, SandboxError, finish
 from sandboxapp.paths import Locations
 from sandboxapp.profile import Profile, find_profile, iter_profile_files, load_profile_file
 
@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from sandboxapp.desktop import DesktopEntries
     from sandboxapp.image import Image
     from sandboxapp.supervisor import TextSink
+
+    Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def _say(text: str = "", stream: TextIO | None = None) -> None:
@@ -158,7 +160,7 @@ def cmd_image_build(args: argparse.Namespace, locations: Locations) -> int:
 
 
 def _image_state(name: str, image: Image, locations: Locations) -> str:
-    from sandboxapp.imagebuild import image_is_stale
+    from sandboxapp.image import image_is_stale
 
     try:
         profile = find_profile(name, locations)
@@ -243,8 +245,7 @@ def _prepare_image(profile: Profile, locations: Locations,
     asks for it (or say how), say when the profile has moved on. Whether the image changed."""
     from datetime import UTC, datetime
 
-    from sandboxapp.image import ImageStore
-    from sandboxapp.imagebuild import image_is_stale
+    from sandboxapp.image import ImageStore, image_is_stale
 
     image = ImageStore(locations.image_dir).get(profile.name)
     if image is None:
@@ -452,17 +453,12 @@ def cmd_doctor(args: argparse.Namespace, locations: Locations) -> int:
     return ExitStatus.FAILURE if any(c.status is Status.FAIL for c in checks) else ExitStatus.OK
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="sandboxapp",
-        description="Run desktop programs in throw-away systemd-nspawn containers.",
-    )
-    parser.add_argument("--version", action="version", version=f"sandboxapp {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _add_list(commands: Subparsers) -> None:
     p = commands.add_parser("list", help="show the profiles, where they come from, image state")
     p.set_defaults(func=cmd_list)
 
+
+def _add_run(commands: Subparsers) -> None:
     p = commands.add_parser("run", help="run a profile's program in a fresh sandbox")
     p.add_argument("--dry-run", action="store_true",
                    help="print the systemd-nspawn command and the grants; change nothing")
@@ -471,29 +467,41 @@ def build_parser() -> argparse.ArgumentParser:
                    help="arguments appended to the profile's command")
     p.set_defaults(func=cmd_run)
 
+
+def _add_ps(commands: Subparsers) -> None:
     p = commands.add_parser("ps", help="list the running sandboxes")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_ps)
 
+
+def _add_stop(commands: Subparsers) -> None:
     p = commands.add_parser("stop", help="stop a running sandbox gracefully")
     p.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
                    help="how long the app gets to exit before it is killed (default 10)")
     p.add_argument("profile", metavar="PROFILE")
     p.set_defaults(func=cmd_stop)
 
+
+def _add_doctor(commands: Subparsers) -> None:
     p = commands.add_parser("doctor", help="check this machine, one line per check")
     p.set_defaults(func=cmd_doctor)
 
+
+def _add_shell(commands: Subparsers) -> None:
     p = commands.add_parser("shell", help="a root shell in a profile's pristine image; "
                             "changes land when it exits with 0 (as root)")
     p.add_argument("--discard", action="store_true", help="throw the changes away")
     p.add_argument("profile", metavar="PROFILE")
     p.set_defaults(func=cmd_shell)
 
+
+def _add_cleanup(commands: Subparsers) -> None:
     p = commands.add_parser("cleanup",
                             help="undo what crashed launches left: grants, sockets, layers")
     p.set_defaults(func=cmd_cleanup)
 
+
+def _add_setup(commands: Subparsers) -> None:
     p = commands.add_parser("setup", help="let desktop users launch sandboxes (as root)")
     p.add_argument("--add-user", action="append", default=[], metavar="NAME",
                    help="also add this user to the sandboxapp group (repeatable)")
@@ -501,6 +509,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="remove what setup installed (images and data stay)")
     p.set_defaults(func=cmd_setup)
 
+
+def _add_desktop(commands: Subparsers) -> None:
     desktop = commands.add_parser("desktop", help="menu entries for profiles")
     desktop_commands = desktop.add_subparsers(dest="desktop_command", required=True,
                                               metavar="ACTION")
@@ -513,6 +523,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = desktop_commands.add_parser("list", help="show the installed menu entries")
     p.set_defaults(func=cmd_desktop_list)
 
+
+def _add_image(commands: Subparsers) -> None:
     image = commands.add_parser("image", help="build, list and remove pristine images")
     image_commands = image.add_subparsers(dest="image_command", required=True, metavar="ACTION")
     p = image_commands.add_parser("build", help="build a profile's image (as root)")
@@ -529,6 +541,27 @@ def build_parser() -> argparse.ArgumentParser:
     p = image_commands.add_parser("remove", help="delete a profile's image")
     p.add_argument("profile", metavar="PROFILE")
     p.set_defaults(func=cmd_image_remove)
+
+
+COMMANDS: dict[str, Callable[[Subparsers], None]] = {
+    "list": _add_list, "run": _add_run, "ps": _add_ps, "stop": _add_stop,
+    "doctor": _add_doctor, "shell": _add_shell, "cleanup": _add_cleanup, "setup": _add_setup,
+    "desktop": _add_desktop, "image": _add_image,
+}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line; with `command` (one of COMMANDS), only that command's part:
+    every launch pays for building the parser, and `run` needs none of the others."""
+    parser = argparse.ArgumentParser(
+        prog="sandboxapp",
+        description="Run desktop programs in throw-away systemd-nspawn containers.",
+    )
+    parser.add_argument("--version", action="version", version=f"sandboxapp {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, add in COMMANDS.items():
+        if command is None or name == command:
+            add(commands)
     return parser
 
 
@@ -543,8 +576,9 @@ def report(error: SandboxError, stream: TextSink) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(words[0] if words and words[0] in COMMANDS else None)
+    args = parser.parse_args(words)
     func: Callable[[argparse.Namespace, Locations], int] = args.func
     try:
         return int(func(args, Locations.from_environment()))
@@ -562,3 +596,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write("sandboxapp: interrupted\n")
         return 130
 
+
+
+def entry() -> None:
+    """The `sandboxapp` command."""
+    finish(main())

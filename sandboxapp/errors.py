@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import os
+import sys
+from typing import NoReturn
 
 
 class ExitStatus(enum.IntEnum):
@@ -42,3 +46,13 @@ class SandboxError(Exception):
     def __str__(self) -> str:
         return self.message
 
+
+
+def finish(status: int) -> NoReturn:
+    """Leave with status at once, after flushing the standard streams. The interpreter's own
+    shutdown tears down every imported module, about 14 ms that every launch would pay; by the
+    time a command returns its status, everything of ours is written and closed."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(status)

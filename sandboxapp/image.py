@@ -26,7 +26,7 @@ from pathlib import Path
 from sandboxapp import __version__
 from sandboxapp.errors import ExitStatus, SandboxError
 from sandboxapp.fsutil import mount_points, remove_tree
-from sandboxapp.profile import ImageSpec, check_profile_name
+from sandboxapp.profile import ImageSpec, Profile, check_profile_name
 from sandboxapp.uidrange import UidRange
 
 META_FILE = "image.json"
@@ -38,6 +38,11 @@ def spec_digest(spec: ImageSpec) -> str:
     """A digest of what the image is built from, to tell when a profile has moved on."""
     text = json.dumps(dataclasses.asdict(spec), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def image_is_stale(profile: Profile, image: Image) -> bool:
+    """The profile's [image] section no longer matches what the image was built from."""
+    return image.meta.spec_digest != spec_digest(profile.image)
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,15 @@ from sandboxapp.debian import KEYRING, mirror_from_sources, security_mirror, sou
 from sandboxapp.errors import SandboxError
 from sandboxapp.fsutil import exchange, fsync_dir, remove_tree, tree_size
 from sandboxapp.hostfacts import host_facts
-from sandboxapp.image import BUILD_MARKER, META_FILE, Image, ImageMeta, ImageStore, spec_digest
+from sandboxapp.image import (
+    BUILD_MARKER,
+    META_FILE,
+    Image,
+    ImageMeta,
+    ImageStore,
+    image_is_stale,
+    spec_digest,
+)
 from sandboxapp.ledger import is_alive, process_identity
 from sandboxapp.nspawn import maintenance_argv, shift_ownership_argv
 from sandboxapp.profile import Profile
@@ -280,10 +288,6 @@ def _commit_staged(
         else:
             remove_tree(staging, marker=META_FILE)
     return store.get(name)
-
-
-def image_is_stale(profile: Profile, image: Image) -> bool:
-    return image.meta.spec_digest != spec_digest(profile.image)
 
 
 def build_image(

@@ -34,9 +34,8 @@ from sandboxapp.paths import (
 
 # The interpreter the installed commands run on: the system's, which root owns.
 SYSTEM_PYTHON = Path("/usr/bin/python3")
-# Top-level modules sandboxapp needs at run time (python-xlib needs six).
-RUNTIME_MODULES = ("sandboxapp", "psutil", "Xlib", "pulsectl", "xdg", "six")
-OPTIONAL_MODULES = frozenset({"six"})
+# Top-level modules sandboxapp needs at run time.
+RUNTIME_MODULES = ("sandboxapp", "psutil", "xdg")
 
 WRAPPER = """#!{python} -I
 # Installed by `sandboxapp setup`; runs the root-owned copy in {lib}.
@@ -44,9 +43,9 @@ import os
 import sys
 
 {environment}sys.path.insert(0, {lib_path!r})
-from {module} import main
+from {module} import entry
 
-raise SystemExit(main())
+entry()
 """
 
 SUDOERS = """# Installed by `sandboxapp setup`: members of the {group} group may start sandboxes.
@@ -102,8 +101,6 @@ def _install_lib() -> None:
     for name in RUNTIME_MODULES:
         source = _module_dir(name)
         if source is None:
-            if name in OPTIONAL_MODULES:
-                continue
             raise SandboxError(f"cannot install: the module {name} is not importable here",
                                hint="run setup with the interpreter sandboxapp is installed in")
         if source.is_dir():
@@ -113,6 +110,10 @@ def _install_lib() -> None:
     for data in (SHIPPED_PROFILE_DIR, SHIPPED_PROFILE_DIR.parent / "desktop-entries"):
         if data.is_dir():
             shutil.copytree(data, staging / data.name, ignore=ignore)
+    # Compiled here, by the interpreter the commands run on: users cannot write below this
+    # root-owned directory, so without it every launch would compile every module again.
+    run([str(SYSTEM_PYTHON), "-I", "-m", "compileall", "-q", str(staging)],
+        what="compiling the installed modules")
     for root, _dirs, files in os.walk(staging):
         os.chown(root, 0, 0)
         os.chmod(root, 0o755)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from sandboxapp.cli import report
 from sandboxapp.container import ContainerRequest, ContainerSide, SoundPaths
-from sandboxapp.errors import ExitStatus, SandboxError
+from sandboxapp.errors import ExitStatus, SandboxError, finish
 from sandboxapp.image import ImageStore
 from sandboxapp.imagebuild import build_image, update_image
 from sandboxapp.imagefs import check_command
@@ -191,3 +191,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SandboxError as error:
         report(error, sys.stderr)
         return int(error.status)
+
+
+def entry() -> None:
+    """The privileged helper's command."""
+    finish(main())

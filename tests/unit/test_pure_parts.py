@@ -141,3 +141,14 @@ def test_image_metadata_round_trips() -> None:
                      packages=("a", "b"), mirror="http://m/debian", security=None,
                      spec_digest="abc", built_at="2026-01-01T00:00:00+00:00", size_bytes=10)
     assert ImageMeta.from_json(meta.to_json()) == meta
+
+
+def test_the_parser_for_one_command_parses_it_as_the_whole_one_does() -> None:
+    from sandboxapp.cli import COMMANDS, build_parser
+
+    for words in (["run", "--dry-run", "firefox", "--", "https://example.org"],
+                  ["image", "update", "--all"], ["stop", "--timeout", "3", "xeyes"]):
+        assert vars(build_parser(words[0]).parse_args(words)) == vars(
+            build_parser().parse_args(words))
+    assert set(COMMANDS) == {"list", "run", "ps", "stop", "doctor", "shell", "cleanup",
+                             "setup", "desktop", "image"}

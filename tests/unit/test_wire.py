@@ -1,0 +1,86 @@
+"""The two wire protocols a launch speaks: the X11 cookie lookup and PulseAudio's tagstruct."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from sandboxapp import pulsewire
+from sandboxapp.x11 import find_cookie, host_entry
+from tests.harness import require_programs
+
+COOKIE = "00112233445566778899aabbccddeeff"
+
+
+def xauth(path: Path, *args: str) -> None:
+    require_programs("xauth")
+    subprocess.run(["xauth", "-q", "-f", str(path), *args], check=True, capture_output=True)
+
+
+def test_the_cookie_xauth_wrote_for_the_display_is_found(tmp_path: Path) -> None:
+    path = tmp_path / "xauthority"
+    xauth(path, "add", ":3", "MIT-MAGIC-COOKIE-1", "ffeeddccbbaa99887766554433221100")
+    xauth(path, "add", ":7", "MIT-MAGIC-COOKIE-1", COOKIE)
+    data = path.read_bytes()
+    assert find_cookie(data, 7, socket.gethostname()) == bytes.fromhex(COOKIE)
+    assert find_cookie(data, 5, socket.gethostname()) is None
+    # Another host's entry is not ours to send.
+    assert find_cookie(data, 7, "some-other-host") is None
+
+
+def test_a_wildcard_entry_matches_any_host(tmp_path: Path) -> None:
+    # What `xauth nlist` prints for a FamilyWild (0xffff) record, read back with nmerge.
+    line = f"ffff 0000 0001 37 0012 {b'MIT-MAGIC-COOKIE-1'.hex()} 0010 {COOKIE}\n"
+    path = tmp_path / "xauthority"
+    require_programs("xauth")
+    subprocess.run(["xauth", "-q", "-f", str(path), "nmerge", "-"], input=line, text=True,
+                   check=True, capture_output=True)
+    assert find_cookie(path.read_bytes(), 7, "any-host") == bytes.fromhex(COOKIE)
+
+
+@pytest.mark.parametrize("data", [b"", b"\x01", b"not an xauthority file at all",
+                                  bytes(range(256))])
+def test_a_file_that_is_not_an_xauthority_gives_no_cookie(data: bytes) -> None:
+    assert find_cookie(data, 0, socket.gethostname()) is None
+
+
+def test_the_host_entry_is_a_server_interpreted_localuser() -> None:
+    assert host_entry(1879048192) == b"localuser\0#1879048192"
+
+
+def test_a_tagstruct_reads_back_what_was_written() -> None:
+    writer = pulsewire._Writer().u32(51).u32(7).string("module-null-sink").string(None)
+    writer.proplist({"application.name": "sandboxapp", "x": "y"}).arbitrary(b"\0\1\2").u32(9)
+    packet = writer.packet()
+    length, channel, _, _, flags = (int.from_bytes(packet[i:i + 4], "big")
+                                    for i in range(0, 20, 4))
+    assert (length, channel, flags) == (len(packet) - 20, 0xFFFFFFFF, 0)
+    reader = pulsewire._Reader(packet[20:])
+    assert (reader.u32(), reader.u32()) == (51, 7)
+    assert (reader.string(), reader.string()) == ("module-null-sink", None)
+    reader.skip()  # the property list
+    reader.skip()  # the arbitrary bytes
+    assert reader.u32() == 9
+    assert reader.at_end
+
+
+def test_a_reply_that_ends_early_or_holds_the_wrong_type_is_an_error() -> None:
+    with pytest.raises(pulsewire.PulseError):
+        pulsewire._Reader(b"L\0\0").u32()
+    with pytest.raises(pulsewire.PulseError):
+        pulsewire._Reader(b"thello\0").u32()
+    with pytest.raises(pulsewire.PulseError):
+        pulsewire._Reader(b"?").skip()
+
+
+def test_the_cookie_is_read_where_libpulse_looks(tmp_path: Path) -> None:
+    (tmp_path / ".config" / "pulse").mkdir(parents=True)
+    (tmp_path / ".config" / "pulse" / "cookie").write_bytes(b"c" * 256)
+    assert pulsewire.read_cookie({"HOME": str(tmp_path)}) == b"c" * 256
+    (tmp_path / "explicit").write_bytes(b"e" * 256)
+    assert pulsewire.read_cookie({"HOME": str(tmp_path),
+                                  "PULSE_COOKIE": str(tmp_path / "explicit")}) == b"e" * 256
+    assert pulsewire.read_cookie({"HOME": str(tmp_path / "none")}) == bytes(256)
