@@ -1,7 +1,8 @@
 """Real parts for the integration tests: an X server and a sound server like a desktop's.
 
 No mocks: Xvfb with a cookie file (`-auth`) and `-noreset`, as a display manager starts Xorg,
-and a PulseAudio daemon with a null sink on a private runtime directory.
+and a PulseAudio daemon with a null sink on a private runtime directory (or PipeWire with its
+PulseAudio server, as Debian desktops run it).
 """
 
 from __future__ import annotations
@@ -140,6 +141,32 @@ def sound_server(workdir: Path, run_as: tuple[int, int] | None = None) -> Iterat
         yield server
     finally:
         stop(process)
+
+
+@contextlib.contextmanager
+def pipewire_server(workdir: Path) -> Iterator[SoundServer]:
+    """PipeWire with its PulseAudio server, as Debian's desktops run it by default."""
+    require_programs("pipewire", "pipewire-pulse", "pactl")
+    runtime = Path(tempfile.mkdtemp(prefix="pipewire-", dir=workdir))
+    runtime.chmod(0o700)
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "XDG_RUNTIME_DIR": str(runtime),
+           "HOME": str(runtime)}
+    core = subprocess.Popen(["pipewire"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        _wait_for(lambda: (runtime / "pipewire-0").exists(), 10, "the PipeWire socket")
+        pulse = subprocess.Popen(["pipewire-pulse"], env=env, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL)
+        try:
+            server = SoundServer(runtime, runtime / "pulse" / "native", pulse)
+            _wait_for(lambda: subprocess.run(["pactl", "info"], env=server.client_env(),
+                                             capture_output=True).returncode == 0,
+                      15, "PipeWire's PulseAudio server")
+            yield server
+        finally:
+            stop(pulse)
+    finally:
+        stop(core)
 
 
 def write_tone(path: Path, seconds: float = 1.0, rate: int = 44100) -> None:

@@ -39,6 +39,26 @@ def test_pactl_info_reaches_the_sound_server_through_its_own_socket(session: Ses
     assert "Default Sink: sandboxapp_test_sink" in result.stdout
 
 
+def test_on_pipewire_the_sandbox_gets_the_users_own_socket_and_is_told_so(
+        session: Session, tmp_path: Path) -> None:
+    from tests.harness import pipewire_server
+
+    with pipewire_server(tmp_path) as pipewire:
+        session.sound = pipewire
+        grants_before = session.x_grants()
+        modules_before = session.socket_modules()
+        profile = write_variant(session.profiles, ["pactl", "info"], FULL_SANDBOX)
+        result = session.run(str(profile))
+        assert result.returncode == 0, result.stderr
+        # PipeWire cannot load a socket of the sandbox's own: it gets the user's, and the
+        # user is told that this one cannot be taken back at exit.
+        assert "Server String: unix:/run/sandboxapp/pulse/native" in result.stdout
+        assert "PipeWire" in result.stdout
+        assert "falling back to your own sound socket" in result.stderr
+        assert "cannot be taken back at exit" in result.stderr
+        session.assert_nothing_left(grants_before, modules_before)
+
+
 def test_grants_exist_exactly_while_the_app_runs(session: Session) -> None:
     grants_before = session.x_grants()
     modules_before = session.socket_modules()
