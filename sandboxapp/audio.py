@@ -28,6 +28,14 @@ class SoundMode(enum.StrEnum):
 
 
 @dataclass(frozen=True)
+class SoundPaths:
+    """The sound socket and client configuration on the host, to bind into the container."""
+
+    socket: Path
+    conf: Path
+
+
+@dataclass(frozen=True)
 class SoundServerAddress:
     """The user's sound server, as the user's own clients find it."""
 

@@ -17,6 +17,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
+from sandboxapp.audio import SoundPaths
 from sandboxapp.command import base_env
 from sandboxapp.errors import ExitStatus, SandboxError
 from sandboxapp.hostfacts import host_facts
@@ -29,14 +30,6 @@ from sandboxapp.supervisor import Supervisor, TextSink, forward_lines
 
 FILE_TYPE_NAMES = {stat.S_IFDIR: "directory", stat.S_IFSOCK: "socket", stat.S_IFREG: "file"}
 NSPAWN_NOISE = (NOISE_PREFIX, "Trying to halt container. Send SIGTERM again")
-
-
-@dataclass(frozen=True)
-class SoundPaths:
-    """The sound socket and client configuration on the host, to bind into the container."""
-
-    socket: Path
-    conf: Path
 
 
 @dataclass(frozen=True)

@@ -23,12 +23,15 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from sandboxapp import x11
-from sandboxapp.audio import SoundServerAddress, load_socket_module, server_reachable
+from sandboxapp.audio import (
+    SoundPaths,
+    SoundServerAddress,
+    load_socket_module,
+    server_reachable,
+)
 from sandboxapp.command import base_env, program_exists
-from sandboxapp.container import ContainerRequest, ContainerSide, SoundPaths
 from sandboxapp.errors import ExitStatus, SandboxError
 from sandboxapp.imagefs import check_command
-from sandboxapp.join import join
 from sandboxapp.launchplan import PULSE_CLIENT_CONF_TEXT, LaunchPlan
 from sandboxapp.ledger import RunDir
 from sandboxapp.paths import HELPER_PATH, SANDBOXAPP_GROUP, Locations
@@ -193,6 +196,8 @@ class Launch:
 
     def _join(self, as_root: bool) -> int:
         if as_root:
+            from sandboxapp.join import join
+
             return join(self.supervisor.run_dir, self.plan, self.user)
         argv = self._helper_argv(None)
         argv[argv.index("launch")] = "join"
@@ -223,6 +228,10 @@ class Launch:
             sound = self._sound(stack)
             self.supervisor.check_interrupted()
             if as_root:
+                # The root side runs here; a desktop user's launcher leaves it to the helper,
+                # and need not load it.
+                from sandboxapp.container import ContainerRequest, ContainerSide
+
                 request = ContainerRequest(plan, self.user, trusted_profile=True, sound=sound)
                 status = ContainerSide(self.supervisor, request, self.stderr).run(stack)
             else:

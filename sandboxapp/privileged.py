@@ -20,11 +20,11 @@ from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 
+from sandboxapp.audio import SoundPaths
 from sandboxapp.cli import report
-from sandboxapp.container import ContainerRequest, ContainerSide, SoundPaths
+from sandboxapp.container import ContainerRequest, ContainerSide
 from sandboxapp.errors import ExitStatus, SandboxError, finish
 from sandboxapp.image import ImageStore
-from sandboxapp.imagebuild import build_image, update_image
 from sandboxapp.imagefs import check_command
 from sandboxapp.join import join
 from sandboxapp.launchplan import LaunchPlan, plan_launch
@@ -108,6 +108,8 @@ def image_work(args: argparse.Namespace, user: DesktopUser, locations: Locations
             f"(in {', '.join(map(str, TRUSTED_PROFILE_DIRS))})",
             hint=f"ask an administrator to run: sudo sandboxapp image {args.command} "
                  f"{profile.name}", status=ExitStatus.LAUNCHER)
+    from sandboxapp.imagebuild import build_image, update_image  # not needed to launch
+
     store = ImageStore(locations.image_dir)
     _log(store, f"uid={user.uid} profile={profile.name} image {args.command}")
     if args.command == "build":
