@@ -19,6 +19,7 @@ from sandboxapp.profile import Profile, find_profile, iter_profile_files, load_p
 
 if TYPE_CHECKING:
     from sandboxapp.desktop import DesktopEntries
+    from sandboxapp.helperclient import PendingHelper
     from sandboxapp.image import Image
     from sandboxapp.supervisor import TextSink
 
@@ -296,6 +297,20 @@ def _image_work(action: str, profile: Profile, locations: Locations) -> None:
 
 
 def cmd_run(args: argparse.Namespace, locations: Locations) -> int:
+    helper = None
+    if not args.dry_run and os.geteuid() != 0:
+        # First of all: the privileged helper's interpreter then loads while this one does.
+        from sandboxapp.helperclient import PendingHelper
+
+        helper = PendingHelper(os.environ)
+    try:
+        return _run(args, locations, helper)
+    finally:
+        if helper is not None:
+            helper.abandon()
+
+
+def _run(args: argparse.Namespace, locations: Locations, helper: PendingHelper | None) -> int:
     from sandboxapp.hostfacts import host_facts
     from sandboxapp.launchplan import describe_plan, plan_launch
 
@@ -330,13 +345,10 @@ def cmd_run(args: argparse.Namespace, locations: Locations) -> int:
     try:
         if log:
             log.stream.write(f"# sandboxapp run {shlex.join([profile.name, *extra])}\n")
-        if os.geteuid() != 0:
-            from sandboxapp.launcher import check_helper_access
-
-            check_helper_access()
         if _prepare_image(profile, locations, warn):
             plan = plan_launch(profile, extra, locations)
-        status = Launch(plan, locations, os.environ, warn=warn, stderr=out).run()
+        status = Launch(plan, locations, os.environ, warn=warn, stderr=out,
+                        helper=helper).run()
         if log:
             log.stream.write(f"# exit status {status}\n")
         return status

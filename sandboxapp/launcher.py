@@ -12,9 +12,7 @@ made; the undo copes with a thing that was never made.
 from __future__ import annotations
 
 import contextlib
-import grp
 import os
-import pwd
 import stat
 import subprocess
 import threading
@@ -29,38 +27,17 @@ from sandboxapp.audio import (
     load_socket_module,
     server_reachable,
 )
-from sandboxapp.command import base_env, program_exists
+from sandboxapp.command import base_env
 from sandboxapp.errors import ExitStatus, SandboxError
+from sandboxapp.helperclient import PendingHelper, check_helper_access, helper_argv
 from sandboxapp.imagefs import check_command
 from sandboxapp.launchplan import PULSE_CLIENT_CONF_TEXT, LaunchPlan
 from sandboxapp.ledger import RunDir
-from sandboxapp.paths import HELPER_PATH, SANDBOXAPP_GROUP, Locations
+from sandboxapp.paths import Locations
 from sandboxapp.profile import Profile
 from sandboxapp.recovery import SOUND_CONF, SOUND_SOCKET
 from sandboxapp.safepath import DesktopUser, ensure_user_dir, write_file_no_follow
 from sandboxapp.supervisor import Supervisor, TextSink, forward_lines
-
-
-def check_helper_access() -> None:
-    """A desktop user's launch needs sudo, the helper and membership of the group: say which
-    is missing, with the command that fixes it."""
-    if not program_exists("sudo"):
-        raise SandboxError("sudo is not installed: a desktop user's launch goes through it",
-                           hint="apt-get install sudo, then: sudo sandboxapp setup",
-                           status=ExitStatus.LAUNCHER)
-    name = pwd.getpwuid(os.getuid()).pw_name
-    hint = f"run: sudo sandboxapp setup --add-user {name}"
-    try:
-        group = grp.getgrnam(SANDBOXAPP_GROUP)
-    except KeyError:
-        raise SandboxError("sandboxapp is not set up for desktop users on this machine",
-                           hint=hint, status=ExitStatus.LAUNCHER) from None
-    if not os.access(HELPER_PATH, os.X_OK):
-        raise SandboxError(f"the privileged helper {HELPER_PATH} is not installed",
-                           hint=hint, status=ExitStatus.LAUNCHER)
-    if group.gr_gid not in os.getgroups() and name not in group.gr_mem:
-        raise SandboxError(f"you are not in the {SANDBOXAPP_GROUP} group", hint=hint,
-                           status=ExitStatus.LAUNCHER)
 
 
 class Launch:
@@ -72,8 +49,10 @@ class Launch:
         *,
         warn: Callable[[str], None],
         stderr: TextSink,
+        helper: PendingHelper | None = None,
     ) -> None:
         self.plan = plan
+        self.helper = helper
         self.locations = locations
         self.environ = environ
         self.warn = warn
@@ -155,9 +134,9 @@ class Launch:
 
     # -- the root side, through the helper ---------------------------------------------------
 
-    def _helper_argv(self, sound: SoundPaths | None) -> list[str]:
+    def _helper_words(self, action: str, sound: SoundPaths | None) -> list[str]:
         plan = self.plan
-        argv = ["sudo", "--non-interactive", HELPER_PATH, "launch",
+        argv = [action,
                 "--profile-file", str(plan.profile.path.absolute()),
                 "--data-home", str(self.locations.data_home)]
         if plan.display is not None:
@@ -169,9 +148,8 @@ class Launch:
 
     def _through_helper(self, sound: SoundPaths | None) -> int:
         self.supervisor.check_interrupted()
-        process = subprocess.Popen(self._helper_argv(sound), env=base_env(
-            {"TERM": self.environ.get("TERM", "dumb")}), stdin=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True, errors="replace")
+        helper = self.helper or PendingHelper(self.environ)
+        process = helper.send(self._helper_words("launch", sound))
         assert process.stdin is not None and process.stderr is not None
         stdin = process.stdin
         forwarder = threading.Thread(target=forward_lines, args=(process.stderr, self.stderr),
@@ -199,8 +177,9 @@ class Launch:
             from sandboxapp.join import join
 
             return join(self.supervisor.run_dir, self.plan, self.user)
-        argv = self._helper_argv(None)
-        argv[argv.index("launch")] = "join"
+        # A fresh helper: the joined command gets the launcher's own input, as it would
+        # outside a sandbox.
+        argv = helper_argv(self._helper_words("join", None))
         return subprocess.run(argv, env=base_env({"TERM": self.environ.get("TERM", "dumb")}),
                               check=False).returncode
 
@@ -244,8 +223,8 @@ class Launch:
 def helper_image_work(action: str, profile: Profile) -> None:
     """A desktop user's first launch builds (or an auto-update updates) the image through the
     privileged helper; it does so for trusted profiles only."""
-    argv = ["sudo", "--non-interactive", HELPER_PATH, action, "--profile-file",
-            str(profile.path.absolute()), "--data-home", "/nonexistent", profile.name]
+    argv = helper_argv([action, "--profile-file", str(profile.path.absolute()),
+                        "--data-home", "/nonexistent", profile.name])
     status = subprocess.run(argv, env=base_env(), check=False).returncode
     if status != 0:
         done = {"build": "built", "update": "updated"}[action]

@@ -12,6 +12,7 @@ launcher is gone), stops the app gracefully. Every launch is logged to a root-ow
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tomllib
@@ -24,6 +25,7 @@ from sandboxapp.audio import SoundPaths
 from sandboxapp.cli import report
 from sandboxapp.container import ContainerRequest, ContainerSide
 from sandboxapp.errors import ExitStatus, SandboxError, finish
+from sandboxapp.helperclient import PENDING
 from sandboxapp.image import ImageStore
 from sandboxapp.imagefs import check_command
 from sandboxapp.join import join
@@ -169,6 +171,26 @@ def launch(args: argparse.Namespace, user: DesktopUser, locations: Locations) ->
     return status
 
 
+def _read_request(limit: int = 1 << 16) -> list[str] | None:
+    """One line from the input: a JSON list of words; None when the input ends first. Read a
+    byte at a time, so that nothing after the line (the stop channel) is taken from it."""
+    data = bytearray()
+    while (byte := os.read(0, 1)) != b"\n":
+        if not byte:
+            return None
+        data += byte
+        if len(data) > limit:
+            raise SystemExit("sandboxapp-privileged: the request is too long")
+    try:
+        words = json.loads(data)
+    except ValueError:
+        words = None
+    if not isinstance(words, list) or not all(isinstance(w, str) for w in words) or (
+            words[:1] == [PENDING]):
+        raise SystemExit("sandboxapp-privileged: the request is not a list of words")
+    return words
+
+
 def _warn(text: str) -> None:
     sys.stderr.write(f"sandboxapp: warning: {text}\n")
     sys.stderr.flush()
@@ -178,7 +200,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if os.geteuid() != 0:
         sys.stderr.write("sandboxapp-privileged: run it through sudo\n")
         return int(ExitStatus.LAUNCHER)
-    args = _parser().parse_args(argv)
+    words = sys.argv[1:] if argv is None else list(argv)
+    if words == [PENDING]:
+        # Started ahead of its request (see helperclient.py): it is the input's first line.
+        request = _read_request()
+        if request is None:
+            return int(ExitStatus.LAUNCHER)  # the launcher gave up before asking anything
+        words = request
+    args = _parser().parse_args(words)
     # Nothing from the caller's environment counts but the identity sudo vouches for; the
     # store and run directories are the ones `sandboxapp setup` wrote into the wrapper.
     user = DesktopUser.from_environment(os.environ)

@@ -357,3 +357,29 @@ def test_a_second_launch_by_the_user_joins_through_the_helper(
             first.kill()
     assert mounts_under(test_image_dir) == []
 
+
+
+def _pending(user: DesktopUser, request: str) -> subprocess.CompletedProcess[str]:
+    """The helper started ahead of its request, as the launcher starts it, then given request
+    on its input (which then ends)."""
+    command = ["setpriv", f"--reuid={user.uid}", f"--regid={user.gid}", "--init-groups", "--",
+               "sudo", "-n", HELPER_PATH, "pending"]
+    return subprocess.run(command, env={"PATH": "/usr/bin:/bin", "HOME": str(user.home)},
+                          input=request, capture_output=True, text=True, timeout=60,
+                          check=False)
+
+
+def test_a_helper_started_ahead_checks_its_request_like_its_arguments(
+        member: DesktopUser) -> None:
+    # No request: the launcher gave up; the helper leaves, saying and doing nothing.
+    result = _pending(member, "")
+    assert (result.returncode, result.stderr) == (125, "")
+    # Not a list of words, or a request to wait again: refused.
+    for request in ("launch xeyes\n", '{"launch": 1}\n', '["pending"]\n', "[1, 2]\n"):
+        result = _pending(member, request)
+        assert result.returncode == 1, (request, result)
+        assert "not a list of words" in result.stderr
+    # The words get the same checks as arguments do.
+    result = _pending(member, '["launch", "--profile-file", "/etc/x.toml", "--data-home", '
+                              '"/tmp", "../../etc/x"]\n')
+    _refused(result, "invalid profile name")
