@@ -609,7 +609,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-
 def entry() -> None:
     """The `sandboxapp` command."""
     finish(main())

@@ -8,6 +8,7 @@ very inode bind-mounted into a staging directory in the layer; nspawn only sees 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import stat
@@ -16,6 +17,7 @@ import threading
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sandboxapp.audio import SoundPaths
 from sandboxapp.command import base_env
@@ -47,38 +49,41 @@ class ContainerRequest:
 PID_NAMESPACE = ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child=SIGKILL", "--"]
 
 
-def container_init(spawned_pid: int) -> int | None:
-    """The host pid of the container's PID 1 (nspawn's stub init), below the process the
-    launcher spawned (unshare, whose child is nspawn); None while it starts or stops."""
+def _chain(spawned_pid: int) -> list[Any]:
+    """The processes from the one the launcher spawned down to the container's init: unshare,
+    nspawn, nspawn's stub init (as far as they exist yet, or still)."""
     import psutil  # off the launch path: only needed here
 
-    try:
+    chain = []
+    with contextlib.suppress(psutil.Error):
         process = psutil.Process(spawned_pid)
-        for _ in range(2):  # unshare -> nspawn -> the container's init
-            children = process.children()
-            if not children:
-                return None
+        chain.append(process)
+        while len(chain) < 3 and (children := process.children()):
             process = children[0]
-        return int(process.pid)
-    except psutil.Error:
-        return None
+            chain.append(process)
+    return chain
+
+
+def container_init(spawned_pid: int) -> int | None:
+    """The host pid of the container's PID 1 (nspawn's stub init); None while it starts or
+    stops."""
+    chain = _chain(spawned_pid)
+    return int(chain[2].pid) if len(chain) == 3 else None
 
 
 def stop_app(spawned_pid: int) -> None:
     """A graceful stop: SIGTERM to the app itself (the container's PID 2, below nspawn's stub
     init), so it can save its work. Signalling nspawn instead would SIGKILL it, and its stub
-    init's own stop sends SIGHUP too, which ends most programs at once."""
+    init's own stop sends SIGHUP too, which ends most programs at once; nspawn is signalled
+    only while there is no app yet (or any more)."""
     import psutil  # off the launch path: only needed here
 
-    init = container_init(spawned_pid)
-    try:
-        apps = psutil.Process(init).children() if init is not None else []
-        for app in apps:
-            app.send_signal(signal.SIGTERM)
-        if not apps:
-            psutil.Process(spawned_pid).send_signal(signal.SIGTERM)
-    except psutil.Error:
-        pass
+    chain = _chain(spawned_pid)
+    with contextlib.suppress(psutil.Error):
+        apps = chain[2].children() if len(chain) == 3 else []
+        # unshare waits for nspawn with SIGTERM blocked: a signal for it goes to nspawn.
+        for process in apps or chain[1:2] or chain[:1]:
+            process.send_signal(signal.SIGTERM)
 
 
 class ContainerSide:

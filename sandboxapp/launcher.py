@@ -29,7 +29,7 @@ from sandboxapp.audio import (
 )
 from sandboxapp.command import base_env
 from sandboxapp.errors import ExitStatus, SandboxError
-from sandboxapp.helperclient import PendingHelper, check_helper_access, helper_argv
+from sandboxapp.helperclient import PendingHelper, helper_argv
 from sandboxapp.imagefs import check_command
 from sandboxapp.launchplan import PULSE_CLIENT_CONF_TEXT, LaunchPlan
 from sandboxapp.ledger import RunDir
@@ -148,8 +148,8 @@ class Launch:
 
     def _through_helper(self, sound: SoundPaths | None) -> int:
         self.supervisor.check_interrupted()
-        helper = self.helper or PendingHelper(self.environ)
-        process = helper.send(self._helper_words("launch", sound))
+        assert self.helper is not None
+        process = self.helper.send(self._helper_words("launch", sound))
         assert process.stdin is not None and process.stderr is not None
         stdin = process.stdin
         forwarder = threading.Thread(target=forward_lines, args=(process.stderr, self.stderr),
@@ -188,8 +188,9 @@ class Launch:
     def run(self) -> int:
         plan = self.plan
         as_root = os.geteuid() == 0
-        if not as_root:
-            check_helper_access()
+        # A desktop user's launch comes with its helper, started (and the user's right to
+        # launch checked) before anything else; the caller abandons it if it is not used.
+        assert as_root or self.helper is not None
         if plan.image is None:
             raise SandboxError(
                 f"the image for {plan.profile.name!r} is not built",
