@@ -157,9 +157,10 @@ class Launch:
         forwarder.start()
 
         def ask_to_stop() -> None:
-            # The helper stops the app gracefully when its input says so or ends.
+            # The helper stops the app gracefully when its input says so or ends, giving it
+            # the grace this launcher was asked for.
             with contextlib.suppress(OSError):
-                stdin.write("stop\n")
+                stdin.write(f"stop {self.supervisor.grace}\n")
                 stdin.flush()
 
         def end_input() -> None:

@@ -110,6 +110,10 @@ class Record:
             return cls(path, path.stem, 0, 0.0, [])
 
 
+# The longest a stopping app may be given to exit (`sandboxapp stop --timeout`).
+MAX_STOP_GRACE = 3600.0
+
+
 class RunDir:
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -161,6 +165,40 @@ class RunDir:
             yield True
         finally:
             os.close(fd)
+
+    def stop_request_path(self, profile: str) -> Path:
+        return self.root / f"{profile}.stop"
+
+    def request_stop(self, profile: str, launcher_pid: int, grace: float) -> None:
+        """Tell the launcher about to be stopped how long its app may take to exit."""
+        path = self.stop_request_path(profile)
+        temporary = path.with_name(f".{path.name}.{os.getpid()}")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW |
+                     os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as stream:
+            json.dump({"pid": launcher_pid, "grace": grace}, stream)
+        os.replace(temporary, path)
+
+    def take_stop_grace(self, profile: str, launcher_pid: int) -> float | None:
+        """The grace a `stop` asked this launcher for, once; None when there is none for it
+        (a request left behind for a launcher that is gone is dropped)."""
+        path = self.stop_request_path(profile)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            with os.fdopen(fd, encoding="utf-8") as stream:
+                request = json.load(stream)
+            os.unlink(path)
+        except (OSError, ValueError):
+            return None
+        if not isinstance(request, dict) or request.get("pid") != launcher_pid:
+            return None
+        grace = request.get("grace")
+        if isinstance(grace, (int, float)) and 0 < grace <= MAX_STOP_GRACE:
+            return float(grace)
+        return None
 
     def running_pid(self, profile: str) -> int | None:
         record = Record.load(self.record_path(profile))

@@ -12,7 +12,7 @@ import psutil
 
 from sandboxapp.container import container_init
 from sandboxapp.errors import ExitStatus, SandboxError
-from sandboxapp.ledger import Record, RunDir, started_at
+from sandboxapp.ledger import MAX_STOP_GRACE, Record, RunDir, started_at
 from sandboxapp.paths import DEFAULT_RUN_DIR, Locations
 
 CPU_SAMPLE_SECONDS = 0.2
@@ -111,10 +111,18 @@ def running_sandboxes(locations: Locations) -> list[Sandbox]:
     return sandboxes
 
 
+# After the timeout: time for the launcher to kill the app and take its grants back.
+STOP_MARGIN = 5.0
+
+
 def stop(locations: Locations, profile: str, timeout: float) -> float:
-    """Stop a running sandbox gracefully; how long it took. Its launcher gets SIGTERM (the app
-    then gets SIGTERM and time to save), after `timeout` seconds a second SIGTERM (the app is
-    killed); the launcher takes the grants back as on a normal exit."""
+    """Stop a running sandbox gracefully; how long it took. Its launcher is told the timeout
+    and gets SIGTERM: the app then gets SIGTERM and `timeout` seconds to save before it is
+    killed; the launcher takes the grants back as on a normal exit. Should the launcher not be
+    gone soon after, a second SIGTERM tells it to kill the app at once."""
+    if not 0 < timeout <= MAX_STOP_GRACE:
+        raise SandboxError(f"--timeout {timeout:g} is out of range; allowed: more than 0 and "
+                           f"up to {MAX_STOP_GRACE:g} seconds", status=ExitStatus.USAGE)
     records = _live_records(locations).get(profile)
     if not records:
         raise SandboxError(f"{profile} is not running", status=ExitStatus.USAGE,
@@ -125,8 +133,9 @@ def stop(locations: Locations, profile: str, timeout: float) -> float:
     launcher = min(mine, key=lambda r: r.started)
     started = time.monotonic()
     process = psutil.Process(launcher.pid)
+    RunDir(locations.run_dir).request_stop(profile, launcher.pid, timeout)
     process.send_signal(signal.SIGTERM)
-    if not _wait_gone(process, timeout):
+    if not _wait_gone(process, timeout + STOP_MARGIN):
         process.send_signal(signal.SIGTERM)  # the second one: the app is killed now
         if not _wait_gone(process, 30):
             raise SandboxError(f"{profile} did not stop (launcher pid {launcher.pid})",

@@ -16,7 +16,7 @@ from contextlib import ExitStack
 from typing import IO, Any, Protocol
 
 from sandboxapp.errors import SandboxError
-from sandboxapp.ledger import Record, RunDir
+from sandboxapp.ledger import MAX_STOP_GRACE, Record, RunDir
 from sandboxapp.recovery import reconcile, undo_entry
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
@@ -48,6 +48,9 @@ class Supervisor:
         # Set when the launch must stop for a reason other than a signal (its launcher is gone).
         self.stop_requested = False
         self.escalations = 0
+        # How long the app gets once asked to stop: STOP_TIMEOUT, or what `sandboxapp stop`
+        # (through the run directory, or the launcher through the control input) asked for.
+        self.grace = STOP_TIMEOUT
         self.wake_read, self.wake_write = socket.socketpair()
         self.record: Record | None = None
 
@@ -121,6 +124,15 @@ class Supervisor:
 
     # -- waiting -----------------------------------------------------------------------------
 
+    def _grace_from_control(self, data: bytes) -> None:
+        """ "stop SECONDS" on the control input: the grace the launcher was asked for."""
+        words = data.split()
+        if len(words) == 2 and words[0] == b"stop":
+            with contextlib.suppress(ValueError):
+                grace = float(words[1])
+                if 0 < grace <= MAX_STOP_GRACE:
+                    self.grace = grace
+
     def wait(
         self,
         process: subprocess.Popen[Any],
@@ -129,9 +141,9 @@ class Supervisor:
         control_fd: int | None = None,
     ) -> int:
         """Wait for process. A signal, or a line or end of input on control_fd (the launcher
-        that feeds it asks to stop, or is gone), calls on_stop; on_timeout follows after
-        STOP_TIMEOUT seconds, or at once on a second signal or control event, and again every
-        STOP_TIMEOUT seconds until the process is gone."""
+        that feeds it asks to stop, or is gone), calls on_stop; on_timeout follows after the
+        grace (STOP_TIMEOUT unless a stop asked for another), or at once on a second signal or
+        control event, and again every STOP_TIMEOUT seconds until the process is gone."""
         pidfd = os.pidfd_open(process.pid)
         deadline: float | None = None
         escalated = 0
@@ -154,12 +166,16 @@ class Supervisor:
                         data = b""
                     if not data:
                         control_fd = None  # the launcher is gone: nothing more will come
+                    self._grace_from_control(data)
                     if self.stop_requested:
                         self.escalations += 1
                     self.stop_requested = True
                 if self.stopping and deadline is None:
+                    if self.record is not None:
+                        asked = self.run_dir.take_stop_grace(self.record.profile, os.getpid())
+                        self.grace = asked if asked is not None else self.grace
                     on_stop()
-                    deadline = time.monotonic() + STOP_TIMEOUT
+                    deadline = time.monotonic() + self.grace
                 elif deadline is not None and (time.monotonic() >= deadline
                                                or self.escalations > escalated):
                     escalated = self.escalations

@@ -383,3 +383,27 @@ def test_a_helper_started_ahead_checks_its_request_like_its_arguments(
     result = _pending(member, '["launch", "--profile-file", "/etc/x.toml", "--data-home", '
                               '"/tmp", "../../etc/x"]\n')
     _refused(result, "invalid profile name")
+
+
+def test_a_users_stop_timeout_reaches_the_helper(
+    member: DesktopUser, user_x: Path, user_sound: SoundServer, xserver: XServer,
+    test_image_dir: Path,
+) -> None:
+    # The user's launcher is stopped; the helper, which runs the container, must give the app
+    # the same 20 s, not its default 10, to save for 11 s.
+    user_profile(member, ["/bin/sh", "-c", "trap 'sleep 11; echo saved > /root/data/saved; "
+                          "exit 0' TERM; touch /root/data/ready; while true; do sleep 0.1; done"])
+    env = session_env(xserver, user_x, user_sound)
+    launch = as_user(member, [str(USER_COMMAND), "run", NAME], env, background=True)
+    assert isinstance(launch, subprocess.Popen)
+    try:
+        wait_for_file(member.data / "ready", launch)
+        stopped = as_user(member, [str(USER_COMMAND), "stop", "--timeout", "20", NAME], env)
+        assert isinstance(stopped, subprocess.CompletedProcess)
+        assert stopped.returncode == 0, stopped.stderr
+        assert launch.wait(timeout=30) == 143
+        assert (member.data / "saved").read_text() == "saved\n"
+    finally:
+        if launch.poll() is None:
+            launch.kill()
+    assert mounts_under(test_image_dir) == []

@@ -125,6 +125,25 @@ def test_stop_kills_an_app_that_ignores_sigterm_after_the_timeout(session: Sessi
     assert mounts_under(session.image_dir) == []
 
 
+# An app that needs 11 s to save when asked to stop: longer than the default 10 s grace.
+SLOW_SAVE = "trap 'sleep 11; echo saved > /root/data/saved; exit 0' TERM"
+
+
+def test_stop_gives_the_app_the_timeout_asked_for_beyond_the_default(session: Session) -> None:
+    profile = write_variant(session.profiles, looping_command(SLOW_SAVE), FULL_SANDBOX)
+    launch = session.start_ready(profile)
+    stopped = session.sandboxapp("stop", "--timeout", "20", NAME)
+    assert stopped.returncode == 0, stopped.stderr
+    assert launch.wait(timeout=30) == 143
+    assert (session.persist_dir() / "saved").read_text() == "saved\n"
+    took = float(stopped.stdout.split()[-2])
+    assert 11 <= took < 20, stopped.stdout
+    assert not list(session.run_dir.glob("*.stop"))
+    out_of_range = session.sandboxapp("stop", "--timeout", "0", NAME)
+    assert out_of_range.returncode == 2
+    assert "--timeout 0 is out of range" in out_of_range.stderr
+
+
 def test_ps_shows_the_running_sandbox(session: Session) -> None:
     profile = write_variant(session.profiles, waiting_command(), FULL_SANDBOX)
     with session.running(profile) as launch:
