@@ -19,16 +19,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from sandboxapp import unixsocket
+
 PROTOCOL_VERSION = 32  # module info carries a property list from 15 on; 32 is PulseAudio 12
 COOKIE_SIZE = 256
 _CONTROL_CHANNEL = 0xFFFFFFFF
-_TIMEOUT = 5.0
 _MAX_PACKET = 1 << 24
 
 # Commands (pulsecore/native-common.h).
 ERROR, REPLY = 0, 2
 AUTH, SET_CLIENT_NAME = 8, 9
-GET_MODULE_INFO, GET_MODULE_INFO_LIST = 25, 26
+GET_MODULE_INFO = 25
 LOAD_MODULE, UNLOAD_MODULE = 51, 52
 
 # Error codes the server may answer with (pulse/def.h), for messages.
@@ -176,10 +177,8 @@ def read_cookie(environ: Mapping[str, str]) -> bytes:
 class Connection:
     def __init__(self, path: Path, cookie: bytes, client_name: str) -> None:
         self.tag = 0
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        self.sock.settimeout(_TIMEOUT)
+        self.sock = unixsocket.connect(path)
         try:
-            self.sock.connect(str(path))
             # Authenticate with the cookie and with our credentials, as libpulse does: the
             # server admits a client of its own UID, or one that knows the cookie.
             writer, tag = self._command(AUTH)
@@ -202,14 +201,7 @@ class Connection:
         return _Writer().u32(command).u32(tag), tag
 
     def _read(self, size: int) -> bytes:
-        chunks = []
-        while size:
-            chunk = self.sock.recv(min(size, 65536))
-            if not chunk:
-                raise PulseError("the sound server closed the connection")
-            chunks.append(chunk)
-            size -= len(chunk)
-        return b"".join(chunks)
+        return unixsocket.recv_exactly(self.sock, size)
 
     def _reply(self, tag: int) -> _Reader:
         while True:
@@ -256,13 +248,6 @@ class Connection:
                 return None
             raise
         return self._module(reader)
-
-    def modules(self) -> list[ModuleInfo]:
-        reader = self.request(*self._command(GET_MODULE_INFO_LIST))
-        found = []
-        while not reader.at_end:
-            found.append(self._module(reader))
-        return found
 
     def close(self) -> None:
         self.sock.close()

@@ -20,6 +20,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from sandboxapp import unixsocket
 from sandboxapp.display import Display
 from sandboxapp.errors import ExitStatus, SandboxError
 
@@ -35,7 +36,6 @@ _COOKIE_NAME = b"MIT-MAGIC-COOKIE-1"
 _AUTH_FAMILY_LOCAL = 256
 _AUTH_FAMILY_WILD = 65535
 _AUTH_FILE_LIMIT = 1 << 20
-_TIMEOUT = 5.0
 
 
 def host_entry(uid: int) -> bytes:
@@ -113,10 +113,8 @@ class _Connection:
     def __init__(self, access: XAccess) -> None:
         self.access = access
         self.sequence = 0
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        self.sock.settimeout(_TIMEOUT)
+        self.sock = unixsocket.connect(access.display.socket)
         try:
-            self.sock.connect(str(access.display.socket))
             self._set_up(self._cookie())
         except BaseException:
             self.sock.close()
@@ -134,14 +132,7 @@ class _Connection:
         return find_cookie(data, self.access.display.number, socket.gethostname())
 
     def _read(self, size: int) -> bytes:
-        chunks = []
-        while size:
-            chunk = self.sock.recv(size)
-            if not chunk:
-                raise ConnectionError("the X server closed the connection")
-            chunks.append(chunk)
-            size -= len(chunk)
-        return b"".join(chunks)
+        return unixsocket.recv_exactly(self.sock, size)
 
     def _set_up(self, cookie: bytes | None) -> None:
         name, data = (_COOKIE_NAME, cookie) if cookie is not None else (b"", b"")
@@ -186,7 +177,9 @@ class _Connection:
             offset += 4 + length + (-length % 4)
         return HostList(access_enabled=reply[1] == 1, hosts=frozenset(hosts))
 
-    def change_hosts(self, mode: int, address: bytes) -> None:
+    def change_hosts(self, mode: int, uid: int) -> None:
+        """Insert or delete the one kind of entry sandboxapp ever changes: localuser:#uid."""
+        address = host_entry(uid)
         body = _pad(address)
         self._send(struct.pack("<BBHBxH", _CHANGE_HOSTS, mode, 2 + len(body) // 4,
                                FAMILY_SERVER_INTERPRETED, len(address)) + body)
@@ -219,7 +212,7 @@ def grant(access: XAccess, uid: int) -> bool:
     with _connection(access) as connection:
         if connection.list_hosts().has(uid):
             return False
-        connection.change_hosts(HOST_INSERT, host_entry(uid))
+        connection.change_hosts(HOST_INSERT, uid)
         # The host list is read again: a round trip that raises the request's error, if any,
         # and shows the grant took.
         if not connection.list_hosts().has(uid):
@@ -231,7 +224,7 @@ def grant(access: XAccess, uid: int) -> bool:
 def revoke(access: XAccess, uid: int) -> None:
     with _connection(access) as connection:
         if connection.list_hosts().has(uid):
-            connection.change_hosts(HOST_DELETE, host_entry(uid))
+            connection.change_hosts(HOST_DELETE, uid)
             connection.list_hosts()  # a round trip, so the request is done before we go
 
 
