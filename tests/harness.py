@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import secrets
 import shutil
 import subprocess
@@ -167,6 +168,45 @@ def pipewire_server(workdir: Path) -> Iterator[SoundServer]:
             stop(pulse)
     finally:
         stop(core)
+
+
+@dataclass
+class HostUser:
+    name: str
+    uid: int
+    gid: int
+    home: Path
+    runtime: Path  # like /run/user/UID
+
+
+@contextlib.contextmanager
+def host_user(prefix: str) -> Iterator[HostUser]:
+    """A throw-away login user, with a home and a runtime directory of its own (below /tmp,
+    which the user may pass through: a test's own directories are root's alone). What it ran
+    and owned goes with it."""
+    require_programs("useradd", "userdel", "pkill")
+    name = f"{prefix}{secrets.token_hex(3)}"
+    subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", name], check=True,
+                   capture_output=True)
+    entry = pwd.getpwnam(name)
+    runtime = Path(tempfile.mkdtemp(prefix=f"runtime-{name}-", dir="/tmp"))
+    os.chown(runtime, entry.pw_uid, entry.pw_gid)
+    try:
+        yield HostUser(name, entry.pw_uid, entry.pw_gid, Path(entry.pw_dir), runtime)
+    finally:
+        subprocess.run(["pkill", "-KILL", "-u", name], check=False)
+        time.sleep(0.2)
+        subprocess.run(["userdel", "--remove", name], check=False, capture_output=True)
+        shutil.rmtree(runtime, ignore_errors=True)
+
+
+def give_cookie(user: HostUser, xauthority: Path) -> Path:
+    """The user's own copy of the display's cookie file, as their session has it."""
+    cookie = user.home / ".Xauthority"
+    shutil.copy(xauthority, cookie)
+    os.chown(cookie, user.uid, user.gid)
+    cookie.chmod(0o600)
+    return cookie
 
 
 def write_tone(path: Path, seconds: float = 1.0, rate: int = 44100) -> None:

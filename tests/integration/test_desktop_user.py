@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
-import secrets
-import shutil
 import subprocess
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,19 +17,21 @@ import pytest
 
 from sandboxapp.fsutil import mounts_under
 from sandboxapp.paths import HELPER_PATH, SUDOERS_FILE, USER_COMMAND
-from tests.harness import SoundServer, XServer, require_programs, sound_server
+from tests.harness import (
+    HostUser,
+    SoundServer,
+    XServer,
+    give_cookie,
+    host_user,
+    require_programs,
+    sound_server,
+)
 from tests.integration.conftest import REPO
 from tests.integration.launching import FULL_SANDBOX, NAME, wait_for_file, write_variant
 
 
 @dataclass
-class DesktopUser:
-    name: str
-    uid: int
-    gid: int
-    home: Path
-    runtime: Path
-
+class DesktopUser(HostUser):
     @property
     def profiles(self) -> Path:
         return self.home / ".config" / "sandboxapp" / "profiles"
@@ -44,20 +42,8 @@ class DesktopUser:
 
 
 def _make_user(tag: str) -> Iterator[DesktopUser]:
-    name = f"sbx{tag}{secrets.token_hex(3)}"
-    subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", name], check=True)
-    entry = pwd.getpwnam(name)
-    # The user's runtime directory (like /run/user/UID), where a test's own tmp_path (root's,
-    # 0700) would not let them in.
-    runtime = Path(tempfile.mkdtemp(prefix=f"runtime-{name}-", dir="/tmp"))
-    os.chown(runtime, entry.pw_uid, entry.pw_gid)
-    try:
-        yield DesktopUser(name, entry.pw_uid, entry.pw_gid, Path(entry.pw_dir), runtime)
-    finally:
-        subprocess.run(["pkill", "-KILL", "-u", name], check=False)
-        time.sleep(0.2)
-        subprocess.run(["userdel", "--remove", name], check=False, capture_output=True)
-        shutil.rmtree(runtime, ignore_errors=True)
+    with host_user(f"sbx{tag}") as user:
+        yield DesktopUser(user.name, user.uid, user.gid, user.home, user.runtime)
 
 
 @pytest.fixture
@@ -97,11 +83,7 @@ def outsider(installed: Path, tmp_path: Path) -> Iterator[DesktopUser]:
 @pytest.fixture
 def user_x(member: DesktopUser, xserver: XServer) -> Path:
     """The user's own cookie file for the display, as their session has it."""
-    cookie = member.home / ".Xauthority"
-    shutil.copy(xserver.xauthority, cookie)
-    os.chown(cookie, member.uid, member.gid)
-    cookie.chmod(0o600)
-    return cookie
+    return give_cookie(member, xserver.xauthority)
 
 
 @pytest.fixture
