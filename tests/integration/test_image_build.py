@@ -99,10 +99,26 @@ def _kill_halfway(image_dir: Path, *extra: str) -> Path:
 
 
 def _wait_unused(path: Path) -> None:
-    deadline = time.monotonic() + 30
+    # A process killed in the middle of writing (dpkg syncs) dies only once the kernel has
+    # written its data back, which on a busy disk takes a while.
+    deadline = time.monotonic() + 120
     while processes_using(path) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert processes_using(path) == [], "processes of the killed build outlived it"
+    left = processes_using(path)
+    assert left == [], f"processes of the killed build outlived it: {_describe(left)}"
+
+
+def _describe(pids: list[int]) -> list[str]:
+    """pid, state and command of each, for a failure message."""
+    described = []
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue
+        described.append(f"{pid} {state} {command.decode(errors='replace')[:200]}")
+    return described
 
 
 def test_killed_build_leaves_no_image_and_the_next_build_cleans_up(tmp_path: Path) -> None:
