@@ -27,12 +27,27 @@ class SoundMode(enum.StrEnum):
     NONE = "none"
 
 
+# In a sandbox's sound directory: its client configuration and its own socket.
+SOUND_CONF = "client.conf"
+SOUND_SOCKET = "native"
+SOUND_DIR_MODE = 0o711
+
+
 @dataclass(frozen=True)
 class SoundPaths:
-    """The sound socket and client configuration on the host, to bind into the container."""
+    """A sandbox's sound directory on the host (its client configuration, and its own socket
+    once the module is loaded), or the user's socket where it cannot have its own."""
 
-    socket: Path
-    conf: Path
+    dir: Path
+    shared_socket: Path | None = None
+
+    @property
+    def conf(self) -> Path:
+        return self.dir / SOUND_CONF
+
+    @property
+    def socket(self) -> Path:
+        return self.shared_socket or self.dir / SOUND_SOCKET
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,19 @@ class ContainerRequest:
     sound: SoundPaths | None
 
 
+@dataclass(frozen=True)
+class Started:
+    """A container whose app waits at its gate."""
+
+    process: subprocess.Popen[str]
+    gate_fd: int
+    forwarder: threading.Thread
+
+
+def open_gate(started: Started) -> None:
+    os.write(started.gate_fd, b"go\n")
+
+
 # nspawn runs as the first process of a PID namespace of its own, made by unshare: when nspawn
 # dies (the launcher's parent-death signal kills unshare, which kills nspawn), the kernel kills
 # everything in that namespace, the container included. nspawn alone would leave its container
@@ -113,11 +126,13 @@ class ContainerSide:
                   for b in plan.profile.sandbox.bind_ro]
         if plan.display is not None:
             paths.append((plan.display.socket, True, "X display socket", stat.S_IFSOCK))
-        if request.sound is not None:
+        sound = request.sound
+        if sound is not None and sound.shared_socket is not None:
             # Made by the sound server: the user's, or root's where root runs that server.
-            paths.append((request.sound.socket, True, "sound socket", stat.S_IFSOCK))
-            paths.append((request.sound.conf, False, "sound client configuration",
-                          stat.S_IFREG))
+            paths.append((sound.shared_socket, True, "sound socket", stat.S_IFSOCK))
+            paths.append((sound.conf, False, "sound client configuration", stat.S_IFREG))
+        elif sound is not None:
+            paths.append((sound.dir, False, "sound directory", stat.S_IFDIR))
         return paths
 
     def _stage(self, layer_dir: Path) -> dict[Path, Path]:
@@ -142,14 +157,31 @@ class ContainerSide:
                 os.close(fd)
         return staged
 
+    def _gate(self, stack: ExitStack) -> tuple[Path, int]:
+        """The FIFO the app waits at inside (GATE), and the launcher's end of it, held open
+        while the container runs: a line written to it lets the app start."""
+        gate = self.request.plan.layer_root / "gate"
+        os.mkfifo(gate, 0o600)
+        # The app reads it as the container's root, a UID that is nobody here.
+        os.chmod(gate, 0o604)
+        fd = os.open(gate, os.O_RDWR | os.O_CLOEXEC)
+        stack.callback(os.close, fd)
+        return gate, fd
+
     def run(self, stack: ExitStack) -> int:
+        """Start the container and let the app start at once."""
+        started = self.start(stack)
+        open_gate(started)
+        return self.supervise(started)
+
+    def start(self, stack: ExitStack) -> Started:
+        """Start the container, with the app held at its gate."""
         plan = self.request.plan
         merged = self._layer(stack)
         self.supervisor.check_interrupted()
         staged = self._stage(plan.layer_root)
-        sound = self.request.sound
-        spec = launch_spec(plan, merged, sound_socket=sound.socket if sound else None,
-                           sound_conf=sound.conf if sound else None, staged=staged)
+        gate, gate_fd = self._gate(stack)
+        spec = launch_spec(plan, merged, sound=self.request.sound, gate=gate, staged=staged)
         argv = launch_argv(spec, host_facts())
         entry = self.supervisor.add(stack, "container", machine=plan.machine, pid=None,
                                     started=None, uid=spec.ids.base, user=self.request.user.uid,
@@ -173,7 +205,11 @@ class ContainerSide:
                                      args=(process.stderr, self.stderr, NSPAWN_NOISE),
                                      daemon=True)
         forwarder.start()
+        return Started(process, gate_fd, forwarder)
+
+    def supervise(self, started: Started) -> int:
+        process = started.process
         status = self.supervisor.wait(process, on_stop=lambda: stop_app(process.pid),
                                       on_timeout=process.kill, control_fd=self.control_fd)
-        forwarder.join(timeout=5)
+        started.forwarder.join(timeout=5)
         return status

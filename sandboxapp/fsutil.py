@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import functools
 import os
 import shutil
 import stat
@@ -13,16 +12,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from sandboxapp.errors import SandboxError
+from sandboxapp.mountcalls import MNT_DETACH, libc
 
 _RENAME_EXCHANGE = 2
-MNT_DETACH = 2
 _AT_FDCWD = -100
-
-
-@functools.cache
-def libc() -> ctypes.CDLL:
-    # By its soname: ctypes.util.find_library runs ldconfig, which a launch cannot afford.
-    return ctypes.CDLL("libc.so.6", use_errno=True)
 
 
 def exchange(first: Path, second: Path) -> None:

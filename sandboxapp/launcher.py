@@ -22,6 +22,7 @@ from pathlib import Path
 
 from sandboxapp import x11
 from sandboxapp.audio import (
+    SOUND_DIR_MODE,
     SoundPaths,
     SoundServerAddress,
     load_socket_module,
@@ -35,7 +36,6 @@ from sandboxapp.launchplan import PULSE_CLIENT_CONF_TEXT, LaunchPlan
 from sandboxapp.ledger import RunDir
 from sandboxapp.paths import Locations
 from sandboxapp.profile import Profile
-from sandboxapp.recovery import SOUND_CONF, SOUND_SOCKET
 from sandboxapp.safepath import DesktopUser, ensure_user_dir, write_file_no_follow
 from sandboxapp.supervisor import Supervisor, TextSink, forward_lines
 
@@ -111,26 +111,26 @@ class Launch:
         if address is None or not server_reachable(address):
             self.warn("no PulseAudio or PipeWire server found: running without sound")
             return None
-        directory = self._sound_dir()
-        own_socket = directory / SOUND_SOCKET
+        sound = SoundPaths(self._sound_dir())
         entry = self.supervisor.add(stack, "sound", server=str(address.socket), index=None,
-                                    socket=str(own_socket), dir=str(directory))
-        ensure_user_dir(directory, self.user)
-        conf = directory / SOUND_CONF
-        write_file_no_follow(conf, PULSE_CLIENT_CONF_TEXT)
+                                    socket=str(sound.socket), dir=str(sound.dir))
+        # The container's processes, nobody here, must reach the socket inside: they may
+        # pass through the directory, not list it.
+        ensure_user_dir(sound.dir, self.user, SOUND_DIR_MODE, exact_mode=True)
+        write_file_no_follow(sound.conf, PULSE_CLIENT_CONF_TEXT)
         if os.geteuid() == 0:
-            os.chown(conf, self.user.uid, self.user.gid)
+            os.chown(sound.conf, self.user.uid, self.user.gid)
         try:
-            index = load_socket_module(address, own_socket)
+            index = load_socket_module(address, sound.socket)
         except SandboxError as exc:
             self.warn(
                 f"{exc.message}; falling back to your own sound socket {address.socket}: the "
                 "sandbox can then use it as you do, and it cannot be taken back at exit"
             )
-            return SoundPaths(address.socket, conf)
+            return SoundPaths(sound.dir, shared_socket=address.socket)
         assert self.supervisor.record is not None
         self.supervisor.record.update(entry, index=index)
-        return SoundPaths(own_socket, conf)
+        return sound
 
     # -- the root side, through the helper ---------------------------------------------------
 
@@ -142,7 +142,9 @@ class Launch:
         if plan.display is not None:
             argv += ["--display", str(plan.display.number)]
         if sound is not None:
-            argv += ["--sound-socket", str(sound.socket), "--sound-conf", str(sound.conf)]
+            argv += ["--sound-dir", str(sound.dir)]
+            if sound.shared_socket is not None:
+                argv += ["--shared-sound-socket", str(sound.shared_socket)]
         extra = plan.command[len(plan.profile.command):]
         return [*argv, plan.profile.name, "--", *extra]
 

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from sandboxapp.audio import SoundPaths
 from sandboxapp.display import Display, parse_display
 from sandboxapp.errors import SandboxError
 from sandboxapp.hostfacts import HostFacts
@@ -38,6 +39,10 @@ SESSION_BUS_WRAPPER = (
     "sh",
 )
 NO_MITSHM_ENV = (("QT_X11_NO_MITSHM", "1"), ("_X11_NO_MITSHM", "1"), ("_MITSHM", "0"))
+# The app waits at this gate (a FIFO the launcher holds open) until its grants are made: the
+# container can then start while the launcher is still at work.
+GATE = "/run/sandboxapp/gate"
+GATE_WRAPPER = ("/bin/sh", "-c", f'read -r _ < {GATE} && exec "$@"', "sh")
 
 
 @dataclass(frozen=True)
@@ -109,11 +114,11 @@ def launch_spec(
     plan: LaunchPlan,
     rootfs: Path,
     *,
-    sound_socket: Path | None,
-    sound_conf: Path | None,
+    sound: SoundPaths | None,
+    gate: Path,
     staged: Mapping[Path, Path] | None = None,
 ) -> LaunchSpec:
-    """The nspawn launch for a plan, once the layer and the sound socket exist.
+    """The nspawn launch for a plan, once the layer, the sound directory and the gate exist.
 
     staged: host paths replaced by the place where the launcher has already bind-mounted the
     very file it checked (so nspawn never resolves a path the user could swap meanwhile).
@@ -133,19 +138,25 @@ def launch_spec(
     if plan.display is not None:
         # Only the display's own socket, read-only: not the whole socket directory.
         binds.append(Bind(source(plan.display.socket), str(plan.display.socket)))
-    sound = sound_socket is not None and sound_conf is not None
-    if sound_socket is not None and sound_conf is not None:
-        binds.append(Bind(source(sound_socket), str(PULSE_SOCKET)))
-        binds.append(Bind(source(sound_conf), str(PULSE_CLIENT_CONF)))
+    if sound is not None and sound.shared_socket is not None:
+        binds.append(Bind(source(sound.shared_socket), str(PULSE_SOCKET)))
+        binds.append(Bind(source(sound.conf), str(PULSE_CLIENT_CONF)))
+    elif sound is not None:
+        # The directory: its socket appears there when the module is loaded, which may be
+        # after the container has started.
+        binds.append(Bind(source(sound.dir), str(PULSE_DIR)))
+    binds.append(Bind(gate, GATE))
+    command = plan.command
+    if plan.profile.sandbox.session_bus:
+        command = (*SESSION_BUS_WRAPPER, *command)
     return LaunchSpec(
         rootfs=rootfs,
         machine=plan.machine,
         ids=plan.image.meta.uid_range,
         private_network=plan.profile.sandbox.network is Network.NONE,
         binds=tuple(binds),
-        env=container_env(plan, sound=sound),
-        command=(*SESSION_BUS_WRAPPER, *plan.command) if plan.profile.sandbox.session_bus
-        else plan.command,
+        env=container_env(plan, sound=sound is not None),
+        command=(*GATE_WRAPPER, *command),
     )
 
 
@@ -177,9 +188,8 @@ def describe_plan(plan: LaunchPlan, facts: HostFacts) -> str:
         spec = launch_spec(
             plan,
             plan.layer_root / "merged",
-            sound_socket=plan.layer_root / "pulse-native" if profile.sandbox.pulseaudio else None,
-            sound_conf=plan.layer_root / "pulse-client.conf" if profile.sandbox.pulseaudio
-            else None,
+            sound=SoundPaths(plan.layer_root / "sound") if profile.sandbox.pulseaudio else None,
+            gate=plan.layer_root / "gate",
         )
         lines.append("command:  " + shlex.join(launch_argv(spec, facts)))
     else:

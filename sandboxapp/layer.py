@@ -8,7 +8,6 @@ chowned per launch (DESIGN.md: about 64 ms for a whole run, whatever the image's
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import signal
@@ -16,49 +15,20 @@ import stat
 from pathlib import Path
 
 from sandboxapp.errors import ExitStatus, SandboxError
-from sandboxapp.fsutil import MNT_DETACH, libc, mounts_under, remove_tree
+from sandboxapp.fsutil import mounts_under, remove_tree
+from sandboxapp.mountcalls import bind_descriptor, mount_overlay, unmount
 
 LAYER_MARKER = "layer.json"
 
 
-def _mount_overlay(lower: Path, upper: Path, work: Path, target: Path, volatile: bool) -> None:
-    for path in (lower, upper, work):
-        if any(c in str(path) for c in ",:\\"):
-            raise SandboxError(f"cannot use {path} in an overlay mount: it has ',', ':' or '\\'",
-                               status=ExitStatus.LAUNCHER)
-    options = f"lowerdir={lower},upperdir={upper},workdir={work}"
-    if volatile:
-        # The layer is thrown away at exit: no need to sync it to disk.
-        options += ",volatile"
-    if libc().mount(b"overlay", os.fsencode(target), b"overlay", 0, options.encode()) != 0:
-        code = ctypes.get_errno()
-        raise SandboxError(f"cannot mount the writable layer on {target}: {os.strerror(code)}",
-                           status=ExitStatus.LAUNCHER)
-
-
-MS_BIND = 4096
-
-
 def stage_bind(fd: int, target: Path) -> None:
-    """Bind-mount the file or directory open as fd (O_PATH) on target, which is created.
-
-    The mount goes through /proc/self/fd, so it is the very inode that was checked, whatever
-    has happened to its path since."""
-    if stat.S_ISDIR(os.fstat(fd).st_mode):
-        target.mkdir(mode=0o700)
-    else:
-        os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
-    source = f"/proc/self/fd/{fd}".encode()
-    if libc().mount(source, os.fsencode(target), None, MS_BIND, None) != 0:
-        code = ctypes.get_errno()
-        raise SandboxError(f"cannot stage {os.readlink(source.decode())} for the sandbox: "
-                           f"{os.strerror(code)}", status=ExitStatus.LAUNCHER)
-
-
-def _unmount(target: Path) -> None:
-    if libc().umount2(os.fsencode(target), MNT_DETACH) != 0:
-        code = ctypes.get_errno()
-        raise SandboxError(f"cannot unmount {target}: {os.strerror(code)}")
+    """Bind-mount the file or directory open as fd (O_PATH) on target, which is created: the
+    very inode that was checked, whatever has happened to its path since."""
+    try:
+        bind_descriptor(fd, str(target), directory=stat.S_ISDIR(os.fstat(fd).st_mode))
+    except OSError as exc:
+        raise SandboxError(f"cannot stage {os.readlink(f'/proc/self/fd/{fd}')} for the "
+                           f"sandbox: {exc.strerror}", status=ExitStatus.LAUNCHER) from None
 
 
 def create_layer(layer: Path, rootfs: Path, *, keep: bool) -> Path:
@@ -87,7 +57,11 @@ def create_layer(layer: Path, rootfs: Path, *, keep: bool) -> Path:
         upper.chmod(root_stat.st_mode & 0o7777)
     work.mkdir(exist_ok=True)
     merged.mkdir(exist_ok=True)
-    _mount_overlay(rootfs, upper, work, merged, volatile=not keep)
+    try:
+        mount_overlay(str(rootfs), str(upper), str(work), str(merged), volatile=not keep)
+    except OSError as exc:
+        raise SandboxError(f"cannot mount the writable layer on {merged}: {exc.strerror}",
+                           status=ExitStatus.LAUNCHER) from None
     return merged
 
 
@@ -116,7 +90,10 @@ def remove_layer(layer: Path, *, kill_leftovers: bool) -> None:
     if kill_leftovers:
         kill_processes_in(layer / "merged")
     for mount_point in mounts_under(layer):
-        _unmount(mount_point)
+        try:
+            unmount(str(mount_point))
+        except OSError as exc:
+            raise SandboxError(f"cannot unmount {mount_point}: {exc.strerror}") from None
     try:
         keep = json.loads((layer / LAYER_MARKER).read_text()).get("keep", False)
     except (OSError, ValueError):

@@ -19,24 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from sandboxapp.errors import ExitStatus, SandboxError
+from sandboxapp.procstat import start_ticks
 
 RECORD_VERSION = 1
 
 
-def _start_ticks(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot (/proc/PID/stat, field 22): with
-    the pid, an identity that a reused pid does not share."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # The command name (field 2) may hold spaces and parentheses: count from its end.
-    return int(stat[stat.rindex(")") + 2:].split()[19])
-
-
 def process_identity(pid: int | None = None) -> tuple[int, float]:
     pid = os.getpid() if pid is None else pid
-    ticks = _start_ticks(pid)
+    ticks = start_ticks(pid)
     if ticks is None:
         raise SandboxError(f"process {pid} is gone")
     return pid, float(ticks)
@@ -46,7 +36,7 @@ def is_alive(pid: object, started: object) -> bool:
     """The process pid exists and is the one that started at `started` (not a reused pid)."""
     if not isinstance(pid, int) or not isinstance(started, (int, float)):
         return False
-    return _start_ticks(pid) == started
+    return start_ticks(pid) == started
 
 
 def started_at(started: float) -> float:

@@ -62,8 +62,8 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--profile-file", type=_absolute, required=True)
         sub.add_argument("--data-home", type=_absolute, required=True)
         sub.add_argument("--display", type=int)
-        sub.add_argument("--sound-socket", type=_absolute)
-        sub.add_argument("--sound-conf", type=_absolute)
+        sub.add_argument("--sound-dir", type=_absolute)
+        sub.add_argument("--shared-sound-socket", type=_absolute)
         sub.add_argument("profile")
         sub.add_argument("args", nargs=argparse.REMAINDER)
     return parser
@@ -135,11 +135,11 @@ def _checked_plan(args: argparse.Namespace, user: DesktopUser,
                            status=ExitStatus.LAUNCHER)
     plan = plan_launch(profile, extra, locations, environ)
     sound = None
-    if args.sound_socket is not None or args.sound_conf is not None:
-        if not profile.sandbox.pulseaudio or args.sound_socket is None or args.sound_conf is None:
-            raise SandboxError("sound was asked for, but the profile has none, or only half of it"
-                               " was given", status=ExitStatus.LAUNCHER)
-        sound = SoundPaths(args.sound_socket, args.sound_conf)
+    if args.sound_dir is not None or args.shared_sound_socket is not None:
+        if not profile.sandbox.pulseaudio or args.sound_dir is None:
+            raise SandboxError("sound was asked for, but the profile has none, or no sound "
+                               "directory was given", status=ExitStatus.LAUNCHER)
+        sound = SoundPaths(args.sound_dir, args.shared_sound_socket)
     image = ImageStore(locations.image_dir).require(name)
     check_command(image.rootfs, plan.command[0])
     return plan, trusted, sound

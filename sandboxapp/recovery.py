@@ -10,15 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from sandboxapp import x11
-from sandboxapp.audio import SoundServerAddress, unload_socket_module
+from sandboxapp.audio import SOUND_CONF, SOUND_SOCKET, SoundServerAddress, unload_socket_module
 from sandboxapp.display import Display
 from sandboxapp.errors import SandboxError
 from sandboxapp.layer import remove_layer
 from sandboxapp.ledger import Record, RunDir, is_alive
 from sandboxapp.uidrange import BLOCK_SIZE
-
-SOUND_CONF = "client.conf"
-SOUND_SOCKET = "native"
 
 
 def remove_sound_dir(directory: Path) -> None:

@@ -1,0 +1,114 @@
+"""Opening the desktop user's paths as root without following the user's symlinks.
+
+Each component is opened relative to its parent with O_NOFOLLOW, and ownership is checked on the
+open descriptor, not on the name, so a path swapped for a symlink between the check and the use
+is refused or harmless. A symlink is only followed where root owns both it and the directory it
+is in (a system layout such as /home -> /usr/home), never among the user's files.
+
+Only `os` and `stat` are imported: a prestarted launch (prestart.py) uses these before the rest
+of sandboxapp is loaded. safepath.py gives them paths, users and sandboxapp's errors.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+
+# Places a user's profile may never bind or keep data in, whatever their ownership says.
+FORBIDDEN_ROOTS = ("/etc", "/root", "/boot", "/usr", "/proc", "/sys", "/dev",
+                   "/var/lib/sandboxapp", "/run/sandboxapp")
+
+
+class Refused(Exception):
+    def __init__(self, path: str, why: str) -> None:
+        super().__init__(f"refusing to use {path}: {why}")
+        self.path = path
+        self.why = why
+
+
+def open_component(dir_fd: int, name: str, current: str, uid: int, flags: int) -> int:
+    """Open one path component below dir_fd, following a symlink only if root owns it and
+    the directory it is in."""
+    st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    if stat.S_ISLNK(st.st_mode):
+        if st.st_uid != 0 or os.fstat(dir_fd).st_uid != 0:
+            raise Refused(current, "it is a symlink among files the user controls")
+        fd = os.open(name, flags, dir_fd=dir_fd)
+    else:
+        fd = os.open(name, flags | os.O_NOFOLLOW, dir_fd=dir_fd)
+    owner = os.fstat(fd).st_uid
+    if owner not in (0, uid):
+        os.close(fd)
+        raise Refused(current, f"it belongs to UID {owner}, not to UID {uid}")
+    return fd
+
+
+def components(path: str) -> list[str]:
+    """The names in an absolute path without '..' (as pathlib splits it)."""
+    names = [name for name in path.split("/") if name not in ("", ".")]
+    if not path.startswith("/") or ".." in names:
+        raise Refused(path, "not an absolute path without '..'")
+    return names
+
+
+def walk(path: str, uid: int, gid: int, *, create: bool, mode: int = 0o700) -> int:
+    """An O_PATH descriptor for the directory `path`, created (as the user's) if asked."""
+    names = components(path)
+    fd = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    current = "/"
+    try:
+        for name in names:
+            current = os.path.join(current, name)
+            flags = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+            try:
+                next_fd = open_component(fd, name, current, uid, flags)
+            except FileNotFoundError:
+                if not create:
+                    raise Refused(current, "it does not exist") from None
+                os.mkdir(name, mode, dir_fd=fd)
+                next_fd = os.open(name, flags | os.O_NOFOLLOW, dir_fd=fd)
+                # O_PATH descriptors cannot fchown: go through /proc/self/fd.
+                os.chown(f"/proc/self/fd/{next_fd}", uid, gid)
+            except NotADirectoryError:
+                raise Refused(current, "it is not a directory") from None
+            os.close(fd)
+            fd = next_fd
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def open_owned(path: str, uid: int, gid: int, *, trusted: bool) -> int:
+    """An O_PATH descriptor for path (a directory, file or socket) that is the user's own.
+
+    trusted: the path comes from a root-owned profile; root-owned targets are then allowed.
+    """
+    names = components(path)
+    if not names:
+        raise Refused(path, "it is the root directory")
+    parent = walk("/" + "/".join(names[:-1]), uid, gid, create=False)
+    try:
+        fd = open_component(parent, names[-1], path, uid, os.O_PATH | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise Refused(path, "it does not exist") from None
+    finally:
+        os.close(parent)
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISLNK(st.st_mode):
+            raise Refused(path, "it is a symlink")
+        if not trusted:
+            if st.st_uid != uid:
+                raise Refused(path, f"it belongs to UID {st.st_uid}, not to you (UID {uid})")
+            # Root launching for itself (an admin, a test) keeps its data in /root like any
+            # user keeps it at home; for everyone else these places are out of bounds.
+            real = os.readlink(f"/proc/self/fd/{fd}")
+            for forbidden in FORBIDDEN_ROOTS if uid != 0 else ():
+                if real == forbidden or real.startswith(forbidden + "/"):
+                    raise Refused(path, "a user's profile cannot use anything below "
+                                        f"{forbidden}")
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
