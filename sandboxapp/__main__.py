@@ -1,5 +1,5 @@
 from __future__ import annotations
 
-from sandboxapp.cli import entry
+from sandboxapp.start import entry
 
 entry()

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from sandboxapp import __version__
-from sandboxapp.errors import ExitStatus, SandboxError, finish
+from sandboxapp.errors import ExitStatus, SandboxError
 from sandboxapp.paths import Locations
 from sandboxapp.profile import Profile, find_profile, iter_profile_files, load_profile_file
 
@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from sandboxapp.desktop import DesktopEntries
     from sandboxapp.helperclient import PendingHelper
     from sandboxapp.image import Image
+    from sandboxapp.launcher import TicketTerms
+    from sandboxapp.prestart import Prestarted
     from sandboxapp.supervisor import TextSink
 
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
@@ -93,6 +95,23 @@ def _resolve_profile(arg: str, locations: Locations) -> Profile:
     if "/" in arg or arg.endswith(".toml"):
         return load_profile_file(Path(arg), origin="file")
     return find_profile(arg, locations)
+
+
+def _ticket_terms(args: argparse.Namespace, profile: Profile,
+                  locations: Locations) -> TicketTerms | None:
+    """What root's next identical launch is prestarted on (prestart.py): these words, and the
+    profile files they may find."""
+    if args.run_words is None or os.geteuid() != 0:
+        return None
+    from sandboxapp.launcher import TicketTerms
+
+    if "/" in args.profile or args.profile.endswith(".toml"):
+        files = [os.path.abspath(args.profile)]
+    else:
+        # Every place the name is looked up: a new file in an earlier one changes the launch.
+        files = [str(directory / f"{profile.name}.toml")
+                 for _, directory in locations.profile_dirs()]
+    return TicketTerms(tuple(args.run_words), tuple(files))
 
 
 def _human_size(size: int) -> str:
@@ -336,7 +355,10 @@ def _run(args: argparse.Namespace, locations: Locations, helper: PendingHelper |
         problem = f"no run log: {exc}"
     out = Tee(sys.stderr, log.stream) if log else Tee(sys.stderr)
 
+    said: list[str] = []
+
     def warn(text: str) -> None:
+        said.append(text)
         out.write(f"sandboxapp: warning: {text}\n")
         out.flush()
 
@@ -345,11 +367,18 @@ def _run(args: argparse.Namespace, locations: Locations, helper: PendingHelper |
     try:
         if log:
             log.stream.write(f"# sandboxapp run {shlex.join([profile.name, *extra])}\n")
-        if _prepare_image(profile, locations, warn):
+        # A prestart's ticket holds until the image is due for its update, and was only left
+        # by a launch whose image had nothing to say: there is nothing to check here.
+        if args.prestarted is None and _prepare_image(profile, locations, warn):
             plan = plan_launch(profile, extra, locations)
-        status = Launch(plan, locations, os.environ, warn=warn, stderr=out,
-                        helper=helper).run()
+        launch = Launch(plan, locations, os.environ, warn=warn, stderr=out, helper=helper,
+                        prestarted=args.prestarted,
+                        ticket=None if said else _ticket_terms(args, profile, locations))
+        status = launch.run()
         if log:
+            if launch.prestart_used:
+                log.stream.write("# its container was started before sandboxapp had loaded, "
+                                 "from the ticket of an identical launch\n")
             log.stream.write(f"# exit status {status}\n")
         return status
     except SandboxError as error:
@@ -587,10 +616,14 @@ def report(error: SandboxError, stream: TextSink) -> None:
     stream.flush()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, prestarted: Prestarted | None = None) -> int:
+    """prestarted: the container of `run`, started from the ticket for these words."""
     words = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(words[0] if words and words[0] in COMMANDS else None)
     args = parser.parse_args(words)
+    # The words after `run`, which a ticket for the next such launch is filed under.
+    args.run_words = words[1:] if words[:1] == ["run"] else None
+    args.prestarted = prestarted
     func: Callable[[argparse.Namespace, Locations], int] = args.func
     try:
         return int(func(args, Locations.from_environment()))
@@ -608,7 +641,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write("sandboxapp: interrupted\n")
         return 130
 
-
-def entry() -> None:
-    """The `sandboxapp` command."""
-    finish(main())

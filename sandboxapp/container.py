@@ -17,16 +17,18 @@ import threading
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-from sandboxapp.audio import SoundPaths
+from sandboxapp import prestart
+from sandboxapp.audio import SOUND_DIR_MODE, SoundPaths
 from sandboxapp.command import base_env
 from sandboxapp.errors import ExitStatus, SandboxError
 from sandboxapp.hostfacts import host_facts
 from sandboxapp.launchplan import LaunchPlan, launch_spec
-from sandboxapp.layer import create_layer, stage_bind
-from sandboxapp.ledger import process_identity
-from sandboxapp.nspawn import NOISE_PREFIX, launch_argv
+from sandboxapp.layer import create_layer, layer_marker, stage_bind
+from sandboxapp.ledger import process_identity, record_text
+from sandboxapp.nspawn import NOISE_PREFIX, LaunchSpec, launch_argv
+from sandboxapp.prestart import make_gate
 from sandboxapp.safepath import DesktopUser, open_user_path
 from sandboxapp.supervisor import Supervisor, TextSink, forward_lines
 
@@ -42,11 +44,29 @@ class ContainerRequest:
     sound: SoundPaths | None
 
 
+class SpawnedChild:
+    """A child started without subprocess (by a prestart), as supervising it needs it."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def wait(self) -> int:
+        if self.returncode is None:
+            _, status = os.waitpid(self.pid, 0)
+            self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def kill(self) -> None:
+        if self.returncode is None:
+            os.kill(self.pid, signal.SIGKILL)
+
+
 @dataclass(frozen=True)
 class Started:
     """A container whose app waits at its gate."""
 
-    process: subprocess.Popen[str]
+    process: subprocess.Popen[str] | SpawnedChild
     gate_fd: int
     forwarder: threading.Thread
 
@@ -158,15 +178,74 @@ class ContainerSide:
         return staged
 
     def _gate(self, stack: ExitStack) -> tuple[Path, int]:
-        """The FIFO the app waits at inside (GATE), and the launcher's end of it, held open
-        while the container runs: a line written to it lets the app start."""
         gate = self.request.plan.layer_root / "gate"
-        os.mkfifo(gate, 0o600)
-        # The app reads it as the container's root, a UID that is nobody here.
-        os.chmod(gate, 0o604)
-        fd = os.open(gate, os.O_RDWR | os.O_CLOEXEC)
+        fd = make_gate(str(gate))
         stack.callback(os.close, fd)
         return gate, fd
+
+    def _spawn_argv(self, spec: LaunchSpec) -> list[str]:
+        # If the launcher is killed, unshare is killed with it, and nspawn and its container
+        # with that.
+        return ["setpriv", "--pdeathsig", "KILL", "--", *PID_NAMESPACE,
+                *launch_argv(spec, host_facts())]
+
+    def _container_data(self, spec: LaunchSpec) -> dict[str, Any]:
+        plan = self.request.plan
+        return {"machine": plan.machine, "pid": None, "started": None, "uid": spec.ids.base,
+                "user": self.request.user.uid, "profile_file": str(plan.profile.path)}
+
+    def ticket_body(self) -> dict[str, Any]:
+        """What start does, as prestart.py does it from a ticket: for a stateless profile,
+        its sound (if any) on a socket of its own."""
+        request = self.request
+        plan = request.plan
+        assert plan.image is not None
+        layer = plan.layer_root
+        checked = self._checked_paths()
+        staged = {path: layer / "binds" / str(index) for index, (path, *_) in enumerate(checked)}
+        spec = launch_spec(plan, layer / "merged", sound=request.sound, gate=layer / "gate",
+                           staged=staged)
+        sound_dir = request.sound.dir if request.sound is not None else None
+        entries = [{"id": 1, "kind": "layer", "path": str(layer)},
+                   {"id": 2, "kind": "container", **self._container_data(spec),
+                    "pid": prestart.CONTAINER_PID, "started": prestart.CONTAINER_STARTED}]
+        run_dir = self.supervisor.run_dir
+        name = plan.profile.name
+        return {
+            "profile": name,
+            "record": str(run_dir.record_path(name)),
+            "lock": str(run_dir.lock_path(name)),
+            "record_text": record_text(name, prestart.LAUNCHER_PID, prestart.LAUNCHER_STARTED,
+                                       entries, len(entries) + 1),
+            "layer": str(layer),
+            "rootfs": str(plan.image.rootfs),
+            "marker": layer_marker(plan.image.rootfs, keep=False),
+            "user": (request.user.uid, request.user.gid),
+            "stage": [(str(path), trusted, file_type,
+                       SOUND_DIR_MODE if path == sound_dir else None)
+                      for path, trusted, _, file_type in checked],
+            "argv": self._spawn_argv(spec),
+            "env": self._spawn_env(),
+        }
+
+    def _spawn_env(self) -> dict[str, str]:
+        return base_env({"TERM": os.environ.get("TERM", "dumb")})
+
+    def adopt(self, stack: ExitStack, prestarted: prestart.Prestarted) -> Started:
+        """The container a prestart started from a ticket that ticket_body matches."""
+        assert prestarted.pid is not None and prestarted.gate_fd is not None
+        assert prestarted.stderr_fd is not None
+        stack.callback(os.close, prestarted.gate_fd)
+        stderr = os.fdopen(prestarted.stderr_fd, "r", errors="replace")
+        stack.callback(stderr.close)
+        return Started(SpawnedChild(prestarted.pid), prestarted.gate_fd,
+                       self._forward(stderr))
+
+    def _forward(self, stderr: IO[str]) -> threading.Thread:
+        forwarder = threading.Thread(target=forward_lines,
+                                     args=(stderr, self.stderr, NSPAWN_NOISE), daemon=True)
+        forwarder.start()
+        return forwarder
 
     def run(self, stack: ExitStack) -> int:
         """Start the container and let the app start at once."""
@@ -182,16 +261,11 @@ class ContainerSide:
         staged = self._stage(plan.layer_root)
         gate, gate_fd = self._gate(stack)
         spec = launch_spec(plan, merged, sound=self.request.sound, gate=gate, staged=staged)
-        argv = launch_argv(spec, host_facts())
-        entry = self.supervisor.add(stack, "container", machine=plan.machine, pid=None,
-                                    started=None, uid=spec.ids.base, user=self.request.user.uid,
-                                    profile_file=str(plan.profile.path))
+        entry = self.supervisor.add(stack, "container", **self._container_data(spec))
         self.supervisor.check_interrupted()
         process = subprocess.Popen(
-            # If the launcher is killed, unshare is killed with it, and nspawn and its
-            # container with that.
-            ["setpriv", "--pdeathsig", "KILL", "--", *PID_NAMESPACE, *argv],
-            env=base_env({"TERM": os.environ.get("TERM", "dumb")}),
+            self._spawn_argv(spec),
+            env=self._spawn_env(),
             stdin=subprocess.DEVNULL if self.control_fd is not None else None,
             stderr=subprocess.PIPE,
             text=True,
@@ -201,11 +275,7 @@ class ContainerSide:
         assert self.supervisor.record is not None
         self.supervisor.record.update(entry, pid=pid, started=started)
         assert process.stderr is not None
-        forwarder = threading.Thread(target=forward_lines,
-                                     args=(process.stderr, self.stderr, NSPAWN_NOISE),
-                                     daemon=True)
-        forwarder.start()
-        return Started(process, gate_fd, forwarder)
+        return Started(process, gate_fd, self._forward(process.stderr))
 
     def supervise(self, started: Started) -> int:
         process = started.process

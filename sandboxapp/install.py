@@ -37,8 +37,9 @@ SYSTEM_PYTHON = Path("/usr/bin/python3")
 # Top-level modules sandboxapp needs at run time.
 RUNTIME_MODULES = ("sandboxapp", "psutil", "xdg")
 
-WRAPPER = """#!{python} -I
-# Installed by `sandboxapp setup`; runs the root-owned copy in {lib}.
+WRAPPER = """#!{python} -IS
+# Installed by `sandboxapp setup`; runs the root-owned copy in {lib} (-S: all it needs is
+# there, and site and its .pth files would only slow every start).
 import os
 import sys
 
@@ -184,7 +185,7 @@ def setup(locations: Locations, add_users: list[str]) -> SetupReport:
     _write_atomically(Path(HELPER_PATH), _wrapper(
         "sandboxapp.privileged", fixed={**store, "SANDBOXAPP_RUN_DIR": str(locations.run_dir)},
         defaults={}), 0o755)
-    _write_atomically(USER_COMMAND, _wrapper("sandboxapp.cli", fixed={}, defaults=store), 0o755)
+    _write_atomically(USER_COMMAND, _wrapper("sandboxapp.start", fixed={}, defaults=store), 0o755)
     _install_sudoers()
     lines = [f"installed {USER_COMMAND}, {HELPER_PATH} and {INSTALLED_LIB}",
              f"installed {SUDOERS_FILE}: members of {SANDBOXAPP_GROUP} may launch sandboxes"]

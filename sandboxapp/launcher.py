@@ -18,9 +18,11 @@ import subprocess
 import threading
 from collections.abc import Callable, Mapping
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from sandboxapp import x11
+from sandboxapp import prestart, x11
 from sandboxapp.audio import (
     SOUND_DIR_MODE,
     SoundPaths,
@@ -39,6 +41,18 @@ from sandboxapp.profile import Profile
 from sandboxapp.safepath import DesktopUser, ensure_user_dir, write_file_no_follow
 from sandboxapp.supervisor import Supervisor, TextSink, forward_lines
 
+if TYPE_CHECKING:
+    from sandboxapp.prestart import Prestarted
+
+
+@dataclass(frozen=True)
+class TicketTerms:
+    """What a ticket for root's next identical launch is filed and checked under: the words
+    after `run`, and the profile files they may find (prestart.py)."""
+
+    words: tuple[str, ...]
+    profile_files: tuple[str, ...]
+
 
 class Launch:
     def __init__(
@@ -50,9 +64,14 @@ class Launch:
         warn: Callable[[str], None],
         stderr: TextSink,
         helper: PendingHelper | None = None,
+        prestarted: Prestarted | None = None,
+        ticket: TicketTerms | None = None,
     ) -> None:
         self.plan = plan
         self.helper = helper
+        self.prestarted = prestarted
+        self.ticket = ticket
+        self.prestart_used = False
         self.locations = locations
         self.environ = environ
         self.warn = warn
@@ -132,6 +151,50 @@ class Launch:
         self.supervisor.record.update(entry, index=index)
         return sound
 
+    # -- the root side, here -----------------------------------------------------------------
+
+    def _as_root(self, stack: ExitStack, sound: SoundPaths | None) -> int:
+        # A desktop user's launcher leaves this to the helper, and need not load it.
+        from sandboxapp.container import ContainerRequest, ContainerSide, open_gate
+
+        request = ContainerRequest(self.plan, self.user, trusted_profile=True, sound=sound)
+        side = ContainerSide(self.supervisor, request, self.stderr)
+        ticketed = (self.ticket is not None and self.plan.profile.sandbox.stateless
+                    and (sound is None or sound.shared_socket is None))
+        body = side.ticket_body() if ticketed else None
+        prestarted = self.prestarted
+        if prestarted is not None and body is not None and prestart.body_of(
+                prestarted.ticket) == body:
+            started = side.adopt(stack, prestarted)
+            self.prestart_used = True
+        else:
+            if prestarted is not None:
+                # Worked out afresh, this launch is not the one its ticket started (the
+                # sound server changed, say): that container goes, and this one starts.
+                prestarted.close_fds()
+                self.supervisor.adopted.close()
+            started = side.start(stack)
+            if body is not None:
+                self._leave_ticket(body)
+        open_gate(started)
+        return side.supervise(started)
+
+    def _leave_ticket(self, body: dict[str, Any]) -> None:
+        """File what this launch did, for root's next identical one to start before loading."""
+        assert self.ticket is not None and self.plan.image is not None
+        image = self.plan.image
+        watched = (*self.ticket.profile_files, str(image.path / "image.json"), str(image.rootfs))
+        updates = self.plan.profile.updates
+        # Then the image is due for its update (or a word about it): a launch the ordinary way.
+        expires = image.meta.refreshed_at.timestamp() + updates.update_after_days * 86400
+        ticket = {"version": prestart.TICKET_VERSION,
+                  "key": prestart.launch_key(self.ticket.words, self.environ, watched),
+                  "watched": watched, "expires": expires, **body}
+        # Without a ticket the next launch is only slower.
+        with contextlib.suppress(OSError):
+            prestart.write_ticket(prestart.ticket_path(str(self.locations.run_dir),
+                                                       self.ticket.words), ticket)
+
     # -- the root side, through the helper ---------------------------------------------------
 
     def _helper_words(self, action: str, sound: SoundPaths | None) -> list[str]:
@@ -202,23 +265,18 @@ class Launch:
             )
         check_command(plan.image.rootfs, plan.command[0])
         with ExitStack() as stack:
-            if not self.supervisor.begin(stack, plan.profile.name):
+            prestarted = self.prestarted
+            if not self.supervisor.begin(stack, plan.profile.name, prestarted):
                 # Already running: this command runs inside that sandbox instead.
                 return self._join(as_root)
+            if prestarted is not None:
+                prestarted.adopted = True
             self._persistent_dirs()
             self._x11(stack)
             self.supervisor.check_interrupted()
             sound = self._sound(stack)
             self.supervisor.check_interrupted()
-            if as_root:
-                # The root side runs here; a desktop user's launcher leaves it to the helper,
-                # and need not load it.
-                from sandboxapp.container import ContainerRequest, ContainerSide
-
-                request = ContainerRequest(plan, self.user, trusted_profile=True, sound=sound)
-                status = ContainerSide(self.supervisor, request, self.stderr).run(stack)
-            else:
-                status = self._through_helper(sound)
+            status = self._as_root(stack, sound) if as_root else self._through_helper(sound)
         if self.supervisor.signalled is not None:
             return 128 + self.supervisor.signalled
         return status

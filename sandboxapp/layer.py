@@ -31,6 +31,15 @@ def stage_bind(fd: int, target: Path) -> None:
                            f"sandbox: {exc.strerror}", status=ExitStatus.LAUNCHER) from None
 
 
+def layer_marker(rootfs: Path, *, keep: bool) -> str:
+    root_id = rootfs.stat()
+    return json.dumps({
+        "rootfs": str(rootfs), "keep": keep,
+        # The image an update may replace meanwhile is recognised by its inode, not its path.
+        "rootfs_id": [root_id.st_dev, root_id.st_ino],
+    })
+
+
 def create_layer(layer: Path, rootfs: Path, *, keep: bool) -> Path:
     """Mount a layer over rootfs at layer/merged; the merged tree's path.
 
@@ -42,12 +51,7 @@ def create_layer(layer: Path, rootfs: Path, *, keep: bool) -> Path:
         # caller holds the profile's lock, so nothing uses it.
         remove_layer(layer, kill_leftovers=True)
     layer.mkdir(mode=0o700, exist_ok=True)
-    root_id = rootfs.stat()
-    (layer / LAYER_MARKER).write_text(json.dumps({
-        "rootfs": str(rootfs), "keep": keep,
-        # The image an update may replace meanwhile is recognised by its inode, not its path.
-        "rootfs_id": [root_id.st_dev, root_id.st_ino],
-    }))
+    (layer / LAYER_MARKER).write_text(layer_marker(rootfs, keep=keep))
     upper, work, merged = layer / "upper", layer / "work", layer / "merged"
     root_stat = rootfs.stat()
     if not upper.exists():

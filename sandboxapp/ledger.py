@@ -46,6 +46,13 @@ def started_at(started: float) -> float:
     return float(psutil.boot_time()) + started / os.sysconf("SC_CLK_TCK")
 
 
+def record_text(profile: str, pid: int | str, started: float | str,
+                entries: list[dict[str, Any]], next_id: int) -> str:
+    """A record as it is written (a prestart writes one too, with stand-ins for the pids)."""
+    return json.dumps({"version": RECORD_VERSION, "profile": profile, "pid": pid,
+                       "started": started, "entries": entries, "next_id": next_id})
+
+
 @dataclass
 class Record:
     path: Path
@@ -60,12 +67,11 @@ class Record:
         return is_alive(self.pid, self.started)
 
     def save(self) -> None:
-        data = {"version": RECORD_VERSION, "profile": self.profile, "pid": self.pid,
-                "started": self.started, "entries": self.entries, "next_id": self.next_id}
         temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}")
         # Atomic, not durable: the records describe processes, which a reboot ends anyway.
         with temporary.open("w", encoding="utf-8") as stream:
-            json.dump(data, stream)
+            stream.write(record_text(self.profile, self.pid, self.started, self.entries,
+                                     self.next_id))
         os.replace(temporary, self.path)
 
     def add(self, kind: str, **data: Any) -> dict[str, Any]:
@@ -140,12 +146,15 @@ class RunDir:
         record.save()
         return record
 
+    def lock_path(self, profile: str) -> Path:
+        return self.root / f"{profile}.lock"
+
     @contextlib.contextmanager
     def profile_lock(self, profile: str, *, wait: bool = False) -> Iterator[bool]:
         """Hold the profile's lock; yields False (holding nothing) when another launcher has it
         and wait is False. The kernel drops the lock when its holder dies, however it dies."""
         self.ensure()
-        fd = os.open(self.root / f"{profile}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = os.open(self.lock_path(profile), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))

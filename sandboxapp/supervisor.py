@@ -9,19 +9,31 @@ import os
 import select
 import signal
 import socket
-import subprocess
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
-from typing import IO, Any, Protocol
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from sandboxapp.errors import SandboxError
 from sandboxapp.ledger import MAX_STOP_GRACE, Record, RunDir
 from sandboxapp.recovery import reconcile, undo_entry
 
+if TYPE_CHECKING:
+    from sandboxapp.prestart import Prestarted
+
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
 # How long a stopping app gets to save its state before it is killed.
 STOP_TIMEOUT = 10.0
+
+
+class ChildProcess(Protocol):
+    """A child to wait for: a subprocess.Popen, or one a prestart spawned."""
+
+    @property
+    def pid(self) -> int: ...
+
+    def wait(self) -> int: ...
 
 
 class TextSink(Protocol):
@@ -53,6 +65,8 @@ class Supervisor:
         self.grace = STOP_TIMEOUT
         self.wake_read, self.wake_write = socket.socketpair()
         self.record: Record | None = None
+        # The undo of what a prestart made, run before the rest if the launch does not use it.
+        self.adopted = ExitStack()
 
     # -- signals -----------------------------------------------------------------------------
 
@@ -86,16 +100,31 @@ class Supervisor:
 
     # -- the record --------------------------------------------------------------------------
 
-    def begin(self, stack: ExitStack, profile: str) -> bool:
+    def begin(self, stack: ExitStack, profile: str,
+              prestarted: Prestarted | None = None) -> bool:
         """Take the profile's lock, clean up after dead launchers, start this launch's record;
-        False (and nothing done) when another launch of the profile holds the lock."""
-        if not stack.enter_context(self.run_dir.profile_lock(profile)):
-            return False
+        False (and nothing done) when another launch of the profile holds the lock.
+
+        prestarted: the prestart holds the lock and has written the record, with its layer
+        and container, whose undo goes on `adopted` (which can be closed on its own)."""
+        if prestarted is None:
+            if not stack.enter_context(self.run_dir.profile_lock(profile)):
+                return False
+        else:
+            stack.callback(os.close, prestarted.lock_fd)
         self.install_signal_handlers(stack)
         for message in reconcile(self.run_dir, holding=profile):
             self.warn(message)
-        self.record = self.run_dir.new_record(profile)
+        if prestarted is None:
+            self.record = self.run_dir.new_record(profile)
+        else:
+            self.record = Record.load(Path(prestarted.record_path))
+            if self.record is None:
+                raise SandboxError(f"the launch record {prestarted.record_path} is gone")
         stack.callback(self._forget_record)
+        stack.enter_context(self.adopted)
+        for entry in self.record.entries:
+            self._undo_on(self.adopted, entry)
         return True
 
     def _forget_record(self) -> None:
@@ -105,9 +134,14 @@ class Supervisor:
 
     def add(self, stack: ExitStack, kind: str, **data: Any) -> dict[str, Any]:
         """Record a resource and register its undo, both before it is made."""
+        assert self.record is not None
+        entry = self.record.add(kind, **data)
+        self._undo_on(stack, entry)
+        return entry
+
+    def _undo_on(self, stack: ExitStack, entry: dict[str, Any]) -> None:
         record = self.record
         assert record is not None
-        entry = record.add(kind, **data)
 
         def undo() -> None:
             if any(e["id"] == entry["id"] for e in record.entries):
@@ -120,7 +154,6 @@ class Supervisor:
                 record.drop(entry)
 
         stack.callback(undo)
-        return entry
 
     # -- waiting -----------------------------------------------------------------------------
 
@@ -135,7 +168,7 @@ class Supervisor:
 
     def wait(
         self,
-        process: subprocess.Popen[Any],
+        process: ChildProcess,
         on_stop: Callable[[], None],
         on_timeout: Callable[[], None],
         control_fd: int | None = None,
