@@ -9,7 +9,6 @@ sharing a block would share an X grant.
 from __future__ import annotations
 
 import grp
-import hashlib
 import pwd
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -38,6 +37,8 @@ class UidRange:
 
 
 def preferred_slot(profile_name: str) -> int:
+    import hashlib  # only image builds pick a block: launches need not load OpenSSL
+
     digest = hashlib.sha256(profile_name.encode()).digest()
     return int.from_bytes(digest[:8], "big") % SLOTS
 
