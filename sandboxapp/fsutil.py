@@ -30,6 +30,8 @@ def exchange(first: Path, second: Path) -> None:
 
 def _unescape_mountinfo(field: str) -> str:
     # mountinfo escapes space, tab, newline and backslash as \ooo octal.
+    if "\\" not in field:
+        return field
     out, i = [], 0
     while i < len(field):
         if field[i] == "\\" and i + 3 < len(field) + 0 and field[i + 1 : i + 4].isdigit():
@@ -48,7 +50,8 @@ def mount_points() -> list[Path]:
 
 def mounts_under(path: Path) -> list[Path]:
     """Mount points at or below path, deepest first."""
-    found = [m for m in mount_points() if m == path or path in m.parents]
+    below = f"{path}/"
+    found = [m for m in mount_points() if m == path or str(m).startswith(below)]
     return sorted(set(found), key=lambda m: len(m.parts), reverse=True)
 
 
