@@ -174,9 +174,9 @@ class Launch:
                 prestarted.close_fds()
                 self.supervisor.adopted.close()
             started = side.start(stack)
-            if body is not None:
-                self._leave_ticket(body)
         open_gate(started)
+        if body is not None and not self.prestart_used:
+            self._leave_ticket(body)
         return side.supervise(started)
 
     def _leave_ticket(self, body: dict[str, Any]) -> None:

@@ -33,6 +33,8 @@ if TYPE_CHECKING:
     from typing import Any
 
 TICKET_VERSION = 1
+# The tickets kept: `run firefox -- URL` files one per URL; the oldest go.
+MAX_TICKETS = 64
 DEFAULT_RUN_DIR = "/run/sandboxapp"
 # Stand-ins in a ticket's record text: the launcher's and the container's pid and start.
 LAUNCHER_PID, LAUNCHER_STARTED = "@launcher-pid@", "@launcher-started@"
@@ -118,6 +120,11 @@ def write_ticket(path: str, ticket: dict[str, Any]) -> None:
     with open(temporary, "wb") as stream:
         marshal.dump(ticket, stream)
     os.replace(temporary, path)
+    names = os.listdir(directory)
+    if len(names) > MAX_TICKETS:
+        by_age = sorted(names, key=lambda name: os.stat(os.path.join(directory, name)).st_mtime)
+        for name in by_age[:-MAX_TICKETS]:
+            os.unlink(os.path.join(directory, name))
 
 
 def make_gate(path: str) -> int:

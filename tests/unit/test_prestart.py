@@ -84,3 +84,15 @@ def test_tickets_of_another_version_or_none_at_all_are_not_used(tmp_path: Path) 
 
 def test_a_launch_without_its_ticket_is_not_prestarted(tmp_path: Path) -> None:
     assert prestart.attempt(WORDS, {"SANDBOXAPP_RUN_DIR": str(tmp_path)}) is None
+
+
+def test_only_the_newest_tickets_are_kept(tmp_path: Path) -> None:
+    for index in range(prestart.MAX_TICKETS + 5):
+        path = prestart.ticket_path(str(tmp_path), [str(index)])
+        prestart.write_ticket(path, {"version": prestart.TICKET_VERSION})
+        os.utime(path, (index, index))
+    kept = set(os.listdir(tmp_path / "tickets"))
+    assert len(kept) == prestart.MAX_TICKETS
+    assert os.path.basename(prestart.ticket_path(str(tmp_path), ["0"])) not in kept
+    newest = prestart.ticket_path(str(tmp_path), [str(prestart.MAX_TICKETS + 4)])
+    assert os.path.basename(newest) in kept
