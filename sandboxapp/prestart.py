@@ -242,9 +242,12 @@ class Prestarted:
     # -- undoing it ---------------------------------------------------------------------------
 
     def discard(self) -> None:
-        """Undo it all and let go of the lock: the launcher did not take it over."""
+        """Undo it all and let go of the lock: the launcher did not take it over. What cannot
+        be undone here stays in the record, for the next launch to clean up after."""
         try:
             self.undo()
+        except OSError:
+            pass
         finally:
             os.close(self.lock_fd)
 
@@ -305,11 +308,7 @@ def attempt(words: Sequence[str], environ: Mapping[str, str]) -> Prestarted | No
     prestarted = Prestarted(ticket, lock_fd)
     try:
         prestarted.start()
-    except (NotPrestarted, nofollow.Refused, OSError, KeyError, TypeError, ValueError):
-        try:  # noqa: SIM105 (contextlib is not loaded yet, and need not be)
-            prestarted.undo()
-        except OSError:
-            pass  # the ordinary launch finds the layer and removes it
-        os.close(lock_fd)
+    except Exception:  # whatever the reason, the ordinary launch can still run
+        prestarted.discard()
         return None
     return prestarted
