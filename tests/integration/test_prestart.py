@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import marshal
+import subprocess
 from pathlib import Path
 
 from tests.integration.launching import (
@@ -140,3 +141,19 @@ def test_a_killed_prestarted_launch_is_cleaned_up(session: Session) -> None:
     assert "cleaned up after sandboxapp-test" in result.stdout
     session.assert_nothing_left(grants_before, modules_before)
 
+
+
+def test_the_command_install_host_writes_launches_and_prestarts(session: Session) -> None:
+    """`.venv/bin/sandboxapp`, the README's command: started with -IS, its own sys.path."""
+    from tests.integration.conftest import REPO
+
+    command = REPO / ".venv" / "bin" / "sandboxapp"
+    assert command.read_text().startswith(f"#!{REPO}/.venv/bin/python -IS\n")
+    profile = write_variant(session.profiles, ["/bin/sh", "-c", "echo ran"], FULL_SANDBOX)
+    for _ in range(2):
+        result = subprocess.run([str(command), "run", str(profile)], env=session.env(),
+                                cwd=REPO, capture_output=True, text=True, timeout=120,
+                                check=False)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == "ran\n"
+    assert PRESTARTED in last_run_log(session)
