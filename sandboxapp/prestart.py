@@ -33,6 +33,13 @@ if TYPE_CHECKING:
     from typing import Any
 
 TICKET_VERSION = 1
+# The environment a launch is worked out from (README, "Files and environment"). A variable
+# missing here would not make a launch wrong, only its prestart wasted: the launcher compares
+# what it works out with the ticket before the app starts; a terminal's own variables (OLDPWD,
+# SHLVL, ...) are left out so that they do not cost root's launches from it their ticket.
+KEY_ENVIRONMENT = ("SANDBOXAPP_IMAGE_DIR", "SANDBOXAPP_RUN_DIR", "DISPLAY", "XAUTHORITY",
+                   "PULSE_SERVER", "PULSE_COOKIE", "XDG_RUNTIME_DIR", "XDG_DATA_HOME",
+                   "XDG_STATE_HOME", "XDG_CONFIG_HOME", "HOME", "SUDO_UID", "SUDO_GID", "TERM")
 # The tickets kept: `run firefox -- URL` files one per URL; the oldest go.
 MAX_TICKETS = 64
 DEFAULT_RUN_DIR = "/run/sandboxapp"
@@ -75,7 +82,8 @@ def launch_key(words: Sequence[str], environ: Mapping[str, str],
     """Everything a launch is worked out from, as far as it can be told without loading
     sandboxapp: two launches with the same key get the same ticket."""
     return (TICKET_VERSION, tuple(words), os.getcwd(), os.geteuid(), os.getuid(),
-            tuple(sorted(environ.items())), tuple(identity(p) for p in watched))
+            tuple(environ.get(name) for name in KEY_ENVIRONMENT),
+            tuple(identity(p) for p in watched))
 
 
 def _owned_by_root(fd: int) -> bool:

@@ -31,7 +31,9 @@ def test_the_key_changes_with_words_environment_directory_and_files(tmp_path: Pa
     assert key == prestart.launch_key(list(WORDS), dict(ENV), watched)
     assert key != prestart.launch_key([*WORDS, "x"], ENV, watched)
     assert key != prestart.launch_key(WORDS, {**ENV, "DISPLAY": ":1"}, watched)
-    assert key != prestart.launch_key(WORDS, {**ENV, "LANG": "C"}, watched)
+    assert key != prestart.launch_key(WORDS, {**ENV, "XDG_DATA_HOME": "/srv"}, watched)
+    # A terminal's own variables do not cost a launch its ticket.
+    assert key == prestart.launch_key(WORDS, {**ENV, "OLDPWD": "/tmp", "SHLVL": "2"}, watched)
     profile.write_text("ab")
     assert key != prestart.launch_key(WORDS, ENV, watched)
     key = prestart.launch_key(WORDS, ENV, watched)
