@@ -206,9 +206,15 @@ class ContainerSide:
         spec = launch_spec(plan, layer / "merged", sound=request.sound, gate=layer / "gate",
                            staged=staged)
         sound_dir = request.sound.dir if request.sound is not None else None
-        entries = [{"id": 1, "kind": "layer", "path": str(layer)},
-                   {"id": 2, "kind": "container", **self._container_data(spec),
-                    "pid": prestart.CONTAINER_PID, "started": prestart.CONTAINER_STARTED}]
+        entries: list[dict[str, Any]] = []
+        if sound_dir is not None:
+            # The prestart creates it if it is missing: taken back (if still empty) last.
+            entries.append({"kind": "empty-dir", "path": str(sound_dir),
+                            "user": request.user.uid})
+        entries += [{"kind": "layer", "path": str(layer)},
+                    {"kind": "container", **self._container_data(spec),
+                     "pid": prestart.CONTAINER_PID, "started": prestart.CONTAINER_STARTED}]
+        entries = [{"id": index, **entry} for index, entry in enumerate(entries, 1)]
         run_dir = self.supervisor.run_dir
         name = plan.profile.name
         return {

@@ -17,6 +17,7 @@ can write them or the directory they are in: they hold the command that root run
 
 from __future__ import annotations
 
+import _signal  # type: ignore[import-not-found]  # signal, without the enum it loads
 import fcntl
 import marshal
 import os
@@ -160,6 +161,9 @@ class Prestarted:
         self.stderr_fd: int | None = None
         # Set once the launcher has taken it over (its record, lock and container).
         self.adopted = False
+        # Stop signals that came before the launcher could take them (catch_stop_signals).
+        self.signals: list[int] = []
+        self._previous_handlers: dict[int, Any] = {}
 
     # -- the steps ----------------------------------------------------------------------------
 
@@ -240,12 +244,31 @@ class Prestarted:
         self.started = float(start_ticks(self.pid) or 0)
 
     def start(self) -> None:
+        self.catch_stop_signals()
         self._save_record()
         self._make_layer()
         self._stage()
         self._open_gate_fifo()
         self._spawn()
         self._save_record()
+
+    def catch_stop_signals(self) -> None:
+        """From before anything is made until the launcher has loaded and installs its own
+        handlers, SIGTERM, SIGHUP and SIGINT are noted, not obeyed at once: the launcher then
+        stops the launch in the ordinary way, taking back what this made."""
+        for signum in (_signal.SIGTERM, _signal.SIGHUP, _signal.SIGINT):
+            self._previous_handlers[signum] = _signal.signal(signum, self._note_signal)
+
+    def _note_signal(self, signum: int, frame: object) -> None:
+        self.signals.append(signum)
+
+    def _release_signals(self) -> None:
+        """The handlers as they were, and a signal noted meanwhile delivered again."""
+        for signum, previous in self._previous_handlers.items():
+            _signal.signal(signum, previous)
+        self._previous_handlers = {}
+        if self.signals:
+            os.kill(os.getpid(), self.signals[0])
 
     # -- undoing it ---------------------------------------------------------------------------
 
@@ -258,6 +281,7 @@ class Prestarted:
             pass
         finally:
             os.close(self.lock_fd)
+            self._release_signals()
 
     def close_fds(self) -> None:
         for fd in (self.gate_fd, self.stderr_fd):

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sandboxapp import x11
+from sandboxapp import nofollow, x11
 from sandboxapp.audio import SOUND_CONF, SOUND_SOCKET, SoundServerAddress, unload_socket_module
 from sandboxapp.display import Display
 from sandboxapp.errors import SandboxError
@@ -24,6 +24,22 @@ def remove_sound_dir(directory: Path) -> None:
             os.unlink(directory / name)
     with contextlib.suppress(FileNotFoundError, OSError):
         directory.rmdir()
+
+
+def remove_empty_dir(path: str, uid: int) -> None:
+    """rmdir a directory of the user's that a launch may have created, if it is still empty,
+    through its parent opened without following the user's symlinks."""
+    parent, name = os.path.split(path)
+    try:
+        fd = nofollow.walk(parent, uid, -1, create=False)
+    except (nofollow.Refused, OSError):
+        return  # gone already, or not the user's any more: nothing of ours to remove
+    try:
+        os.rmdir(name, dir_fd=fd)
+    except OSError:
+        pass  # not empty (the launch put its sound socket there and takes that back), or gone
+    finally:
+        os.close(fd)
 
 
 def processes_in_block(base: int) -> list[int]:
@@ -84,6 +100,8 @@ def undo_entry(entry: dict[str, Any], *, recovering: bool) -> None:
             unload_socket_module(SoundServerAddress(Path(entry["server"])), int(entry["index"]),
                                  Path(entry["socket"]))
         remove_sound_dir(Path(entry["dir"]))
+    elif kind == "empty-dir":
+        remove_empty_dir(str(entry["path"]), int(entry["user"]))
     else:
         raise SandboxError(f"unknown ledger entry kind {kind!r}")
 

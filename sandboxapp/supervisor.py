@@ -113,6 +113,9 @@ class Supervisor:
         else:
             stack.callback(os.close, prestarted.lock_fd)
         self.install_signal_handlers(stack)
+        if prestarted is not None and prestarted.signals:
+            # It came while the launcher loaded: the launch stops at its next check.
+            self.signalled = prestarted.signals[0]
         for message in reconcile(self.run_dir, holding=profile):
             self.warn(message)
         if prestarted is None:

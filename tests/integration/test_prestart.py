@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import json
 import marshal
+import signal
 import subprocess
+import time
 from pathlib import Path
+
+import pytest
 
 from tests.integration.launching import (
     FULL_SANDBOX,
@@ -129,12 +133,16 @@ def test_a_killed_prestarted_launch_is_cleaned_up(session: Session) -> None:
         (session.persist_dir() / mark).unlink()
 
     launch = session.start(str(profile))
-    wait_for_file(session.persist_dir() / "ready", launch)
-    # Its record lists its layer and container first: made before sandboxapp had loaded.
-    record = json.loads((session.run_dir / "sandboxapp-test.json").read_text())
-    assert [entry["kind"] for entry in record["entries"]][:2] == ["layer", "container"]
-    launch.kill()
-    launch.wait()
+    try:
+        wait_for_file(session.persist_dir() / "ready", launch)
+        # Its record lists the sound directory it may create, its layer and its container
+        # first: made before sandboxapp had loaded, and before the grants.
+        record = json.loads((session.run_dir / "sandboxapp-test.json").read_text())
+        kinds = [entry["kind"] for entry in record["entries"]]
+        assert kinds == ["empty-dir", "layer", "container", "x11", "sound"]
+    finally:
+        launch.kill()
+        launch.wait()
     assert wait_for_no_sandbox_processes(image_uid(session), timeout=5) == []
     result = session.sandboxapp("cleanup")
     assert result.returncode == 0, result.stderr
@@ -157,3 +165,34 @@ def test_the_command_install_host_writes_launches_and_prestarts(session: Session
         assert result.returncode == 0, result.stderr
         assert result.stdout == "ran\n"
     assert PRESTARTED in last_run_log(session)
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.02, 0.05, 0.1, 0.3])
+def test_a_prestarted_launch_stopped_while_it_loads_leaves_nothing(session: Session,
+                                                                    delay: float) -> None:
+    """SIGTERM at any moment, from just after the prestart until the app runs: the launch
+    stops (128 + 15) and takes back what the prestart made, with no cleanup left to do."""
+    grants_before = session.x_grants()
+    modules_before = session.socket_modules()
+    profile = write_variant(session.profiles, ["/bin/sh", "-c", "sleep 30"], FULL_SANDBOX)
+    first = session.start(str(profile))
+    time.sleep(1)
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(timeout=60) == 128 + signal.SIGTERM
+    assert tickets(session)
+
+    launch = session.start(str(profile))
+    # The prestart is done within milliseconds of the start; wait for its record.
+    deadline = time.monotonic() + 10
+    while not (session.run_dir / "sandboxapp-test.json").exists():
+        assert time.monotonic() < deadline and launch.poll() is None
+        time.sleep(0.001)
+    time.sleep(delay)
+    launch.send_signal(signal.SIGTERM)
+    try:
+        assert launch.wait(timeout=60) == 128 + signal.SIGTERM
+    finally:
+        if launch.poll() is None:
+            launch.kill()
+            launch.wait()
+    session.assert_nothing_left(grants_before, modules_before)
