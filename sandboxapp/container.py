@@ -19,20 +19,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from sandboxapp import prestart
+from sandboxapp import nofollow, prestart
 from sandboxapp.audio import SOUND_DIR_MODE, SoundPaths
 from sandboxapp.command import base_env
 from sandboxapp.errors import ExitStatus, SandboxError
 from sandboxapp.hostfacts import host_facts
 from sandboxapp.launchplan import LaunchPlan, launch_spec
-from sandboxapp.layer import create_layer, layer_marker, stage_bind
+from sandboxapp.layer import create_layer, layer_marker
 from sandboxapp.ledger import process_identity, record_text
+from sandboxapp.mountcalls import stage_owned
 from sandboxapp.nspawn import NOISE_PREFIX, LaunchSpec, launch_argv
 from sandboxapp.prestart import make_gate
-from sandboxapp.safepath import DesktopUser, open_user_path
+from sandboxapp.safepath import DesktopUser
 from sandboxapp.supervisor import Supervisor, TextSink, forward_lines
 
-FILE_TYPE_NAMES = {stat.S_IFDIR: "directory", stat.S_IFSOCK: "socket", stat.S_IFREG: "file"}
 NSPAWN_NOISE = (NOISE_PREFIX, "Trying to halt container. Send SIGTERM again")
 
 
@@ -159,22 +159,18 @@ class ContainerSide:
         staging = layer_dir / "binds"
         staging.mkdir(mode=0o700, exist_ok=True)
         staged: dict[Path, Path] = {}
+        user = self.request.user
         for index, (path, trusted, what, file_type) in enumerate(self._checked_paths()):
+            target = staging / str(index)
             try:
-                fd = open_user_path(path, self.request.user, trusted=trusted)
-            except SandboxError as exc:
-                exc.message = f"{what}: {exc.message}"
-                raise
-            try:
-                if file_type is not None and stat.S_IFMT(os.fstat(fd).st_mode) != file_type:
-                    raise SandboxError(f"{what}: {path} is not a "
-                                       f"{FILE_TYPE_NAMES[file_type]}",
-                                       status=ExitStatus.LAUNCHER)
-                target = staging / str(index)
-                stage_bind(fd, target)
-                staged[path] = target
-            finally:
-                os.close(fd)
+                stage_owned(str(path), user.uid, user.gid, str(target), trusted=trusted,
+                            file_type=file_type)
+            except nofollow.Refused as exc:
+                raise SandboxError(f"{what}: {exc}", status=ExitStatus.LAUNCHER) from None
+            except OSError as exc:
+                raise SandboxError(f"cannot stage {path} for the sandbox: {exc.strerror}",
+                                   status=ExitStatus.LAUNCHER) from None
+            staged[path] = target
         return staged
 
     def _gate(self, stack: ExitStack) -> tuple[Path, int]:

@@ -11,24 +11,13 @@ import contextlib
 import json
 import os
 import signal
-import stat
 from pathlib import Path
 
 from sandboxapp.errors import ExitStatus, SandboxError
 from sandboxapp.fsutil import mounts_under, remove_tree
-from sandboxapp.mountcalls import bind_descriptor, mount_overlay, unmount
+from sandboxapp.mountcalls import mount_layer, unmount
 
 LAYER_MARKER = "layer.json"
-
-
-def stage_bind(fd: int, target: Path) -> None:
-    """Bind-mount the file or directory open as fd (O_PATH) on target, which is created: the
-    very inode that was checked, whatever has happened to its path since."""
-    try:
-        bind_descriptor(fd, str(target), directory=stat.S_ISDIR(os.fstat(fd).st_mode))
-    except OSError as exc:
-        raise SandboxError(f"cannot stage {os.readlink(f'/proc/self/fd/{fd}')} for the "
-                           f"sandbox: {exc.strerror}", status=ExitStatus.LAUNCHER) from None
 
 
 def layer_marker(rootfs: Path, *, keep: bool) -> str:
@@ -52,21 +41,11 @@ def create_layer(layer: Path, rootfs: Path, *, keep: bool) -> Path:
         remove_layer(layer, kill_leftovers=True)
     layer.mkdir(mode=0o700, exist_ok=True)
     (layer / LAYER_MARKER).write_text(layer_marker(rootfs, keep=keep))
-    upper, work, merged = layer / "upper", layer / "work", layer / "merged"
-    root_stat = rootfs.stat()
-    if not upper.exists():
-        upper.mkdir()
-        # The merged root takes the upper directory's owner and mode: the image's.
-        os.chown(upper, root_stat.st_uid, root_stat.st_gid)
-        upper.chmod(root_stat.st_mode & 0o7777)
-    work.mkdir(exist_ok=True)
-    merged.mkdir(exist_ok=True)
     try:
-        mount_overlay(str(rootfs), str(upper), str(work), str(merged), volatile=not keep)
+        return Path(mount_layer(str(layer), str(rootfs), volatile=not keep))
     except OSError as exc:
-        raise SandboxError(f"cannot mount the writable layer on {merged}: {exc.strerror}",
+        raise SandboxError(f"cannot mount the writable layer in {layer}: {exc.strerror}",
                            status=ExitStatus.LAUNCHER) from None
-    return merged
 
 
 def kill_processes_in(tree: Path) -> list[int]:

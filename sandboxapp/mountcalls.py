@@ -1,13 +1,16 @@
 """The mount system calls sandboxapp makes, through libc; failures raise OSError.
 
-Only `ctypes` and `os` are imported: a prestarted launch (prestart.py) mounts its layer before
-the rest of sandboxapp is loaded.
+Only `ctypes`, `os` and `stat` are imported (and nofollow.py): a prestarted launch
+(prestart.py) mounts its layer and stages its binds before the rest of sandboxapp is loaded.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+import stat
+
+from sandboxapp import nofollow
 
 MS_BIND = 4096
 MNT_DETACH = 2
@@ -36,6 +39,40 @@ def mount_overlay(lower: str, upper: str, work: str, target: str, *, volatile: b
         # The layer is thrown away at exit: no need to sync it to disk.
         options += ",volatile"
     _check(libc().mount(b"overlay", os.fsencode(target), b"overlay", 0, options.encode()))
+
+
+def mount_layer(layer: str, rootfs: str, *, volatile: bool) -> str:
+    """Mount the overlay of layer/upper (made if missing) over rootfs on layer/merged; the
+    merged tree's path."""
+    upper, work, merged = f"{layer}/upper", f"{layer}/work", f"{layer}/merged"
+    if not os.path.exists(upper):
+        root = os.stat(rootfs)
+        os.mkdir(upper)
+        # The merged root takes the upper directory's owner and mode: the image's.
+        os.chown(upper, root.st_uid, root.st_gid)
+        os.chmod(upper, root.st_mode & 0o7777)
+    for directory in (work, merged):
+        if not os.path.isdir(directory):
+            os.mkdir(directory)
+    mount_overlay(rootfs, upper, work, merged, volatile=volatile)
+    return merged
+
+
+FILE_TYPE_NAMES = {stat.S_IFDIR: "directory", stat.S_IFSOCK: "socket", stat.S_IFREG: "file"}
+
+
+def stage_owned(path: str, uid: int, gid: int, target: str, *, trusted: bool,
+                file_type: int | None) -> None:
+    """Open path as the user's own (nofollow.open_owned, which raises Refused), check that it
+    is a file_type (any, for None), and bind that very inode on target."""
+    fd = nofollow.open_owned(path, uid, gid, trusted=trusted)
+    try:
+        mode = os.fstat(fd).st_mode
+        if file_type is not None and stat.S_IFMT(mode) != file_type:
+            raise nofollow.Refused(path, f"it is not a {FILE_TYPE_NAMES[file_type]}")
+        bind_descriptor(fd, target, directory=stat.S_ISDIR(mode))
+    finally:
+        os.close(fd)
 
 
 def bind_descriptor(fd: int, target: str, *, directory: bool) -> None:

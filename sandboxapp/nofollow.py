@@ -79,6 +79,38 @@ def walk(path: str, uid: int, gid: int, *, create: bool, mode: int = 0o700) -> i
         raise
 
 
+def ensure_dir(path: str, uid: int, gid: int, mode: int = 0o700, *,
+               exact_mode: bool = False) -> None:
+    """Make sure the directory exists and belongs to the user, creating what is missing as
+    the user's; exact_mode: and that it has mode, whatever it had."""
+    fd = walk(path, uid, gid, create=True, mode=mode)
+    try:
+        owner = os.fstat(fd).st_uid
+        if owner != uid:
+            raise Refused(path, f"it belongs to UID {owner}, not to UID {uid}")
+        if exact_mode:
+            # O_PATH descriptors cannot fchmod: go through /proc/self/fd.
+            os.chmod(f"/proc/self/fd/{fd}", mode)
+    finally:
+        os.close(fd)
+
+
+def remove_empty_dir(path: str, uid: int) -> None:
+    """rmdir a directory of the user's that a launch may have created, if it is still empty,
+    through its parent opened without following the user's symlinks."""
+    parent, name = os.path.split(path)
+    try:
+        fd = walk(parent, uid, -1, create=False)
+    except (Refused, OSError):
+        return  # gone already, or not the user's any more: nothing of ours to remove
+    try:
+        os.rmdir(name, dir_fd=fd)
+    except OSError:
+        pass  # not empty (the launch put its sound socket there and takes that back), or gone
+    finally:
+        os.close(fd)
+
+
 def open_owned(path: str, uid: int, gid: int, *, trusted: bool) -> int:
     """An O_PATH descriptor for path (a directory, file or socket) that is the user's own.
 

@@ -191,17 +191,7 @@ class Prestarted:
         self.made_layer = True
         with open(f"{layer}/layer.json", "w", encoding="utf-8") as stream:
             stream.write(ticket["marker"])
-        rootfs = ticket["rootfs"]
-        root = os.stat(rootfs)
-        upper, work, merged = f"{layer}/upper", f"{layer}/work", f"{layer}/merged"
-        os.mkdir(upper)
-        # The merged root takes the upper directory's owner and mode: the image's.
-        os.chown(upper, root.st_uid, root.st_gid)
-        os.chmod(upper, root.st_mode & 0o7777)
-        os.mkdir(work)
-        os.mkdir(merged)
-        mountcalls.mount_overlay(rootfs, upper, work, merged, volatile=True)
-        self.mounted.append(merged)
+        self.mounted.append(mountcalls.mount_layer(layer, ticket["rootfs"], volatile=True))
 
     def _stage(self) -> None:
         uid, gid = self.ticket["user"]
@@ -209,22 +199,12 @@ class Prestarted:
         os.mkdir(staging, 0o700)
         for index, (path, trusted, file_type, create_mode) in enumerate(self.ticket["stage"]):
             if create_mode is not None:
-                fd = nofollow.walk(path, uid, gid, create=True, mode=create_mode)
-                if os.fstat(fd).st_uid != uid:
-                    os.close(fd)
-                    raise NotPrestarted(f"{path} is not the user's")
-                os.chmod(f"/proc/self/fd/{fd}", create_mode)
-            else:
-                fd = nofollow.open_owned(path, uid, gid, trusted=trusted)
-            try:
-                mode = os.fstat(fd).st_mode
-                if file_type is not None and stat.S_IFMT(mode) != file_type:
-                    raise NotPrestarted(f"{path} is not what it was")
-                target = f"{staging}/{index}"
-                mountcalls.bind_descriptor(fd, target, directory=stat.S_ISDIR(mode))
-                self.mounted.insert(0, target)
-            finally:
-                os.close(fd)
+                # The sound directory, as the launcher makes it (safepath.ensure_user_dir).
+                nofollow.ensure_dir(path, uid, gid, create_mode, exact_mode=True)
+            target = f"{staging}/{index}"
+            mountcalls.stage_owned(path, uid, gid, target, trusted=trusted,
+                                   file_type=file_type)
+            self.mounted.insert(0, target)
 
     def _open_gate_fifo(self) -> None:
         self.gate_fd = make_gate(f"{self.layer}/gate")
@@ -292,9 +272,7 @@ class Prestarted:
     def undo(self) -> None:
         """Take back whatever start made, newest first; the lock stays held."""
         if self.pid is not None:
-            import signal
-
-            os.kill(self.pid, signal.SIGKILL)
+            os.kill(self.pid, _signal.SIGKILL)
             os.waitpid(self.pid, 0)
             self.pid = None
         self.close_fds()
@@ -306,6 +284,10 @@ class Prestarted:
 
             shutil.rmtree(self.layer)
             self.made_layer = False
+        uid = self.ticket["user"][0]
+        for path, _, _, create_mode in self.ticket["stage"]:
+            if create_mode is not None:
+                nofollow.remove_empty_dir(path, uid)  # the sound directory, if made here
         try:  # noqa: SIM105 (contextlib is not loaded yet, and need not be)
             os.unlink(self.record_path)
         except FileNotFoundError:

@@ -26,22 +26,6 @@ def remove_sound_dir(directory: Path) -> None:
         directory.rmdir()
 
 
-def remove_empty_dir(path: str, uid: int) -> None:
-    """rmdir a directory of the user's that a launch may have created, if it is still empty,
-    through its parent opened without following the user's symlinks."""
-    parent, name = os.path.split(path)
-    try:
-        fd = nofollow.walk(parent, uid, -1, create=False)
-    except (nofollow.Refused, OSError):
-        return  # gone already, or not the user's any more: nothing of ours to remove
-    try:
-        os.rmdir(name, dir_fd=fd)
-    except OSError:
-        pass  # not empty (the launch put its sound socket there and takes that back), or gone
-    finally:
-        os.close(fd)
-
-
 def processes_in_block(base: int) -> list[int]:
     """Live processes running as a UID of the block that starts at base: a container's, since
     the block belongs to one image and no host account. Zombies are dead already."""
@@ -101,7 +85,7 @@ def undo_entry(entry: dict[str, Any], *, recovering: bool) -> None:
                                  Path(entry["socket"]))
         remove_sound_dir(Path(entry["dir"]))
     elif kind == "empty-dir":
-        remove_empty_dir(str(entry["path"]), int(entry["user"]))
+        nofollow.remove_empty_dir(str(entry["path"]), int(entry["user"]))
     else:
         raise SandboxError(f"unknown ledger entry kind {kind!r}")
 

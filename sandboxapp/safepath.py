@@ -45,19 +45,10 @@ def ensure_user_dir(path: Path, user: DesktopUser, mode: int = 0o700, *,
     """Make sure the directory exists and belongs to the user, creating what is missing as
     the user's; exact_mode: and that it has mode, whatever it had."""
     try:
-        fd = nofollow.walk(str(path), user.uid, user.gid, create=True, mode=mode)
+        nofollow.ensure_dir(str(path), user.uid, user.gid, mode, exact_mode=exact_mode)
     except nofollow.Refused as exc:
-        raise _refused(exc) from None
-    try:
-        owner = os.fstat(fd).st_uid
-        if owner != user.uid:
-            raise refuse(path, f"it belongs to UID {owner}, not to UID {user.uid}",
-                         hint="move it out of the way; sandboxapp creates it again")
-        if exact_mode:
-            # O_PATH descriptors cannot fchmod: go through /proc/self/fd.
-            os.chmod(f"/proc/self/fd/{fd}", mode)
-    finally:
-        os.close(fd)
+        raise _refused(exc, hint="move it out of the way; sandboxapp creates it again"
+                       if exc.path == str(path) else None) from None
 
 
 def open_user_path(path: Path, user: DesktopUser, *, trusted: bool = False) -> int:
