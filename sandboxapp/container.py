@@ -9,11 +9,12 @@ very inode bind-mounted into a staging directory in the layer; nspawn only sees 
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import signal
 import stat
 import subprocess
-import threading
+import sys
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +31,9 @@ from sandboxapp.ledger import process_identity, record_text
 from sandboxapp.mountcalls import stage_owned
 from sandboxapp.nspawn import NOISE_PREFIX, LaunchSpec, launch_argv
 from sandboxapp.prestart import make_gate
+from sandboxapp.procstat import namespace_pid, session_of
 from sandboxapp.safepath import DesktopUser
-from sandboxapp.supervisor import Supervisor, TextSink, forward_lines
+from sandboxapp.supervisor import Relay, Supervisor, TextSink
 
 NSPAWN_NOISE = (NOISE_PREFIX, "Trying to halt container. Send SIGTERM again")
 
@@ -66,9 +68,8 @@ class SpawnedChild:
 class Started:
     """A container whose app waits at its gate."""
 
-    process: subprocess.Popen[str] | SpawnedChild
+    process: subprocess.Popen[bytes] | SpawnedChild
     gate_fd: int
-    forwarder: threading.Thread
 
 
 def open_gate(started: Started) -> None:
@@ -104,28 +105,52 @@ def container_init(spawned_pid: int) -> int | None:
     return int(chain[2].pid) if len(chain) == 3 else None
 
 
-def stop_app(spawned_pid: int) -> None:
-    """A graceful stop: SIGTERM to the app itself (the container's PID 2, below nspawn's stub
-    init), so it can save its work. Signalling nspawn instead would SIGKILL it, and its stub
-    init's own stop sends SIGHUP too, which ends most programs at once; nspawn is signalled
-    only while there is no app yet (or any more)."""
+def stop_targets(spawned_pid: int) -> list[Any]:
+    """The processes a graceful stop signals: the app (the child of the container's PID 2,
+    launchplan.APP_KEEPER) and what it left in its session after it exited (the new instance
+    of a program that restarted itself), not their children, whom the app stops itself."""
     import psutil  # off the launch path: only needed here
 
     chain = _chain(spawned_pid)
+    if len(chain) < 3:
+        return []
+    targets = []
     with contextlib.suppress(psutil.Error):
-        apps = chain[2].children() if len(chain) == 3 else []
-        # unshare waits for nspawn with SIGTERM blocked: a signal for it goes to nspawn.
-        for process in apps or chain[1:2] or chain[:1]:
-            process.send_signal(signal.SIGTERM)
+        orphans = chain[2].children()
+        keeper = next((p for p in orphans if namespace_pid(p.pid) == 2), None)
+        if keeper is None:
+            return []
+        targets = keeper.children()
+        targets += [p for p in orphans
+                    if p.pid != keeper.pid and session_of(p.pid) == keeper.pid]
+    return targets
+
+
+def stop_app(spawned_pid: int) -> None:
+    """A graceful stop: SIGTERM to the app itself, so it can save its work. Signalling nspawn
+    instead would SIGKILL it, and its stub init's own stop sends SIGHUP too, which ends most
+    programs at once; nspawn is signalled only while there is no app yet (or any more)."""
+    import psutil  # off the launch path: only needed here
+
+    with contextlib.suppress(psutil.Error):
+        targets = stop_targets(spawned_pid)
+        if not targets:
+            chain = _chain(spawned_pid)
+            # unshare waits for nspawn with SIGTERM blocked: a signal for it goes to nspawn.
+            targets = chain[1:2] or chain[:1]
+        for process in targets:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.send_signal(signal.SIGTERM)
 
 
 class ContainerSide:
     def __init__(self, supervisor: Supervisor, request: ContainerRequest, stderr: TextSink,
-                 control_fd: int | None = None) -> None:
+                 control_fd: int | None = None, relay: Relay | None = None) -> None:
         self.supervisor = supervisor
         self.request = request
         self.stderr = stderr
         self.control_fd = control_fd
+        self.relay = relay or Relay()
 
     def _layer(self, stack: ExitStack) -> Path:
         plan = self.request.plan
@@ -236,18 +261,18 @@ class ContainerSide:
     def adopt(self, stack: ExitStack, prestarted: prestart.Prestarted) -> Started:
         """The container a prestart started from a ticket that ticket_body matches."""
         assert prestarted.pid is not None and prestarted.gate_fd is not None
-        assert prestarted.stderr_fd is not None
+        assert prestarted.stderr_fd is not None and prestarted.stdout_fd is not None
         stack.callback(os.close, prestarted.gate_fd)
-        stderr = os.fdopen(prestarted.stderr_fd, "r", errors="replace")
+        stdout = os.fdopen(prestarted.stdout_fd, "rb")
+        stack.callback(stdout.close)
+        stderr = os.fdopen(prestarted.stderr_fd, "rb")
         stack.callback(stderr.close)
-        return Started(SpawnedChild(prestarted.pid), prestarted.gate_fd,
-                       self._forward(stderr))
+        self._relay(stdout, stderr)
+        return Started(SpawnedChild(prestarted.pid), prestarted.gate_fd)
 
-    def _forward(self, stderr: IO[str]) -> threading.Thread:
-        forwarder = threading.Thread(target=forward_lines,
-                                     args=(stderr, self.stderr, NSPAWN_NOISE), daemon=True)
-        forwarder.start()
-        return forwarder
+    def _relay(self, stdout: IO[bytes], stderr: IO[bytes]) -> None:
+        self.relay.raw(stdout, sys.stdout.fileno())
+        self.relay.lines(io.TextIOWrapper(stderr, errors="replace"), self.stderr, NSPAWN_NOISE)
 
     def run(self, stack: ExitStack) -> int:
         """Start the container and let the app start at once."""
@@ -265,23 +290,29 @@ class ContainerSide:
         spec = launch_spec(plan, merged, sound=self.request.sound, gate=gate, staged=staged)
         entry = self.supervisor.add(stack, "container", **self._container_data(spec))
         self.supervisor.check_interrupted()
+        # The container gets no terminal: no input, its output through pipes that the
+        # launcher copies, and a session of its own, so that Ctrl-C or a signal to the
+        # launcher's process group reaches only the launcher, which stops the app gracefully
+        # (nspawn itself would SIGKILL it). A process inside cannot push input into the user's
+        # shell (TIOCSTI) through a terminal it does not have.
         process = subprocess.Popen(
             self._spawn_argv(spec),
             env=self._spawn_env(),
-            stdin=subprocess.DEVNULL if self.control_fd is not None else None,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            text=True,
-            errors="replace",
+            start_new_session=True,
         )
         pid, started = process_identity(process.pid)
         assert self.supervisor.record is not None
         self.supervisor.record.update(entry, pid=pid, started=started)
-        assert process.stderr is not None
-        return Started(process, gate_fd, self._forward(process.stderr))
+        assert process.stdout is not None and process.stderr is not None
+        self._relay(process.stdout, process.stderr)
+        return Started(process, gate_fd)
 
     def supervise(self, started: Started) -> int:
         process = started.process
         status = self.supervisor.wait(process, on_stop=lambda: stop_app(process.pid),
                                       on_timeout=process.kill, control_fd=self.control_fd)
-        started.forwarder.join(timeout=5)
+        self.relay.join()
         return status

@@ -58,7 +58,8 @@ class PendingHelper:
         check_helper_access()
         self.process = subprocess.Popen(
             helper_argv([PENDING]), env=base_env({"TERM": environ.get("TERM", "dumb")}),
-            stdin=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace")
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            errors="replace")
         self.sent = False
 
     def send(self, words: Sequence[str]) -> subprocess.Popen[str]:
@@ -81,5 +82,6 @@ class PendingHelper:
             self.process.stdin.close()
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(timeout=10)
-        if self.process.stderr is not None:
-            self.process.stderr.close()
+        for stream in (self.process.stdout, self.process.stderr):
+            if stream is not None:
+                stream.close()

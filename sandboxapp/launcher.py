@@ -15,7 +15,7 @@ import contextlib
 import os
 import stat
 import subprocess
-import threading
+import sys
 from collections.abc import Callable, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -39,7 +39,7 @@ from sandboxapp.ledger import RunDir
 from sandboxapp.paths import Locations
 from sandboxapp.profile import Profile
 from sandboxapp.safepath import DesktopUser, ensure_user_dir, write_file_no_follow
-from sandboxapp.supervisor import Supervisor, TextSink, forward_lines
+from sandboxapp.supervisor import Relay, Supervisor, TextSink
 
 if TYPE_CHECKING:
     from sandboxapp.prestart import Prestarted
@@ -78,6 +78,8 @@ class Launch:
         self.stderr = stderr
         self.user = DesktopUser.from_environment(environ)
         self.supervisor = Supervisor(RunDir(locations.run_dir), warn)
+        # The app's output, through the helper or not: whether there was any.
+        self.relay = Relay()
 
     # -- the session side --------------------------------------------------------------------
 
@@ -158,7 +160,7 @@ class Launch:
         from sandboxapp.container import ContainerRequest, ContainerSide, open_gate
 
         request = ContainerRequest(self.plan, self.user, trusted_profile=True, sound=sound)
-        side = ContainerSide(self.supervisor, request, self.stderr)
+        side = ContainerSide(self.supervisor, request, self.stderr, relay=self.relay)
         ticketed = (self.ticket is not None and self.plan.profile.sandbox.stateless
                     and (sound is None or sound.shared_socket is None))
         body = side.ticket_body() if ticketed else None
@@ -216,10 +218,10 @@ class Launch:
         assert self.helper is not None
         process = self.helper.send(self._helper_words("launch", sound))
         assert process.stdin is not None and process.stderr is not None
+        assert process.stdout is not None
         stdin = process.stdin
-        forwarder = threading.Thread(target=forward_lines, args=(process.stderr, self.stderr),
-                                     daemon=True)
-        forwarder.start()
+        self.relay.raw(process.stdout, sys.stdout.fileno())
+        self.relay.lines(process.stderr, self.stderr)
 
         def ask_to_stop() -> None:
             # The helper stops the app gracefully when its input says so or ends, giving it
@@ -236,7 +238,7 @@ class Launch:
             return self.supervisor.wait(process, on_stop=ask_to_stop, on_timeout=end_input)
         finally:
             end_input()
-            forwarder.join(timeout=5)
+            self.relay.join()
 
     def _join(self, as_root: bool) -> int:
         if as_root:

@@ -42,7 +42,38 @@ NO_MITSHM_ENV = (("QT_X11_NO_MITSHM", "1"), ("_X11_NO_MITSHM", "1"), ("_MITSHM",
 # The app waits at this gate (a FIFO the launcher holds open) until its grants are made: the
 # container can then start while the launcher is still at work.
 GATE = "/run/sandboxapp/gate"
-GATE_WRAPPER = ("/bin/sh", "-c", f'read -r _ < {GATE} && exec "$@"', "sh")
+# PID 2 of the container, below nspawn's stub init. It waits at the gate, runs the app, and
+# then stays while processes the app left in its session (sid 2) still run: a program that
+# restarts itself (Firefox after startup crashes, in safe mode, after an update) starts its
+# new instance and exits 0, and nspawn would end the container, new instance and all, the
+# moment PID 2 exits. Processes that made a session of their own (dbus-daemon --fork) do not
+# hold it. Its no-op traps keep a stop signal meant for the app from ending it; caught
+# signals are reset for the app, which sees the default dispositions. The launcher signals
+# the app itself (container.stop_targets), not this shell. A program that exits at once ends
+# the container at once: the loop finds nobody else.
+APP_KEEPER = (
+    f"read -r _ < {GATE} || exit 125\n"
+    "trap : TERM HUP INT\n"
+    # The shell's own messages ("Terminated" when the app is stopped) go nowhere; the app,
+    # in a subshell that becomes it, gets the error output.
+    "exec 3>&2 2>/dev/null\n"
+    '(exec 2>&3 3>&-; exec "$@")\n'
+    "status=$?\n"
+    "while :; do\n"
+    "  left=\n"
+    "  for stat in /proc/[0-9]*/stat; do\n"
+    "    line=\n"
+    '    { read -r line < "$stat"; } 2>/dev/null\n'
+    '    [ -n "$line" ] || continue\n'
+    '    pid=${line%% *}\n'
+    '    set -- ${line##*) }\n'
+    '    [ "$pid" != $$ ] && [ "$4" = $$ ] && [ "$1" != Z ] && left=1 && break\n'
+    "  done\n"
+    '  [ -z "$left" ] && exit "$status"\n'
+    "  sleep 0.2\n"
+    "done\n"
+)
+GATE_WRAPPER = ("/bin/sh", "-c", APP_KEEPER, "sh")
 
 
 @dataclass(frozen=True)

@@ -158,6 +158,7 @@ class Prestarted:
         self.gate_fd: int | None = None
         self.pid: int | None = None
         self.started: float | None = None
+        self.stdout_fd: int | None = None
         self.stderr_fd: int | None = None
         # Set once the launcher has taken it over (its record, lock and container).
         self.adopted = False
@@ -210,17 +211,26 @@ class Prestarted:
         self.gate_fd = make_gate(f"{self.layer}/gate")
 
     def _spawn(self) -> None:
-        read_end, write_end = os.pipe2(os.O_CLOEXEC)
+        # As container.ContainerSide.start spawns it: no input, output through pipes, a
+        # session of its own.
+        out_read, out_write = os.pipe2(os.O_CLOEXEC)
+        err_read, err_write = os.pipe2(os.O_CLOEXEC)
         argv = self.ticket["argv"]
         try:
-            self.pid = os.posix_spawnp(argv[0], argv, self.ticket["env"],
-                                      file_actions=[(os.POSIX_SPAWN_DUP2, write_end, 2)])
+            self.pid = os.posix_spawnp(
+                argv[0], argv, self.ticket["env"], setsid=True,
+                file_actions=[(os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
+                              (os.POSIX_SPAWN_DUP2, out_write, 1),
+                              (os.POSIX_SPAWN_DUP2, err_write, 2)])
         except OSError:
-            os.close(read_end)
+            os.close(out_read)
+            os.close(err_read)
             raise
         finally:
-            os.close(write_end)
-        self.stderr_fd = read_end
+            os.close(out_write)
+            os.close(err_write)
+        self.stdout_fd = out_read
+        self.stderr_fd = err_read
         self.started = float(start_ticks(self.pid) or 0)
 
     def start(self) -> None:
@@ -264,10 +274,10 @@ class Prestarted:
             self._release_signals()
 
     def close_fds(self) -> None:
-        for fd in (self.gate_fd, self.stderr_fd):
+        for fd in (self.gate_fd, self.stdout_fd, self.stderr_fd):
             if fd is not None:
                 os.close(fd)
-        self.gate_fd = self.stderr_fd = None
+        self.gate_fd = self.stdout_fd = self.stderr_fd = None
 
     def undo(self) -> None:
         """Take back whatever start made, newest first; the lock stays held."""
