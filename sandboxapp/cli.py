@@ -21,7 +21,8 @@ if TYPE_CHECKING:
     from sandboxapp.desktop import DesktopEntries
     from sandboxapp.helperclient import PendingHelper
     from sandboxapp.image import Image
-    from sandboxapp.launcher import TicketTerms
+    from sandboxapp.launcher import Launch, TicketTerms
+    from sandboxapp.notify import RunLog
     from sandboxapp.prestart import Prestarted
     from sandboxapp.supervisor import TextSink
 
@@ -374,7 +375,9 @@ def _run(args: argparse.Namespace, locations: Locations, helper: PendingHelper |
         launch = Launch(plan, locations, os.environ, warn=warn, stderr=out, helper=helper,
                         prestarted=args.prestarted,
                         ticket=None if said else _ticket_terms(args, profile, locations))
+        started = time.monotonic()
         status = launch.run()
+        _say_if_silent(launch, status, time.monotonic() - started, log, warn)
         if log:
             if launch.prestart_used:
                 log.stream.write("# its container was started before sandboxapp had loaded, "
@@ -388,6 +391,28 @@ def _run(args: argparse.Namespace, locations: Locations, helper: PendingHelper |
     finally:
         if log:
             log.close()
+
+
+# A desktop program that ends within this many seconds of its launch without a word on its
+# output has most likely not started at all (its window never showed): the launch says so,
+# rather than leave a user clicking a menu entry that does nothing.
+SILENT_EXIT_SECONDS = 10.0
+
+
+def _say_if_silent(launch: Launch, status: int, elapsed: float, log: RunLog | None,
+                   warn: Callable[[str], None]) -> None:
+    plan = launch.plan
+    if (launch.joined or launch.supervisor.signalled is not None or not plan.profile.sandbox.x11
+            or elapsed >= SILENT_EXIT_SECONDS or launch.relay.seen.is_set()):
+        return
+    where = f"; its run log: {log.path}" if log else ""
+    text = (f"{plan.command[0]} ended after {elapsed:.1f} s with exit status {status} and no "
+            f"output{where}")
+    warn(text)
+    if not sys.stderr.isatty():
+        from sandboxapp.notify import notify
+
+        notify(os.environ, f"sandboxapp: {plan.profile.name} ended at once", text)
 
 
 def cmd_cleanup(args: argparse.Namespace, locations: Locations) -> int:

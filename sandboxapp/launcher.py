@@ -72,6 +72,8 @@ class Launch:
         self.prestarted = prestarted
         self.ticket = ticket
         self.prestart_used = False
+        # Set when the profile was running already and this command ran inside it.
+        self.joined = False
         self.locations = locations
         self.environ = environ
         self.warn = warn
@@ -270,6 +272,7 @@ class Launch:
             prestarted = self.prestarted
             if not self.supervisor.begin(stack, plan.profile.name, prestarted):
                 # Already running: this command runs inside that sandbox instead.
+                self.joined = True
                 return self._join(as_root)
             if prestarted is not None:
                 prestarted.adopted = True

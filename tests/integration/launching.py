@@ -84,10 +84,13 @@ class Session:
     def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return self.sandboxapp("run", *args, timeout=timeout)
 
-    def start(self, *args: str) -> subprocess.Popen[str]:
+    def start(self, *args: str, own_group: bool = False) -> subprocess.Popen[str]:
+        """own_group: the launch leads a process group of its own, as a terminal's foreground
+        job does (a signal to the group reaches all of it, as Ctrl-C does)."""
         return subprocess.Popen([sys.executable, "-m", "sandboxapp", "run", *args],
                                 env=self.env(), cwd=REPO, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+                                stderr=subprocess.PIPE, text=True,
+                                process_group=0 if own_group else None)
 
     @contextlib.contextmanager
     def running(self, profile: Path) -> Iterator[subprocess.Popen[str]]:

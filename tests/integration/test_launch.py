@@ -17,6 +17,7 @@ from tests.integration.launching import (
     image_uid,
     looping_command,
     sandbox_processes,
+    wait_for_file,
     wait_for_no_sandbox_processes,
     waiting_command,
     write_variant,
@@ -343,3 +344,52 @@ def test_root_launching_for_itself_keeps_data_in_its_home(session: Session, tmp_
         import shutil
 
         shutil.rmtree(home, ignore_errors=True)
+
+
+def test_an_app_that_restarts_itself_keeps_its_sandbox_until_the_new_instance_ends(
+    session: Session,
+) -> None:
+    # As Firefox does after startup crashes: start the new instance, exit 0 at once.
+    restarting = ("(sleep 2; echo new instance > /root/data/restarted) & "
+                  "echo old instance exits; exit 0")
+    profile = write_variant(session.profiles, ["/bin/sh", "-c", restarting], FULL_SANDBOX)
+    result = session.run(str(profile))
+    assert result.returncode == 0, result.stderr
+    assert (session.persist_dir() / "restarted").read_text() == "new instance\n"
+    assert "ended after" not in result.stderr
+
+
+def test_ctrl_c_to_the_launchers_process_group_stops_the_app_gracefully(
+    session: Session,
+) -> None:
+    # A terminal sends SIGINT to its whole foreground process group: nspawn must not get it
+    # (it would SIGKILL the app); the launcher stops the app with SIGTERM.
+    profile = write_variant(
+        session.profiles,
+        looping_command("trap 'echo saved > /root/data/saved; exit 0' TERM"), FULL_SANDBOX)
+    launch = session.start(str(profile), own_group=True)
+    try:
+        wait_for_file(session.persist_dir() / "ready", launch)
+        os.killpg(launch.pid, signal.SIGINT)
+        assert launch.wait(timeout=60) == 130
+    finally:
+        if launch.poll() is None:
+            launch.kill()
+            launch.wait()
+    assert (session.persist_dir() / "saved").read_text() == "saved\n"
+    assert "terminated by signal KILL" not in (launch.stderr.read() if launch.stderr else "")
+
+
+def test_an_app_that_ends_at_once_without_output_is_named(session: Session) -> None:
+    profile = write_variant(session.profiles, ["/bin/sh", "-c", "exit 0"], FULL_SANDBOX)
+    result = session.run(str(profile))
+    assert result.returncode == 0
+    lines = [line for line in result.stderr.splitlines() if "ended after" in line]
+    assert len(lines) == 1, result.stderr
+    assert "/bin/sh ended after" in lines[0] and "with exit status 0 and no output" in lines[0]
+    log = lines[0].split("its run log: ")[1]
+    assert Path(log).is_file() and "ended after" in Path(log).read_text()
+    # The same program with something to say is not named.
+    talking = write_variant(session.profiles, ["/bin/sh", "-c", "echo hello"], FULL_SANDBOX)
+    result = session.run(str(talking))
+    assert result.stdout == "hello\n" and "ended after" not in result.stderr
