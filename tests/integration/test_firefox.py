@@ -188,6 +188,11 @@ def test_firefox_opens_after_every_kind_of_interruption_and_keeps_its_bookmark(
             else:
                 launch.kill()
                 launch.wait(timeout=60)
+            # The container dies with its launcher, an instant later: its window goes then.
+            deadline = time.monotonic() + 30
+            while xdotool(xserver, "search", "--onlyvisible", "--name", TITLE).split():
+                assert time.monotonic() < deadline, f"cycle {cycle}: the window stayed"
+                time.sleep(0.2)
         finally:
             if launch.poll() is None:
                 launch.kill()
