@@ -105,13 +105,13 @@ def container_init(spawned_pid: int) -> int | None:
     return int(chain[2].pid) if len(chain) == 3 else None
 
 
-def stop_targets(spawned_pid: int) -> list[Any]:
-    """The processes a graceful stop signals: the app (the child of the container's PID 2,
-    launchplan.APP_KEEPER) and what it left in its session after it exited (the new instance
-    of a program that restarted itself), not their children, whom the app stops itself."""
+def stop_targets(chain: list[Any]) -> list[Any]:
+    """Of the chain from _chain, the processes a graceful stop signals: the app (the child
+    of the container's PID 2, launchplan.APP_KEEPER) and what it left in its session after it
+    exited (the new instance of a program that restarted itself), not their children, whom
+    the app stops itself."""
     import psutil  # off the launch path: only needed here
 
-    chain = _chain(spawned_pid)
     if len(chain) < 3:
         return []
     targets = []
@@ -133,9 +133,9 @@ def stop_app(spawned_pid: int) -> None:
     import psutil  # off the launch path: only needed here
 
     with contextlib.suppress(psutil.Error):
-        targets = stop_targets(spawned_pid)
+        chain = _chain(spawned_pid)
+        targets = stop_targets(chain)
         if not targets:
-            chain = _chain(spawned_pid)
             # unshare waits for nspawn with SIGTERM blocked: a signal for it goes to nspawn.
             targets = chain[1:2] or chain[:1]
         for process in targets:
