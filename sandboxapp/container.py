@@ -156,8 +156,8 @@ class ContainerSide:
         plan = self.request.plan
         assert plan.image is not None
         self.supervisor.add(stack, "layer", path=str(plan.layer_root))
-        return create_layer(plan.layer_root, plan.image.rootfs,
-                            keep=not plan.profile.sandbox.stateless)
+        state = plan.state_root / str(self.request.user.uid) if plan.state_root else None
+        return create_layer(plan.layer_root, plan.image.rootfs, state=state)
 
     def _checked_paths(self) -> list[tuple[Path, bool, str, int | None]]:
         """(host path, trusted, what, required file type) for every host path the container
@@ -246,7 +246,7 @@ class ContainerSide:
                                        entries, len(entries) + 1),
             "layer": str(layer),
             "rootfs": str(plan.image.rootfs),
-            "marker": layer_marker(plan.image.rootfs, keep=False),
+            "marker": layer_marker(plan.image.rootfs),
             "user": (request.user.uid, request.user.gid),
             "stage": [(str(path), trusted, file_type,
                        SOUND_DIR_MODE if path == sound_dir else None)

@@ -88,6 +88,8 @@ class LaunchPlan:
     image: Image | None
     image_path: Path
     layer_root: Path
+    # A stateful profile's changes, kept between runs: one directory below it per user.
+    state_root: Path | None
     persist: tuple[PersistDir, ...]
     display: Display | None
     command: tuple[str, ...]
@@ -119,6 +121,7 @@ def plan_launch(
         image=store.get(profile.name),
         image_path=store.image_path(profile.name),
         layer_root=store.root / ".layers" / profile.name,
+        state_root=None if profile.sandbox.stateless else store.root / ".state" / profile.name,
         persist=tuple(
             PersistDir(path, persist_host_dir(data_root, path)) for path in profile.sandbox.persist
         ),
@@ -200,7 +203,11 @@ def describe_plan(plan: LaunchPlan, facts: HostFacts) -> str:
         meta = plan.image.meta
         lines.append(f"image:    {plan.image.path} ({meta.suite}, built {meta.built_at}, "
                      f"host UIDs {meta.uid_range})")
-    lines.append(f"layer:    a throw-away overlay under {plan.layer_root}, deleted at exit")
+    if plan.state_root is None:
+        lines.append(f"layer:    a throw-away overlay under {plan.layer_root}, deleted at exit")
+    else:
+        lines.append(f"layer:    an overlay whose changes are kept for your next run in "
+                     f"{plan.state_root}, a directory per user (stateless = false)")
     for p in plan.persist:
         lines.append(f"persist:  {p.container} kept in {p.host} (owned by you)")
     if plan.display is not None:

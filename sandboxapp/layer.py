@@ -20,29 +20,48 @@ from sandboxapp.mountcalls import mount_layer, unmount
 LAYER_MARKER = "layer.json"
 
 
-def layer_marker(rootfs: Path, *, keep: bool) -> str:
+def layer_marker(rootfs: Path) -> str:
     root_id = rootfs.stat()
     return json.dumps({
-        "rootfs": str(rootfs), "keep": keep,
+        "rootfs": str(rootfs),
         # The image an update may replace meanwhile is recognised by its inode, not its path.
         "rootfs_id": [root_id.st_dev, root_id.st_ino],
     })
 
 
-def create_layer(layer: Path, rootfs: Path, *, keep: bool) -> Path:
-    """Mount a layer over rootfs at layer/merged; the merged tree's path.
+def _marked_keep(layer: Path) -> bool:
+    """Whether the layer is one that held a stateful profile's changes itself (as layers did
+    before those moved to a state directory of their own): never reused, never deleted."""
+    try:
+        return bool(json.loads((layer / LAYER_MARKER).read_text()).get("keep", False))
+    except (OSError, ValueError, AttributeError):
+        return False
 
-    keep: the layer holds a stateful profile's changes and is reused by the next run.
+
+def create_layer(layer: Path, rootfs: Path, *, state: Path | None) -> Path:
+    """Mount a throw-away layer over rootfs at layer/merged; the merged tree's path.
+
+    state: a stateful profile's directory for one user, whose changes the overlay keeps
+    there for that user's next run. The layer directory itself (its binds, its gate, a
+    stateless run's changes) is made anew for every launch, so no launch ever sees what an
+    earlier one of the same name left in it.
     """
     layer.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if not keep and layer.exists():
+    if layer.exists():
         # Left by a launch whose record is gone (a reboot empties the run directory); the
         # caller holds the profile's lock, so nothing uses it.
         remove_layer(layer, kill_leftovers=True)
-    layer.mkdir(mode=0o700, exist_ok=True)
-    (layer / LAYER_MARKER).write_text(layer_marker(rootfs, keep=keep))
+        if _marked_keep(layer):
+            # An older release kept a stateful run's changes here: set them aside, unused.
+            os.rename(layer, layer.with_name(f"{layer.name}.kept-{os.getpid()}"))
+    layer.mkdir(mode=0o700)
+    (layer / LAYER_MARKER).write_text(layer_marker(rootfs))
     try:
-        return Path(mount_layer(str(layer), str(rootfs), volatile=not keep))
+        if state is not None:
+            for directory in (*reversed(state.parents[:2]), state):  # .state/PROFILE/UID
+                directory.mkdir(mode=0o700, exist_ok=True)
+        return Path(mount_layer(str(layer), str(rootfs), volatile=state is None,
+                                state=str(state) if state is not None else None))
     except OSError as exc:
         raise SandboxError(f"cannot mount the writable layer in {layer}: {exc.strerror}",
                            status=ExitStatus.LAUNCHER) from None
@@ -77,11 +96,7 @@ def remove_layer(layer: Path, *, kill_leftovers: bool) -> None:
             unmount(str(mount_point))
         except OSError as exc:
             raise SandboxError(f"cannot unmount {mount_point}: {exc.strerror}") from None
-    try:
-        keep = json.loads((layer / LAYER_MARKER).read_text()).get("keep", False)
-    except (OSError, ValueError):
-        keep = False
-    if keep:
+    if _marked_keep(layer):
         return
     if (layer / LAYER_MARKER).exists():
         remove_tree(layer, marker=LAYER_MARKER, check_users=kill_leftovers)

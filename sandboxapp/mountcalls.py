@@ -41,10 +41,12 @@ def mount_overlay(lower: str, upper: str, work: str, target: str, *, volatile: b
     _check(libc().mount(b"overlay", os.fsencode(target), b"overlay", 0, options.encode()))
 
 
-def mount_layer(layer: str, rootfs: str, *, volatile: bool) -> str:
-    """Mount the overlay of layer/upper (made if missing) over rootfs on layer/merged; the
-    merged tree's path."""
-    upper, work, merged = f"{layer}/upper", f"{layer}/work", f"{layer}/merged"
+def mount_layer(layer: str, rootfs: str, *, volatile: bool, state: str | None = None) -> str:
+    """Mount the overlay of an upper directory (made if missing) over rootfs on layer/merged;
+    the merged tree's path. The upper and work directories are layer's own, or those of
+    `state` (a stateful profile's, kept between runs apart from the throw-away layer)."""
+    base = state or layer
+    upper, work, merged = f"{base}/upper", f"{base}/work", f"{layer}/merged"
     if not os.path.exists(upper):
         root = os.stat(rootfs)
         os.mkdir(upper)

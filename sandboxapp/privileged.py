@@ -69,7 +69,15 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def log_safe(text: str) -> str:
+    """text as one log line: a backslash, and any character that is not printable (a newline
+    in a user's path would forge a line of its own), written as a Python escape."""
+    return "".join(c if c.isprintable() and c != "\\" else
+                   c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def _log(store: ImageStore, text: str) -> None:
+    text = log_safe(text)
     store.ensure()
     stamp = datetime.now(UTC).isoformat(timespec="seconds")
     fd = os.open(store.log_dir / "privileged.log",

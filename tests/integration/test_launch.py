@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from sandboxapp.fsutil import mounts_under
 from tests.integration.launching import (
     FULL_SANDBOX,
     NAME,
@@ -127,6 +129,33 @@ def test_only_persist_paths_survive_and_belong_to_the_launching_user(session: Se
     second = session.run(str(check))
     assert second.returncode == 0, second.stderr
     assert second.stdout.splitlines() == ["kept", "clean"]
+
+
+def test_a_stateful_profile_keeps_its_changes_and_a_stateless_one_never_sees_them(
+        session: Session) -> None:
+    """stateless = false keeps the app's changes to the image for the next run of that user;
+    a stateless profile of the same name (another profile file, another user's) starts from
+    the pristine image all the same."""
+    show = "cat /var/tmp/mark 2>/dev/null || echo pristine"
+    stateful = write_variant(session.profiles / "stateful",
+                             ["/bin/sh", "-c", f"{show}; echo run >> /var/tmp/mark"],
+                             "stateless = false\n")
+    stateless = write_variant(session.profiles / "stateless",
+                              ["/bin/sh", "-c", f"{show}; echo stateless >> /var/tmp/mark"])
+    shutil.rmtree(session.image_dir / ".state" / NAME, ignore_errors=True)  # an earlier run's
+    outputs = []
+    for profile in (stateful, stateful, stateless, stateful):
+        result = session.run(str(profile))
+        assert result.returncode == 0, result.stderr
+        outputs.append(result.stdout.split())
+    assert outputs == [["pristine"], ["run"], ["pristine"], ["run", "run"]]
+    assert mounts_under(session.image_dir) == []
+    assert not (session.image_dir / ".layers" / NAME).exists()
+    # Another user's run of the stateful profile does not see root's changes.
+    session.sudo_uid = 4321
+    other = session.run(str(stateful))
+    assert other.returncode == 0, other.stderr
+    assert other.stdout.split() == ["pristine"]
 
 
 @pytest.mark.parametrize(
