@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from sandboxapp.errors import ExitStatus, SandboxError
+from sandboxapp.nofollow import replace_private
 from sandboxapp.procstat import start_ticks
 
 RECORD_VERSION = 1
@@ -67,12 +68,9 @@ class Record:
         return is_alive(self.pid, self.started)
 
     def save(self) -> None:
-        temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}")
         # Atomic, not durable: the records describe processes, which a reboot ends anyway.
-        with temporary.open("w", encoding="utf-8") as stream:
-            stream.write(record_text(self.profile, self.pid, self.started, self.entries,
-                                     self.next_id))
-        os.replace(temporary, self.path)
+        replace_private(str(self.path), record_text(self.profile, self.pid, self.started,
+                                                    self.entries, self.next_id))
 
     def add(self, kind: str, **data: Any) -> dict[str, Any]:
         entry = {"id": self.next_id, "kind": kind, **data}
@@ -170,13 +168,8 @@ class RunDir:
 
     def request_stop(self, profile: str, launcher_pid: int, grace: float) -> None:
         """Tell the launcher about to be stopped how long its app may take to exit."""
-        path = self.stop_request_path(profile)
-        temporary = path.with_name(f".{path.name}.{os.getpid()}")
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW |
-                     os.O_CLOEXEC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as stream:
-            json.dump({"pid": launcher_pid, "grace": grace}, stream)
-        os.replace(temporary, path)
+        replace_private(str(self.stop_request_path(profile)),
+                        json.dumps({"pid": launcher_pid, "grace": grace}))
 
     def take_stop_grace(self, profile: str, launcher_pid: int) -> float | None:
         """The grace a `stop` asked this launcher for, once; None when there is none for it

@@ -55,6 +55,7 @@ def _live_records(locations: Locations) -> dict[str, list[Record]]:
 
 
 def _container_tree(records: list[Record]) -> tuple[int | None, int | None, list[psutil.Process]]:
+    """(the container's init, its host UID, the processes below what the launcher spawned)."""
     for record in records:
         for entry in record.entries:
             if entry["kind"] == "container" and isinstance(entry.get("pid"), int):
@@ -63,6 +64,16 @@ def _container_tree(records: list[Record]) -> tuple[int | None, int | None, list
                 except psutil.Error:
                     continue
                 return container_init(entry["pid"]), entry.get("uid"), tree
+    # A desktop user's launch: its container entry is in the root side's record, which only
+    # root reads; the container is found below the user's own launcher instead (sudo, the
+    # helper, then what the helper spawned).
+    for record in records:
+        with contextlib.suppress(psutil.Error):
+            for process in psutil.Process(record.pid).children(recursive=True):
+                if process.name() == "unshare" and process.uids().real == 0:
+                    init = container_init(process.pid)
+                    uid = psutil.Process(init).uids().real if init is not None else None
+                    return init, uid, process.children(recursive=True)
     return None, None, []
 
 

@@ -144,3 +144,19 @@ def open_owned(path: str, uid: int, gid: int, *, trusted: bool) -> int:
     except BaseException:
         os.close(fd)
         raise
+
+
+def replace_private(path: str, text: str) -> None:
+    """Replace the file at path, atomically, with text readable by its owner only (a launch
+    record: it names the profile file and the user's identity). The temporary file is made
+    anew, never through a symlink."""
+    temporary = f"{os.path.dirname(path)}/.{os.path.basename(path)}.{os.getpid()}"
+    try:  # noqa: SIM105 (contextlib is not imported here: see the module's docstring)
+        os.unlink(temporary)  # left by an earlier process of this pid
+    except FileNotFoundError:
+        pass
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as stream:
+        stream.write(text)
+    os.replace(temporary, path)

@@ -178,10 +178,7 @@ class Prestarted:
         text = self.ticket["record_text"]
         for mark, value in marks.items():
             text = text.replace(f'"{mark}"', value)
-        temporary = f"{os.path.dirname(self.record_path)}/.{os.path.basename(self.record_path)}"
-        with open(f"{temporary}.{os.getpid()}", "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.replace(f"{temporary}.{os.getpid()}", self.record_path)
+        nofollow.replace_private(self.record_path, text)
 
     def _make_layer(self) -> None:
         ticket = self.ticket

@@ -67,10 +67,13 @@ def installed(test_image_dir: Path, tmp_path: Path) -> Iterator[Path]:
 
 
 @pytest.fixture
-def member(installed: Path, tmp_path: Path) -> Iterator[DesktopUser]:
+def member(installed: Path, test_image_dir: Path) -> Iterator[DesktopUser]:
+    # The store and run directories again: setup writes them into the helper anew.
+    env = {"PATH": os.environ["PATH"], "HOME": "/root",
+           "SANDBOXAPP_IMAGE_DIR": str(test_image_dir), "SANDBOXAPP_RUN_DIR": str(installed)}
     for user in _make_user("m"):
         result = subprocess.run([str(USER_COMMAND), "setup", "--add-user", user.name],
-                                capture_output=True, text=True, check=False)
+                                env=env, capture_output=True, text=True, check=False)
         assert result.returncode == 0, result.stderr
         yield user
 
@@ -129,6 +132,22 @@ def user_profile(user: DesktopUser, command: list[str], sandbox: str = FULL_SAND
     return path
 
 
+def _start_waiting(user: DesktopUser, env: dict[str, str],
+                   script: str) -> subprocess.Popen[str]:
+    """The user's launch of a profile that runs script, marks data/ready and waits for
+    data/go; returned once it is ready."""
+    user_profile(user, ["/bin/sh", "-c", f"{script}; touch /root/data/ready; "
+                        "while [ ! -e /root/data/go ]; do sleep 0.05; done"])
+    launch = as_user(user, [str(USER_COMMAND), "run", NAME], env, background=True)
+    assert isinstance(launch, subprocess.Popen)
+    try:
+        wait_for_file(user.data / "ready", launch)
+    except BaseException:
+        launch.kill()
+        raise
+    return launch
+
+
 def etc_state() -> list[tuple[str, float]]:
     return sorted((entry.name, entry.stat(follow_symlinks=False).st_mtime)
                   for entry in os.scandir("/etc"))
@@ -138,14 +157,9 @@ def test_a_group_member_launches_an_x_profile_through_the_rule(
     member: DesktopUser, user_x: Path, user_sound: SoundServer, xserver: XServer,
     installed: Path, test_image_dir: Path,
 ) -> None:
-    user_profile(member, ["/bin/sh", "-c", "xdpyinfo | head -1; pactl info | head -1; "
-                          "echo mine > /root/data/file; touch /root/data/ready; "
-                          "while [ ! -e /root/data/go ]; do sleep 0.05; done"])
-    launch = as_user(member, [str(USER_COMMAND), "run", NAME],
-                     session_env(xserver, user_x, user_sound), background=True)
-    assert isinstance(launch, subprocess.Popen)
+    launch = _start_waiting(member, session_env(xserver, user_x, user_sound),
+                            "xdpyinfo | head -1; pactl info | head -1; echo mine > /root/data/file")
     try:
-        wait_for_file(member.data / "ready", launch)
         uid = json.loads((test_image_dir / NAME / "image.json").read_text())["uid_base"]
         hosts = subprocess.run(["xhost"], env=xserver.client_env(), capture_output=True,
                                text=True, check=True).stdout
@@ -177,6 +191,61 @@ def test_a_group_member_launches_an_x_profile_through_the_rule(
     assert mounts_under(test_image_dir) == []
     log = (test_image_dir / ".logs" / "privileged.log").read_text()
     assert f"uid={member.uid} profile={NAME}" in log
+
+
+def test_launch_records_are_private_and_ps_shows_the_users_own_sandbox(
+    member: DesktopUser, user_x: Path, user_sound: SoundServer, xserver: XServer,
+    installed: Path, test_image_dir: Path,
+) -> None:
+    launch = _start_waiting(member, session_env(xserver, user_x, user_sound), "true")
+    try:
+        # The root side's record names the profile file and the user: root's alone.
+        [record] = installed.glob("*.json")
+        assert record.stat().st_mode & 0o777 == 0o600
+        peek = as_user(member, ["cat", str(record)])
+        assert isinstance(peek, subprocess.CompletedProcess)
+        assert peek.returncode != 0 and "Permission denied" in peek.stderr
+        [own] = (member.runtime / "sandboxapp").glob("*.json")
+        assert (own.stat().st_mode & 0o777, own.stat().st_uid) == (0o600, member.uid)
+        # `ps` still finds the user's container, below the user's own launcher.
+        ps = as_user(member, [str(USER_COMMAND), "ps", "--json"])
+        assert isinstance(ps, subprocess.CompletedProcess)
+        assert ps.returncode == 0, ps.stderr
+        [sandbox] = json.loads(ps.stdout)
+        uid = json.loads((test_image_dir / NAME / "image.json").read_text())["uid_base"]
+        assert (sandbox["profile"], sandbox["launcher_pid"], sandbox["host_uid"]) == (
+            NAME, launch.pid, uid)
+        assert isinstance(sandbox["container_pid"], int) and sandbox["memory_bytes"] > 0
+        (member.data / "go").touch()
+        _, err = launch.communicate(timeout=60)
+    finally:
+        if launch.poll() is None:
+            launch.kill()
+    assert launch.returncode == 0, err
+
+
+def test_a_profile_path_with_a_newline_cannot_forge_a_line_of_the_helpers_log(
+    member: DesktopUser, user_x: Path, user_sound: SoundServer, xserver: XServer,
+    test_image_dir: Path,
+) -> None:
+    forged = "2026-01-01T00:00:00+00:00 uid=0 profile=firefox exit=0"
+    directory = member.home / f"x\n{forged}"
+    directory.mkdir()
+    os.chown(directory, member.uid, member.gid)
+    path = write_variant(directory, ["true"])
+    os.chown(path, member.uid, member.gid)
+    log_file = test_image_dir / ".logs" / "privileged.log"
+    before = log_file.stat().st_size if log_file.exists() else 0
+    result = as_user(member, ["sudo", "-n", HELPER_PATH, "launch", "--profile-file", str(path),
+                              "--data-home", str(member.home / ".local" / "share"), NAME])
+    assert isinstance(result, subprocess.CompletedProcess)
+    assert result.returncode == 0, result.stderr
+    with log_file.open(encoding="utf-8") as stream:
+        stream.seek(before)
+        log = stream.read().splitlines()
+    assert not [line for line in log if line.startswith(forged)]
+    # The path is in the launch's line, its newline written as an escape.
+    assert [line for line in log if f"file={member.home}/x\\n{forged}/" in line]
 
 
 def _refused(result: subprocess.CompletedProcess[str] | subprocess.Popen[str],
