@@ -24,7 +24,9 @@ from sandboxapp import unixsocket
 PROTOCOL_VERSION = 32  # module info carries a property list from 15 on; 32 is PulseAudio 12
 COOKIE_SIZE = 256
 _CONTROL_CHANNEL = 0xFFFFFFFF
-_MAX_PACKET = 1 << 24
+# The largest packet taken: the replies asked for are a few hundred bytes; a server claiming
+# more is not one.
+_MAX_PACKET = 1 << 20
 
 # Commands (pulsecore/native-common.h).
 ERROR, REPLY = 0, 2
@@ -108,26 +110,35 @@ class _Reader:
         (value,) = struct.unpack(">I", self._take(4))
         return int(value)
 
+    def _text(self) -> str:
+        """A NUL-terminated text, which must end inside the packet."""
+        end = self.data.find(b"\0", self.offset)
+        if end < 0:
+            raise PulseError("a reply held a text that does not end")
+        value = self.data[self.offset:end].decode(errors="replace")
+        self.offset = end + 1
+        return value
+
     def string(self) -> str | None:
         tag = self._tag()
         if tag == ord("N"):
             return None
         if tag != ord("t"):
             raise PulseError("a reply did not hold the text expected")
-        end = self.data.index(b"\0", self.offset)
-        value = self.data[self.offset:end].decode(errors="replace")
-        self.offset = end + 1
-        return value
+        return self._text()
 
-    def skip(self) -> None:
-        """Skip one value of any type."""
+    def skip(self, depth: int = 0) -> None:
+        """Skip one value of any type (values hold values only two deep: a format's property
+        list; deeper is not a reply of the protocol's)."""
+        if depth > 2:
+            raise PulseError("a reply nested values deeper than the protocol does")
         tag = self._tag()
         if tag in _FIXED:
             self._take(_FIXED[tag])
         elif tag == ord("L"):
             self._take(4)
         elif tag == ord("t"):
-            self.offset = self.data.index(b"\0", self.offset) + 1
+            self._text()
         elif tag == ord("x"):
             (size,) = struct.unpack(">I", self._take(4))
             self._take(size)
@@ -137,11 +148,11 @@ class _Reader:
             self._take(self._take(1)[0] * 4)
         elif tag == ord("P"):
             while self.string() is not None:  # key, length, value ... then a null key
-                self.skip()
-                self.skip()
+                self.skip(depth + 1)
+                self.skip(depth + 1)
         elif tag == ord("f"):
-            self.skip()
-            self.skip()
+            self.skip(depth + 1)
+            self.skip(depth + 1)
         elif tag != ord("N"):
             raise PulseError(f"a reply held a value of unknown type {tag}")
 
@@ -177,6 +188,7 @@ def read_cookie(environ: Mapping[str, str]) -> bytes:
 class Connection:
     def __init__(self, path: Path, cookie: bytes, client_name: str) -> None:
         self.tag = 0
+        self.deadline = unixsocket.deadline()
         self.sock = unixsocket.connect(path)
         try:
             # Authenticate with the cookie and with our credentials, as libpulse does: the
@@ -201,9 +213,11 @@ class Connection:
         return _Writer().u32(command).u32(tag), tag
 
     def _read(self, size: int) -> bytes:
-        return unixsocket.recv_exactly(self.sock, size)
+        return unixsocket.recv_exactly(self.sock, size, self.deadline)
 
     def _reply(self, tag: int) -> _Reader:
+        # One deadline for the reply, whatever else the server sends meanwhile.
+        self.deadline = unixsocket.deadline()
         while True:
             length, channel, _, _, _ = struct.unpack(">IIIII", self._read(20))
             if length > _MAX_PACKET:

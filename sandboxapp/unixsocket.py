@@ -1,12 +1,22 @@
-"""The local stream sockets a launch speaks to the user's X and sound servers over."""
+"""The local stream sockets a launch speaks to the user's X and sound servers over.
+
+What comes back is not trusted: a socket at a display's or sound server's path may be served by
+any local program (root's `cleanup` connects to the paths a record names). So every exchange has
+a deadline, and every read a size the caller has bounded.
+"""
 
 from __future__ import annotations
 
 import socket
+import time
 from pathlib import Path
 
-# A local server that takes longer than this to answer is hung, not busy.
+# A local server that takes longer than this to answer a request is hung, not busy.
 TIMEOUT = 5.0
+
+
+class ProtocolError(OSError):
+    """The server's answer was malformed, too large or too late."""
 
 
 def connect(path: Path) -> socket.socket:
@@ -20,13 +30,29 @@ def connect(path: Path) -> socket.socket:
     return sock
 
 
-def recv_exactly(sock: socket.socket, size: int) -> bytes:
-    """size bytes, however the kernel splits them; ConnectionError when the server hangs up."""
+def deadline() -> float:
+    """The time by which the answer to a request that starts now must have come."""
+    return time.monotonic() + TIMEOUT
+
+
+def recv_exactly(sock: socket.socket, size: int, by: float) -> bytes:
+    """size bytes, however the kernel splits them, before the monotonic time `by`;
+    ConnectionError when the server hangs up, ProtocolError when it is too slow."""
     chunks = []
-    while size:
-        chunk = sock.recv(min(size, 1 << 16))
-        if not chunk:
-            raise ConnectionError("the server closed the connection")
-        chunks.append(chunk)
-        size -= len(chunk)
+    try:
+        while size:
+            left = by - time.monotonic()
+            if left <= 0:
+                raise ProtocolError(f"the server did not answer within {TIMEOUT:g} s")
+            sock.settimeout(left)
+            try:
+                chunk = sock.recv(min(size, 1 << 16))
+            except TimeoutError:
+                raise ProtocolError(f"the server did not answer within {TIMEOUT:g} s") from None
+            if not chunk:
+                raise ConnectionError("the server closed the connection")
+            chunks.append(chunk)
+            size -= len(chunk)
+    finally:
+        sock.settimeout(TIMEOUT)  # for the requests that follow
     return b"".join(chunks)

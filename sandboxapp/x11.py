@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import stat
 import struct
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -36,6 +37,9 @@ _COOKIE_NAME = b"MIT-MAGIC-COOKIE-1"
 _AUTH_FAMILY_LOCAL = 256
 _AUTH_FAMILY_WILD = 65535
 _AUTH_FILE_LIMIT = 1 << 20
+# The largest reply taken: a host list of a few thousand entries is far smaller. A server
+# claiming more is not one (a reply's length field could ask for 16 GiB).
+_MAX_REPLY = 1 << 20
 
 
 def host_entry(uid: int) -> bytes:
@@ -113,6 +117,7 @@ class _Connection:
     def __init__(self, access: XAccess) -> None:
         self.access = access
         self.sequence = 0
+        self.deadline = unixsocket.deadline()
         self.sock = unixsocket.connect(access.display.socket)
         try:
             self._set_up(self._cookie())
@@ -125,28 +130,39 @@ class _Connection:
         if path is None:
             return None
         try:
-            with open(path, "rb") as stream:
-                data = stream.read(_AUTH_FILE_LIMIT)
+            # Not blocking, and a regular file only: a FIFO in its place must not hang us.
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError:
             return None
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None
+            data = os.read(fd, _AUTH_FILE_LIMIT)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
         return find_cookie(data, self.access.display.number, socket.gethostname())
 
     def _read(self, size: int) -> bytes:
-        return unixsocket.recv_exactly(self.sock, size)
+        return unixsocket.recv_exactly(self.sock, size, self.deadline)
 
     def _set_up(self, cookie: bytes | None) -> None:
         name, data = (_COOKIE_NAME, cookie) if cookie is not None else (b"", b"")
+        self.deadline = unixsocket.deadline()
         self.sock.sendall(struct.pack("<BxHHHHxx", ord("l"), 11, 0, len(name), len(data))
                           + _pad(name) + _pad(data))
         head = self._read(8)
         status, reason_length, _, _, extra = struct.unpack("<BBHHH", head)
-        body = self._read(extra * 4)
+        body = self._read(extra * 4)  # at most 256 KiB: the length is 16 bits
         if status != 1:
             reason = body[:reason_length] if status == 0 else body
-            raise ConnectionRefusedError(reason.decode(errors="replace").strip() or
-                                         "authorisation failed")
+            # The server's words, as one short line (they end up in a one-line error).
+            text = " ".join(reason[:200].decode(errors="replace").split())
+            raise ConnectionRefusedError(text or "authorisation failed")
 
     def _send(self, request: bytes) -> int:
+        self.deadline = unixsocket.deadline()
         self.sock.sendall(request)
         self.sequence += 1
         return self.sequence
@@ -161,6 +177,10 @@ class _Connection:
                 raise OSError(f"X error {head[1]} for request {head[10]}")
             if kind == 1:
                 (extra,) = struct.unpack_from("<I", head, 4)
+                if extra * 4 > _MAX_REPLY:
+                    raise unixsocket.ProtocolError(
+                        f"the X server sent a reply of {extra * 4} bytes, more than a "
+                        f"server's answer can be ({_MAX_REPLY})")
                 body = head + self._read(extra * 4)
                 if number == sequence:
                     return body
@@ -172,7 +192,11 @@ class _Connection:
         hosts = set()
         offset = 32
         for _ in range(count):
+            if offset + 4 > len(reply):
+                raise unixsocket.ProtocolError("the X server's host list ended early")
             family, length = struct.unpack_from("<BxH", reply, offset)
+            if offset + 4 + length > len(reply):
+                raise unixsocket.ProtocolError("the X server's host list ended early")
             hosts.add((family, reply[offset + 4:offset + 4 + length]))
             offset += 4 + length + (-length % 4)
         return HostList(access_enabled=reply[1] == 1, hosts=frozenset(hosts))
