@@ -287,7 +287,12 @@ def _prepare_image(profile: Profile, locations: Locations,
     if age.days >= profile.updates.update_after_days:
         if profile.updates.auto_update:
             warn(f"the image for {profile.name} is {age.days} days old: updating it first")
-            _image_work("update", profile, locations)
+            try:
+                _image_work("update", profile, locations)
+            except SandboxError as error:
+                # The image there is still a working one: start it, and say why it is old.
+                warn(f"{error.message}; starting the image as it is")
+                return False
             return True
         warn(f"the image for {profile.name} is {age.days} days old; update it with: "
              f"sandboxapp image update {profile.name}")

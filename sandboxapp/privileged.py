@@ -18,7 +18,7 @@ import sys
 import tomllib
 from collections.abc import Sequence
 from contextlib import ExitStack
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from sandboxapp.audio import SoundPaths
@@ -122,11 +122,29 @@ def image_work(args: argparse.Namespace, user: DesktopUser, locations: Locations
 
     store = ImageStore(locations.image_dir)
     _log(store, f"uid={user.uid} profile={profile.name} image {args.command}")
+    if args.command == "update":
+        _check_update_interval(store, profile.name)
     if args.command == "build":
         build_image(profile, store, _StderrProgress())
     else:
         update_image(profile, store, _StderrProgress())
     return ExitStatus.OK
+
+
+# A user may have root update a trusted image this often at most (root itself, any time): an
+# update takes the archive's bandwidth, the disk and minutes of root's time.
+USER_UPDATE_INTERVAL = timedelta(minutes=10)
+
+
+def _check_update_interval(store: ImageStore, name: str) -> None:
+    since = datetime.now(UTC) - store.require(name).meta.refreshed_at
+    if since < USER_UPDATE_INTERVAL:
+        minutes = USER_UPDATE_INTERVAL.seconds // 60
+        raise SandboxError(
+            f"the image for {name} got its packages {int(since.total_seconds())} s ago; "
+            f"users may have it updated once in {minutes} minutes",
+            hint=f"an administrator may update it at any time: sudo sandboxapp image update "
+                 f"{name}", status=ExitStatus.USAGE)
 
 
 def _checked_plan(args: argparse.Namespace, user: DesktopUser,

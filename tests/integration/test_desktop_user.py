@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psutil
 import pytest
 
 from sandboxapp.fsutil import mounts_under
-from sandboxapp.paths import HELPER_PATH, SUDOERS_FILE, USER_COMMAND
+from sandboxapp.paths import HELPER_PATH, SUDOERS_FILE, SYSTEM_PROFILE_DIR, USER_COMMAND
 from tests.harness import (
     HostUser,
     SoundServer,
@@ -26,7 +28,7 @@ from tests.harness import (
     require_programs,
     sound_server,
 )
-from tests.integration.conftest import REPO
+from tests.integration.conftest import REPO, TEST_PROFILE
 from tests.integration.launching import FULL_SANDBOX, NAME, wait_for_file, write_variant
 
 
@@ -350,6 +352,49 @@ def test_a_data_directory_swapped_for_a_symlink_meanwhile_never_exposes_etc(
           f"{outcomes.count(125)} were refused")
     assert etc_state() == before
     assert mounts_under(test_image_dir) == []
+
+
+@pytest.fixture
+def trusted_test_profile() -> Iterator[Path]:
+    """The test profile in the system profile directory, where the helper trusts it."""
+    path = SYSTEM_PROFILE_DIR / f"{NAME}.toml"
+    if path.exists():
+        pytest.fail(f"{path} exists: these tests install and remove it")
+    made = [d for d in (SYSTEM_PROFILE_DIR.parent, SYSTEM_PROFILE_DIR) if not d.exists()]
+    SYSTEM_PROFILE_DIR.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(TEST_PROFILE, path)
+    try:
+        yield path
+    finally:
+        path.unlink()
+        for directory in reversed(made):
+            directory.rmdir()
+
+
+def test_a_user_may_not_have_an_image_updated_again_within_ten_minutes(
+    member: DesktopUser, trusted_test_profile: Path, test_image_dir: Path,
+) -> None:
+    meta_path = test_image_dir / NAME / "image.json"
+    meta = json.loads(meta_path.read_text())
+    # As just after an update, a minute ago (the metadata is the only clock sandboxapp reads).
+    meta["updated_at"] = (datetime.now(UTC) - timedelta(minutes=1)).isoformat(timespec="seconds")
+    meta_path.write_text(json.dumps(meta))
+    before = meta_path.read_text()
+    request = ["sudo", "-n", HELPER_PATH, "update", "--profile-file", str(trusted_test_profile),
+               "--data-home", "/nonexistent", NAME]
+    for _ in range(3):
+        refused = as_user(member, request)
+        _refused(refused, "got its packages", "once in 10 minutes")
+        assert "sudo sandboxapp image update" in refused.stderr
+    assert meta_path.read_text() == before
+    # Root asks: the update is made at once.
+    env = {"PATH": os.environ["PATH"], "HOME": "/root",
+           "SANDBOXAPP_IMAGE_DIR": str(test_image_dir)}
+    update = subprocess.run([sys.executable, "-m", "sandboxapp", "image", "update",
+                             str(trusted_test_profile)], env=env, cwd=REPO,
+                            capture_output=True, text=True, timeout=600, check=False)
+    assert update.returncode == 0, update.stderr
+    assert json.loads(meta_path.read_text())["updated_at"] > meta["updated_at"]
 
 
 def test_profile_names_with_dot_dot_are_refused(member: DesktopUser) -> None:
