@@ -74,11 +74,17 @@ class SoundServerAddress:
         return cls(Path(runtime) / "pulse" / "native") if runtime else None
 
 
+class ServerGone(Exception):
+    """Nobody serves the sound server's socket any more: it holds no module of ours."""
+
+
 @contextlib.contextmanager
 def _pulse(address: SoundServerAddress) -> Iterator[pulsewire.Connection]:
     try:
         connection = pulsewire.Connection(address.socket, pulsewire.read_cookie(os.environ),
                                           "sandboxapp")
+    except (FileNotFoundError, ConnectionRefusedError):
+        raise ServerGone() from None
     except (OSError, pulsewire.PulseError) as exc:
         raise SandboxError(f"cannot reach the sound server at {address.socket}: {exc}") from None
     try:
@@ -92,20 +98,37 @@ def _pulse(address: SoundServerAddress) -> Iterator[pulsewire.Connection]:
 def load_socket_module(address: SoundServerAddress, socket: Path) -> int:
     """Load a per-sandbox socket module; its index. Raises SandboxError when the server
     cannot (PipeWire) or is not there."""
-    with _pulse(address) as pulse:
-        try:
-            return pulse.load_module(MODULE, f"socket={socket} auth-anonymous=1")
-        except pulsewire.PulseError as exc:
-            raise SandboxError(f"the sound server cannot load {MODULE}: {exc}") from None
+    try:
+        with _pulse(address) as pulse:
+            try:
+                return pulse.load_module(MODULE, f"socket={socket} auth-anonymous=1")
+            except pulsewire.PulseError as exc:
+                raise SandboxError(f"the sound server cannot load {MODULE}: {exc}") from None
+    except ServerGone:
+        raise SandboxError(f"cannot reach the sound server at {address.socket}: nobody serves "
+                           "it") from None
 
 
-def unload_socket_module(address: SoundServerAddress, index: int, socket: Path) -> None:
-    """Unload our module, checking it is still ours (an index is reused after a restart)."""
-    with _pulse(address) as pulse:
-        module = pulse.module(index)
-        if module is not None and module.name == MODULE and (
-                f"socket={socket}" in module.argument.split()):
-            pulse.unload_module(index)
+def _serves(module: pulsewire.ModuleInfo, socket: Path) -> bool:
+    return module.name == MODULE and f"socket={socket}" in module.argument.split()
+
+
+def unload_socket_module(address: SoundServerAddress, index: int | None, socket: Path) -> None:
+    """Unload our module, checking it is still ours (an index is reused after a restart).
+    Without an index (the launcher died between loading it and recording its index), the
+    module that serves our socket path is the one."""
+    try:
+        with _pulse(address) as pulse:
+            if index is None:
+                for module in pulse.modules():
+                    if _serves(module, socket):
+                        pulse.unload_module(module.index)
+                return
+            found = pulse.module(index)
+            if found is not None and _serves(found, socket):
+                pulse.unload_module(index)
+    except ServerGone:
+        return  # the server ended (a logout, a restart), and its modules with it
 
 
 def server_reachable(address: SoundServerAddress | None) -> bool:

@@ -31,7 +31,7 @@ _MAX_PACKET = 1 << 20
 # Commands (pulsecore/native-common.h).
 ERROR, REPLY = 0, 2
 AUTH, SET_CLIENT_NAME = 8, 9
-GET_MODULE_INFO = 25
+GET_MODULE_INFO, GET_MODULE_INFO_LIST = 25, 26
 LOAD_MODULE, UNLOAD_MODULE = 51, 52
 
 # Error codes the server may answer with (pulse/def.h), for messages.
@@ -262,6 +262,14 @@ class Connection:
                 return None
             raise
         return self._module(reader)
+
+    def modules(self) -> list[ModuleInfo]:
+        writer, tag = self._command(GET_MODULE_INFO_LIST)
+        reader = self.request(writer, tag)
+        found = []
+        while not reader.at_end:
+            found.append(self._module(reader))
+        return found
 
     def close(self) -> None:
         self.sock.close()

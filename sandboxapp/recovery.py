@@ -80,9 +80,11 @@ def undo_entry(entry: dict[str, Any], *, recovering: bool) -> None:
         access = x11.XAccess(Display(int(entry["display"])), entry.get("xauthority"))
         x11.revoke(access, int(entry["uid"]))
     elif kind == "sound":
-        if entry.get("index") is not None:
-            unload_socket_module(SoundServerAddress(Path(entry["server"])), int(entry["index"]),
-                                 Path(entry["socket"]))
+        index = entry.get("index")
+        if index is not None or recovering:
+            # Without an index, a crashed launch may still have loaded it: look for it.
+            unload_socket_module(SoundServerAddress(Path(entry["server"])),
+                                 None if index is None else int(index), Path(entry["socket"]))
         remove_sound_dir(Path(entry["dir"]))
     elif kind == "empty-dir":
         nofollow.remove_empty_dir(str(entry["path"]), int(entry["user"]))

@@ -303,3 +303,16 @@ def test_roots_cleanup_survives_the_servers_a_record_names(
     # Both undos stay recorded, for a cleanup once the real servers are back.
     kept = json.loads((run_dir / "victim.json").read_text())
     assert [entry["kind"] for entry in kept["entries"]] == ["x11", "sound"]
+
+
+def test_a_sound_server_that_is_gone_holds_no_module_to_unload(tmp_path: Path) -> None:
+    """After a logout the user's server is gone, and its modules with it: a cleanup that
+    finds no server has nothing left to undo there (it must not keep the record forever)."""
+    for index in (None, 7):
+        unload_socket_module(SoundServerAddress(tmp_path / "native"), index, tmp_path / "x")
+    closed = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    closed.bind(str(tmp_path / "closed"))  # bound, never listening: connections are refused
+    try:
+        unload_socket_module(SoundServerAddress(tmp_path / "closed"), 7, tmp_path / "x")
+    finally:
+        closed.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -229,6 +230,30 @@ def test_cleanup_command_undoes_a_killed_launch(session: Session) -> None:
     assert result.returncode == 0, result.stderr
     assert "cleaned up after sandboxapp-test" in result.stdout
     session.assert_nothing_left(grants_before, modules_before)
+
+
+def test_cleanup_finds_a_sound_socket_loaded_just_before_its_launcher_died(
+        session: Session) -> None:
+    """Killed between loading the sandbox's socket module and writing its index down: the
+    record knows the socket path only, and cleanup finds the module by it."""
+    assert session.sound is not None
+    modules_before = session.socket_modules()
+    sound_dir = session.run_dir / "sound" / NAME
+    sound_dir.mkdir(parents=True)
+    socket = sound_dir / "native"
+    subprocess.run(["pactl", "load-module", "module-native-protocol-unix", f"socket={socket}",
+                    "auth-anonymous=1"], env=session.sound.client_env(), check=True,
+                   capture_output=True)
+    assert len(session.socket_modules()) == len(modules_before) + 1
+    record = {"version": 1, "profile": NAME, "pid": 999999999, "started": 1.0, "next_id": 2,
+              "entries": [{"id": 1, "kind": "sound", "server": str(session.sound.socket),
+                           "index": None, "socket": str(socket), "dir": str(sound_dir)}]}
+    (session.run_dir / f"{NAME}.json").write_text(json.dumps(record))
+    result = session.sandboxapp("cleanup")
+    assert result.returncode == 0, result.stderr
+    assert "cleaned up after sandboxapp-test" in result.stdout, result.stdout
+    assert session.socket_modules() == modules_before
+    assert not sound_dir.exists() and not list(session.run_dir.glob("*.json"))
 
 
 def test_nspawn_failing_to_start_still_revokes_everything(session: Session) -> None:
