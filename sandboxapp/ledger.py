@@ -13,6 +13,7 @@ import fcntl
 import json
 import os
 import stat
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -148,20 +149,34 @@ class RunDir:
         return self.root / f"{profile}.lock"
 
     @contextlib.contextmanager
-    def profile_lock(self, profile: str, *, wait: bool = False) -> Iterator[bool]:
-        """Hold the profile's lock; yields False (holding nothing) when another launcher has it
-        and wait is False. The kernel drops the lock when its holder dies, however it dies."""
+    def profile_lock(self, profile: str, *, wait: float = 0) -> Iterator[bool]:
+        """Hold the profile's lock; yields False (holding nothing) when another launcher still
+        has it after `wait` seconds. The kernel drops the lock when its holder dies, however it
+        dies."""
         self.ensure()
         fd = os.open(self.lock_path(profile), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        deadline = time.monotonic() + wait
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-            except BlockingIOError:
-                yield False
-                return
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        yield False
+                        return
+                    time.sleep(0.05)
             yield True
         finally:
             os.close(fd)
+
+    def stopping_for(self, profile: str, uid: int) -> bool:
+        """Whether the profile's record is of a launch for that user (the root side of a
+        launch whose user's launcher is gone, stopping its app, when that user asks again)."""
+        record = Record.load(self.record_path(profile))
+        return record is not None and any(
+            entry["kind"] == "container" and entry.get("user") == uid
+            for entry in record.entries)
 
     def stop_request_path(self, profile: str) -> Path:
         return self.root / f"{profile}.stop"

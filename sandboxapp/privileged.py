@@ -40,7 +40,7 @@ from sandboxapp.profile import (
     parse_profile,
 )
 from sandboxapp.safepath import DesktopUser, read_user_file
-from sandboxapp.supervisor import Supervisor
+from sandboxapp.supervisor import STOP_TIMEOUT, Supervisor
 
 TRUSTED_PROFILE_DIRS = (SYSTEM_PROFILE_DIR, SHIPPED_PROFILE_DIR)
 
@@ -178,15 +178,25 @@ def join_running(args: argparse.Namespace, user: DesktopUser, locations: Locatio
     return join(RunDir(locations.run_dir), plan, user)
 
 
+# How long a launch waits for the root side of the user's last launch to finish stopping: the
+# app's default grace to exit, and the take-back.
+STOPPING_WAIT = STOP_TIMEOUT + 5.0
+
+
 def launch(args: argparse.Namespace, user: DesktopUser, locations: Locations) -> int:
     plan, trusted, sound = _checked_plan(args, user, locations)
     name, path, extra = plan.profile.name, plan.profile.path, plan.command
     store = ImageStore(locations.image_dir)
     _log(store, f"uid={user.uid} profile={name} file={path} trusted={trusted} "
                 f"display={args.display} sound={sound is not None} args={extra!r}")
-    supervisor = Supervisor(RunDir(locations.run_dir), warn=_warn)
+    run_dir = RunDir(locations.run_dir)
+    supervisor = Supervisor(run_dir, warn=_warn)
+    # The user's launcher joins a launch of its own that runs: a request to launch while the
+    # root side of the user's last one still holds the profile means that launcher is gone,
+    # and its app is being stopped. Wait for that, rather than refuse.
+    wait = STOPPING_WAIT if run_dir.stopping_for(name, user.uid) else 0
     with ExitStack() as stack:
-        if not supervisor.begin(stack, name):
+        if not supervisor.begin(stack, name, wait=wait):
             raise supervisor.run_dir.already_running(name)
         request = ContainerRequest(plan, user, trusted_profile=trusted, sound=sound)
         status = ContainerSide(supervisor, request, sys.stderr,

@@ -144,14 +144,15 @@ class Supervisor:
     # -- the record --------------------------------------------------------------------------
 
     def begin(self, stack: ExitStack, profile: str,
-              prestarted: Prestarted | None = None) -> bool:
+              prestarted: Prestarted | None = None, wait: float = 0) -> bool:
         """Take the profile's lock, clean up after dead launchers, start this launch's record;
-        False (and nothing done) when another launch of the profile holds the lock.
+        False (and nothing done) when another launch of the profile holds the lock (for
+        longer than `wait` seconds).
 
         prestarted: the prestart holds the lock and has written the record, with its layer
         and container, whose undo goes on `adopted` (which can be closed on its own)."""
         if prestarted is None:
-            if not stack.enter_context(self.run_dir.profile_lock(profile)):
+            if not stack.enter_context(self.run_dir.profile_lock(profile, wait=wait)):
                 return False
         else:
             stack.callback(os.close, prestarted.lock_fd)

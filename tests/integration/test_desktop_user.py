@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -29,7 +30,15 @@ from tests.harness import (
     sound_server,
 )
 from tests.integration.conftest import REPO, TEST_PROFILE
-from tests.integration.launching import FULL_SANDBOX, NAME, wait_for_file, write_variant
+from tests.integration.faults import APP, PRECIOUS, Moment, kill_at_moments, recorded
+from tests.integration.launching import (
+    FULL_SANDBOX,
+    NAME,
+    Session,
+    wait_for_file,
+    wait_for_no_sandbox_processes,
+    write_variant,
+)
 
 
 @dataclass
@@ -503,3 +512,79 @@ def test_a_users_stop_timeout_reaches_the_helper(
         if launch.poll() is None:
             launch.kill()
     assert mounts_under(test_image_dir) == []
+
+
+def test_sigkill_of_a_users_launcher_at_any_moment_leaves_nothing(
+    member: DesktopUser, user_x: Path, user_sound: SoundServer, xserver: XServer,
+    installed: Path, test_image_dir: Path, tmp_path: Path,
+) -> None:
+    """The user's own launcher, killed at each moment of a launch through the helper: the
+    helper stops the app and takes back the root side by itself; the user's `cleanup` or next
+    launch takes back the user's grants."""
+    view = Session(tmp_path, test_image_dir, xserver, user_sound)
+    env = session_env(xserver, user_x, user_sound)
+    user_profile(member, ["/bin/sh", "-c", APP])
+    member.data.mkdir(parents=True)
+    (member.data / "precious").write_text(PRECIOUS)
+    subprocess.run(["chown", "-R", f"{member.uid}:{member.gid}", str(member.home / ".local")],
+                   check=True)
+    own = member.runtime / "sandboxapp"
+    grants, modules = view.x_grants(), view.socket_modules()
+    uid = json.loads((test_image_dir / NAME / "image.json").read_text())["uid_base"]
+
+    def helper_started() -> bool:
+        return any(HELPER_PATH in " ".join(p.info["cmdline"] or [])
+                   for p in psutil.process_iter(["cmdline"]))
+
+    moments = [
+        Moment("at once", lambda: True),
+        Moment("record written", (own / f"{NAME}.json").exists),
+        Moment("before the X grant", lambda: recorded(own / f"{NAME}.json", "x11")),
+        Moment("after the X grant", lambda: f"SI:localuser:#{uid}" in view.x_grants()),
+        Moment("after the sound socket", (own / NAME / "native").exists),
+        Moment("helper started", helper_started),
+        Moment("root side's record written", (installed / f"{NAME}.json").exists),
+        Moment("nspawn starting",
+               lambda: recorded(installed / f"{NAME}.json", "container", with_pid=True)),
+        Moment("app running", (member.data / "ready").exists),
+        Moment("during take-back", (member.data / "done").exists),
+    ]
+
+    def left_behind() -> list[str]:
+        problems = []
+        deadline = time.monotonic() + 20  # the helper's own stop of the app, then take-back
+        while list(installed.glob("*.json")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if records := list(installed.glob("*.json")) + list(own.glob("*.json")):
+            problems.append(f"records {records}")
+        if view.x_grants() != grants:
+            problems.append(f"X host list {view.x_grants()}")
+        if view.socket_modules() != modules:
+            problems.append(f"sound modules {view.socket_modules()}")
+        if (own / NAME).exists():
+            problems.append("the sound directory")
+        if mounts := mounts_under(test_image_dir):
+            problems.append(f"mounts {mounts}")
+        if left := os.listdir(test_image_dir / ".layers"):
+            problems.append(f"layers {left}")
+        if processes := wait_for_no_sandbox_processes(uid, timeout=10):
+            problems.append(f"processes {processes}")
+        if (member.data.stat().st_uid, (member.data / "precious").stat().st_uid) != (
+                member.uid, member.uid):
+            problems.append("the data directory changed hands")
+        return problems
+
+    def start() -> subprocess.Popen[str]:
+        launch = as_user(member, [str(USER_COMMAND), "run", NAME], env, background=True)
+        assert isinstance(launch, subprocess.Popen)
+        return launch
+
+    def undo(cycle: int) -> subprocess.CompletedProcess[str]:
+        command = "cleanup" if cycle % 2 == 0 else "run"
+        result = as_user(member, [str(USER_COMMAND), command, *([NAME] if cycle % 2 else [])],
+                         env)
+        assert isinstance(result, subprocess.CompletedProcess)
+        return result
+
+    killed_in = kill_at_moments(moments, start, undo, left_behind, member.data)
+    assert sum("killed" in line for line in killed_in) >= 8, killed_in
