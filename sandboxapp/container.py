@@ -44,6 +44,8 @@ class ContainerRequest:
     user: DesktopUser
     trusted_profile: bool  # from a root-owned profile directory
     sound: SoundPaths | None
+    # The user's directory holding the sandbox's untrusted X authorization (x11auth.py).
+    x11_dir: Path | None = None
 
 
 class SpawnedChild:
@@ -171,6 +173,8 @@ class ContainerSide:
                   for b in plan.profile.sandbox.bind_ro]
         if plan.display is not None:
             paths.append((plan.display.socket, True, "X display socket", stat.S_IFSOCK))
+        if request.x11_dir is not None:
+            paths.append((request.x11_dir, False, "X directory", stat.S_IFDIR))
         sound = request.sound
         if sound is not None and sound.shared_socket is not None:
             # Made by the sound server: the user's, or root's where root runs that server.
@@ -225,13 +229,13 @@ class ContainerSide:
         checked = self._checked_paths()
         staged = {path: layer / "binds" / str(index) for index, (path, *_) in enumerate(checked)}
         spec = launch_spec(plan, layer / "merged", sound=request.sound, gate=layer / "gate",
-                           staged=staged)
-        sound_dir = request.sound.dir if request.sound is not None else None
-        entries: list[dict[str, Any]] = []
-        if sound_dir is not None:
-            # The prestart creates it if it is missing: taken back (if still empty) last.
-            entries.append({"kind": "empty-dir", "path": str(sound_dir),
-                            "user": request.user.uid})
+                           staged=staged, x11_dir=request.x11_dir)
+        # The prestart creates these if they are missing: taken back (if still empty) last.
+        made = {request.sound.dir: SOUND_DIR_MODE} if request.sound is not None else {}
+        if request.x11_dir is not None:
+            made[request.x11_dir] = 0o700
+        entries: list[dict[str, Any]] = [
+            {"kind": "empty-dir", "path": str(path), "user": request.user.uid} for path in made]
         entries += [{"kind": "layer", "path": str(layer)},
                     {"kind": "container", **self._container_data(spec),
                      "pid": prestart.CONTAINER_PID, "started": prestart.CONTAINER_STARTED}]
@@ -248,8 +252,7 @@ class ContainerSide:
             "rootfs": str(plan.image.rootfs),
             "marker": layer_marker(plan.image.rootfs),
             "user": (request.user.uid, request.user.gid),
-            "stage": [(str(path), trusted, file_type,
-                       SOUND_DIR_MODE if path == sound_dir else None)
+            "stage": [(str(path), trusted, file_type, made.get(path))
                       for path, trusted, _, file_type in checked],
             "argv": self._spawn_argv(spec),
             "env": self._spawn_env(),
@@ -287,7 +290,8 @@ class ContainerSide:
         self.supervisor.check_interrupted()
         staged = self._stage(plan.layer_root)
         gate, gate_fd = self._gate(stack)
-        spec = launch_spec(plan, merged, sound=self.request.sound, gate=gate, staged=staged)
+        spec = launch_spec(plan, merged, sound=self.request.sound, gate=gate, staged=staged,
+                           x11_dir=self.request.x11_dir)
         entry = self.supervisor.add(stack, "container", **self._container_data(spec))
         self.supervisor.check_interrupted()
         # The container gets no terminal: no input, its output through pipes that the

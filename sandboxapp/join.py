@@ -38,7 +38,9 @@ def running_init(run_dir: RunDir, profile: str, user: DesktopUser) -> int:
 
 def join_argv(init_pid: int, plan: LaunchPlan, command: Sequence[str]) -> list[str]:
     env = [("PATH", CONTAINER_PATH), ("HOME", "/root"), ("USER", "root"),
-           *container_env(plan, sound=plan.profile.sandbox.pulseaudio)]
+           *container_env(plan, sound=plan.profile.sandbox.pulseaudio,
+                          x11_auth=plan.display is not None
+                          and not plan.profile.sandbox.x11_trusted)]
     return [
         "nsenter", f"--target={init_pid}", "--mount", "--uts", "--ipc", "--net", "--pid",
         # Entering the user namespace makes the command the container's root, mapped to the

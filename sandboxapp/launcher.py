@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sandboxapp import prestart, x11
+from sandboxapp import prestart, x11, x11auth
 from sandboxapp.audio import (
     SOUND_DIR_MODE,
     SoundPaths,
@@ -34,7 +34,7 @@ from sandboxapp.command import base_env
 from sandboxapp.errors import ExitStatus, SandboxError
 from sandboxapp.helperclient import PendingHelper, helper_argv
 from sandboxapp.imagefs import check_command
-from sandboxapp.launchplan import PULSE_CLIENT_CONF_TEXT, LaunchPlan
+from sandboxapp.launchplan import PULSE_CLIENT_CONF_TEXT, X11_DIR, LaunchPlan
 from sandboxapp.ledger import RunDir
 from sandboxapp.paths import Locations
 from sandboxapp.profile import Profile
@@ -96,10 +96,11 @@ class Launch:
                     status=ExitStatus.LAUNCHER,
                 )
 
-    def _x11(self, stack: ExitStack) -> None:
+    def _x11(self, stack: ExitStack) -> Path | None:
+        """The display grant; the sandbox's X directory where it is an untrusted one."""
         display = self.plan.display
         if display is None:
-            return
+            return None
         assert self.plan.image is not None
         try:
             is_socket = stat.S_ISSOCK(display.socket.stat().st_mode)
@@ -112,20 +113,42 @@ class Launch:
                 status=ExitStatus.LAUNCHER,
             )
         access = x11.XAccess.from_environment(display, self.environ)
+        if not self.plan.profile.sandbox.x11_trusted:
+            return self._x11_untrusted(stack, access)
         uid = self.plan.image.meta.uid_base
         entry = self.supervisor.add(stack, "x11", **access.to_record(), uid=uid)
         if not x11.grant(access, uid):
             # The user had made this grant: it is theirs, and stays after we exit.
             assert self.supervisor.record is not None
             self.supervisor.record.drop(entry)
+        return None
 
-    def _sound_dir(self) -> Path:
+    def _x11_untrusted(self, stack: ExitStack, access: x11.XAccess) -> Path:
+        """An untrusted authorization of the sandbox's own, in an Xauthority file of a
+        directory of the sandbox's (the X directory, bound read-only into the container)."""
+        directory = self._host_dir(X11_DIR)
+        entry = self.supervisor.add(stack, "x11-auth", **access.to_record(), authid=None,
+                                    server=None, dir=str(directory), user=self.user.uid)
+        ensure_user_dir(directory, self.user, 0o700, exact_mode=True)
+        authorization = x11auth.generate(access)
+        assert self.supervisor.record is not None
+        self.supervisor.record.update(entry, authid=authorization.authid,
+                                      server=authorization.server)
+        path = x11auth.write_file(directory, access.display.number, authorization.cookie)
+        if os.geteuid() == 0:
+            # Bound with rootidmap: the user's file is the container root's own there.
+            os.chown(path, self.user.uid, self.user.gid)
+        return directory
+
+    def _host_dir(self, kind: str = "") -> Path:
+        """The sandbox's directory on the host for its sound socket (kind ""), or for its X
+        authorization (X11_DIR): in the user's runtime directory, or the run directory."""
         runtime = self.environ.get("XDG_RUNTIME_DIR", "")
         if runtime.startswith("/") and Path(runtime).is_dir():
             base = Path(runtime) / "sandboxapp"
         else:
             base = self.locations.run_dir / "sound"
-        return base / self.plan.profile.name
+        return base / kind / self.plan.profile.name if kind else base / self.plan.profile.name
 
     def _sound(self, stack: ExitStack) -> SoundPaths | None:
         if not self.plan.profile.sandbox.pulseaudio:
@@ -134,7 +157,7 @@ class Launch:
         if address is None or not server_reachable(address):
             self.warn("no PulseAudio or PipeWire server found: running without sound")
             return None
-        sound = SoundPaths(self._sound_dir())
+        sound = SoundPaths(self._host_dir())
         entry = self.supervisor.add(stack, "sound", server=str(address.socket), index=None,
                                     socket=str(sound.socket), dir=str(sound.dir))
         # The container's processes, nobody here, must reach the socket inside: they may
@@ -157,11 +180,13 @@ class Launch:
 
     # -- the root side, here -----------------------------------------------------------------
 
-    def _as_root(self, stack: ExitStack, sound: SoundPaths | None) -> int:
+    def _as_root(self, stack: ExitStack, sound: SoundPaths | None,
+                 x11_dir: Path | None) -> int:
         # A desktop user's launcher leaves this to the helper, and need not load it.
         from sandboxapp.container import ContainerRequest, ContainerSide, open_gate
 
-        request = ContainerRequest(self.plan, self.user, trusted_profile=True, sound=sound)
+        request = ContainerRequest(self.plan, self.user, trusted_profile=True, sound=sound,
+                                   x11_dir=x11_dir)
         side = ContainerSide(self.supervisor, request, self.stderr, relay=self.relay)
         ticketed = (self.ticket is not None and self.plan.profile.sandbox.stateless
                     and (sound is None or sound.shared_socket is None))
@@ -201,13 +226,16 @@ class Launch:
 
     # -- the root side, through the helper ---------------------------------------------------
 
-    def _helper_words(self, action: str, sound: SoundPaths | None) -> list[str]:
+    def _helper_words(self, action: str, sound: SoundPaths | None,
+                      x11_dir: Path | None = None) -> list[str]:
         plan = self.plan
         argv = [action,
                 "--profile-file", str(plan.profile.path.absolute()),
                 "--data-home", str(self.locations.data_home)]
         if plan.display is not None:
             argv += ["--display", str(plan.display.number)]
+        if x11_dir is not None:
+            argv += ["--x11-dir", str(x11_dir)]
         if sound is not None:
             argv += ["--sound-dir", str(sound.dir)]
             if sound.shared_socket is not None:
@@ -215,10 +243,10 @@ class Launch:
         extra = plan.command[len(plan.profile.command):]
         return [*argv, plan.profile.name, "--", *extra]
 
-    def _through_helper(self, sound: SoundPaths | None) -> int:
+    def _through_helper(self, sound: SoundPaths | None, x11_dir: Path | None) -> int:
         self.supervisor.check_interrupted()
         assert self.helper is not None
-        process = self.helper.send(self._helper_words("launch", sound))
+        process = self.helper.send(self._helper_words("launch", sound, x11_dir))
         assert process.stdin is not None and process.stderr is not None
         assert process.stdout is not None
         stdin = process.stdin
@@ -277,11 +305,12 @@ class Launch:
             if prestarted is not None:
                 prestarted.adopted = True
             self._persistent_dirs()
-            self._x11(stack)
+            x11_dir = self._x11(stack)
             self.supervisor.check_interrupted()
             sound = self._sound(stack)
             self.supervisor.check_interrupted()
-            status = self._as_root(stack, sound) if as_root else self._through_helper(sound)
+            status = (self._as_root(stack, sound, x11_dir) if as_root
+                      else self._through_helper(sound, x11_dir))
         if self.supervisor.signalled is not None:
             return 128 + self.supervisor.signalled
         return status

@@ -42,6 +42,10 @@ NO_MITSHM_ENV = (("QT_X11_NO_MITSHM", "1"), ("_X11_NO_MITSHM", "1"), ("_MITSHM",
 # The app waits at this gate (a FIFO the launcher holds open) until its grants are made: the
 # container can then start while the launcher is still at work.
 GATE = "/run/sandboxapp/gate"
+# The sandbox's X directory (its Xauthority file, x11auth.py): named X11_DIR beside the sound
+# directories on the host (no profile is named so), bound read-only here inside.
+X11_DIR = ".x11"
+X11_CONTAINER_DIR = PurePosixPath("/run/sandboxapp/x11")
 # PID 2 of the container, below nspawn's stub init. It waits at the gate, runs the app, and
 # then stays while processes the app left in its session (sid 2) still run: a program that
 # restarts itself (Firefox after startup crashes, in safe mode, after an update) starts its
@@ -130,11 +134,14 @@ def plan_launch(
     )
 
 
-def container_env(plan: LaunchPlan, *, sound: bool) -> tuple[tuple[str, str], ...]:
+def container_env(plan: LaunchPlan, *, sound: bool,
+                  x11_auth: bool = False) -> tuple[tuple[str, str], ...]:
     env: list[tuple[str, str]] = []
     if plan.display is not None:
         env.append(("DISPLAY", plan.display.name))
         env.extend(NO_MITSHM_ENV)
+    if x11_auth:
+        env.append(("XAUTHORITY", str(X11_CONTAINER_DIR / "Xauthority")))
     if sound:
         env.append(("PULSE_SERVER", f"unix:{PULSE_SOCKET}"))
         env.append(("PULSE_CLIENTCONFIG", str(PULSE_CLIENT_CONF)))
@@ -151,6 +158,7 @@ def launch_spec(
     sound: SoundPaths | None,
     gate: Path,
     staged: Mapping[Path, Path] | None = None,
+    x11_dir: Path | None = None,
 ) -> LaunchSpec:
     """The nspawn launch for a plan, once the layer, the sound directory and the gate exist.
 
@@ -172,6 +180,10 @@ def launch_spec(
     if plan.display is not None:
         # Only the display's own socket, read-only: not the whole socket directory.
         binds.append(Bind(source(plan.display.socket), str(plan.display.socket)))
+    if x11_dir is not None:
+        # The user's directory, its files the container root's own (Firefox will not read an
+        # XAUTHORITY owned by nobody).
+        binds.append(Bind(source(x11_dir), str(X11_CONTAINER_DIR), root_idmap=True))
     if sound is not None and sound.shared_socket is not None:
         binds.append(Bind(source(sound.shared_socket), str(PULSE_SOCKET)))
         binds.append(Bind(source(sound.conf), str(PULSE_CLIENT_CONF)))
@@ -189,7 +201,7 @@ def launch_spec(
         ids=plan.image.meta.uid_range,
         private_network=plan.profile.sandbox.network is Network.NONE,
         binds=tuple(binds),
-        env=container_env(plan, sound=sound is not None),
+        env=container_env(plan, sound=sound is not None, x11_auth=x11_dir is not None),
         command=(*GATE_WRAPPER, *command),
     )
 
@@ -210,10 +222,15 @@ def describe_plan(plan: LaunchPlan, facts: HostFacts) -> str:
                      f"{plan.state_root}, a directory per user (stateless = false)")
     for p in plan.persist:
         lines.append(f"persist:  {p.container} kept in {p.host} (owned by you)")
-    if plan.display is not None:
+    if plan.display is not None and profile.sandbox.x11_trusted:
         uid = str(plan.image.meta.uid_base) if plan.image else "the image's first UID"
-        lines.append(f"X11:      grant localuser:#{uid} on {plan.display.name} while it runs; "
-                     f"bind {plan.display.socket} read-only")
+        lines.append(f"X11:      TRUSTED (x11 = \"trusted\"): grant localuser:#{uid} on "
+                     f"{plan.display.name} while it runs, as a client that can read and type "
+                     f"into every window; bind {plan.display.socket} read-only")
+    elif plan.display is not None:
+        lines.append(f"X11:      an untrusted authorization on {plan.display.name} while it runs "
+                     "(kept from other windows, no XTEST), revoked at exit; bind "
+                     f"{plan.display.socket} read-only")
     else:
         lines.append("X11:      none")
     if profile.sandbox.pulseaudio:
@@ -228,6 +245,8 @@ def describe_plan(plan: LaunchPlan, facts: HostFacts) -> str:
             plan.layer_root / "merged",
             sound=SoundPaths(plan.layer_root / "sound") if profile.sandbox.pulseaudio else None,
             gate=plan.layer_root / "gate",
+            x11_dir=(plan.layer_root / X11_DIR
+                     if plan.display is not None and not profile.sandbox.x11_trusted else None),
         )
         lines.append("command:  " + shlex.join(launch_argv(spec, facts)))
     else:

@@ -82,7 +82,10 @@ def _grants(records: list[Record]) -> tuple[str, ...]:
     for record in records:
         for entry in record.entries:
             if entry["kind"] == "x11":
-                grants.append(f"x11 :{entry['display']} localuser:#{entry['uid']}")
+                grants.append(f"x11 :{entry['display']} localuser:#{entry['uid']} (trusted)")
+            elif entry["kind"] == "x11-auth":
+                grants.append(f"x11 :{entry['display']} untrusted authorization "
+                              f"{entry.get('authid')}")
             elif entry["kind"] == "sound":
                 own = entry.get("index") is not None
                 grants.append(f"sound {entry['socket'] if own else 'shared socket'}")

@@ -160,3 +160,22 @@ def replace_private(path: str, text: str) -> None:
     with os.fdopen(fd, "w", encoding="utf-8") as stream:
         stream.write(text)
     os.replace(temporary, path)
+
+
+def remove_user_dir(path: str, uid: int, names: tuple[str, ...]) -> None:
+    """Remove the named files from a directory of the user's that a launch made, then the
+    directory if that leaves it empty; through descriptors opened without following the user's
+    symlinks. Gone already, or not the user's any more: nothing of ours to remove."""
+    try:
+        fd = walk(path, uid, -1, create=False)
+    except (Refused, OSError):
+        return
+    try:
+        for name in names:
+            try:  # noqa: SIM105 (contextlib is not imported here: see the module's docstring)
+                os.unlink(name, dir_fd=fd)
+            except FileNotFoundError:
+                pass
+    finally:
+        os.close(fd)
+    remove_empty_dir(path, uid)

@@ -62,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--profile-file", type=_absolute, required=True)
         sub.add_argument("--data-home", type=_absolute, required=True)
         sub.add_argument("--display", type=int)
+        sub.add_argument("--x11-dir", type=_absolute)
         sub.add_argument("--sound-dir", type=_absolute)
         sub.add_argument("--shared-sound-socket", type=_absolute)
         sub.add_argument("profile")
@@ -149,7 +150,8 @@ def _check_update_interval(store: ImageStore, name: str) -> None:
 
 def _checked_plan(args: argparse.Namespace, user: DesktopUser,
                   locations: Locations) -> tuple[LaunchPlan, bool, SoundPaths | None]:
-    """The request, re-read and re-checked: (plan, profile trusted, sound paths)."""
+    """The request, re-read and re-checked: (plan, profile trusted, sound paths); the X
+    directory is checked against the profile too."""
     profile, trusted = _read_profile(args, user)
     name = profile.name
     extra = list(args.args)
@@ -159,6 +161,9 @@ def _checked_plan(args: argparse.Namespace, user: DesktopUser,
     if profile.sandbox.x11 and args.display is None:
         raise SandboxError("the profile needs the X display, and none was given",
                            status=ExitStatus.LAUNCHER)
+    if args.x11_dir is not None and (not profile.sandbox.x11 or profile.sandbox.x11_trusted):
+        raise SandboxError("an X directory was given, but the profile's display access is not "
+                           "x11 = true", status=ExitStatus.LAUNCHER)
     plan = plan_launch(profile, extra, locations, environ)
     sound = None
     if args.sound_dir is not None or args.shared_sound_socket is not None:
@@ -198,7 +203,8 @@ def launch(args: argparse.Namespace, user: DesktopUser, locations: Locations) ->
     with ExitStack() as stack:
         if not supervisor.begin(stack, name, wait=wait):
             raise supervisor.run_dir.already_running(name)
-        request = ContainerRequest(plan, user, trusted_profile=trusted, sound=sound)
+        request = ContainerRequest(plan, user, trusted_profile=trusted, sound=sound,
+                                   x11_dir=args.x11_dir)
         status = ContainerSide(supervisor, request, sys.stderr,
                                control_fd=sys.stdin.fileno()).run(stack)
     _log(store, f"uid={user.uid} profile={name} exit={status}")

@@ -17,6 +17,8 @@ from typing import Any, TypeVar
 from sandboxapp.errors import ExitStatus, SandboxError
 from sandboxapp.paths import Locations
 
+X11_ALLOWED = ('true (an untrusted client, kept from other windows), false, or "trusted" (a '
+               "trusted client: it can read and type into every window)")
 PROFILE_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
 MAX_NAME_LENGTH = 64
 SUITE_NAME = re.compile(r"[a-z][a-z0-9.-]*")
@@ -81,7 +83,10 @@ class ReadOnlyBind:
 @dataclass(frozen=True)
 class SandboxSpec:
     stateless: bool = True
+    # x11: the app may use the X display, as an untrusted client (x11 = true), or, where the
+    # profile says x11 = "trusted", as a trusted one that can read and type into every window.
     x11: bool = False
+    x11_trusted: bool = False
     pulseaudio: bool = False
     # A D-Bus session bus of the sandbox's own (never the user's): programs that find their
     # running instance over D-Bus, as Firefox does, then get joined launches right.
@@ -329,9 +334,11 @@ def parse_profile(name: str, path: Path, origin: str, doc: dict[str, Any]) -> Pr
     )
     flags = {
         key: r.value(sandbox_table, key, f"sandbox.{key}", bool, "true or false", default=default)
-        for key, default in (("stateless", True), ("x11", False), ("pulseaudio", False),
-                             ("session_bus", False))
+        for key, default in (("stateless", True), ("pulseaudio", False), ("session_bus", False))
     }
+    x11_value = sandbox_table.get("x11", False)
+    if type(x11_value) is not bool and x11_value != "trusted":
+        raise r.fail("sandbox.x11", f"found {_found(x11_value)}", X11_ALLOWED)
     network_text = r.value(sandbox_table, "network", "sandbox.network", str,
                            '"host" or "none"', default=Network.NONE.value)
     try:
@@ -392,7 +399,8 @@ def parse_profile(name: str, path: Path, origin: str, doc: dict[str, Any]) -> Pr
         updates=UpdatePolicy(update_after_days=days, auto_update=auto_update),
         sandbox=SandboxSpec(
             stateless=flags["stateless"],
-            x11=flags["x11"],
+            x11=x11_value is not False,
+            x11_trusted=x11_value == "trusted",
             pulseaudio=flags["pulseaudio"],
             session_bus=flags["session_bus"],
             network=network,

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sandboxapp import nofollow, x11
+from sandboxapp import nofollow, x11, x11auth
 from sandboxapp.audio import SOUND_CONF, SOUND_SOCKET, SoundServerAddress, unload_socket_module
 from sandboxapp.display import Display
 from sandboxapp.errors import SandboxError
@@ -79,6 +79,12 @@ def undo_entry(entry: dict[str, Any], *, recovering: bool) -> None:
     elif kind == "x11":
         access = x11.XAccess(Display(int(entry["display"])), entry.get("xauthority"))
         x11.revoke(access, int(entry["uid"]))
+    elif kind == "x11-auth":
+        if entry.get("authid") is not None:
+            server = entry.get("server")
+            x11auth.revoke(x11.XAccess(Display(int(entry["display"])), entry.get("xauthority")),
+                           int(entry["authid"]), tuple(server) if server else None)
+        nofollow.remove_user_dir(str(entry["dir"]), int(entry["user"]), (x11auth.AUTH_FILE,))
     elif kind == "sound":
         index = entry.get("index")
         if index is not None or recovering:

@@ -37,10 +37,12 @@ def kill_at_moments(
     left_behind: Callable[[], list[str]],
     data: Path,
     repeat: int = 1,
+    at_kill: Callable[[], None] = lambda: None,
 ) -> list[str]:
     """Each moment `repeat` times, in a random order: start a launch, SIGKILL it at the moment,
     undo (given the cycle's number: `cleanup` or the next launch), and find nothing left and
-    the data directory's precious file intact. One line per cycle: where it was killed."""
+    the data directory's precious file intact; at_kill runs just before each SIGKILL. One
+    line per cycle: where it was killed."""
     seed = int(os.environ.get("SANDBOXAPP_TEST_SEED", time.time_ns() % 10**6))
     print(f"seed {seed} (SANDBOXAPP_TEST_SEED replays it)")
     rng = random.Random(seed)
@@ -56,6 +58,7 @@ def kill_at_moments(
         while not moment.reached() and launch.poll() is None:
             assert time.monotonic() < deadline, f"{moment.name} never came"
         time.sleep(delay)
+        at_kill()
         launch.send_signal(signal.SIGKILL)
         status = launch.wait(timeout=30)
         killed_in.append(f"{moment.name} +{delay * 1000:.0f} ms: "

@@ -20,7 +20,8 @@ from tests.harness import SoundServer, XServer
 from tests.integration.conftest import REPO
 
 NAME = "sandboxapp-test"
-IMAGE_SECTION = '[image]\nsuite = "bookworm"\npackages = ["x11-utils", "pulseaudio-utils"]\n'
+IMAGE_SECTION = ('[image]\nsuite = "bookworm"\n'
+                 'packages = ["x11-utils", "x11-apps", "xdotool", "pulseaudio-utils"]\n')
 
 
 def write_variant(directory: Path, command: Sequence[str], sandbox: str = "",
@@ -33,6 +34,8 @@ def write_variant(directory: Path, command: Sequence[str], sandbox: str = "",
 
 
 FULL_SANDBOX = 'x11 = true\npulseaudio = true\nnetwork = "none"\npersist = ["/root/data"]\n'
+# The same, with the display's trusted grant (a host-list entry for the image's UID).
+TRUSTED_SANDBOX = FULL_SANDBOX.replace("x11 = true", 'x11 = "trusted"')
 
 
 @dataclass
@@ -121,6 +124,7 @@ class Session:
         assert mounts_under(self.image_dir) == []
         assert not list(self.run_dir.glob("*.json"))
         assert not (self.run_dir / "sound" / NAME).exists()
+        assert not (self.run_dir / "sound" / ".x11" / NAME).exists()
         assert sandbox_processes(image_uid(self)) == []
 
     def x_grants(self) -> list[str]:

@@ -174,7 +174,11 @@ def test_a_group_member_launches_an_x_profile_through_the_rule(
         uid = json.loads((test_image_dir / NAME / "image.json").read_text())["uid_base"]
         hosts = subprocess.run(["xhost"], env=xserver.client_env(), capture_output=True,
                                text=True, check=True).stdout
-        assert f"SI:localuser:#{uid}" in hosts
+        # No host-list entry: the sandbox came in with an untrusted authorization of its own,
+        # in the user's runtime directory, the user's file.
+        assert f"SI:localuser:#{uid}" not in hosts
+        cookie = member.runtime / "sandboxapp" / ".x11" / NAME / "Xauthority"
+        assert (cookie.stat().st_uid, cookie.stat().st_mode & 0o777) == (member.uid, 0o600)
         # The grant came from the user's own connection: the launcher runs as the user, and
         # the root helper was given no display credentials at all.
         launcher = psutil.Process(launch.pid)
@@ -199,6 +203,7 @@ def test_a_group_member_launches_an_x_profile_through_the_rule(
     hosts = subprocess.run(["xhost"], env=xserver.client_env(), capture_output=True, text=True,
                            check=True).stdout
     assert f"SI:localuser:#{uid}" not in hosts
+    assert not cookie.parent.exists()
     assert mounts_under(test_image_dir) == []
     log = (test_image_dir / ".logs" / "privileged.log").read_text()
     assert f"uid={member.uid} profile={NAME}" in log
@@ -540,7 +545,7 @@ def test_sigkill_of_a_users_launcher_at_any_moment_leaves_nothing(
         Moment("at once", lambda: True),
         Moment("record written", (own / f"{NAME}.json").exists),
         Moment("before the X grant", lambda: recorded(own / f"{NAME}.json", "x11")),
-        Moment("after the X grant", lambda: f"SI:localuser:#{uid}" in view.x_grants()),
+        Moment("after the X authorization", (own / ".x11" / NAME / "Xauthority").exists),
         Moment("after the sound socket", (own / NAME / "native").exists),
         Moment("helper started", helper_started),
         Moment("root side's record written", (installed / f"{NAME}.json").exists),
@@ -561,8 +566,8 @@ def test_sigkill_of_a_users_launcher_at_any_moment_leaves_nothing(
             problems.append(f"X host list {view.x_grants()}")
         if view.socket_modules() != modules:
             problems.append(f"sound modules {view.socket_modules()}")
-        if (own / NAME).exists():
-            problems.append("the sound directory")
+        if (own / NAME).exists() or (own / ".x11" / NAME).exists():
+            problems.append("the sound or X directory")
         if mounts := mounts_under(test_image_dir):
             problems.append(f"mounts {mounts}")
         if left := os.listdir(test_image_dir / ".layers"):

@@ -3,7 +3,11 @@ next launch does not take back, and never touches the persistent files."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import subprocess
+from pathlib import Path
 
 from sandboxapp.fsutil import mount_points, mounts_under
 from tests.integration.faults import APP, PRECIOUS, Moment, kill_at_moments, recorded
@@ -24,8 +28,8 @@ def moments(session: Session) -> list[Moment]:
         Moment("at once", lambda: True),
         Moment("record written", record.exists),
         Moment("before the X grant", lambda: recorded(record, "x11")),
-        Moment("after the X grant",
-               lambda: f"SI:localuser:#{image_uid(session)}" in session.x_grants()),
+        Moment("after the X authorization",
+               (session.run_dir / "sound" / ".x11" / NAME / "Xauthority").exists),
         Moment("before the sound socket", lambda: recorded(record, "sound")),
         Moment("after the sound socket", (session.run_dir / "sound" / NAME / "native").exists),
         Moment("layer mounted",
@@ -44,6 +48,8 @@ def left_behind(session: Session, grants: list[str], modules: list[str]) -> list
         problems.append(f"sound modules {session.socket_modules()}")
     if (session.run_dir / "sound" / NAME).exists():
         problems.append("a sound directory")
+    if (session.run_dir / "sound" / ".x11" / NAME).exists():
+        problems.append("an X directory")
     if mounts := mounts_under(session.image_dir):
         problems.append(f"mounts {mounts}")
     layers = session.image_dir / ".layers"
@@ -56,19 +62,40 @@ def left_behind(session: Session, grants: list[str], modules: list[str]) -> list
     return problems
 
 
-def test_sigkill_at_twenty_moments_of_a_launch_leaves_nothing(session: Session) -> None:
+def test_sigkill_at_twenty_moments_of_a_launch_leaves_nothing(session: Session,
+                                                             tmp_path: Path) -> None:
     profile = write_variant(session.profiles, ["/bin/sh", "-c", APP], FULL_SANDBOX)
     grants, modules = session.x_grants(), session.socket_modules()
     session.persist_dir().mkdir(parents=True)
     (session.persist_dir() / "precious").write_text(PRECIOUS)
+    # The X authorizations the killed launches held, as a sandbox could have kept a copy.
+    cookie = session.run_dir / "sound" / ".x11" / NAME / "Xauthority"
+    kept: list[Path] = []
+
+    def keep_cookie() -> None:
+        with contextlib.suppress(OSError):
+            kept.append(Path(shutil.copy(cookie, tmp_path / f"cookie-{len(kept)}")))
+
+    def nothing_left() -> list[str]:
+        problems = left_behind(session, grants, modules)
+        assert session.xserver is not None
+        for copy in kept:
+            probe = subprocess.run(["xdpyinfo"], env={**session.xserver.client_env(),
+                                                      "XAUTHORITY": str(copy)},
+                                   capture_output=True, text=True, check=False)
+            if probe.returncode == 0:
+                problems.append(f"the X authorization in {copy.name} still admits clients")
+        return problems
+
     killed_in = kill_at_moments(
         moments(session), start=lambda: session.start(str(profile)),
         # Half the time `cleanup` takes back what the launch left, half the time the next
         # launch does (and runs as if nothing had happened).
         undo=lambda cycle: (session.sandboxapp("cleanup") if cycle % 2 == 0
                             else session.run(str(profile))),
-        left_behind=lambda: left_behind(session, grants, modules),
-        data=session.persist_dir(), repeat=2)
+        left_behind=nothing_left, data=session.persist_dir(), repeat=2, at_kill=keep_cookie)
+    print(f"{len(kept)} killed launches held an X authorization")
+    assert kept, "no launch was killed while it held an X authorization"
     # The launches were killed, not finished before the signal came, in most moments.
     assert sum("killed" in line for line in killed_in) >= 16, killed_in
     final = session.run(str(profile))

@@ -16,6 +16,7 @@ from sandboxapp.fsutil import mounts_under
 from tests.integration.launching import (
     FULL_SANDBOX,
     NAME,
+    TRUSTED_SANDBOX,
     Session,
     image_uid,
     looping_command,
@@ -63,11 +64,11 @@ def test_on_pipewire_the_sandbox_gets_the_users_own_socket_and_is_told_so(
         session.assert_nothing_left(grants_before, modules_before)
 
 
-def test_grants_exist_exactly_while_the_app_runs(session: Session) -> None:
+def test_trusted_grants_exist_exactly_while_the_app_runs(session: Session) -> None:
     grants_before = session.x_grants()
     modules_before = session.socket_modules()
     profile = write_variant(session.profiles, waiting_command("xdpyinfo >/dev/null"),
-                            FULL_SANDBOX)
+                            TRUSTED_SANDBOX)
     with session.running(profile):
         uid = image_uid(session)
         # Exactly one new host entry, the container's UID; exactly one new socket module.
@@ -87,7 +88,7 @@ def test_grants_exist_exactly_while_the_app_runs(session: Session) -> None:
 
 
 def test_another_profile_sandbox_is_not_admitted_by_this_grant(session: Session) -> None:
-    profile = write_variant(session.profiles, waiting_command(), FULL_SANDBOX)
+    profile = write_variant(session.profiles, waiting_command(), TRUSTED_SANDBOX)
     with session.running(profile):
         uid = image_uid(session)
         other_block = uid + 65536 if uid + 131072 < 0x7FFE0000 else uid - 65536
@@ -197,7 +198,7 @@ def test_signals_to_the_launcher_stop_the_app_gracefully_and_revoke(
 def test_sigkill_of_the_launcher_is_cleaned_up_by_the_next_run(session: Session) -> None:
     grants_before = session.x_grants()
     modules_before = session.socket_modules()
-    profile = write_variant(session.profiles, waiting_command(), FULL_SANDBOX)
+    profile = write_variant(session.profiles, waiting_command(), TRUSTED_SANDBOX)
     launch = session.start_ready(profile)
     uid = image_uid(session)
     assert sandbox_processes(uid), "the app should be running"
@@ -322,7 +323,7 @@ def test_a_grant_the_user_made_is_left_in_place(session: Session) -> None:
     uid = image_uid(session)
     subprocess.run(["xhost", f"+si:localuser:#{uid}"], env=session.xserver.client_env(),  # type: ignore[union-attr]
                    check=True, capture_output=True)
-    profile = write_variant(session.profiles, ["xdpyinfo", "-version"], "x11 = true\n")
+    profile = write_variant(session.profiles, ["xdpyinfo", "-version"], 'x11 = "trusted"\n')
     result = session.run(str(profile))
     assert result.returncode == 0, result.stderr
     assert f"SI:localuser:#{uid}" in session.x_grants()
@@ -335,7 +336,11 @@ def test_dry_run_prints_the_command_and_changes_nothing(session: Session) -> Non
     assert result.returncode == 0, result.stderr
     uid = image_uid(session)
     assert f"--private-users={uid}:65536" in result.stdout
-    assert f"grant localuser:#{uid}" in result.stdout
+    assert "X11:      an untrusted authorization" in result.stdout
+    assert "XAUTHORITY=/run/sandboxapp/x11/Xauthority" in result.stdout
+    trusted = write_variant(session.profiles, ["xdpyinfo"], TRUSTED_SANDBOX)
+    result = session.run("--dry-run", str(trusted))
+    assert f"X11:      TRUSTED (x11 = \"trusted\"): grant localuser:#{uid}" in result.stdout
     assert "command:  systemd-nspawn" in result.stdout
     assert session.x_grants() == grants_before
     assert not session.run_dir.exists()

@@ -135,11 +135,11 @@ def test_a_killed_prestarted_launch_is_cleaned_up(session: Session) -> None:
     launch = session.start(str(profile))
     try:
         wait_for_file(session.persist_dir() / "ready", launch)
-        # Its record lists the sound directory it may create, its layer and its container
-        # first: made before sandboxapp had loaded, and before the grants.
+        # Its record lists the sound and X directories it may create, its layer and its
+        # container first: made before sandboxapp had loaded, and before the grants.
         record = json.loads((session.run_dir / "sandboxapp-test.json").read_text())
         kinds = [entry["kind"] for entry in record["entries"]]
-        assert kinds == ["empty-dir", "layer", "container", "x11", "sound"]
+        assert kinds == ["empty-dir", "empty-dir", "layer", "container", "x11-auth", "sound"]
     finally:
         launch.kill()
         launch.wait()

@@ -114,3 +114,12 @@ def test_shipped_profiles_are_valid(path: Path) -> None:
 def test_shipped_profiles_include_firefox_and_a_small_x11_program() -> None:
     names = {p.stem for p in SHIPPED_PROFILE_DIR.glob("*.toml")}
     assert {"firefox", "xeyes"} <= names
+
+
+@pytest.mark.parametrize(("value", "x11", "trusted"), [
+    ("true", True, False), ("false", False, False), ('"trusted"', True, True)])
+def test_x11_is_untrusted_unless_the_profile_says_trusted(tmp_path: Path, value: str, x11: bool,
+                                                           trusted: bool) -> None:
+    text = f'command = ["x"]\n[sandbox]\nx11 = {value}\n'
+    profile = load_profile_file(write(tmp_path, "x", text))
+    assert (profile.sandbox.x11, profile.sandbox.x11_trusted) == (x11, trusted)
