@@ -15,7 +15,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,7 +64,8 @@ class XServer:
 
 
 @contextlib.contextmanager
-def x_server(workdir: Path) -> Iterator[XServer]:
+def x_server(workdir: Path, extra: Sequence[str] = ()) -> Iterator[XServer]:
+    """Xvfb as a desktop's X server is (-auth, -noreset); extra: more of its options."""
     require_programs("Xvfb", "xauth")
     cookie = secrets.token_hex(16)
     server_auth = workdir / "server.xauth"
@@ -75,7 +76,7 @@ def x_server(workdir: Path) -> Iterator[XServer]:
     read_fd, write_fd = os.pipe()
     process = subprocess.Popen(
         ["Xvfb", "-displayfd", str(write_fd), "-auth", str(server_auth), "-noreset",
-         "-nolisten", "tcp", "-screen", "0", "1280x800x24"],
+         "-nolisten", "tcp", "-screen", "0", "1280x800x24", *extra],
         pass_fds=(write_fd,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     os.close(write_fd)

@@ -1,0 +1,221 @@
+"""The display door, attacked from inside: a sandbox with x11 = true is an untrusted X client.
+
+On the host a trusted client (the user's terminal, say) has a window with the input focus. From
+the sandbox: log the keys typed into it (xev), type into it (xdotool, XTEST), read its pixels
+(xwd). With x11 = true all three fail while the sandbox's own window maps and takes the user's
+typing; with x11 = "trusted" they succeed, so the tests can fail.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from Xlib import XK, X, display
+from Xlib.ext import xtest
+
+from tests.harness import XServer, x_server
+from tests.integration.launching import (
+    FULL_SANDBOX,
+    TRUSTED_SANDBOX,
+    Session,
+    wait_for_file,
+    write_variant,
+)
+
+MODES = {"untrusted": FULL_SANDBOX, "trusted": TRUSTED_SANDBOX}
+
+
+@contextlib.contextmanager
+def host_client(xserver: XServer) -> Iterator[Any]:
+    """A trusted client of the user's: python-xlib with the session's cookie."""
+    previous = os.environ.get("XAUTHORITY")
+    os.environ["XAUTHORITY"] = str(xserver.xauthority)
+    try:
+        connection = display.Display(xserver.display)
+    finally:
+        if previous is None:
+            del os.environ["XAUTHORITY"]
+        else:
+            os.environ["XAUTHORITY"] = previous
+    try:
+        yield connection
+    finally:
+        connection.close()
+
+
+def victim_window(connection: Any) -> Any:
+    """A window of the host's with the input focus, listening for its keys."""
+    screen = connection.screen()
+    window = screen.root.create_window(0, 0, 300, 200, 0, screen.root_depth,
+                                       background_pixel=screen.white_pixel,
+                                       event_mask=X.KeyPressMask | X.ExposureMask)
+    window.set_wm_name("host terminal")
+    window.map()
+    connection.sync()
+    time.sleep(0.2)
+    window.set_input_focus(X.RevertToParent, X.CurrentTime)
+    connection.sync()
+    return window
+
+
+def type_keys(connection: Any, text: str) -> None:
+    """What the user types, through the X server's XTEST as a keyboard would."""
+    for char in text:
+        keycode = connection.keysym_to_keycode(XK.string_to_keysym(char))
+        xtest.fake_input(connection, X.KeyPress, keycode)
+        xtest.fake_input(connection, X.KeyRelease, keycode)
+        connection.sync()
+        time.sleep(0.02)
+
+
+def key_presses(connection: Any, window: Any) -> int:
+    count = 0
+    while connection.pending_events():
+        event = connection.next_event()
+        if event.type == X.KeyPress and event.window.id == window.id:
+            count += 1
+    return count
+
+
+def run_in_sandbox(session: Session, mode: str, script: str) -> subprocess.Popen[str]:
+    """A launch of script in a sandbox of the given display access."""
+    profile = write_variant(session.profiles, ["/bin/sh", "-c", script], MODES[mode])
+    return session.start(str(profile))
+
+
+def finish(launch: subprocess.Popen[str]) -> tuple[str, str]:
+    out, err = launch.communicate(timeout=60)
+    return out, err
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_keys_typed_into_another_window_cannot_be_logged(session: Session, mode: str) -> None:
+    assert session.xserver is not None
+    with host_client(session.xserver) as host:
+        victim = victim_window(host)
+        launch = run_in_sandbox(
+            session, mode, f"(timeout 4 xev -id {victim.id} -event keyboard > /root/data/log "
+                           "2>&1 &); sleep 1; touch /root/data/ready; sleep 3.5")
+        wait_for_file(session.persist_dir() / "ready", launch)
+        type_keys(host, "secret")
+        finish(launch)
+    logged = (session.persist_dir() / "log").read_text(errors="replace")
+    presses = logged.count("KeyPress event")
+    if mode == "trusted":
+        assert presses == 6, logged
+    else:
+        assert presses == 0, logged
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_keys_cannot_be_typed_into_another_window(session: Session, mode: str) -> None:
+    assert session.xserver is not None
+    with host_client(session.xserver) as host:
+        victim = victim_window(host)
+        key_presses(host, victim)
+        launch = run_in_sandbox(session, mode, "xdotool type --delay 20 injected; echo $?")
+        out, err = finish(launch)
+        time.sleep(0.3)
+        host.sync()
+        received = key_presses(host, victim)
+    if mode == "trusted":
+        assert received == len("injected"), (out, err)
+    else:
+        assert received == 0, (out, err)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_another_windows_pixels_cannot_be_read(session: Session, mode: str) -> None:
+    assert session.xserver is not None
+    with host_client(session.xserver) as host:
+        victim = victim_window(host)
+        launch = run_in_sandbox(session, mode,
+                                f"xwd -id {victim.id} -silent > /root/data/pixels; true")
+        finish(launch)
+    size = (session.persist_dir() / "pixels").stat().st_size
+    if mode == "trusted":
+        assert size > 300 * 200 * 3, size
+    else:
+        assert size == 0, size
+
+
+def find_window(connection: Any, name: str) -> Any | None:
+    pending = [connection.screen().root]
+    while pending:
+        window = pending.pop()
+        with contextlib.suppress(Exception):
+            if window.get_wm_name() == name:
+                return window
+        with contextlib.suppress(Exception):
+            pending.extend(window.query_tree().children)
+    return None
+
+
+def test_the_sandbox_maps_its_own_window_and_gets_the_users_typing(session: Session) -> None:
+    assert session.xserver is not None
+    launch = run_in_sandbox(session, "untrusted",
+                            "(timeout 5 xev -name sandboxed-window > /root/data/events 2>&1 &);"
+                            " sleep 5.5")
+    with host_client(session.xserver) as host:
+        deadline = time.monotonic() + 20
+        while (window := find_window(host, "sandboxed-window")) is None:
+            assert time.monotonic() < deadline, "the sandbox's window never mapped"
+            assert launch.poll() is None, launch.communicate()
+            time.sleep(0.1)
+        time.sleep(0.3)
+        window.set_input_focus(X.RevertToParent, X.CurrentTime)
+        host.sync()
+        type_keys(host, "hello")
+        finish(launch)
+    events = (session.persist_dir() / "events").read_text(errors="replace")
+    assert "MapNotify event" in events
+    assert events.count("KeyPress event") == 5, events
+
+
+def test_the_authorization_ends_with_the_app(session: Session, tmp_path: Path) -> None:
+    """A copy of the sandbox's cookie admits a client while the app runs; the app's exit
+    disconnects that client at once and the cookie admits nobody after."""
+    assert session.xserver is not None
+    launch = run_in_sandbox(session, "untrusted",
+                            "cp $XAUTHORITY /root/data/cookie; touch /root/data/ready; "
+                            "while [ ! -e /root/data/go ]; do sleep 0.05; done")
+    wait_for_file(session.persist_dir() / "ready", launch)
+    cookie = session.persist_dir() / "cookie"
+    env = {**session.xserver.client_env(), "XAUTHORITY": str(cookie)}
+    watcher = subprocess.Popen(["xev", "-root"], env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1)
+        assert watcher.poll() is None, watcher.communicate()
+        (session.persist_dir() / "go").touch()
+        assert finish(launch) is not None and launch.returncode == 0
+        # Revoked: the client that was in is out, at once.
+        assert watcher.wait(timeout=5) != 0
+    finally:
+        if watcher.poll() is None:
+            watcher.kill()
+    later = subprocess.run(["xdpyinfo"], env=env, capture_output=True, text=True, check=False)
+    assert later.returncode != 0
+    assert "unable to open display" in later.stderr
+
+
+def test_a_display_without_the_security_extension_names_the_trusted_mode(
+        session: Session, tmp_path: Path) -> None:
+    (tmp_path / "plain").mkdir()
+    with x_server(tmp_path / "plain", ["-extension", "SECURITY"]) as plain:
+        session.xserver = plain
+        profile = write_variant(session.profiles, ["xdpyinfo"], FULL_SANDBOX)
+        result = session.run(str(profile))
+    assert result.returncode == 125
+    lines = [line for line in result.stderr.splitlines() if line.startswith("sandboxapp:")]
+    assert len(lines) == 1, result.stderr
+    assert "has no SECURITY extension" in lines[0]
+    assert 'x11 = "trusted"' in result.stderr
+    assert not list(session.run_dir.glob("*.json"))
