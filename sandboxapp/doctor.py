@@ -9,8 +9,12 @@ import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sandboxapp.errors import SandboxError
+
+if TYPE_CHECKING:
+    from sandboxapp.x11 import XAccess
 from sandboxapp.paths import HELPER_PATH, SANDBOXAPP_GROUP, Locations
 
 MIN_FREE_BYTES = 2 * 10**9  # an image with Firefox is about 0.7 GB; room for a rebuild beside it
@@ -96,7 +100,22 @@ def _display(environ: Mapping[str, str]) -> list[Check]:
     else:
         checks.append(Check("X access control", Status.OK,
                             "only authorised clients and granted UIDs get in"))
+    checks.append(_security_extension(access))
     return checks
+
+
+def _security_extension(access: XAccess) -> Check:
+    from sandboxapp import x11auth
+
+    try:
+        x11auth.check_security(access)
+    except SandboxError as exc:
+        return Check("X isolation", Status.WARN, exc.message,
+                     'only profiles with x11 = "trusted" can use this display, and those '
+                     "programs can read and type into every window")
+    return Check("X isolation", Status.OK,
+                 "the SECURITY extension is there: x11 = true sandboxes are untrusted clients; "
+                 'profiles with x11 = "trusted" are not')
 
 
 def _sound(environ: Mapping[str, str], run_dir: Path) -> Check:

@@ -118,6 +118,12 @@ def _require_security(display: XDisplay, access: XAccess) -> None:
             status=ExitStatus.LAUNCHER)
 
 
+def check_security(access: XAccess) -> None:
+    """Raise the one-line error a launch gives where the display cannot isolate a sandbox."""
+    with _display(access) as display:
+        _require_security(display, access)
+
+
 def generate(access: XAccess) -> Authorization:
     from Xlib.ext import security
 

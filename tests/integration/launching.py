@@ -21,7 +21,7 @@ from tests.integration.conftest import REPO
 
 NAME = "sandboxapp-test"
 IMAGE_SECTION = ('[image]\nsuite = "bookworm"\n'
-                 'packages = ["x11-utils", "x11-apps", "xdotool", "pulseaudio-utils"]\n')
+                 'packages = ["x11-utils", "x11-apps", "xdotool", "xclip", "pulseaudio-utils"]\n')
 
 
 def write_variant(directory: Path, command: Sequence[str], sandbox: str = "",

@@ -198,6 +198,8 @@ def test_doctor_passes_here_and_names_each_missing_piece(session: Session) -> No
     lines = ok.stdout.splitlines()
     assert all(line.startswith(("ok", "warn")) for line in lines), ok.stdout
     assert any("systemd-nspawn" in line and "rootidmap" in line for line in lines)
+    assert any(line.startswith("ok") and "X isolation" in line and "SECURITY" in line
+               for line in lines), ok.stdout
 
     no_display = session.env()
     del no_display["DISPLAY"]

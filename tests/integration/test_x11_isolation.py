@@ -213,9 +213,50 @@ def test_a_display_without_the_security_extension_names_the_trusted_mode(
         session.xserver = plain
         profile = write_variant(session.profiles, ["xdpyinfo"], FULL_SANDBOX)
         result = session.run(str(profile))
+        doctor = session.sandboxapp("doctor")
+    assert any(line.startswith("warn") and "X isolation" in line and "no SECURITY" in line
+               for line in doctor.stdout.splitlines()), doctor.stdout
     assert result.returncode == 125
     lines = [line for line in result.stderr.splitlines() if line.startswith("sandboxapp:")]
     assert len(lines) == 1, result.stderr
     assert "has no SECURITY extension" in lines[0]
     assert 'x11 = "trusted"' in result.stderr
     assert not list(session.run_dir.glob("*.json"))
+
+
+def test_text_copied_on_the_host_pastes_into_the_sandbox(session: Session) -> None:
+    assert session.xserver is not None
+    # The user copies in a program of the desktop's: xclip owns the clipboard and hands its
+    # text to whoever pastes (once, then it exits).
+    owner = subprocess.Popen(["xclip", "-selection", "clipboard", "-i", "-loops", "1"],
+                             env=session.xserver.client_env(), stdin=subprocess.PIPE,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert owner.stdin is not None
+        owner.stdin.write("copied on the host")
+        owner.stdin.close()
+        time.sleep(0.5)
+        launch = run_in_sandbox(session, "untrusted",
+                                "timeout 5 xclip -o -selection clipboard > /root/data/pasted")
+        finish(launch)
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+    assert (session.persist_dir() / "pasted").read_text() == "copied on the host"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_text_copied_in_the_sandbox_reaches_the_host_only_when_trusted(
+        session: Session, mode: str) -> None:
+    """A cost of the untrusted mode: the X server does not let an untrusted client answer a
+    trusted one's paste, so copying goes one way, from the desktop into the sandbox."""
+    assert session.xserver is not None
+    launch = run_in_sandbox(session, mode,
+                            "echo -n 'copied in the sandbox' | timeout 8 xclip -selection "
+                            "clipboard -i -loops 1 & sleep 1; touch /root/data/ready; wait")
+    wait_for_file(session.persist_dir() / "ready", launch)
+    pasted = subprocess.run(["timeout", "5", "xclip", "-o", "-selection", "clipboard"],
+                            env=session.xserver.client_env(), capture_output=True, text=True,
+                            check=False)
+    finish(launch)
+    assert pasted.stdout == ("copied in the sandbox" if mode == "trusted" else ""), pasted
