@@ -424,7 +424,12 @@ def cmd_cleanup(args: argparse.Namespace, locations: Locations) -> int:
     from sandboxapp.ledger import RunDir
     from sandboxapp.recovery import reconcile
 
-    messages = reconcile(RunDir(locations.run_dir))
+    run_dir = RunDir(locations.run_dir)
+    directories = [run_dir]
+    if os.geteuid() == 0:
+        # Root cleans up after desktop users' launches too (the helper's side of them).
+        directories += run_dir.user_dirs()
+    messages = [message for directory in directories for message in reconcile(directory)]
     for message in messages:
         _say(message)
     if not messages:

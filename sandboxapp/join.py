@@ -4,8 +4,15 @@ again opens a new window in the running browser. The first launch keeps owning t
 
 from __future__ import annotations
 
+import contextlib
+import os
+import select
+import signal
 import subprocess
-from collections.abc import Sequence
+import sys
+import threading
+from collections.abc import Mapping, Sequence
+from typing import IO
 
 from sandboxapp.command import base_env
 from sandboxapp.container import container_init
@@ -13,6 +20,7 @@ from sandboxapp.errors import ExitStatus, SandboxError
 from sandboxapp.launchplan import LaunchPlan, container_env
 from sandboxapp.ledger import Record, RunDir
 from sandboxapp.safepath import DesktopUser
+from sandboxapp.supervisor import Relay
 
 CONTAINER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -52,5 +60,61 @@ def join_argv(init_pid: int, plan: LaunchPlan, command: Sequence[str]) -> list[s
 
 def join(run_dir: RunDir, plan: LaunchPlan, user: DesktopUser) -> int:
     init = running_init(run_dir, plan.profile.name, user)
-    argv = join_argv(init, plan, plan.command)
-    return subprocess.run(argv, env=base_env(), check=False).returncode
+    return run_without_terminal(join_argv(init, plan, plan.command), base_env())
+
+
+def run_without_terminal(argv: Sequence[str], env: Mapping[str, str]) -> int:
+    """Run a command that will be inside a sandbox (or reach into one) with pipes for its
+    input and output, copied from and to ours, in a session of its own: it never holds the
+    user's terminal, so it cannot push input into the user's shell (TIOCSTI), read keys meant
+    for it, or take a terminal to be its controlling one. A signal that stops us goes on to it.
+    """
+    process = subprocess.Popen(argv, env=dict(env), stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               start_new_session=True)
+    assert process.stdin is not None and process.stdout is not None
+    assert process.stderr is not None
+    relay = Relay()
+    relay.raw(process.stdout, sys.stdout.fileno())
+    relay.raw(process.stderr, sys.stderr.fileno())
+    done = threading.Event()
+    feeder = threading.Thread(target=_feed, args=(process.stdin, done), daemon=True)
+    feeder.start()
+
+    def forward(signum: int, _frame: object) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signum)
+
+    previous = {sig: signal.signal(sig, forward)
+                for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        status = process.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        done.set()
+    relay.join()
+    return status
+
+
+def _feed(stdin: IO[bytes], done: threading.Event) -> None:
+    """Copy our input to the command's until it ends, or the command does. select's timeout
+    lets a command that has ended stop the copy without taking the user's next keystroke."""
+    try:
+        while not done.is_set():
+            try:
+                readable, _, _ = select.select([0], [], [], 0.1)
+            except (OSError, ValueError):
+                return
+            if not readable:
+                continue
+            chunk = os.read(0, 1 << 16)
+            if not chunk:
+                return
+            stdin.write(chunk)
+            stdin.flush()
+    except OSError:
+        return  # the command closed its input, or our input is gone
+    finally:
+        with contextlib.suppress(OSError):
+            stdin.close()

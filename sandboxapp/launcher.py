@@ -275,11 +275,11 @@ class Launch:
             from sandboxapp.join import join
 
             return join(self.supervisor.run_dir, self.plan, self.user)
-        # A fresh helper: the joined command gets the launcher's own input, as it would
-        # outside a sandbox.
+        # A fresh helper: the joined command gets the launcher's own input, through a pipe.
+        from sandboxapp.join import run_without_terminal
+
         argv = helper_argv(self._helper_words("join", None))
-        return subprocess.run(argv, env=base_env({"TERM": self.environ.get("TERM", "dumb")}),
-                              check=False).returncode
+        return run_without_terminal(argv, base_env({"TERM": self.environ.get("TERM", "dumb")}))
 
     # -- the whole launch --------------------------------------------------------------------
 

@@ -97,11 +97,15 @@ class LaunchPlan:
     persist: tuple[PersistDir, ...]
     display: Display | None
     command: tuple[str, ...]
+    # A desktop user's launch through the helper: "uUID", which keeps its layer and machine
+    # apart from another user's of the same profile (and from root's own).
+    instance: str | None = None
 
     @property
     def machine(self) -> str:
         # Machine names are host names: no '_'.
-        return "sandboxapp-" + self.profile.name.replace("_", "-")
+        name = "sandboxapp-" + self.profile.name.replace("_", "-")
+        return f"{name}-{self.instance}" if self.instance else name
 
 
 def persist_host_dir(data_root: Path, container: PurePosixPath) -> Path:
@@ -115,6 +119,7 @@ def plan_launch(
     extra_args: Sequence[str],
     locations: Locations,
     environ: Mapping[str, str] | None = None,
+    instance: str | None = None,
 ) -> LaunchPlan:
     environ = os.environ if environ is None else environ
     store = ImageStore(locations.image_dir)
@@ -124,13 +129,16 @@ def plan_launch(
         profile=profile,
         image=store.get(profile.name),
         image_path=store.image_path(profile.name),
-        layer_root=store.root / ".layers" / profile.name,
+        # '@' is in no profile name: an instance's layer is never another profile's.
+        layer_root=store.root / ".layers" / (f"{profile.name}@{instance}" if instance
+                                             else profile.name),
         state_root=None if profile.sandbox.stateless else store.root / ".state" / profile.name,
         persist=tuple(
             PersistDir(path, persist_host_dir(data_root, path)) for path in profile.sandbox.persist
         ),
         display=display,
         command=(*profile.command, *extra_args),
+        instance=instance,
     )
 
 

@@ -105,6 +105,9 @@ class Record:
             return cls(path, path.stem, 0, 0.0, [])
 
 
+# Below root's run directory, a directory per desktop user ("user-UID"); a profile has only
+# files there (PROFILE.json, .lock, .stop), so none is taken for one.
+USER_DIR_PREFIX = "user-"
 # The longest a stopping app may be given to exit (`sandboxapp stop --timeout`).
 MAX_STOP_GRACE = 3600.0
 
@@ -125,6 +128,16 @@ class RunDir:
                 hint="remove it, or set SANDBOXAPP_RUN_DIR",
                 status=ExitStatus.LAUNCHER,
             )
+
+    def for_user(self, uid: int) -> RunDir:
+        """The run directory of a desktop user's launches through the helper (root's)."""
+        return RunDir(self.root / f"{USER_DIR_PREFIX}{uid}")
+
+    def user_dirs(self) -> list[RunDir]:
+        if not self.root.is_dir():
+            return []
+        return [RunDir(path) for path in sorted(self.root.glob(f"{USER_DIR_PREFIX}*"))
+                if path.is_dir() and not path.is_symlink()]
 
     def record_path(self, profile: str) -> Path:
         return self.root / f"{profile}.json"

@@ -38,7 +38,10 @@ def _run_dirs(locations: Locations) -> list[RunDir]:
     dirs = [locations.run_dir]
     if DEFAULT_RUN_DIR not in dirs:
         dirs.append(DEFAULT_RUN_DIR)
-    return [RunDir(d) for d in dirs]
+    found = [RunDir(d) for d in dirs]
+    if os.geteuid() == 0:  # and the helper's, for each desktop user
+        found += [user_dir for run_dir in list(found) for user_dir in run_dir.user_dirs()]
+    return found
 
 
 def _live_records(locations: Locations) -> dict[str, list[Record]]:

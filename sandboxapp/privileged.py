@@ -164,7 +164,7 @@ def _checked_plan(args: argparse.Namespace, user: DesktopUser,
     if args.x11_dir is not None and (not profile.sandbox.x11 or profile.sandbox.x11_trusted):
         raise SandboxError("an X directory was given, but the profile's display access is not "
                            "x11 = true", status=ExitStatus.LAUNCHER)
-    plan = plan_launch(profile, extra, locations, environ)
+    plan = plan_launch(profile, extra, locations, environ, instance=f"u{user.uid}")
     sound = None
     if args.sound_dir is not None or args.shared_sound_socket is not None:
         if not profile.sandbox.pulseaudio or args.sound_dir is None:
@@ -255,7 +255,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     user = DesktopUser.from_environment(os.environ)
     image_dir = os.environ.get("SANDBOXAPP_IMAGE_DIR", "/var/lib/sandboxapp/images")
     run_dir = os.environ.get("SANDBOXAPP_RUN_DIR", str(DEFAULT_RUN_DIR))
-    locations = Locations(image_dir=Path(image_dir), run_dir=Path(run_dir),
+    # Each user's launches have a run directory of their own below root's: their own locks
+    # and records, so two users' sandboxes of one profile never meet.
+    locations = Locations(image_dir=Path(image_dir),
+                          run_dir=RunDir(Path(run_dir)).for_user(user.uid).root,
                           config_home=Path("/nonexistent"), data_home=args.data_home)
     try:
         handler = {"join": join_running, "launch": launch, "build": image_work,

@@ -39,6 +39,7 @@ from tests.integration.launching import (
     wait_for_no_sandbox_processes,
     write_variant,
 )
+from tests.integration.terminal import PROBE, run_on_a_terminal
 
 
 @dataclass
@@ -77,16 +78,25 @@ def installed(test_image_dir: Path, tmp_path: Path) -> Iterator[Path]:
                        cwd=REPO, capture_output=True, check=False)
 
 
-@pytest.fixture
-def member(installed: Path, test_image_dir: Path) -> Iterator[DesktopUser]:
+def _group_member(tag: str, installed: Path, test_image_dir: Path) -> Iterator[DesktopUser]:
     # The store and run directories again: setup writes them into the helper anew.
     env = {"PATH": os.environ["PATH"], "HOME": "/root",
            "SANDBOXAPP_IMAGE_DIR": str(test_image_dir), "SANDBOXAPP_RUN_DIR": str(installed)}
-    for user in _make_user("m"):
+    for user in _make_user(tag):
         result = subprocess.run([str(USER_COMMAND), "setup", "--add-user", user.name],
                                 env=env, capture_output=True, text=True, check=False)
         assert result.returncode == 0, result.stderr
         yield user
+
+
+@pytest.fixture
+def member(installed: Path, test_image_dir: Path) -> Iterator[DesktopUser]:
+    yield from _group_member("m", installed, test_image_dir)
+
+
+@pytest.fixture
+def second_member(installed: Path, test_image_dir: Path) -> Iterator[DesktopUser]:
+    yield from _group_member("n", installed, test_image_dir)
 
 
 @pytest.fixture
@@ -143,13 +153,16 @@ def user_profile(user: DesktopUser, command: list[str], sandbox: str = FULL_SAND
     return path
 
 
-def _start_waiting(user: DesktopUser, env: dict[str, str],
-                   script: str) -> subprocess.Popen[str]:
-    """The user's launch of a profile that runs script, marks data/ready and waits for
-    data/go; returned once it is ready."""
-    user_profile(user, ["/bin/sh", "-c", f"{script}; touch /root/data/ready; "
-                        "while [ ! -e /root/data/go ]; do sleep 0.05; done"])
-    launch = as_user(user, [str(USER_COMMAND), "run", NAME], env, background=True)
+def _start_waiting(user: DesktopUser, env: dict[str, str], script: str, *,
+                   as_arguments: bool = False) -> subprocess.Popen[str]:
+    """The user's launch of a shell that runs script, marks data/ready and waits for
+    data/go; returned once it is ready. as_arguments: the profile's command is a bare shell,
+    and the script comes after `--` (so that a second run with other words joins it)."""
+    full = (f"{script}; touch /root/data/ready; "
+            "while [ ! -e /root/data/go ]; do sleep 0.05; done")
+    user_profile(user, ["/bin/sh"] if as_arguments else ["/bin/sh", "-c", full])
+    words = ["--", "-c", full] if as_arguments else []
+    launch = as_user(user, [str(USER_COMMAND), "run", NAME, *words], env, background=True)
     assert isinstance(launch, subprocess.Popen)
     try:
         wait_for_file(user.data / "ready", launch)
@@ -216,7 +229,9 @@ def test_launch_records_are_private_and_ps_shows_the_users_own_sandbox(
     launch = _start_waiting(member, session_env(xserver, user_x, user_sound), "true")
     try:
         # The root side's record names the profile file and the user: root's alone.
-        [record] = installed.glob("*.json")
+        # The user's launches keep their root side's records in a directory of their own.
+        [record] = (installed / f"user-{member.uid}").glob("*.json")
+        assert not list(installed.glob("*.json"))
         assert record.stat().st_mode & 0o777 == 0o600
         peek = as_user(member, ["cat", str(record)])
         assert isinstance(peek, subprocess.CompletedProcess)
@@ -314,7 +329,7 @@ def test_a_persist_directory_that_is_a_symlink_to_etc_is_refused(
     assert "passwd" not in direct.stdout
     assert etc_state() == before
     assert mounts_under(test_image_dir) == []
-    assert not list(installed.glob("*.json"))
+    assert not list(installed.rglob("*.json"))
 
 
 def test_a_data_directory_swapped_for_a_symlink_meanwhile_never_exposes_etc(
@@ -447,15 +462,10 @@ def test_a_second_launch_by_the_user_joins_through_the_helper(
     member: DesktopUser, user_x: Path, user_sound: SoundServer, xserver: XServer,
     test_image_dir: Path,
 ) -> None:
-    user_profile(member, ["/bin/sh"])
     env = session_env(xserver, user_x, user_sound)
-    first = as_user(member, [str(USER_COMMAND), "run", NAME, "--", "-c",
-                             "readlink /proc/self/ns/pid > /root/data/ns; touch /root/data/ready; "
-                             "while [ ! -e /root/data/go ]; do sleep 0.05; done"],
-                    env, background=True)
-    assert isinstance(first, subprocess.Popen)
+    first = _start_waiting(member, env, "readlink /proc/self/ns/pid > /root/data/ns",
+                           as_arguments=True)
     try:
-        wait_for_file(member.data / "ready", first)
         joined = as_user(member, [str(USER_COMMAND), "run", NAME, "--", "-c",
                                   "readlink /proc/self/ns/pid; touch /root/data/go"], env)
         assert isinstance(joined, subprocess.CompletedProcess)
@@ -534,6 +544,7 @@ def test_sigkill_of_a_users_launcher_at_any_moment_leaves_nothing(
     subprocess.run(["chown", "-R", f"{member.uid}:{member.gid}", str(member.home / ".local")],
                    check=True)
     own = member.runtime / "sandboxapp"
+    root_side = installed / f"user-{member.uid}"
     grants, modules = view.x_grants(), view.socket_modules()
     uid = json.loads((test_image_dir / NAME / "image.json").read_text())["uid_base"]
 
@@ -548,9 +559,9 @@ def test_sigkill_of_a_users_launcher_at_any_moment_leaves_nothing(
         Moment("after the X authorization", (own / ".x11" / NAME / "Xauthority").exists),
         Moment("after the sound socket", (own / NAME / "native").exists),
         Moment("helper started", helper_started),
-        Moment("root side's record written", (installed / f"{NAME}.json").exists),
+        Moment("root side's record written", (root_side / f"{NAME}.json").exists),
         Moment("nspawn starting",
-               lambda: recorded(installed / f"{NAME}.json", "container", with_pid=True)),
+               lambda: recorded(root_side / f"{NAME}.json", "container", with_pid=True)),
         Moment("app running", (member.data / "ready").exists),
         Moment("during take-back", (member.data / "done").exists),
     ]
@@ -558,9 +569,9 @@ def test_sigkill_of_a_users_launcher_at_any_moment_leaves_nothing(
     def left_behind() -> list[str]:
         problems = []
         deadline = time.monotonic() + 20  # the helper's own stop of the app, then take-back
-        while list(installed.glob("*.json")) and time.monotonic() < deadline:
+        while list(root_side.glob("*.json")) and time.monotonic() < deadline:
             time.sleep(0.05)
-        if records := list(installed.glob("*.json")) + list(own.glob("*.json")):
+        if records := list(installed.rglob("*.json")) + list(own.glob("*.json")):
             problems.append(f"records {records}")
         if view.x_grants() != grants:
             problems.append(f"X host list {view.x_grants()}")
@@ -593,3 +604,74 @@ def test_sigkill_of_a_users_launcher_at_any_moment_leaves_nothing(
 
     killed_in = kill_at_moments(moments, start, undo, left_behind, member.data)
     assert sum("killed" in line for line in killed_in) >= 8, killed_in
+
+
+def test_two_users_run_one_profile_at_once_each_in_a_sandbox_of_their_own(
+    member: DesktopUser, second_member: DesktopUser, xserver: XServer, installed: Path,
+    test_image_dir: Path,
+) -> None:
+    sandbox = 'x11 = true\nnetwork = "none"\npersist = ["/root/data"]\n'
+    launches = {}
+    try:
+        for user in (member, second_member):
+            user_profile(user, ["/bin/sh", "-c",
+                                f"echo {user.name} > /root/data/mine; ls /root/data > "
+                                "/root/data/seen; (timeout 30 xev -name "
+                                f"window-of-{user.name} >/dev/null 2>&1 &); "
+                                "touch /root/data/ready; "
+                                "while [ ! -e /root/data/go ]; do sleep 0.05; done"], sandbox)
+            env = {"DISPLAY": xserver.display,
+                   "XAUTHORITY": str(give_cookie(user, xserver.xauthority))}
+            launch = as_user(user, [str(USER_COMMAND), "run", NAME], env, background=True)
+            assert isinstance(launch, subprocess.Popen)
+            launches[user.name] = launch
+            wait_for_file(user.data / "ready", launch)
+        # Both run at once, each with its own window on the display ...
+        deadline = time.monotonic() + 20
+        while True:
+            tree = subprocess.run(["xwininfo", "-root", "-tree"], env=xserver.client_env(),
+                                  capture_output=True, text=True, check=True).stdout
+            if all(f"window-of-{user.name}" in tree for user in (member, second_member)):
+                break
+            assert time.monotonic() < deadline, tree
+            time.sleep(0.1)
+        # ... its own root side (record and layer) ...
+        for user in (member, second_member):
+            assert (installed / f"user-{user.uid}" / f"{NAME}.json").exists()
+            assert (test_image_dir / ".layers" / f"{NAME}@u{user.uid}" / "merged").is_dir()
+        # ... and its own data only.
+        for user in (member, second_member):
+            assert (user.data / "mine").read_text() == f"{user.name}\n"
+            assert (user.data / "seen").read_text().split() == ["mine", "seen"]
+            (user.data / "go").touch()
+        for name, launch in launches.items():
+            _, err = launch.communicate(timeout=60)
+            assert launch.returncode == 0, (name, err)
+    finally:
+        for launch in launches.values():
+            if launch.poll() is None:
+                launch.kill()
+    assert mounts_under(test_image_dir) == []
+    assert not list(installed.rglob("*.json"))
+
+
+def test_a_users_joined_command_cannot_push_input_into_their_terminal(
+    member: DesktopUser, user_x: Path, user_sound: SoundServer, xserver: XServer,
+) -> None:
+    env = session_env(xserver, user_x, user_sound)
+    first = _start_waiting(member, env, "true", as_arguments=True)
+    try:
+        command = ["setpriv", f"--reuid={member.uid}", f"--regid={member.gid}",
+                   "--init-groups", "--", str(USER_COMMAND), "run", NAME, "--", "-c",
+                   f"perl -e '{PROBE}'"]
+        full_env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(member.home),
+                    "USER": member.name, "XDG_RUNTIME_DIR": str(member.runtime), **env}
+        status, output, waiting = run_on_a_terminal(command, full_env)
+        assert status == 0, output
+        assert "pushed 0 characters" in output, output
+        assert b"PWNED" not in waiting, waiting
+        (member.data / "go").touch()
+        assert first.wait(timeout=60) == 0
+    finally:
+        if first.poll() is None:
+            first.kill()
