@@ -35,11 +35,10 @@ SOUND_DIR_MODE = 0o711
 
 @dataclass(frozen=True)
 class SoundPaths:
-    """A sandbox's sound directory on the host (its client configuration, and its own socket
-    once the module is loaded), or the user's socket where it cannot have its own."""
+    """A sandbox's sound directory on the host: its client configuration, and its own socket
+    once the launcher serves it (soundproxy.py)."""
 
     dir: Path
-    shared_socket: Path | None = None
 
     @property
     def conf(self) -> Path:
@@ -47,7 +46,7 @@ class SoundPaths:
 
     @property
     def socket(self) -> Path:
-        return self.shared_socket or self.dir / SOUND_SOCKET
+        return self.dir / SOUND_SOCKET
 
 
 @dataclass(frozen=True)

@@ -175,13 +175,8 @@ class ContainerSide:
             paths.append((plan.display.socket, True, "X display socket", stat.S_IFSOCK))
         if request.x11_dir is not None:
             paths.append((request.x11_dir, False, "X directory", stat.S_IFDIR))
-        sound = request.sound
-        if sound is not None and sound.shared_socket is not None:
-            # Made by the sound server: the user's, or root's where root runs that server.
-            paths.append((sound.shared_socket, True, "sound socket", stat.S_IFSOCK))
-            paths.append((sound.conf, False, "sound client configuration", stat.S_IFREG))
-        elif sound is not None:
-            paths.append((sound.dir, False, "sound directory", stat.S_IFDIR))
+        if request.sound is not None:
+            paths.append((request.sound.dir, False, "sound directory", stat.S_IFDIR))
         return paths
 
     def _stage(self, layer_dir: Path) -> dict[Path, Path]:

@@ -22,12 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sandboxapp import prestart, x11, x11auth
+from sandboxapp import prestart, pulsewire, soundproxy, x11, x11auth
 from sandboxapp.audio import (
     SOUND_DIR_MODE,
     SoundPaths,
     SoundServerAddress,
-    load_socket_module,
     server_reachable,
 )
 from sandboxapp.command import base_env
@@ -166,16 +165,16 @@ class Launch:
         write_file_no_follow(sound.conf, PULSE_CLIENT_CONF_TEXT)
         if os.geteuid() == 0:
             os.chown(sound.conf, self.user.uid, self.user.gid)
+        del entry  # its undo removes the directory and the socket, after the proxy closes
+        # The sandbox's socket, served here while the app runs: only what a player needs
+        # reaches the user's server (soundproxy.py).
         try:
-            index = load_socket_module(address, sound.socket)
-        except SandboxError as exc:
-            self.warn(
-                f"{exc.message}; falling back to your own sound socket {address.socket}: the "
-                "sandbox can then use it as you do, and it cannot be taken back at exit"
-            )
-            return SoundPaths(sound.dir, shared_socket=address.socket)
-        assert self.supervisor.record is not None
-        self.supervisor.record.update(entry, index=index)
+            stack.enter_context(soundproxy.serving(
+                sound.socket, address.socket, pulsewire.read_cookie(self.environ),
+                recording=self.plan.profile.sandbox.microphone))
+        except OSError as exc:
+            raise SandboxError(f"cannot make the sandbox's sound socket {sound.socket}: "
+                               f"{exc.strerror}", status=ExitStatus.LAUNCHER) from None
         return sound
 
     # -- the root side, here -----------------------------------------------------------------
@@ -188,8 +187,7 @@ class Launch:
         request = ContainerRequest(self.plan, self.user, trusted_profile=True, sound=sound,
                                    x11_dir=x11_dir)
         side = ContainerSide(self.supervisor, request, self.stderr, relay=self.relay)
-        ticketed = (self.ticket is not None and self.plan.profile.sandbox.stateless
-                    and (sound is None or sound.shared_socket is None))
+        ticketed = self.ticket is not None and self.plan.profile.sandbox.stateless
         body = side.ticket_body() if ticketed else None
         prestarted = self.prestarted
         if prestarted is not None and body is not None and prestart.body_of(
@@ -238,8 +236,6 @@ class Launch:
             argv += ["--x11-dir", str(x11_dir)]
         if sound is not None:
             argv += ["--sound-dir", str(sound.dir)]
-            if sound.shared_socket is not None:
-                argv += ["--shared-sound-socket", str(sound.shared_socket)]
         extra = plan.command[len(plan.profile.command):]
         return [*argv, plan.profile.name, "--", *extra]
 

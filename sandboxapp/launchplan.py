@@ -192,11 +192,8 @@ def launch_spec(
         # The user's directory, its files the container root's own (Firefox will not read an
         # XAUTHORITY owned by nobody).
         binds.append(Bind(source(x11_dir), str(X11_CONTAINER_DIR), root_idmap=True))
-    if sound is not None and sound.shared_socket is not None:
-        binds.append(Bind(source(sound.shared_socket), str(PULSE_SOCKET)))
-        binds.append(Bind(source(sound.conf), str(PULSE_CLIENT_CONF)))
-    elif sound is not None:
-        # The directory: its socket appears there when the module is loaded, which may be
+    if sound is not None:
+        # The directory: its socket appears there when the launcher serves it, which may be
         # after the container has started.
         binds.append(Bind(source(sound.dir), str(PULSE_DIR)))
     binds.append(Bind(gate, GATE))
@@ -242,8 +239,10 @@ def describe_plan(plan: LaunchPlan, facts: HostFacts) -> str:
     else:
         lines.append("X11:      none")
     if profile.sandbox.pulseaudio:
-        lines.append(f"sound:    a socket of its own on your PulseAudio server, at {PULSE_SOCKET}"
-                     " inside, unloaded at exit")
+        lines.append(f"sound:    a socket of its own at {PULSE_SOCKET} inside, served by the "
+                     "launcher while it runs: playback only"
+                     + (" and recording (microphone = true)" if profile.sandbox.microphone
+                        else "") + "; modules, other programs' streams and devices are refused")
     else:
         lines.append("sound:    none")
     lines.append(f"network:  {profile.sandbox.network.value}")

@@ -64,7 +64,6 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--display", type=int)
         sub.add_argument("--x11-dir", type=_absolute)
         sub.add_argument("--sound-dir", type=_absolute)
-        sub.add_argument("--shared-sound-socket", type=_absolute)
         sub.add_argument("profile")
         sub.add_argument("args", nargs=argparse.REMAINDER)
     return parser
@@ -166,11 +165,11 @@ def _checked_plan(args: argparse.Namespace, user: DesktopUser,
                            "x11 = true", status=ExitStatus.LAUNCHER)
     plan = plan_launch(profile, extra, locations, environ, instance=f"u{user.uid}")
     sound = None
-    if args.sound_dir is not None or args.shared_sound_socket is not None:
-        if not profile.sandbox.pulseaudio or args.sound_dir is None:
-            raise SandboxError("sound was asked for, but the profile has none, or no sound "
-                               "directory was given", status=ExitStatus.LAUNCHER)
-        sound = SoundPaths(args.sound_dir, args.shared_sound_socket)
+    if args.sound_dir is not None:
+        if not profile.sandbox.pulseaudio:
+            raise SandboxError("sound was asked for, but the profile has none",
+                               status=ExitStatus.LAUNCHER)
+        sound = SoundPaths(args.sound_dir)
     image = ImageStore(locations.image_dir).require(name)
     check_command(image.rootfs, plan.command[0])
     return plan, trusted, sound

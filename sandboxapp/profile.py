@@ -88,6 +88,8 @@ class SandboxSpec:
     x11: bool = False
     x11_trusted: bool = False
     pulseaudio: bool = False
+    # Recording through the sound server (a microphone); playback needs only pulseaudio.
+    microphone: bool = False
     # A D-Bus session bus of the sandbox's own (never the user's): programs that find their
     # running instance over D-Bus, as Firefox does, then get joined launches right.
     session_bus: bool = False
@@ -329,12 +331,13 @@ def parse_profile(name: str, path: Path, origin: str, doc: dict[str, Any]) -> Pr
 
     sandbox_table = r.table(
         doc, "sandbox",
-        ("stateless", "x11", "pulseaudio", "session_bus", "network", "persist", "env",
-         "bind_ro"),
+        ("stateless", "x11", "pulseaudio", "microphone", "session_bus", "network", "persist",
+         "env", "bind_ro"),
     )
     flags = {
         key: r.value(sandbox_table, key, f"sandbox.{key}", bool, "true or false", default=default)
-        for key, default in (("stateless", True), ("pulseaudio", False), ("session_bus", False))
+        for key, default in (("stateless", True), ("pulseaudio", False), ("microphone", False),
+                             ("session_bus", False))
     }
     x11_value = sandbox_table.get("x11", False)
     if type(x11_value) is not bool and x11_value != "trusted":
@@ -402,6 +405,7 @@ def parse_profile(name: str, path: Path, origin: str, doc: dict[str, Any]) -> Pr
             x11=x11_value is not False,
             x11_trusted=x11_value == "trusted",
             pulseaudio=flags["pulseaudio"],
+            microphone=flags["microphone"],
             session_bus=flags["session_bus"],
             network=network,
             persist=persist,
