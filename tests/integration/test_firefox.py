@@ -15,12 +15,21 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import SoundServer, XServer, require_programs, screenshot
+from tests.harness import (
+    SoundServer,
+    XServer,
+    peak_level,
+    recording,
+    require_programs,
+    screenshot,
+    write_tone,
+)
 from tests.integration.launching import Session
 
 ARTIFACTS = Path(os.environ.get("SANDBOXAPP_TEST_ARTIFACTS", "/tmp/sandboxapp-test-artifacts"))
 TITLE = "sandboxapp bookmark test"
 SECOND_TITLE = "sandboxapp second page"
+AUDIO_TITLE = "sandboxapp audio test"
 
 
 @pytest.fixture
@@ -34,6 +43,14 @@ def web_page(tmp_path: Path) -> Iterator[str]:
     )
     (www / "second.html").write_text(
         f"<html><head><title>{SECOND_TITLE}</title></head><body>opened by a second launch"
+        "</body></html>"
+    )
+    # A page whose sound starts at the user's click (Firefox plays nothing audible before one).
+    write_tone(www / "tone.wav", seconds=3.0)
+    (www / "audio.html").write_text(
+        f"<html><head><title>{AUDIO_TITLE}</title></head><body style='height:100vh'>"
+        "<audio id='tone' src='tone.wav' preload='auto'></audio><p>click to play</p>"
+        "<script>document.onclick = () => document.getElementById('tone').play();</script>"
         "</body></html>"
     )
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(www))
@@ -218,3 +235,35 @@ def test_firefox_opens_after_every_kind_of_interruption_and_keeps_its_bookmark(
         launch.terminate()
         launch.wait(timeout=60)
     assert (TITLE, web_page) in bookmarks(firefox_profile(session))
+
+
+@pytest.mark.slow
+def test_firefox_loads_a_page_typed_into_its_url_bar_and_plays_its_sound(
+    tmp_path: Path, firefox_image_dir: Path, xserver: XServer, soundserver: SoundServer,
+    web_page: str,
+) -> None:
+    """As an untrusted X client, with its sound through the filtering proxy: the user types
+    an address, the page loads, a click plays its <audio>, and the host's sink hears it."""
+    require_programs("xdotool", "parec")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    session = Session(tmp_path, firefox_image_dir, xserver, soundserver, sudo_uid=4321)
+    launch = session.start("firefox", "--", web_page)
+    try:
+        wait_for_window(xserver, TITLE, launch)
+        time.sleep(2)
+        xdotool(xserver, "key", "--clearmodifiers", "ctrl+l")
+        time.sleep(0.5)
+        xdotool(xserver, "type", "--delay", "30", web_page.replace("index.html", "audio.html"))
+        xdotool(xserver, "key", "Return")
+        window = wait_for_window(xserver, AUDIO_TITLE, launch)
+        time.sleep(2)
+        width, height, _ = screenshot(xserver, ARTIFACTS / "firefox-audio-page.png")
+        capture = tmp_path / "capture.raw"
+        with recording(soundserver, capture):
+            xdotool(xserver, "mousemove", "--window", window, str(width // 3),
+                    str(height // 2), "click", "1")
+            time.sleep(4)
+        assert peak_level(capture.read_bytes()) > 5000
+    finally:
+        launch.terminate()
+        launch.wait(timeout=60)
