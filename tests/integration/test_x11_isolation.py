@@ -260,3 +260,20 @@ def test_text_copied_in_the_sandbox_reaches_the_host_only_when_trusted(
                             check=False)
     finish(launch)
     assert pasted.stdout == ("copied in the sandbox" if mode == "trusted" else ""), pasted
+
+
+def test_what_the_untrusted_mode_leaves_out(session: Session) -> None:
+    """The extensions an untrusted client is shown, against a trusted one's: the costs the
+    README names (no XTEST; no XInput, so no XInput2 smooth scrolling; no GLX; no MIT-SHM).
+    Which others the X server grants untrusted clients is its SecurityPolicy file's say."""
+    seen = {}
+    for mode in MODES:
+        launch = run_in_sandbox(session, mode, "xdpyinfo -queryExtensions | "
+                                               "sed -n 's/^    \\([A-Za-z].*\\)  (opcode.*/\\1/p'")
+        out, err = finish(launch)
+        assert launch.returncode == 0, err
+        seen[mode] = {line.strip() for line in out.splitlines() if line.strip()}
+    print("hidden from an untrusted client:", sorted(seen["trusted"] - seen["untrusted"]))
+    hidden = {"XTEST", "XInputExtension", "GLX", "MIT-SHM", "RECORD", "XVideo"}
+    assert hidden <= seen["trusted"] - seen["untrusted"]
+    assert seen["untrusted"] < seen["trusted"]
