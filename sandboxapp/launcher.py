@@ -114,6 +114,8 @@ class Launch:
         access = x11.XAccess.from_environment(display, self.environ)
         if not self.plan.profile.sandbox.x11_trusted:
             return self._x11_untrusted(stack, access)
+        self.warn(f'{self.plan.profile.name} has x11 = "trusted": it can read and type into '
+                  "every window on your display while it runs")
         uid = self.plan.image.meta.uid_base
         entry = self.supervisor.add(stack, "x11", **access.to_record(), uid=uid)
         if not x11.grant(access, uid):

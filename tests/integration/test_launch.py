@@ -325,6 +325,9 @@ def test_a_grant_the_user_made_is_left_in_place(session: Session) -> None:
     result = session.run(str(profile))
     assert result.returncode == 0, result.stderr
     assert f"SI:localuser:#{uid}" in session.x_grants()
+    # A trusted display grant is said at every launch.
+    assert ('warning: sandboxapp-test has x11 = "trusted": it can read and type into every '
+            "window") in result.stderr
 
 
 def test_dry_run_prints_the_command_and_changes_nothing(session: Session) -> None:
