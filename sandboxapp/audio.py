@@ -1,15 +1,11 @@
-"""Sound for a sandbox: a socket of its own on the user's PulseAudio server.
-
-`module-native-protocol-unix` with a socket path of ours gives the sandbox a socket that can be
-taken away: unloading the module closes it and removes the file. PipeWire's PulseAudio server
-cannot load that module; there the sandbox can only get the user's own socket (weaker: it cannot
-be revoked at exit), and the caller is told so.
+"""Sound for a sandbox: where its socket and client configuration live, how the user's server
+is found, and undoing the per-sandbox socket module that earlier releases loaded (their launch
+records may still name one). The socket itself is served by the launcher: soundproxy.py.
 """
 
 from __future__ import annotations
 
 import contextlib
-import enum
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -19,12 +15,6 @@ from sandboxapp import pulsewire
 from sandboxapp.errors import SandboxError
 
 MODULE = "module-native-protocol-unix"
-
-
-class SoundMode(enum.StrEnum):
-    OWN_SOCKET = "own-socket"  # a per-sandbox socket, unloaded at exit
-    SHARED_SOCKET = "shared-socket"  # the user's own socket (PipeWire): not revocable
-    NONE = "none"
 
 
 # In a sandbox's sound directory: its client configuration and its own socket.
@@ -92,20 +82,6 @@ def _pulse(address: SoundServerAddress) -> Iterator[pulsewire.Connection]:
         raise SandboxError(f"the sound server at {address.socket} failed: {exc}") from None
     finally:
         connection.close()
-
-
-def load_socket_module(address: SoundServerAddress, socket: Path) -> int:
-    """Load a per-sandbox socket module; its index. Raises SandboxError when the server
-    cannot (PipeWire) or is not there."""
-    try:
-        with _pulse(address) as pulse:
-            try:
-                return pulse.load_module(MODULE, f"socket={socket} auth-anonymous=1")
-            except pulsewire.PulseError as exc:
-                raise SandboxError(f"the sound server cannot load {MODULE}: {exc}") from None
-    except ServerGone:
-        raise SandboxError(f"cannot reach the sound server at {address.socket}: nobody serves "
-                           "it") from None
 
 
 def _serves(module: pulsewire.ModuleInfo, socket: Path) -> bool:

@@ -48,23 +48,23 @@ class PulseError(Exception):
         self.code = code
 
 
-class _Writer:
+class Writer:
     def __init__(self) -> None:
         self.parts: list[bytes] = []
 
-    def u32(self, value: int) -> _Writer:
+    def u32(self, value: int) -> Writer:
         self.parts.append(b"L" + struct.pack(">I", value))
         return self
 
-    def string(self, value: str | None) -> _Writer:
+    def string(self, value: str | None) -> Writer:
         self.parts.append(b"N" if value is None else b"t" + value.encode() + b"\0")
         return self
 
-    def arbitrary(self, value: bytes) -> _Writer:
+    def arbitrary(self, value: bytes) -> Writer:
         self.parts.append(b"x" + struct.pack(">I", len(value)) + value)
         return self
 
-    def proplist(self, values: Mapping[str, str]) -> _Writer:
+    def proplist(self, values: Mapping[str, str]) -> Writer:
         self.parts.append(b"P")
         for key, text in values.items():
             data = text.encode() + b"\0"
@@ -208,9 +208,9 @@ class Connection:
         self.tag += 1
         return self.tag
 
-    def _command(self, command: int) -> tuple[_Writer, int]:
+    def _command(self, command: int) -> tuple[Writer, int]:
         tag = self._next_tag()
-        return _Writer().u32(command).u32(tag), tag
+        return Writer().u32(command).u32(tag), tag
 
     def _read(self, size: int) -> bytes:
         return unixsocket.recv_exactly(self.sock, size, self.deadline)
@@ -233,7 +233,7 @@ class Connection:
                 raise PulseError(_ERRORS.get(code, f"error {code}"), code)
             return reader
 
-    def request(self, writer: _Writer, tag: int) -> _Reader:
+    def request(self, writer: Writer, tag: int) -> _Reader:
         """Send a command, and wait for its reply."""
         self.sock.sendall(writer.packet())
         return self._reply(tag)

@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sandboxapp import pulsewire
+from sandboxapp import pulsewire, unixsocket
 
 CONTROL = 0xFFFFFFFF
 # Larger than any packet a player sends (libpulse's memblocks are 64 KiB); larger is an attack.
@@ -64,22 +64,11 @@ class Refused(Exception):
 
 def _read_packet(sock: socket.socket) -> tuple[bytes, bytes]:
     """(descriptor, payload) of the next packet; ConnectionError at the end."""
-    head = _recv_exactly(sock, 20)
+    head = unixsocket.recv_exactly(sock, 20, None)
     (length,) = struct.unpack_from(">I", head)
     if length > MAX_PACKET:
         raise Refused(f"a packet of {length} bytes")
-    return head, _recv_exactly(sock, length)
-
-
-def _recv_exactly(sock: socket.socket, size: int) -> bytes:
-    chunks = []
-    while size:
-        chunk = sock.recv(min(size, 1 << 16))
-        if not chunk:
-            raise ConnectionError("closed")
-        chunks.append(chunk)
-        size -= len(chunk)
-    return b"".join(chunks)
+    return head, unixsocket.recv_exactly(sock, length, None)
 
 
 def _u32_at(payload: bytes, offset: int) -> int | None:
@@ -152,7 +141,7 @@ class _Connection:
         version = _u32_at(payload, 10)
         if version is None:
             raise Refused("a handshake without a version")
-        packet = (pulsewire._Writer().u32(AUTH).u32(tag).u32(version & VERSION_MASK)
+        packet = (pulsewire.Writer().u32(AUTH).u32(tag).u32(version & VERSION_MASK)
                   .arbitrary(cookie).packet())
         creds = struct.pack("=iII", os.getpid(), os.getuid(), os.getgid())
         self.server.sendmsg([packet], [(socket.SOL_SOCKET, socket.SCM_CREDENTIALS, creds)])

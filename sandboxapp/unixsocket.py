@@ -35,16 +35,18 @@ def deadline() -> float:
     return time.monotonic() + TIMEOUT
 
 
-def recv_exactly(sock: socket.socket, size: int, by: float) -> bytes:
-    """size bytes, however the kernel splits them, before the monotonic time `by`;
-    ConnectionError when the server hangs up, ProtocolError when it is too slow."""
+def recv_exactly(sock: socket.socket, size: int, by: float | None) -> bytes:
+    """size bytes, however the kernel splits them, before the monotonic time `by` (None: as
+    long as the socket waits, for a stream that may rightly be idle); ConnectionError when the
+    other end hangs up, ProtocolError when it is too slow."""
     chunks = []
     try:
         while size:
-            left = by - time.monotonic()
-            if left <= 0:
-                raise ProtocolError(f"the server did not answer within {TIMEOUT:g} s")
-            sock.settimeout(left)
+            if by is not None:
+                left = by - time.monotonic()
+                if left <= 0:
+                    raise ProtocolError(f"the server did not answer within {TIMEOUT:g} s")
+                sock.settimeout(left)
             try:
                 chunk = sock.recv(min(size, 1 << 16))
             except TimeoutError:
@@ -54,5 +56,6 @@ def recv_exactly(sock: socket.socket, size: int, by: float) -> bytes:
             chunks.append(chunk)
             size -= len(chunk)
     finally:
-        sock.settimeout(TIMEOUT)  # for the requests that follow
+        if by is not None:
+            sock.settimeout(TIMEOUT)  # for the requests that follow
     return b"".join(chunks)

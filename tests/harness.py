@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
 class HarnessError(RuntimeError):
@@ -253,12 +254,10 @@ def peak_level(raw_s16le: bytes) -> int:
     return max((abs(s) for s in samples), default=0)
 
 
-def screenshot(server: XServer, path: Path) -> tuple[int, int, int]:
-    """Save the whole screen as a PNG; (width, height, number of distinct colours)."""
-    import struct
-    import zlib
-
-    from Xlib import X
+@contextlib.contextmanager
+def x_client(server: XServer) -> Iterator[Any]:
+    """A trusted client of the session's, as the user's own programs are: python-xlib with the
+    session's cookie (which it reads from the environment)."""
     from Xlib.display import Display
 
     saved = os.environ.get("XAUTHORITY")
@@ -271,12 +270,23 @@ def screenshot(server: XServer, path: Path) -> tuple[int, int, int]:
         else:
             os.environ["XAUTHORITY"] = saved
     try:
+        yield display
+    finally:
+        display.close()
+
+
+def screenshot(server: XServer, path: Path) -> tuple[int, int, int]:
+    """Save the whole screen as a PNG; (width, height, number of distinct colours)."""
+    import struct
+    import zlib
+
+    from Xlib import X
+
+    with x_client(server) as display:
         root = display.screen().root
         geometry = root.get_geometry()
         width, height = geometry.width, geometry.height
         raw = root.get_image(0, 0, width, height, X.ZPixmap, 0xFFFFFFFF).data
-    finally:
-        display.close()
     rows = []
     colours: set[bytes] = set()
     for y in range(height):

@@ -9,18 +9,16 @@ typing; with x11 = "trusted" they succeed, so the tests can fail.
 from __future__ import annotations
 
 import contextlib
-import os
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from Xlib import XK, X, display
+from Xlib import XK, X
 from Xlib.ext import xtest
 
-from tests.harness import XServer, x_server
+from tests.harness import x_client, x_server
 from tests.integration.launching import (
     FULL_SANDBOX,
     TRUSTED_SANDBOX,
@@ -30,24 +28,6 @@ from tests.integration.launching import (
 )
 
 MODES = {"untrusted": FULL_SANDBOX, "trusted": TRUSTED_SANDBOX}
-
-
-@contextlib.contextmanager
-def host_client(xserver: XServer) -> Iterator[Any]:
-    """A trusted client of the user's: python-xlib with the session's cookie."""
-    previous = os.environ.get("XAUTHORITY")
-    os.environ["XAUTHORITY"] = str(xserver.xauthority)
-    try:
-        connection = display.Display(xserver.display)
-    finally:
-        if previous is None:
-            del os.environ["XAUTHORITY"]
-        else:
-            os.environ["XAUTHORITY"] = previous
-    try:
-        yield connection
-    finally:
-        connection.close()
 
 
 def victim_window(connection: Any) -> Any:
@@ -98,7 +78,7 @@ def finish(launch: subprocess.Popen[str]) -> tuple[str, str]:
 @pytest.mark.parametrize("mode", MODES)
 def test_keys_typed_into_another_window_cannot_be_logged(session: Session, mode: str) -> None:
     assert session.xserver is not None
-    with host_client(session.xserver) as host:
+    with x_client(session.xserver) as host:
         victim = victim_window(host)
         launch = run_in_sandbox(
             session, mode, f"(timeout 4 xev -id {victim.id} -event keyboard > /root/data/log "
@@ -117,7 +97,7 @@ def test_keys_typed_into_another_window_cannot_be_logged(session: Session, mode:
 @pytest.mark.parametrize("mode", MODES)
 def test_keys_cannot_be_typed_into_another_window(session: Session, mode: str) -> None:
     assert session.xserver is not None
-    with host_client(session.xserver) as host:
+    with x_client(session.xserver) as host:
         victim = victim_window(host)
         key_presses(host, victim)
         launch = run_in_sandbox(session, mode, "xdotool type --delay 20 injected; echo $?")
@@ -134,7 +114,7 @@ def test_keys_cannot_be_typed_into_another_window(session: Session, mode: str) -
 @pytest.mark.parametrize("mode", MODES)
 def test_another_windows_pixels_cannot_be_read(session: Session, mode: str) -> None:
     assert session.xserver is not None
-    with host_client(session.xserver) as host:
+    with x_client(session.xserver) as host:
         victim = victim_window(host)
         launch = run_in_sandbox(session, mode,
                                 f"xwd -id {victim.id} -silent > /root/data/pixels; true")
@@ -163,7 +143,7 @@ def test_the_sandbox_maps_its_own_window_and_gets_the_users_typing(session: Sess
     launch = run_in_sandbox(session, "untrusted",
                             "(timeout 5 xev -name sandboxed-window > /root/data/events 2>&1 &);"
                             " sleep 5.5")
-    with host_client(session.xserver) as host:
+    with x_client(session.xserver) as host:
         deadline = time.monotonic() + 20
         while (window := find_window(host, "sandboxed-window")) is None:
             assert time.monotonic() < deadline, "the sandbox's window never mapped"

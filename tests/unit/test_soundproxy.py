@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from sandboxapp import soundproxy
+from sandboxapp import soundproxy, unixsocket
 from sandboxapp.soundproxy import CONTROL, MAX_PACKET, Refused, _Connection
 
 COOKIE = bytes(range(256))
@@ -34,9 +34,9 @@ def auth(tag: int = 1, version: int = 0x80000000 | 0x40000000 | 35) -> bytes:
 
 def read(sock: socket.socket) -> tuple[int, int, bytes]:
     sock.settimeout(2)
-    head = soundproxy._recv_exactly(sock, 20)
+    head = unixsocket.recv_exactly(sock, 20, None)
     length, channel, _, _, flags = struct.unpack(">IIIII", head)
-    return channel, flags, soundproxy._recv_exactly(sock, length)
+    return channel, flags, unixsocket.recv_exactly(sock, length, None)
 
 
 class Pair:

@@ -52,7 +52,7 @@ def test_the_host_entry_is_a_server_interpreted_localuser() -> None:
 
 
 def test_a_tagstruct_reads_back_what_was_written() -> None:
-    writer = pulsewire._Writer().u32(51).u32(7).string("module-null-sink").string(None)
+    writer = pulsewire.Writer().u32(51).u32(7).string("module-null-sink").string(None)
     writer.proplist({"application.name": "sandboxapp", "x": "y"}).arbitrary(b"\0\1\2").u32(9)
     packet = writer.packet()
     length, channel, _, _, flags = (int.from_bytes(packet[i:i + 4], "big")
