@@ -1,5 +1,5 @@
 from __future__ import annotations
 
-from sandboxapp.start import entry
+from sandboxapp.cli import entry
 
 entry()

@@ -21,9 +21,8 @@ if TYPE_CHECKING:
     from sandboxapp.desktop import DesktopEntries
     from sandboxapp.helperclient import PendingHelper
     from sandboxapp.image import Image
-    from sandboxapp.launcher import Launch, TicketTerms
+    from sandboxapp.launcher import Launch
     from sandboxapp.notify import RunLog
-    from sandboxapp.prestart import Prestarted
     from sandboxapp.supervisor import TextSink
 
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
@@ -96,23 +95,6 @@ def _resolve_profile(arg: str, locations: Locations) -> Profile:
     if "/" in arg or arg.endswith(".toml"):
         return load_profile_file(Path(arg), origin="file")
     return find_profile(arg, locations)
-
-
-def _ticket_terms(args: argparse.Namespace, profile: Profile,
-                  locations: Locations) -> TicketTerms | None:
-    """What root's next identical launch is prestarted on (prestart.py): these words, and the
-    profile files they may find."""
-    if args.run_words is None or os.geteuid() != 0:
-        return None
-    from sandboxapp.launcher import TicketTerms
-
-    if "/" in args.profile or args.profile.endswith(".toml"):
-        files = [os.path.abspath(args.profile)]
-    else:
-        # Every place the name is looked up: a new file in an earlier one changes the launch.
-        files = [str(directory / f"{profile.name}.toml")
-                 for _, directory in locations.profile_dirs()]
-    return TicketTerms(tuple(args.run_words), tuple(files))
 
 
 def _human_size(size: int) -> str:
@@ -339,11 +321,14 @@ def _run(args: argparse.Namespace, locations: Locations, helper: PendingHelper |
     from sandboxapp.hostfacts import host_facts
     from sandboxapp.launchplan import describe_plan, plan_launch
 
+    if args.program is not None and not args.program:
+        raise SandboxError("--command needs a program: a path, or a name on the image's PATH",
+                           status=ExitStatus.USAGE)
     profile = _resolve_profile(args.profile, locations)
     extra = list(args.args)
     if extra and extra[0] == "--":
         extra = extra[1:]
-    plan = plan_launch(profile, extra, locations)
+    plan = plan_launch(profile, extra, locations, program=args.program)
     if args.dry_run:
         _say(describe_plan(plan, host_facts()))
         return ExitStatus.OK
@@ -361,10 +346,7 @@ def _run(args: argparse.Namespace, locations: Locations, helper: PendingHelper |
         problem = f"no run log: {exc}"
     out = Tee(sys.stderr, log.stream) if log else Tee(sys.stderr)
 
-    said: list[str] = []
-
     def warn(text: str) -> None:
-        said.append(text)
         out.write(f"sandboxapp: warning: {text}\n")
         out.flush()
 
@@ -373,20 +355,13 @@ def _run(args: argparse.Namespace, locations: Locations, helper: PendingHelper |
     try:
         if log:
             log.stream.write(f"# sandboxapp run {shlex.join([profile.name, *extra])}\n")
-        # A prestart's ticket holds until the image is due for its update, and was only left
-        # by a launch whose image had nothing to say: there is nothing to check here.
-        if args.prestarted is None and _prepare_image(profile, locations, warn):
-            plan = plan_launch(profile, extra, locations)
-        launch = Launch(plan, locations, os.environ, warn=warn, stderr=out, helper=helper,
-                        prestarted=args.prestarted,
-                        ticket=None if said else _ticket_terms(args, profile, locations))
+        if _prepare_image(profile, locations, warn):
+            plan = plan_launch(profile, extra, locations, program=args.program)
+        launch = Launch(plan, locations, os.environ, warn=warn, stderr=out, helper=helper)
         started = time.monotonic()
         status = launch.run()
         _say_if_silent(launch, status, time.monotonic() - started, log, warn)
         if log:
-            if launch.prestart_used:
-                log.stream.write("# its container was started before sandboxapp had loaded, "
-                                 "from the ticket of an identical launch\n")
             log.stream.write(f"# exit status {status}\n")
         return status
     except SandboxError as error:
@@ -538,9 +513,12 @@ def _add_run(commands: Subparsers) -> None:
     p = commands.add_parser("run", help="run a profile's program in a fresh sandbox")
     p.add_argument("--dry-run", action="store_true",
                    help="print the systemd-nspawn command and the grants; change nothing")
+    p.add_argument("--command", dest="program", metavar="PROG",
+                   help="run PROG (a path or a name on the image's PATH) with ARGS in place of "
+                        "the profile's command")
     p.add_argument("profile", metavar="PROFILE", help="a profile name or a path to a .toml file")
     p.add_argument("args", nargs=argparse.REMAINDER, metavar="-- ARGS",
-                   help="arguments appended to the profile's command")
+                   help="arguments appended to the profile's command (or to PROG)")
     p.set_defaults(func=cmd_run)
 
 
@@ -651,14 +629,10 @@ def report(error: SandboxError, stream: TextSink) -> None:
     stream.flush()
 
 
-def main(argv: Sequence[str] | None = None, prestarted: Prestarted | None = None) -> int:
-    """prestarted: the container of `run`, started from the ticket for these words."""
+def main(argv: Sequence[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(words[0] if words and words[0] in COMMANDS else None)
     args = parser.parse_args(words)
-    # The words after `run`, which a ticket for the next such launch is filed under.
-    args.run_words = words[1:] if words[:1] == ["run"] else None
-    args.prestarted = prestarted
     func: Callable[[argparse.Namespace, Locations], int] = args.func
     try:
         return int(func(args, Locations.from_environment()))
@@ -676,3 +650,10 @@ def main(argv: Sequence[str] | None = None, prestarted: Prestarted | None = None
         sys.stderr.write("sandboxapp: interrupted\n")
         return 130
 
+
+
+def entry() -> None:
+    """The `sandboxapp` command."""
+    from sandboxapp.errors import finish
+
+    finish(main())

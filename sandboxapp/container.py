@@ -20,17 +20,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from sandboxapp import nofollow, prestart
-from sandboxapp.audio import SOUND_DIR_MODE, SoundPaths
+from sandboxapp import nofollow
+from sandboxapp.audio import SoundPaths
 from sandboxapp.command import base_env
 from sandboxapp.errors import ExitStatus, SandboxError
 from sandboxapp.hostfacts import host_facts
 from sandboxapp.launchplan import LaunchPlan, launch_spec
-from sandboxapp.layer import create_layer, layer_marker
-from sandboxapp.ledger import process_identity, record_text
+from sandboxapp.layer import create_layer
+from sandboxapp.ledger import process_identity
 from sandboxapp.mountcalls import stage_owned
 from sandboxapp.nspawn import NOISE_PREFIX, LaunchSpec, launch_argv
-from sandboxapp.prestart import make_gate
 from sandboxapp.procstat import namespace_pid, session_of
 from sandboxapp.safepath import DesktopUser
 from sandboxapp.supervisor import Relay, Supervisor, TextSink
@@ -48,30 +47,22 @@ class ContainerRequest:
     x11_dir: Path | None = None
 
 
-class SpawnedChild:
-    """A child started without subprocess (by a prestart), as supervising it needs it."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.returncode: int | None = None
-
-    def wait(self) -> int:
-        if self.returncode is None:
-            _, status = os.waitpid(self.pid, 0)
-            self.returncode = os.waitstatus_to_exitcode(status)
-        return self.returncode
-
-    def kill(self) -> None:
-        if self.returncode is None:
-            os.kill(self.pid, signal.SIGKILL)
-
-
 @dataclass(frozen=True)
 class Started:
     """A container whose app waits at its gate."""
 
-    process: subprocess.Popen[bytes] | SpawnedChild
+    process: subprocess.Popen[bytes]
     gate_fd: int
+
+
+def make_gate(path: Path) -> int:
+    """The FIFO the app waits at inside (launchplan.GATE), and the launcher's end of it, to be
+    held open while the container runs: a line written to it lets the app start; its end
+    (the launcher gone, or giving up) ends the app's wait with exit status 125."""
+    os.mkfifo(path, 0o600)
+    # The app reads it as the container's root, a UID that is nobody here.
+    os.chmod(path, 0o604)
+    return os.open(path, os.O_RDWR | os.O_CLOEXEC)
 
 
 def open_gate(started: Started) -> None:
@@ -147,8 +138,10 @@ def stop_app(spawned_pid: int) -> None:
 
 class ContainerSide:
     def __init__(self, supervisor: Supervisor, request: ContainerRequest, stderr: TextSink,
-                 control_fd: int | None = None, relay: Relay | None = None) -> None:
+                 control_fd: int | None = None, relay: Relay | None = None,
+                 wait_for_open: bool = False) -> None:
         self.supervisor = supervisor
+        self.wait_for_open = wait_for_open
         self.request = request
         self.stderr = stderr
         self.control_fd = control_fd
@@ -199,7 +192,7 @@ class ContainerSide:
 
     def _gate(self, stack: ExitStack) -> tuple[Path, int]:
         gate = self.request.plan.layer_root / "gate"
-        fd = make_gate(str(gate))
+        fd = make_gate(gate)
         stack.callback(os.close, fd)
         return gate, fd
 
@@ -214,67 +207,25 @@ class ContainerSide:
         return {"machine": plan.machine, "pid": None, "started": None, "uid": spec.ids.base,
                 "user": self.request.user.uid, "profile_file": str(plan.profile.path)}
 
-    def ticket_body(self) -> dict[str, Any]:
-        """What start does, as prestart.py does it from a ticket: for a stateless profile,
-        its sound (if any) on a socket of its own."""
-        request = self.request
-        plan = request.plan
-        assert plan.image is not None
-        layer = plan.layer_root
-        checked = self._checked_paths()
-        staged = {path: layer / "binds" / str(index) for index, (path, *_) in enumerate(checked)}
-        spec = launch_spec(plan, layer / "merged", sound=request.sound, gate=layer / "gate",
-                           staged=staged, x11_dir=request.x11_dir)
-        # The prestart creates these if they are missing: taken back (if still empty) last.
-        made = {request.sound.dir: SOUND_DIR_MODE} if request.sound is not None else {}
-        if request.x11_dir is not None:
-            made[request.x11_dir] = 0o700
-        entries: list[dict[str, Any]] = [
-            {"kind": "empty-dir", "path": str(path), "user": request.user.uid} for path in made]
-        entries += [{"kind": "layer", "path": str(layer)},
-                    {"kind": "container", **self._container_data(spec),
-                     "pid": prestart.CONTAINER_PID, "started": prestart.CONTAINER_STARTED}]
-        entries = [{"id": index, **entry} for index, entry in enumerate(entries, 1)]
-        run_dir = self.supervisor.run_dir
-        name = plan.profile.name
-        return {
-            "profile": name,
-            "record": str(run_dir.record_path(name)),
-            "lock": str(run_dir.lock_path(name)),
-            "record_text": record_text(name, prestart.LAUNCHER_PID, prestart.LAUNCHER_STARTED,
-                                       entries, len(entries) + 1),
-            "layer": str(layer),
-            "rootfs": str(plan.image.rootfs),
-            "marker": layer_marker(plan.image.rootfs),
-            "user": (request.user.uid, request.user.gid),
-            "stage": [(str(path), trusted, file_type, made.get(path))
-                      for path, trusted, _, file_type in checked],
-            "argv": self._spawn_argv(spec),
-            "env": self._spawn_env(),
-        }
-
     def _spawn_env(self) -> dict[str, str]:
         return base_env({"TERM": os.environ.get("TERM", "dumb")})
-
-    def adopt(self, stack: ExitStack, prestarted: prestart.Prestarted) -> Started:
-        """The container a prestart started from a ticket that ticket_body matches."""
-        assert prestarted.pid is not None and prestarted.gate_fd is not None
-        assert prestarted.stderr_fd is not None and prestarted.stdout_fd is not None
-        stack.callback(os.close, prestarted.gate_fd)
-        stdout = os.fdopen(prestarted.stdout_fd, "rb")
-        stack.callback(stdout.close)
-        stderr = os.fdopen(prestarted.stderr_fd, "rb")
-        stack.callback(stderr.close)
-        self._relay(stdout, stderr)
-        return Started(SpawnedChild(prestarted.pid), prestarted.gate_fd)
 
     def _relay(self, stdout: IO[bytes], stderr: IO[bytes]) -> None:
         self.relay.raw(stdout, sys.stdout.fileno())
         self.relay.lines(io.TextIOWrapper(stderr, errors="replace"), self.stderr, NSPAWN_NOISE)
 
     def run(self, stack: ExitStack) -> int:
-        """Start the container and let the app start at once."""
+        """The helper's launch: start the container, open its gate (wait_for_open: when the
+        control input says the user's launcher has made the grants, "open"), supervise it.
+        An input that ends or asks to stop first: the app never starts (status LAUNCHER, said
+        by the user's launcher, which gave up)."""
         started = self.start(stack)
+        control = self.control_fd
+        if self.wait_for_open and control is not None and not self.supervisor.wait_for_open(
+                started.process, control):
+            if started.process.poll() is None:
+                return ExitStatus.LAUNCHER
+            return self.supervise(started)  # nspawn failed: its status, and what it said
         open_gate(started)
         return self.supervise(started)
 

@@ -35,8 +35,7 @@ META_VERSION = 1
 
 def spec_digest(spec: ImageSpec) -> str:
     """A digest of what the image is built from, to tell when a profile has moved on."""
-    # Here, not at the top: loading it loads OpenSSL (3 ms), which a prestarted launch, that
-    # checks no digest, need not pay.
+    # Here, not at the top: loading it loads OpenSSL (3 ms), which a launch need not pay.
     import hashlib
 
     text = json.dumps(dataclasses.asdict(spec), sort_keys=True, default=str)

@@ -185,7 +185,7 @@ def setup(locations: Locations, add_users: list[str]) -> SetupReport:
     _write_atomically(Path(HELPER_PATH), _wrapper(
         "sandboxapp.privileged", fixed={**store, "SANDBOXAPP_RUN_DIR": str(locations.run_dir)},
         defaults={}), 0o755)
-    _write_atomically(USER_COMMAND, _wrapper("sandboxapp.start", fixed={}, defaults=store), 0o755)
+    _write_atomically(USER_COMMAND, _wrapper("sandboxapp.cli", fixed={}, defaults=store), 0o755)
     _install_sudoers()
     lines = [f"installed {USER_COMMAND}, {HELPER_PATH} and {INSTALLED_LIB}",
              f"installed {SUDOERS_FILE}: members of {SANDBOXAPP_GROUP} may launch sandboxes"]

@@ -18,11 +18,10 @@ import subprocess
 import sys
 from collections.abc import Callable, Mapping
 from contextlib import ExitStack
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sandboxapp import prestart, pulsewire, soundproxy, x11, x11auth
+from sandboxapp import pulsewire, soundproxy, x11, x11auth
 from sandboxapp.audio import (
     SOUND_DIR_MODE,
     SoundPaths,
@@ -41,16 +40,7 @@ from sandboxapp.safepath import DesktopUser, ensure_user_dir, write_file_no_foll
 from sandboxapp.supervisor import Relay, Supervisor, TextSink
 
 if TYPE_CHECKING:
-    from sandboxapp.prestart import Prestarted
-
-
-@dataclass(frozen=True)
-class TicketTerms:
-    """What a ticket for root's next identical launch is filed and checked under: the words
-    after `run`, and the profile files they may find (prestart.py)."""
-
-    words: tuple[str, ...]
-    profile_files: tuple[str, ...]
+    from sandboxapp.container import ContainerSide, Started
 
 
 class Launch:
@@ -63,16 +53,12 @@ class Launch:
         warn: Callable[[str], None],
         stderr: TextSink,
         helper: PendingHelper | None = None,
-        prestarted: Prestarted | None = None,
-        ticket: TicketTerms | None = None,
     ) -> None:
         self.plan = plan
         self.helper = helper
-        self.prestarted = prestarted
-        self.ticket = ticket
-        self.prestart_used = False
         # Set when the profile was running already and this command ran inside it.
         self.joined = False
+        self._x11_entry: dict[str, Any] = {}
         self.locations = locations
         self.environ = environ
         self.warn = warn
@@ -95,12 +81,10 @@ class Launch:
                     status=ExitStatus.LAUNCHER,
                 )
 
-    def _x11(self, stack: ExitStack) -> Path | None:
-        """The display grant; the sandbox's X directory where it is an untrusted one."""
+    def _check_display(self) -> x11.XAccess | None:
         display = self.plan.display
         if display is None:
             return None
-        assert self.plan.image is not None
         try:
             is_socket = stat.S_ISSOCK(display.socket.stat().st_mode)
         except OSError:
@@ -111,35 +95,56 @@ class Launch:
                 hint="is the X server running? check DISPLAY",
                 status=ExitStatus.LAUNCHER,
             )
-        access = x11.XAccess.from_environment(display, self.environ)
-        if not self.plan.profile.sandbox.x11_trusted:
-            return self._x11_untrusted(stack, access)
-        self.warn(f'{self.plan.profile.name} has x11 = "trusted": it can read and type into '
-                  "every window on your display while it runs")
-        uid = self.plan.image.meta.uid_base
-        entry = self.supervisor.add(stack, "x11", **access.to_record(), uid=uid)
-        if not x11.grant(access, uid):
-            # The user had made this grant: it is theirs, and stays after we exit.
-            assert self.supervisor.record is not None
-            self.supervisor.record.drop(entry)
-        return None
+        return x11.XAccess.from_environment(display, self.environ)
 
-    def _x11_untrusted(self, stack: ExitStack, access: x11.XAccess) -> Path:
-        """An untrusted authorization of the sandbox's own, in an Xauthority file of a
-        directory of the sandbox's (the X directory, bound read-only into the container)."""
+    def _x11_dir(self, stack: ExitStack, access: x11.XAccess | None) -> Path | None:
+        """The sandbox's X directory, for its untrusted authorization (made later, while the
+        container starts: _x11_grant), recorded with its undo before it is made."""
+        if access is None or self.plan.profile.sandbox.x11_trusted:
+            return None
         directory = self._host_dir(X11_DIR)
-        entry = self.supervisor.add(stack, "x11-auth", **access.to_record(), authid=None,
-                                    server=None, dir=str(directory), user=self.user.uid)
+        self._x11_entry = self.supervisor.add(
+            stack, "x11-auth", **access.to_record(), authid=None, server=None,
+            dir=str(directory), user=self.user.uid)
         ensure_user_dir(directory, self.user, 0o700, exact_mode=True)
-        authorization = x11auth.generate(access)
-        assert self.supervisor.record is not None
-        self.supervisor.record.update(entry, authid=authorization.authid,
-                                      server=authorization.server)
+        return directory
+
+    def _x11_grant(self, stack: ExitStack, access: x11.XAccess | None,
+                   directory: Path | None) -> None:
+        """The display grant: an untrusted authorization in the X directory's Xauthority
+        file, or (x11 = "trusted") the host-list entry."""
+        if access is None:
+            return
+        assert self.plan.image is not None and self.supervisor.record is not None
+        record = self.supervisor.record
+        if directory is None:
+            self.warn(f'{self.plan.profile.name} has x11 = "trusted": it can read and type '
+                      "into every window on your display while it runs")
+            uid = self.plan.image.meta.uid_base
+            entry = self.supervisor.add(stack, "x11", **access.to_record(), uid=uid)
+            if not x11.grant(access, uid):
+                # The user had made this grant: it is theirs, and stays after we exit.
+                record.drop(entry)
+            return
+        # The connection that makes the authorization stays open to revoke it at exit.
+        display = stack.enter_context(x11auth.connection(access))
+        authorization = x11auth.generate(display, access)
+        entry = self._x11_entry
+        record.update(entry, authid=authorization.authid, server=authorization.server)
+
+        def revoke() -> None:
+            # Revoked here, the entry's own undo only removes the directory; failing here,
+            # that undo tries again over a new connection.
+            with contextlib.suppress(SandboxError):
+                x11auth.revoke_on(display, authorization.authid)
+                if any(e["id"] == entry["id"] for e in record.entries):
+                    record.update(entry, authid=None)
+
+        stack.callback(revoke)
         path = x11auth.write_file(directory, access.display.number, authorization.cookie)
         if os.geteuid() == 0:
             # Bound with rootidmap: the user's file is the container root's own there.
             os.chown(path, self.user.uid, self.user.gid)
-        return directory
 
     def _host_dir(self, kind: str = "") -> Path:
         """The sandbox's directory on the host for its sound socket (kind ""), or for its X
@@ -151,7 +156,9 @@ class Launch:
             base = self.locations.run_dir / "sound"
         return base / kind / self.plan.profile.name if kind else base / self.plan.profile.name
 
-    def _sound(self, stack: ExitStack) -> SoundPaths | None:
+    def _sound_dir(self, stack: ExitStack) -> tuple[SoundPaths, SoundServerAddress] | None:
+        """The sandbox's sound directory and its client configuration; its socket is served
+        later (_sound_serve), while the container starts."""
         if not self.plan.profile.sandbox.pulseaudio:
             return None
         address = SoundServerAddress.from_environment(self.environ)
@@ -159,70 +166,43 @@ class Launch:
             self.warn("no PulseAudio or PipeWire server found: running without sound")
             return None
         sound = SoundPaths(self._host_dir())
-        entry = self.supervisor.add(stack, "sound", server=str(address.socket), index=None,
-                                    socket=str(sound.socket), dir=str(sound.dir))
+        # Its undo removes the directory and the socket, after the proxy closes.
+        self.supervisor.add(stack, "sound", server=str(address.socket), index=None,
+                            socket=str(sound.socket), dir=str(sound.dir))
         # The container's processes, nobody here, must reach the socket inside: they may
         # pass through the directory, not list it.
         ensure_user_dir(sound.dir, self.user, SOUND_DIR_MODE, exact_mode=True)
         write_file_no_follow(sound.conf, PULSE_CLIENT_CONF_TEXT)
         if os.geteuid() == 0:
             os.chown(sound.conf, self.user.uid, self.user.gid)
-        del entry  # its undo removes the directory and the socket, after the proxy closes
-        # The sandbox's socket, served here while the app runs: only what a player needs
-        # reaches the user's server (soundproxy.py).
+        return sound, address
+
+    def _sound_serve(self, stack: ExitStack,
+                     sound: tuple[SoundPaths, SoundServerAddress] | None) -> None:
+        """The sandbox's socket, served here while the app runs: only what a player needs
+        reaches the user's server (soundproxy.py)."""
+        if sound is None:
+            return
+        paths, address = sound
         try:
             stack.enter_context(soundproxy.serving(
-                sound.socket, address.socket, pulsewire.read_cookie(self.environ),
+                paths.socket, address.socket, pulsewire.read_cookie(self.environ),
                 recording=self.plan.profile.sandbox.microphone))
         except OSError as exc:
-            raise SandboxError(f"cannot make the sandbox's sound socket {sound.socket}: "
+            raise SandboxError(f"cannot make the sandbox's sound socket {paths.socket}: "
                                f"{exc.strerror}", status=ExitStatus.LAUNCHER) from None
-        return sound
 
     # -- the root side, here -----------------------------------------------------------------
 
-    def _as_root(self, stack: ExitStack, sound: SoundPaths | None,
-                 x11_dir: Path | None) -> int:
+    def _start_here(self, stack: ExitStack, sound: SoundPaths | None,
+                    x11_dir: Path | None) -> tuple[ContainerSide, Started]:
         # A desktop user's launcher leaves this to the helper, and need not load it.
-        from sandboxapp.container import ContainerRequest, ContainerSide, open_gate
+        from sandboxapp.container import ContainerRequest, ContainerSide
 
         request = ContainerRequest(self.plan, self.user, trusted_profile=True, sound=sound,
                                    x11_dir=x11_dir)
         side = ContainerSide(self.supervisor, request, self.stderr, relay=self.relay)
-        ticketed = self.ticket is not None and self.plan.profile.sandbox.stateless
-        body = side.ticket_body() if ticketed else None
-        prestarted = self.prestarted
-        if prestarted is not None and body is not None and prestart.body_of(
-                prestarted.ticket) == body:
-            started = side.adopt(stack, prestarted)
-            self.prestart_used = True
-        else:
-            if prestarted is not None:
-                # Worked out afresh, this launch is not the one its ticket started (the
-                # sound server changed, say): that container goes, and this one starts.
-                prestarted.close_fds()
-                self.supervisor.adopted.close()
-            started = side.start(stack)
-        open_gate(started)
-        if body is not None and not self.prestart_used:
-            self._leave_ticket(body)
-        return side.supervise(started)
-
-    def _leave_ticket(self, body: dict[str, Any]) -> None:
-        """File what this launch did, for root's next identical one to start before loading."""
-        assert self.ticket is not None and self.plan.image is not None
-        image = self.plan.image
-        watched = (*self.ticket.profile_files, str(image.path / "image.json"), str(image.rootfs))
-        updates = self.plan.profile.updates
-        # Then the image is due for its update (or a word about it): a launch the ordinary way.
-        expires = image.meta.refreshed_at.timestamp() + updates.update_after_days * 86400
-        ticket = {"version": prestart.TICKET_VERSION,
-                  "key": prestart.launch_key(self.ticket.words, self.environ, watched),
-                  "watched": watched, "expires": expires, **body}
-        # Without a ticket the next launch is only slower.
-        with contextlib.suppress(OSError):
-            prestart.write_ticket(prestart.ticket_path(str(self.locations.run_dir),
-                                                       self.ticket.words), ticket)
+        return side, side.start(stack)
 
     # -- the root side, through the helper ---------------------------------------------------
 
@@ -238,18 +218,35 @@ class Launch:
             argv += ["--x11-dir", str(x11_dir)]
         if sound is not None:
             argv += ["--sound-dir", str(sound.dir)]
-        extra = plan.command[len(plan.profile.command):]
-        return [*argv, plan.profile.name, "--", *extra]
+        if plan.program:
+            argv += ["--command", plan.program]
+        return [*argv, plan.profile.name, "--", *plan.extra_args]
 
-    def _through_helper(self, sound: SoundPaths | None, x11_dir: Path | None) -> int:
+    def _start_through_helper(self, stack: ExitStack, sound: SoundPaths | None,
+                              x11_dir: Path | None) -> subprocess.Popen[str]:
+        """Hand the helper its request: it starts the container, its app at the gate, and
+        opens the gate when this launcher says "open" on its input."""
         self.supervisor.check_interrupted()
         assert self.helper is not None
         process = self.helper.send(self._helper_words("launch", sound, x11_dir))
-        assert process.stdin is not None and process.stderr is not None
-        assert process.stdout is not None
-        stdin = process.stdin
+        assert process.stderr is not None and process.stdout is not None
         self.relay.raw(process.stdout, sys.stdout.fileno())
         self.relay.lines(process.stderr, self.stderr)
+        stack.callback(self._end_helper, process)
+        return process
+
+    def _end_helper(self, process: subprocess.Popen[str]) -> None:
+        """Should this launch give up before the app runs (a grant failed), the helper's
+        input ends: it takes back the container side, and is waited for."""
+        assert process.stdin is not None
+        with contextlib.suppress(OSError):
+            process.stdin.close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=30)
+
+    def _supervise_helper(self, process: subprocess.Popen[str]) -> int:
+        assert process.stdin is not None
+        stdin = process.stdin
 
         def ask_to_stop() -> None:
             # The helper stops the app gracefully when its input says so or ends, giving it
@@ -295,23 +292,44 @@ class Launch:
             )
         check_command(plan.image.rootfs, plan.command[0])
         with ExitStack() as stack:
-            prestarted = self.prestarted
-            if not self.supervisor.begin(stack, plan.profile.name, prestarted):
+            if not self.supervisor.begin(stack, plan.profile.name):
                 # Already running: this command runs inside that sandbox instead.
                 self.joined = True
                 return self._join(as_root)
-            if prestarted is not None:
-                prestarted.adopted = True
+            # What the container binds exists first (cheap); nspawn then starts, with the app
+            # held at its gate, while the grants are made; then the gate opens.
             self._persistent_dirs()
-            x11_dir = self._x11(stack)
+            access = self._check_display()
+            x11_dir = self._x11_dir(stack, access)
+            sound = self._sound_dir(stack)
+            sound_paths = sound[0] if sound else None
             self.supervisor.check_interrupted()
-            sound = self._sound(stack)
+            if as_root:
+                side, started = self._start_here(stack, sound_paths, x11_dir)
+            else:
+                process = self._start_through_helper(stack, sound_paths, x11_dir)
+            self._x11_grant(stack, access, x11_dir)
+            self._sound_serve(stack, sound)
             self.supervisor.check_interrupted()
-            status = (self._as_root(stack, sound, x11_dir) if as_root
-                      else self._through_helper(sound, x11_dir))
+            if as_root:
+                from sandboxapp.container import open_gate
+
+                open_gate(started)
+                status = side.supervise(started)
+            else:
+                self._open_helper_gate(process)
+                status = self._supervise_helper(process)
         if self.supervisor.signalled is not None:
             return 128 + self.supervisor.signalled
         return status
+
+    def _open_helper_gate(self, process: subprocess.Popen[str]) -> None:
+        assert process.stdin is not None
+        # A helper that is gone already (sudo refused, nspawn failed) said why on its error
+        # output; its exit status is the launch's.
+        with contextlib.suppress(OSError):
+            process.stdin.write("open\n")
+            process.stdin.flush()
 
 
 def helper_image_work(action: str, profile: Profile) -> None:

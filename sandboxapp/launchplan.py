@@ -100,6 +100,13 @@ class LaunchPlan:
     # A desktop user's launch through the helper: "uUID", which keeps its layer and machine
     # apart from another user's of the same profile (and from root's own).
     instance: str | None = None
+    # `run --command PROG`: the program run in place of the profile's command.
+    program: str | None = None
+
+    @property
+    def extra_args(self) -> tuple[str, ...]:
+        """The arguments given after the profile's command (or after --command's PROG)."""
+        return self.command[1:] if self.program else self.command[len(self.profile.command):]
 
     @property
     def machine(self) -> str:
@@ -120,7 +127,9 @@ def plan_launch(
     locations: Locations,
     environ: Mapping[str, str] | None = None,
     instance: str | None = None,
+    program: str | None = None,
 ) -> LaunchPlan:
+    """program: run it, with extra_args, in place of the profile's command."""
     environ = os.environ if environ is None else environ
     store = ImageStore(locations.image_dir)
     data_root = locations.data_home / "sandboxapp" / profile.name
@@ -137,8 +146,9 @@ def plan_launch(
             PersistDir(path, persist_host_dir(data_root, path)) for path in profile.sandbox.persist
         ),
         display=display,
-        command=(*profile.command, *extra_args),
+        command=(program, *extra_args) if program else (*profile.command, *extra_args),
         instance=instance,
+        program=program,
     )
 
 

@@ -50,7 +50,7 @@ def started_at(started: float) -> float:
 
 def record_text(profile: str, pid: int | str, started: float | str,
                 entries: list[dict[str, Any]], next_id: int) -> str:
-    """A record as it is written (a prestart writes one too, with stand-ins for the pids)."""
+    """A record as it is written."""
     return json.dumps({"version": RECORD_VERSION, "profile": profile, "pid": pid,
                        "started": started, "entries": entries, "next_id": next_id})
 

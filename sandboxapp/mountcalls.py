@@ -1,8 +1,4 @@
-"""The mount system calls sandboxapp makes, through libc; failures raise OSError.
-
-Only `ctypes`, `os` and `stat` are imported (and nofollow.py): a prestarted launch
-(prestart.py) mounts its layer and stages its binds before the rest of sandboxapp is loaded.
-"""
+"""The mount system calls sandboxapp makes, through libc; failures raise OSError."""
 
 from __future__ import annotations
 

@@ -5,8 +5,7 @@ open descriptor, not on the name, so a path swapped for a symlink between the ch
 is refused or harmless. A symlink is only followed where root owns both it and the directory it
 is in (a system layout such as /home -> /usr/home), never among the user's files.
 
-Only `os` and `stat` are imported: a prestarted launch (prestart.py) uses these before the rest
-of sandboxapp is loaded. safepath.py gives them paths, users and sandboxapp's errors.
+safepath.py gives them paths, users and sandboxapp's errors.
 """
 
 from __future__ import annotations

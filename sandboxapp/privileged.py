@@ -64,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--display", type=int)
         sub.add_argument("--x11-dir", type=_absolute)
         sub.add_argument("--sound-dir", type=_absolute)
+        sub.add_argument("--command", dest="program")
         sub.add_argument("profile")
         sub.add_argument("args", nargs=argparse.REMAINDER)
     return parser
@@ -163,7 +164,10 @@ def _checked_plan(args: argparse.Namespace, user: DesktopUser,
     if args.x11_dir is not None and (not profile.sandbox.x11 or profile.sandbox.x11_trusted):
         raise SandboxError("an X directory was given, but the profile's display access is not "
                            "x11 = true", status=ExitStatus.LAUNCHER)
-    plan = plan_launch(profile, extra, locations, environ, instance=f"u{user.uid}")
+    if args.program is not None and not args.program:
+        raise invalid("--command needs a program")
+    plan = plan_launch(profile, extra, locations, environ, instance=f"u{user.uid}",
+                       program=args.program)
     sound = None
     if args.sound_dir is not None:
         if not profile.sandbox.pulseaudio:
@@ -188,6 +192,9 @@ STOPPING_WAIT = STOP_TIMEOUT + 5.0
 
 
 def launch(args: argparse.Namespace, user: DesktopUser, locations: Locations) -> int:
+    """A new sandbox. A request read from the input (the launcher's, helperclient.py) comes
+    before the grants are made: the app's gate opens on the input's "open"; a request on the
+    command line opens it at once."""
     plan, trusted, sound = _checked_plan(args, user, locations)
     name, path, extra = plan.profile.name, plan.profile.path, plan.command
     store = ImageStore(locations.image_dir)
@@ -204,8 +211,8 @@ def launch(args: argparse.Namespace, user: DesktopUser, locations: Locations) ->
             raise supervisor.run_dir.already_running(name)
         request = ContainerRequest(plan, user, trusted_profile=trusted, sound=sound,
                                    x11_dir=args.x11_dir)
-        status = ContainerSide(supervisor, request, sys.stderr,
-                               control_fd=sys.stdin.fileno()).run(stack)
+        status = ContainerSide(supervisor, request, sys.stderr, control_fd=sys.stdin.fileno(),
+                               wait_for_open=args.from_input).run(stack)
     _log(store, f"uid={user.uid} profile={name} exit={status}")
     if supervisor.signalled is not None:
         return 128 + supervisor.signalled
@@ -242,13 +249,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write("sandboxapp-privileged: run it through sudo\n")
         return int(ExitStatus.LAUNCHER)
     words = sys.argv[1:] if argv is None else list(argv)
-    if words == [PENDING]:
+    from_input = words == [PENDING]
+    if from_input:
         # Started ahead of its request (see helperclient.py): it is the input's first line.
         request = _read_request()
         if request is None:
             return int(ExitStatus.LAUNCHER)  # the launcher gave up before asking anything
         words = request
     args = _parser().parse_args(words)
+    args.from_input = from_input
     # Nothing from the caller's environment counts but the identity sudo vouches for; the
     # store and run directories are the ones `sandboxapp setup` wrote into the wrapper.
     user = DesktopUser.from_environment(os.environ)

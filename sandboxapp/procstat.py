@@ -1,4 +1,4 @@
-"""Process identities from /proc (nothing but `os` imported: prestart.py uses it too)."""
+"""Process identities from /proc."""
 
 from __future__ import annotations
 

@@ -13,15 +13,11 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
-from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Protocol
+from typing import IO, Any, Protocol
 
 from sandboxapp.errors import SandboxError
 from sandboxapp.ledger import MAX_STOP_GRACE, Record, RunDir
 from sandboxapp.recovery import reconcile, undo_entry
-
-if TYPE_CHECKING:
-    from sandboxapp.prestart import Prestarted
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
 # How long a stopping app gets to save its state before it is killed.
@@ -29,7 +25,7 @@ STOP_TIMEOUT = 10.0
 
 
 class ChildProcess(Protocol):
-    """A child to wait for: a subprocess.Popen, or one a prestart spawned."""
+    """A child to wait for (a subprocess.Popen)."""
 
     @property
     def pid(self) -> int: ...
@@ -108,8 +104,6 @@ class Supervisor:
         self.grace = STOP_TIMEOUT
         self.wake_read, self.wake_write = socket.socketpair()
         self.record: Record | None = None
-        # The undo of what a prestart made, run before the rest if the launch does not use it.
-        self.adopted = ExitStack()
 
     # -- signals -----------------------------------------------------------------------------
 
@@ -143,35 +137,17 @@ class Supervisor:
 
     # -- the record --------------------------------------------------------------------------
 
-    def begin(self, stack: ExitStack, profile: str,
-              prestarted: Prestarted | None = None, wait: float = 0) -> bool:
+    def begin(self, stack: ExitStack, profile: str, wait: float = 0) -> bool:
         """Take the profile's lock, clean up after dead launchers, start this launch's record;
         False (and nothing done) when another launch of the profile holds the lock (for
-        longer than `wait` seconds).
-
-        prestarted: the prestart holds the lock and has written the record, with its layer
-        and container, whose undo goes on `adopted` (which can be closed on its own)."""
-        if prestarted is None:
-            if not stack.enter_context(self.run_dir.profile_lock(profile, wait=wait)):
-                return False
-        else:
-            stack.callback(os.close, prestarted.lock_fd)
+        longer than `wait` seconds)."""
+        if not stack.enter_context(self.run_dir.profile_lock(profile, wait=wait)):
+            return False
         self.install_signal_handlers(stack)
-        if prestarted is not None and prestarted.signals:
-            # It came while the launcher loaded: the launch stops at its next check.
-            self.signalled = prestarted.signals[0]
         for message in reconcile(self.run_dir, holding=profile):
             self.warn(message)
-        if prestarted is None:
-            self.record = self.run_dir.new_record(profile)
-        else:
-            self.record = Record.load(Path(prestarted.record_path))
-            if self.record is None:
-                raise SandboxError(f"the launch record {prestarted.record_path} is gone")
+        self.record = self.run_dir.new_record(profile)
         stack.callback(self._forget_record)
-        stack.enter_context(self.adopted)
-        for entry in self.record.entries:
-            self._undo_on(self.adopted, entry)
         return True
 
     def _forget_record(self) -> None:
@@ -203,6 +179,37 @@ class Supervisor:
         stack.callback(undo)
 
     # -- waiting -----------------------------------------------------------------------------
+
+    def wait_for_open(self, process: ChildProcess, control_fd: int) -> bool:
+        """Wait for the line "open" on control_fd: True once it came; False when the input
+        ends or says anything else first (the launcher gave up), or the process ended. A
+        signal meanwhile raises, as check_interrupted does. Read a byte at a time, so that
+        what follows the line (the stop channel) stays there for wait."""
+        pidfd = os.pidfd_open(process.pid)
+        line = bytearray()
+        try:
+            while True:
+                ready, _, _ = select.select([pidfd, self.wake_read.fileno(), control_fd], [], [])
+                if self.wake_read.fileno() in ready:
+                    with contextlib.suppress(BlockingIOError):
+                        self.wake_read.recv(64)
+                self.check_interrupted()
+                if pidfd in ready:
+                    return False
+                if control_fd not in ready:
+                    continue
+                try:
+                    byte = os.read(control_fd, 1)
+                except OSError:
+                    byte = b""
+                if not byte or (byte == b"\n" and line != b"open") or len(line) > 64:
+                    self.stop_requested = True
+                    return False
+                if byte == b"\n":
+                    return True
+                line += byte
+        finally:
+            os.close(pidfd)
 
     def _grace_from_control(self, data: bytes) -> None:
         """ "stop SECONDS" on the control input: the grace the launcher was asked for."""

@@ -72,7 +72,7 @@ def _server_of(display: XDisplay) -> tuple[int, int] | None:
 
 
 @contextlib.contextmanager
-def _display(access: XAccess) -> Iterator[XDisplay]:
+def connection(access: XAccess) -> Iterator[XDisplay]:
     """The user's own connection to the display, with the user's cookie. Every read has
     unixsocket's patience: a server that stops answering is an error, not a hang."""
     from Xlib import error
@@ -120,39 +120,43 @@ def _require_security(display: XDisplay, access: XAccess) -> None:
 
 def check_security(access: XAccess) -> None:
     """Raise the one-line error a launch gives where the display cannot isolate a sandbox."""
-    with _display(access) as display:
+    with connection(access) as display:
         _require_security(display, access)
 
 
-def generate(access: XAccess) -> Authorization:
+def generate(display: XDisplay, access: XAccess) -> Authorization:
+    """A new untrusted authorization, over the user's connection `display`."""
     from Xlib.ext import security
 
-    with _display(access) as display:
-        _require_security(display, access)
-        reply: Any = display.security_generate_authorization(
-            COOKIE_NAME.decode(), timeout=TIMEOUT,
-            trust_level=security.SecurityClientUntrusted)
-        return Authorization(int(reply.authid), bytes(reply.auth_data_return),
-                             _server_of(display))
+    _require_security(display, access)
+    reply: Any = display.security_generate_authorization(
+        COOKIE_NAME.decode(), timeout=TIMEOUT, trust_level=security.SecurityClientUntrusted)
+    return Authorization(int(reply.authid), bytes(reply.auth_data_return), _server_of(display))
+
+
+def revoke_on(display: XDisplay, authid: int) -> None:
+    """Revoke it over the connection that made it (the launch keeps that one open), which
+    disconnects its clients."""
+    from Xlib import error
+
+    display.security_revoke_authorization(authid)
+    try:
+        display.sync()  # a round trip: the request is done, or its error raised
+    except error.XError:
+        return  # BadAuthorization: it lapsed (its timeout) or was revoked already
 
 
 def revoke(access: XAccess, authid: int, server: tuple[int, int] | None) -> None:
-    """Revoke it, which disconnects its clients. Where the display is served by another
-    process than the one that made it (the server ended: its authorizations with it), there
-    is nothing to revoke, and nothing is asked of that process."""
-    from Xlib import error
-
+    """Revoke it over a new connection (after a crash). Where the display is served by
+    another process than the one that made it (the server ended: its authorizations with it),
+    there is nothing to revoke, and nothing is asked of that process."""
     if server is None or start_ticks(server[0]) != server[1]:
         return
-    with _display(access) as display:
+    with connection(access) as display:
         if _server_of(display) != server:
             return
         _require_security(display, access)
-        display.security_revoke_authorization(authid)
-        try:
-            display.sync()  # a round trip: the request is done, or its error raised
-        except error.XError:
-            return  # BadAuthorization: it lapsed (its timeout) or was revoked already
+        revoke_on(display, authid)
 
 
 def write_file(directory: Path, display_number: int, cookie: bytes) -> Path:

@@ -172,6 +172,20 @@ def _start_waiting(user: DesktopUser, env: dict[str, str], script: str, *,
     return launch
 
 
+def test_a_member_replaces_the_profiles_program_with_command(
+    member: DesktopUser, user_x: Path, user_sound: SoundServer, xserver: XServer,
+    installed: Path,
+) -> None:
+    user_profile(member, ["/bin/echo", "from-the-profile"])
+    env = session_env(xserver, user_x, user_sound)
+    result = as_user(member, [str(USER_COMMAND), "run", "--command", "/bin/sh", NAME, "--",
+                              "-c", "echo replaced; xdpyinfo | head -1"], env)
+    assert isinstance(result, subprocess.CompletedProcess)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0] == "replaced"
+    assert result.stdout.splitlines()[1].startswith("name of display:")
+
+
 def etc_state() -> list[tuple[str, float]]:
     return sorted((entry.name, entry.stat(follow_symlinks=False).st_mtime)
                   for entry in os.scandir("/etc"))

@@ -453,3 +453,22 @@ def test_an_app_that_ends_at_once_without_output_is_named(session: Session) -> N
     talking = write_variant(session.profiles, ["/bin/sh", "-c", "echo hello"], FULL_SANDBOX)
     result = session.run(str(talking))
     assert result.stdout == "hello\n" and "ended after" not in result.stderr
+
+
+def test_command_replaces_the_profiles_program_and_args_still_append(session: Session) -> None:
+    profile = write_variant(session.profiles, ["/bin/echo", "from-the-profile"], FULL_SANDBOX)
+    replaced = session.run("--command", "/bin/echo", str(profile), "--", "replaced", "$HOME")
+    assert replaced.returncode == 0, replaced.stderr
+    assert replaced.stdout == "replaced $HOME\n"
+    by_name = session.run("--command", "printenv", str(profile), "--", "DISPLAY")
+    assert by_name.returncode == 0, by_name.stderr
+    assert by_name.stdout.strip().startswith(":")
+    appended = session.run(str(profile), "--", "appended")
+    assert appended.stdout == "from-the-profile appended\n"
+    missing = session.run("--command", "no-such-program", str(profile))
+    assert missing.returncode == 127
+    assert missing.stderr.splitlines()[0] == (
+        "sandboxapp: no-such-program: command not found in the image")
+    empty = session.run("--command", "", str(profile))
+    assert empty.returncode == 2 and "--command needs a program" in empty.stderr
+    assert "Traceback" not in empty.stderr + missing.stderr
