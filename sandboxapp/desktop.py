@@ -1,11 +1,13 @@
 """Desktop menu entries for profiles: `sandboxapp-PROFILE.desktop` in the user's applications
 directory, made from the program's own entry in the image where there is one (its name,
 categories, MIME types, window class and icon), or from the template shipped in
-desktop-entries/. Only files named sandboxapp-* are ever written or removed: the system's own
-entries are never shadowed or edited."""
+desktop-entries/. Entries are read, written and validated with pyxdg (xdg.DesktopEntry); a real
+desktop-file-validate checks ours too where it is installed. Only files named sandboxapp-* are
+ever written or removed: the system's own entries are never shadowed or edited."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
@@ -27,6 +29,9 @@ FIELD_CODES = ("%u", "%U", "%f", "%F")
 COPIED_KEYS = ("Comment", "GenericName", "Categories", "MimeType", "StartupWMClass", "Keywords")
 ICON_SUFFIXES = (".png", ".svg", ".xpm")
 MAX_ICON_SIZE = 2 << 20
+# Keys of the Desktop Entry spec newer than pyxdg's validator (1.0), which calls them invalid.
+NEWER_KEYS_ERRORS = frozenset(f"Invalid key: {key}" for key in (
+    "DBusActivatable", "Implements", "PrefersNonDefaultGPU", "SingleMainWindow"))
 # Characters that make the Desktop Entry spec require an argument to be quoted.
 RESERVED = set(" \t\n\"'\\><~|&;$*?#()`")
 
@@ -53,20 +58,18 @@ class SourceEntry:
     origin: str
 
 
-def _parse(text: str) -> dict[str, str]:
-    values: dict[str, str] = {}
-    group = None
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.startswith("["):
-            group = line.strip("[]")
-            continue
-        if group == "Desktop Entry" and "=" in line:
-            key, _, value = line.partition("=")
-            values.setdefault(key.strip(), value.strip())
-    return values
+def read_entry(path: Path) -> dict[str, str] | None:
+    """The [Desktop Entry] keys of a desktop entry file (pyxdg's parser), each translation a key
+    of its own; None when the file is not a desktop entry."""
+    from xdg.DesktopEntry import DesktopEntry
+    from xdg.Exceptions import ParsingError
+
+    entry = DesktopEntry()
+    try:
+        entry.parse(str(path))
+    except (ParsingError, UnicodeDecodeError, OSError):
+        return None
+    return dict(entry.content.get(entry.defaultGroup, {}))
 
 
 def _argv0(exec_value: str) -> str:
@@ -86,13 +89,15 @@ def find_source_entry(profile: Profile, rootfs: Path | None) -> SourceEntry:
                                        path.name)
                 if host is None or not host.is_file() or host.stat().st_size > 1 << 20:
                     continue
-                values = _parse(host.read_text(encoding="utf-8", errors="replace"))
+                values = read_entry(host)
+                if values is None:
+                    continue
                 if path.stem == program or _argv0(values.get("Exec", "")) == program:
                     return SourceEntry(values, f"the image's {path.name}")
     template = TEMPLATE_DIR / f"{profile.name}.desktop"
-    if template.is_file():
-        return SourceEntry(_parse(template.read_text(encoding="utf-8")),
-                           f"the template {template}")
+    values = read_entry(template) if template.is_file() else None
+    if values is not None:
+        return SourceEntry(values, f"the template {template}")
     return SourceEntry({"Name": profile.name, "Comment": profile.description},
                        "the profile alone")
 
@@ -163,8 +168,9 @@ class DesktopEntries:
         self._own(Path(temporary))
         os.replace(temporary, path)
 
-    def render(self, profile: Profile, rootfs: Path | None) -> tuple[str, list[tuple[str, Path]],
-                                                                     str]:
+    def render(self, profile: Profile, rootfs: Path | None) -> tuple[
+            list[tuple[str, str]], list[tuple[str, Path]], str]:
+        """Our entry's keys in order, the icon files to copy, and where its keys came from."""
         source = find_source_entry(profile, rootfs)
         values = source.values
         icon_files = _icon_files(rootfs, values.get("Icon", "")) if rootfs else []
@@ -176,26 +182,52 @@ class DesktopEntries:
         line = " ".join(exec_quote(word) for word in exec_words)
         if field:
             line += f" {field}"
-        lines = ["[Desktop Entry]", "Type=Application",
-                 f"Name={values.get('Name', profile.name)} (sandboxed)"]
-        for key, value in values.items():
-            if key.startswith("Name["):
-                lines.append(f"{key}={value} (sandboxed)")
-        for key, value in values.items():
-            base = key.split("[", 1)[0]
-            if base in COPIED_KEYS and value:
-                lines.append(f"{key}={value}")
+        name = values.get("Name", profile.name)
+        keys = [("Type", "Application"), ("Name", f"{name} (sandboxed)")]
+        keys += [(key, f"{value} (sandboxed)") for key, value in values.items()
+                 if key.startswith("Name[")]
+        keys += [(key, value) for key, value in values.items()
+                 if key.split("[", 1)[0] in COPIED_KEYS and value]
         if "Comment" not in values and profile.description:
-            lines.append(f"Comment={profile.description}")
-        lines.append(f"Exec={line}")
-        lines.append(f"Icon={PREFIX}{profile.name}" if icon_files else
-                     "Icon=application-x-executable")
-        lines += ["Terminal=false", "DBusActivatable=false", "StartupNotify=true",
-                  f"X-Sandboxapp-Profile={profile.name}"]
-        return "\n".join(lines) + "\n", icon_files, source.origin
+            keys.append(("Comment", profile.description))
+        keys.append(("Exec", line))
+        keys.append(("Icon", f"{PREFIX}{profile.name}" if icon_files else
+                     "application-x-executable"))
+        keys += [("Terminal", "false"), ("DBusActivatable", "false"), ("StartupNotify", "true"),
+                 ("X-Sandboxapp-Profile", profile.name)]
+        return keys, icon_files, source.origin
+
+    def _write_entry(self, path: Path, keys: list[tuple[str, str]]) -> None:
+        """Written and validated by pyxdg in a temporary file beside it, then put in place."""
+        from xdg.DesktopEntry import DesktopEntry
+        from xdg.Exceptions import ValidationError
+
+        ensure_user_dir(path.parent, self.user, mode=0o755)
+        fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
+                                         suffix=".desktop")
+        os.close(fd)
+        try:
+            entry = DesktopEntry()
+            entry.addGroup(entry.defaultGroup)
+            for key, value in keys:
+                entry.set(key, value)
+            entry.write(temporary)
+            with contextlib.suppress(ValidationError):
+                entry.validate(report="Errors")
+            errors = [e for e in entry.errors if e not in NEWER_KEYS_ERRORS]
+            if errors:
+                raise SandboxError(f"the menu entry {path.name} would not be valid",
+                                   detail="\n".join(errors))
+            os.chmod(temporary, 0o644)
+            self._own(Path(temporary))
+            os.replace(temporary, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temporary)
+            raise
 
     def install(self, profile: Profile, rootfs: Path | None) -> InstalledEntry:
-        text, icon_files, origin = self.render(profile, rootfs)
+        keys, icon_files, origin = self.render(profile, rootfs)
         icons = []
         for size, source_path in icon_files:
             suffix = source_path.suffix
@@ -204,7 +236,7 @@ class DesktopEntries:
             self._write(target, source_path.read_bytes())
             icons.append(target)
         path = self.applications / entry_name(profile.name)
-        self._write(path, text.encode("utf-8"))
+        self._write_entry(path, keys)
         validate(path)
         self._update_databases()
         return InstalledEntry(path, tuple(icons), origin)

@@ -120,7 +120,6 @@ def _security_extension(access: XAccess) -> Check:
 
 def _sound(environ: Mapping[str, str], run_dir: Path) -> Check:
     from sandboxapp.audio import SoundServerAddress, server_reachable
-    from sandboxapp.pulsewire import Connection, PulseError, read_cookie
 
     del run_dir
     address = SoundServerAddress.from_environment(environ)
@@ -128,14 +127,22 @@ def _sound(environ: Mapping[str, str], run_dir: Path) -> Check:
         return Check("sound server", Status.FAIL, "no PulseAudio or PipeWire server found",
                      "start your session's sound server, or set PULSE_SERVER")
     try:
-        # The handshake the sound proxy makes for each of a sandbox's connections.
-        Connection(address.socket, read_cookie(environ), "sandboxapp doctor").close()
-    except (OSError, PulseError) as exc:
+        import pulsectl  # libpulse, as any client of the user's server
+    except (ImportError, OSError) as exc:
+        return Check("sound server", Status.FAIL, f"cannot load libpulse: {exc}",
+                     "apt-get install libpulse0")
+    try:
+        # A client of the user's server, as the sound proxy is for each sandbox connection.
+        with pulsectl.Pulse("sandboxapp doctor", server=address.server,
+                            connect=True) as pulse:
+            info = pulse.server_info()
+    except pulsectl.PulseError as exc:
         return Check("sound server", Status.FAIL, f"{address.socket} refused sandboxapp: {exc}",
                      "check PULSE_SERVER and your sound server's cookie")
     return Check("sound server", Status.OK,
-                 f"{address.socket}: sandboxes get a socket of their own, served through a "
-                 "filter (playback; recording only with microphone = true)")
+                 f"{address.socket} ({info.server_name} {info.server_version}): sandboxes get "
+                 "a socket of their own, served through a filter (playback; recording only "
+                 "with microphone = true)")
 
 
 def _privileges() -> Check:

@@ -35,7 +35,7 @@ from sandboxapp.paths import (
 # The interpreter the installed commands run on: the system's, which root owns.
 SYSTEM_PYTHON = Path("/usr/bin/python3")
 # Top-level modules sandboxapp needs at run time.
-RUNTIME_MODULES = ("sandboxapp", "psutil", "xdg", "Xlib", "six")
+RUNTIME_MODULES = ("sandboxapp", "psutil", "xdg", "Xlib", "six", "pulsectl")
 
 WRAPPER = """#!{python} -IS
 # Installed by `sandboxapp setup`; runs the root-owned copy in {lib} (-S: all it needs is

@@ -20,8 +20,10 @@ SHIPPED_PROFILE_DIR = Path(__file__).resolve().parent.parent / "profiles"
 
 
 def _env_path(name: str, default: Path) -> Path:
+    """A base directory from the environment as it is now. Not pyxdg's BaseDirectory: that
+    reads the environment once, when first imported, and takes relative values, which the
+    XDG base directory spec says to ignore."""
     value = os.environ.get(name, "")
-    # Relative values are ignored, as the XDG base directory spec asks.
     return Path(value) if value.startswith("/") else default
 
 

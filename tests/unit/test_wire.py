@@ -84,3 +84,17 @@ def test_the_cookie_is_read_where_libpulse_looks(tmp_path: Path) -> None:
     assert pulsewire.read_cookie({"HOME": str(tmp_path),
                                   "PULSE_COOKIE": str(tmp_path / "explicit")}) == b"e" * 256
     assert pulsewire.read_cookie({"HOME": str(tmp_path / "none")}) == bytes(256)
+
+
+def test_the_sandboxs_xauthority_file_reads_back_with_python_xlib(tmp_path: Path) -> None:
+    """The file the sandbox's clients read (libXau's format): python-xlib's own reader parses
+    it into the one entry, for any host (FamilyWild, which libXau matches to every host)."""
+    from Xlib import xauth
+
+    from sandboxapp import x11auth
+
+    cookie = bytes(range(16))
+    path = x11auth.write_file(tmp_path, 7, cookie)
+    assert path.stat().st_mode & 0o777 == 0o600
+    [entry] = list(xauth.Xauthority(str(path)))
+    assert entry == (x11auth.FAMILY_WILD, b"", b"7", b"MIT-MAGIC-COOKIE-1", cookie)
