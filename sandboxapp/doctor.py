@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from sandboxapp.errors import SandboxError
 
 if TYPE_CHECKING:
-    from sandboxapp.x11 import XAccess
+    from sandboxapp.host.x11 import XAccess
 from sandboxapp.paths import HELPER_PATH, SANDBOXAPP_GROUP, Locations
 
 MIN_FREE_BYTES = 2 * 10**9  # an image with Firefox is about 0.7 GB; room for a rebuild beside it
@@ -36,7 +36,7 @@ class Check:
 
 
 def _nspawn() -> Check:
-    from sandboxapp.hostfacts import nspawn_version
+    from sandboxapp.launch.hostfacts import nspawn_version
 
     if shutil.which("systemd-nspawn") is None:
         return Check("systemd-nspawn", Status.FAIL, "not installed",
@@ -50,7 +50,7 @@ def _nspawn() -> Check:
 
 
 def _debootstrap() -> Check:
-    from sandboxapp.debian import KEYRING
+    from sandboxapp.image.debian import KEYRING
 
     if shutil.which("debootstrap") is None:
         return Check("debootstrap", Status.FAIL, "not installed", "apt-get install debootstrap")
@@ -81,8 +81,8 @@ def _overlayfs() -> Check:
 
 
 def _display(environ: Mapping[str, str]) -> list[Check]:
-    from sandboxapp import x11
-    from sandboxapp.display import parse_display
+    from sandboxapp.host import x11
+    from sandboxapp.host.display import parse_display
 
     try:
         display = parse_display(environ.get("DISPLAY"))
@@ -105,7 +105,7 @@ def _display(environ: Mapping[str, str]) -> list[Check]:
 
 
 def _security_extension(access: XAccess) -> Check:
-    from sandboxapp import x11auth
+    from sandboxapp.host import x11auth
 
     try:
         x11auth.check_security(access)
@@ -119,7 +119,7 @@ def _security_extension(access: XAccess) -> Check:
 
 
 def _sound(environ: Mapping[str, str], run_dir: Path) -> Check:
-    from sandboxapp.audio import SoundServerAddress, server_reachable
+    from sandboxapp.host.sound import SoundServerAddress, server_reachable
 
     del run_dir
     address = SoundServerAddress.from_environment(environ)

@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from sandboxapp.image import ImageStore, spec_digest
+from sandboxapp.image.store import ImageStore, spec_digest
 from sandboxapp.paths import SHIPPED_PROFILE_DIR
-from sandboxapp.profile import load_profile_file
+from sandboxapp.profile.find import load_profile_file
 from tests.harness import SoundServer, XServer, require_programs, sound_server, x_server
 
 if TYPE_CHECKING:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psutil
 
-from sandboxapp.fsutil import mounts_under
+from sandboxapp.fs.util import mounts_under
 from tests.harness import SoundServer, XServer
 from tests.integration.conftest import REPO
 

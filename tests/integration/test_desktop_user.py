@@ -18,7 +18,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from sandboxapp.fsutil import mounts_under
+from sandboxapp.fs.util import mounts_under
 from sandboxapp.paths import HELPER_PATH, SUDOERS_FILE, SYSTEM_PROFILE_DIR, USER_COMMAND
 from tests.harness import (
     HostUser,

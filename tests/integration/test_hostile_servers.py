@@ -24,10 +24,10 @@ from pathlib import Path
 
 import pytest
 
-from sandboxapp import unixsocket, x11
-from sandboxapp.audio import SoundServerAddress, unload_socket_module
-from sandboxapp.display import X11_SOCKET_DIR, Display
 from sandboxapp.errors import SandboxError
+from sandboxapp.host import unixsocket, x11
+from sandboxapp.host.display import X11_SOCKET_DIR, Display
+from sandboxapp.host.sound import SoundServerAddress, unload_socket_module
 from tests.integration.conftest import REPO
 
 Serve = Callable[[socket.socket], None]

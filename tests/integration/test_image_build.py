@@ -11,8 +11,8 @@ import sys
 import time
 from pathlib import Path
 
-from sandboxapp.fsutil import mounts_under, processes_using
-from sandboxapp.uidrange import END, FIRST_BASE
+from sandboxapp.fs.util import mounts_under, processes_using
+from sandboxapp.image.uidrange import END, FIRST_BASE
 from tests.integration.conftest import REPO, TEST_PROFILE, sandboxapp
 
 NAME = "sandboxapp-test"

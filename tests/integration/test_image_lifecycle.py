@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from sandboxapp.fsutil import mounts_under
+from sandboxapp.fs.util import mounts_under
 from tests.harness import require_programs
 from tests.integration.conftest import REPO
 from tests.integration.launching import Session, wait_for_file

@@ -9,7 +9,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from sandboxapp.fsutil import mount_points, mounts_under
+from sandboxapp.fs.util import mount_points, mounts_under
 from tests.integration.faults import APP, PRECIOUS, Moment, kill_at_moments, recorded
 from tests.integration.launching import (
     FULL_SANDBOX,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from sandboxapp.fsutil import mounts_under
+from sandboxapp.fs.util import mounts_under
 from tests.integration.launching import (
     FULL_SANDBOX,
     NAME,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from sandboxapp.fsutil import mounts_under
+from sandboxapp.fs.util import mounts_under
 from tests.harness import XServer, require_programs
 from tests.integration.launching import (
     FULL_SANDBOX,

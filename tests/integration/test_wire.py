@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from sandboxapp import pulsewire, x11
-from sandboxapp.audio import MODULE
-from sandboxapp.display import parse_display
 from sandboxapp.errors import SandboxError
+from sandboxapp.host import pulsewire, x11
+from sandboxapp.host.display import parse_display
+from sandboxapp.host.sound import MODULE
 from tests.harness import XServer, sound_server
 
 NOBODY = (65534, 65534)

@@ -9,7 +9,7 @@ import threading
 import time
 from pathlib import Path
 
-from sandboxapp.launchplan import APP_KEEPER, GATE
+from sandboxapp.launch.plan import APP_KEEPER, GATE
 
 
 def keep(tmp_path: Path, *command: str) -> subprocess.CompletedProcess[str]:

@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 
 from sandboxapp.errors import SandboxError
-from sandboxapp.fsutil import exchange, remove_tree
-from sandboxapp.image import ImageStore
-from sandboxapp.imagebuild import clean_debris
-from sandboxapp.ledger import process_identity
+from sandboxapp.fs.util import exchange, remove_tree
+from sandboxapp.image.build import clean_debris
+from sandboxapp.image.store import ImageStore
+from sandboxapp.launch.ledger import process_identity
 
 
 class Collected:

@@ -6,13 +6,8 @@ import pytest
 
 from sandboxapp.errors import SandboxError
 from sandboxapp.paths import SHIPPED_PROFILE_DIR, Locations
-from sandboxapp.profile import (
-    Network,
-    ReadOnlyBind,
-    find_profile,
-    iter_profile_files,
-    load_profile_file,
-)
+from sandboxapp.profile.find import find_profile, iter_profile_files, load_profile_file
+from sandboxapp.profile.model import Network, ReadOnlyBind
 
 FULL = """\
 description = "A browser"

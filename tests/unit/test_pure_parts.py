@@ -6,13 +6,20 @@ from pathlib import Path
 
 import pytest
 
-from sandboxapp.debian import mirror_from_sources, security_mirror, sources_list
-from sandboxapp.display import Display, parse_display
 from sandboxapp.errors import SandboxError
-from sandboxapp.hostfacts import HostFacts
-from sandboxapp.image import ImageMeta
-from sandboxapp.nspawn import Bind, LaunchSpec, launch_argv, shift_ownership_argv
-from sandboxapp.uidrange import BLOCK_SIZE, END, FIRST_BASE, UidRange, allocate, preferred_slot
+from sandboxapp.host.display import Display, parse_display
+from sandboxapp.image.debian import mirror_from_sources, security_mirror, sources_list
+from sandboxapp.image.store import ImageMeta
+from sandboxapp.image.uidrange import (
+    BLOCK_SIZE,
+    END,
+    FIRST_BASE,
+    UidRange,
+    allocate,
+    preferred_slot,
+)
+from sandboxapp.launch.hostfacts import HostFacts
+from sandboxapp.launch.nspawn import Bind, LaunchSpec, launch_argv, shift_ownership_argv
 
 NO_SYSTEMD = HostFacts(systemd_running=False)
 WITH_SYSTEMD = HostFacts(systemd_running=True)

@@ -10,8 +10,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from sandboxapp import soundproxy, unixsocket
-from sandboxapp.soundproxy import CONTROL, MAX_PACKET, Refused, _Connection
+from sandboxapp.host import soundproxy, unixsocket
+from sandboxapp.host.soundproxy import CONTROL, MAX_PACKET, Refused, _Connection
 
 COOKIE = bytes(range(256))
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from sandboxapp import pulsewire
-from sandboxapp.x11 import find_cookie, host_entry
+from sandboxapp.host import pulsewire
+from sandboxapp.host.x11 import find_cookie, host_entry
 from tests.harness import require_programs
 
 COOKIE = "00112233445566778899aabbccddeeff"
@@ -91,7 +91,7 @@ def test_the_sandboxs_xauthority_file_reads_back_with_python_xlib(tmp_path: Path
     it into the one entry, for any host (FamilyWild, which libXau matches to every host)."""
     from Xlib import xauth
 
-    from sandboxapp import x11auth
+    from sandboxapp.host import x11auth
 
     cookie = bytes(range(16))
     path = x11auth.write_file(tmp_path, 7, cookie)

@@ -1,0 +1,83 @@
+"""Paths that root uses on the desktop user's behalf, opened without following the user's
+symlinks (nofollow.py does the walking), and the desktop user a launch is for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from sandboxapp.errors import ExitStatus, SandboxError
+from sandboxapp.fs import nofollow
+
+FORBIDDEN_ROOTS = tuple(Path(p) for p in nofollow.FORBIDDEN_ROOTS)
+
+
+@dataclass(frozen=True)
+class DesktopUser:
+    uid: int
+    gid: int
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str]) -> DesktopUser:
+        # Under sudo the desktop user is the one who called sudo, not root.
+        if os.geteuid() == 0:
+            uid, gid = environ.get("SUDO_UID", ""), environ.get("SUDO_GID", "")
+            if uid.isdigit() and gid.isdigit():
+                return cls(int(uid), int(gid))
+        return cls(os.getuid(), os.getgid())
+
+
+def refuse(path: str | Path, why: str, hint: str | None = None) -> SandboxError:
+    return SandboxError(f"refusing to use {path}: {why}", status=ExitStatus.LAUNCHER, hint=hint)
+
+
+def _refused(exc: nofollow.Refused, hint: str | None = None) -> SandboxError:
+    return refuse(exc.path, exc.why, hint)
+
+
+def ensure_user_dir(path: Path, user: DesktopUser, mode: int = 0o700, *,
+                    exact_mode: bool = False) -> None:
+    """Make sure the directory exists and belongs to the user, creating what is missing as
+    the user's; exact_mode: and that it has mode, whatever it had."""
+    try:
+        nofollow.ensure_dir(str(path), user.uid, user.gid, mode, exact_mode=exact_mode)
+    except nofollow.Refused as exc:
+        raise _refused(exc, hint="move it out of the way; sandboxapp creates it again"
+                       if exc.path == str(path) else None) from None
+
+
+def open_user_path(path: Path, user: DesktopUser, *, trusted: bool = False) -> int:
+    """An O_PATH descriptor for path (a directory, file or socket) that is the user's own.
+
+    trusted: the path comes from a root-owned profile; root-owned targets are then allowed.
+    """
+    try:
+        return nofollow.open_owned(str(path), user.uid, user.gid, trusted=trusted)
+    except nofollow.Refused as exc:
+        raise _refused(exc) from None
+
+
+def read_user_file(path: Path, user: DesktopUser, *, trusted: bool, limit: int) -> bytes:
+    """The contents of a regular file opened through open_user_path's checks."""
+    fd = open_user_path(path, user, trusted=trusted)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise refuse(path, "not a regular file")
+        with open(f"/proc/self/fd/{fd}", "rb") as stream:
+            return stream.read(limit + 1)
+    finally:
+        os.close(fd)
+
+
+def write_file_no_follow(path: Path, text: str, mode: int = 0o644) -> None:
+    """Replace path with a new regular file, never writing through a symlink."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    with os.fdopen(fd, "w", encoding="utf-8") as stream:
+        stream.write(text)

@@ -1,0 +1,272 @@
+"""The privileged helper: the root side of a desktop user's launch, reached through sudo.
+
+It takes one narrow request (a profile name and file, the user's data directory, the display
+number, the sound socket the session side made, the app's arguments), trusts none of it, and
+does only what needs root: the writable layer, the checked binds and systemd-nspawn. The user is
+the one sudo names (SUDO_UID); the profile is read again, from a descriptor opened without
+following symlinks; a profile that is not in a root-owned profile directory may only bind and
+keep the user's own files. Its input is a control channel: a line, or its end (the user's
+launcher is gone), stops the app gracefully. Every launch is logged to a root-owned file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tomllib
+from collections.abc import Sequence
+from contextlib import ExitStack
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from sandboxapp.errors import ExitStatus, SandboxError, finish
+from sandboxapp.fs.safepath import DesktopUser, read_user_file
+from sandboxapp.helper.client import PENDING
+from sandboxapp.host.sound import SoundPaths
+from sandboxapp.image.fs import check_command
+from sandboxapp.image.store import ImageStore
+from sandboxapp.launch.container import ContainerRequest, ContainerSide
+from sandboxapp.launch.join import join
+from sandboxapp.launch.ledger import RunDir
+from sandboxapp.launch.plan import LaunchPlan, plan_launch
+from sandboxapp.launch.supervisor import STOP_TIMEOUT, Supervisor
+from sandboxapp.output import report, warn
+from sandboxapp.paths import DEFAULT_RUN_DIR, SHIPPED_PROFILE_DIR, SYSTEM_PROFILE_DIR, Locations
+from sandboxapp.profile.model import MAX_FILE_SIZE, Profile, check_profile_name, invalid
+from sandboxapp.profile.parse import parse_profile
+
+TRUSTED_PROFILE_DIRS = (SYSTEM_PROFILE_DIR, SHIPPED_PROFILE_DIR)
+
+
+def _absolute(text: str) -> Path:
+    path = Path(text)
+    if not path.is_absolute() or ".." in path.parts:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an absolute path without '..'")
+    return path
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sandboxapp-privileged")
+    commands = parser.add_subparsers(dest="command", required=True)
+    # launch: a new sandbox; join: the command inside the user's running sandbox;
+    # build, update: a trusted profile's image, for a user's first launch or auto-update.
+    for command in ("launch", "join", "build", "update"):
+        sub = commands.add_parser(command)
+        sub.add_argument("--profile-file", type=_absolute, required=True)
+        sub.add_argument("--data-home", type=_absolute, required=True)
+        sub.add_argument("--display", type=int)
+        sub.add_argument("--x11-dir", type=_absolute)
+        sub.add_argument("--sound-dir", type=_absolute)
+        sub.add_argument("--command", dest="program")
+        sub.add_argument("profile")
+        sub.add_argument("args", nargs=argparse.REMAINDER)
+    return parser
+
+
+def log_safe(text: str) -> str:
+    """text as one log line: a backslash, and any character that is not printable (a newline
+    in a user's path would forge a line of its own), written as a Python escape."""
+    return "".join(c if c.isprintable() and c != "\\" else
+                   c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def _log(store: ImageStore, text: str) -> None:
+    text = log_safe(text)
+    store.ensure()
+    stamp = datetime.now(UTC).isoformat(timespec="seconds")
+    fd = os.open(store.log_dir / "privileged.log",
+                 os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "a", encoding="utf-8") as stream:
+        stream.write(f"{stamp} {text}\n")
+
+
+def _read_profile(args: argparse.Namespace, user: DesktopUser) -> tuple[Profile, bool]:
+    """The profile, read again from a descriptor: (profile, from a trusted directory)."""
+    name = check_profile_name(args.profile)
+    path: Path = args.profile_file
+    if path.name != f"{name}.toml":
+        raise invalid(f"the profile file {path} is not named {name}.toml")
+    trusted = path.parent in TRUSTED_PROFILE_DIRS
+    raw = read_user_file(path, user, trusted=trusted, limit=MAX_FILE_SIZE)
+    try:
+        doc = tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise invalid(f"{path}: not a valid profile: {exc}") from None
+    return parse_profile(name, path, "system" if trusted else "user", doc), trusted
+
+
+class _StderrProgress:
+    def stage(self, text: str) -> None:
+        sys.stderr.write(f"sandboxapp: {text}\n")
+        sys.stderr.flush()
+
+    def warn(self, text: str) -> None:
+        warn(text)
+
+
+def image_work(args: argparse.Namespace, user: DesktopUser, locations: Locations) -> int:
+    profile, trusted = _read_profile(args, user)
+    if not trusted:
+        raise SandboxError(
+            f"images are built and updated for users only from trusted profiles "
+            f"(in {', '.join(map(str, TRUSTED_PROFILE_DIRS))})",
+            hint=f"ask an administrator to run: sudo sandboxapp image {args.command} "
+                 f"{profile.name}", status=ExitStatus.LAUNCHER)
+    from sandboxapp.image.build import build_image, update_image  # not needed to launch
+
+    store = ImageStore(locations.image_dir)
+    _log(store, f"uid={user.uid} profile={profile.name} image {args.command}")
+    if args.command == "update":
+        _check_update_interval(store, profile.name)
+    if args.command == "build":
+        build_image(profile, store, _StderrProgress())
+    else:
+        update_image(profile, store, _StderrProgress())
+    return ExitStatus.OK
+
+
+# A user may have root update a trusted image this often at most (root itself, any time): an
+# update takes the archive's bandwidth, the disk and minutes of root's time.
+USER_UPDATE_INTERVAL = timedelta(minutes=10)
+
+
+def _check_update_interval(store: ImageStore, name: str) -> None:
+    since = datetime.now(UTC) - store.require(name).meta.refreshed_at
+    if since < USER_UPDATE_INTERVAL:
+        minutes = USER_UPDATE_INTERVAL.seconds // 60
+        raise SandboxError(
+            f"the image for {name} got its packages {int(since.total_seconds())} s ago; "
+            f"users may have it updated once in {minutes} minutes",
+            hint=f"an administrator may update it at any time: sudo sandboxapp image update "
+                 f"{name}", status=ExitStatus.USAGE)
+
+
+def _checked_plan(args: argparse.Namespace, user: DesktopUser,
+                  locations: Locations) -> tuple[LaunchPlan, bool, SoundPaths | None]:
+    """The request, re-read and re-checked: (plan, profile trusted, sound paths); the X
+    directory is checked against the profile too."""
+    profile, trusted = _read_profile(args, user)
+    name = profile.name
+    extra = list(args.args)
+    if extra and extra[0] == "--":
+        extra = extra[1:]
+    environ = {"DISPLAY": f":{args.display}"} if args.display is not None else {}
+    if profile.sandbox.x11 and args.display is None:
+        raise SandboxError("the profile needs the X display, and none was given",
+                           status=ExitStatus.LAUNCHER)
+    if args.x11_dir is not None and (not profile.sandbox.x11 or profile.sandbox.x11_trusted):
+        raise SandboxError("an X directory was given, but the profile's display access is not "
+                           "x11 = true", status=ExitStatus.LAUNCHER)
+    if args.program is not None and not args.program:
+        raise invalid("--command needs a program")
+    plan = plan_launch(profile, extra, locations, environ, instance=f"u{user.uid}",
+                       program=args.program)
+    sound = None
+    if args.sound_dir is not None:
+        if not profile.sandbox.pulseaudio:
+            raise SandboxError("sound was asked for, but the profile has none",
+                               status=ExitStatus.LAUNCHER)
+        sound = SoundPaths(args.sound_dir)
+    image = ImageStore(locations.image_dir).require(name)
+    check_command(image.rootfs, plan.command[0])
+    return plan, trusted, sound
+
+
+def join_running(args: argparse.Namespace, user: DesktopUser, locations: Locations) -> int:
+    plan, _, _ = _checked_plan(args, user, locations)
+    _log(ImageStore(locations.image_dir),
+         f"uid={user.uid} profile={plan.profile.name} join args={plan.command!r}")
+    return join(RunDir(locations.run_dir), plan, user)
+
+
+# How long a launch waits for the root side of the user's last launch to finish stopping: the
+# app's default grace to exit, and the take-back.
+STOPPING_WAIT = STOP_TIMEOUT + 5.0
+
+
+def launch(args: argparse.Namespace, user: DesktopUser, locations: Locations) -> int:
+    """A new sandbox. A request read from the input (the launcher's, helperclient.py) comes
+    before the grants are made: the app's gate opens on the input's "open"; a request on the
+    command line opens it at once."""
+    plan, trusted, sound = _checked_plan(args, user, locations)
+    name, path, extra = plan.profile.name, plan.profile.path, plan.command
+    store = ImageStore(locations.image_dir)
+    _log(store, f"uid={user.uid} profile={name} file={path} trusted={trusted} "
+                f"display={args.display} sound={sound is not None} args={extra!r}")
+    run_dir = RunDir(locations.run_dir)
+    supervisor = Supervisor(run_dir, warn=warn)
+    # The user's launcher joins a launch of its own that runs: a request to launch while the
+    # root side of the user's last one still holds the profile means that launcher is gone,
+    # and its app is being stopped. Wait for that, rather than refuse.
+    wait = STOPPING_WAIT if run_dir.stopping_for(name, user.uid) else 0
+    with ExitStack() as stack:
+        if not supervisor.begin(stack, name, wait=wait):
+            raise supervisor.run_dir.already_running(name)
+        request = ContainerRequest(plan, user, trusted_profile=trusted, sound=sound,
+                                   x11_dir=args.x11_dir)
+        status = ContainerSide(supervisor, request, sys.stderr, control_fd=sys.stdin.fileno(),
+                               wait_for_open=args.from_input).run(stack)
+    _log(store, f"uid={user.uid} profile={name} exit={status}")
+    if supervisor.signalled is not None:
+        return 128 + supervisor.signalled
+    return status
+
+
+def _read_request(limit: int = 1 << 16) -> list[str] | None:
+    """One line from the input: a JSON list of words; None when the input ends first. Read a
+    byte at a time, so that nothing after the line (the stop channel) is taken from it."""
+    data = bytearray()
+    while (byte := os.read(0, 1)) != b"\n":
+        if not byte:
+            return None
+        data += byte
+        if len(data) > limit:
+            raise SystemExit("sandboxapp-privileged: the request is too long")
+    try:
+        words = json.loads(data)
+    except ValueError:
+        words = None
+    if not isinstance(words, list) or not all(isinstance(w, str) for w in words) or (
+            words[:1] == [PENDING]):
+        raise SystemExit("sandboxapp-privileged: the request is not a list of words")
+    return words
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    if os.geteuid() != 0:
+        sys.stderr.write("sandboxapp-privileged: run it through sudo\n")
+        return int(ExitStatus.LAUNCHER)
+    words = sys.argv[1:] if argv is None else list(argv)
+    from_input = words == [PENDING]
+    if from_input:
+        # Started ahead of its request (see helperclient.py): it is the input's first line.
+        request = _read_request()
+        if request is None:
+            return int(ExitStatus.LAUNCHER)  # the launcher gave up before asking anything
+        words = request
+    args = _parser().parse_args(words)
+    args.from_input = from_input
+    # Nothing from the caller's environment counts but the identity sudo vouches for; the
+    # store and run directories are the ones `sandboxapp setup` wrote into the wrapper.
+    user = DesktopUser.from_environment(os.environ)
+    image_dir = os.environ.get("SANDBOXAPP_IMAGE_DIR", "/var/lib/sandboxapp/images")
+    run_dir = os.environ.get("SANDBOXAPP_RUN_DIR", str(DEFAULT_RUN_DIR))
+    # Each user's launches have a run directory of their own below root's: their own locks
+    # and records, so two users' sandboxes of one profile never meet.
+    locations = Locations(image_dir=Path(image_dir),
+                          run_dir=RunDir(Path(run_dir)).for_user(user.uid).root,
+                          config_home=Path("/nonexistent"), data_home=args.data_home)
+    try:
+        handler = {"join": join_running, "launch": launch, "build": image_work,
+                   "update": image_work}[args.command]
+        return handler(args, user, locations)
+    except SandboxError as error:
+        report(error, sys.stderr)
+        return int(error.status)
+
+
+def entry() -> None:
+    """The privileged helper's command."""
+    finish(main())

@@ -1,0 +1,2 @@
+"""The doors into the host: the X display (x11.py trusted, x11auth.py untrusted), the sound
+server (sound.py, soundproxy.py, pulsewire.py), notifications and menu entries."""

@@ -1,0 +1,89 @@
+"""Telling a user who has no terminal: desktop notifications, and a log of every run."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import IO
+
+from sandboxapp.command import base_env, program_exists, run
+from sandboxapp.fs.safepath import DesktopUser, ensure_user_dir
+
+KEEP_LOGS = 10
+NOTIFY_TIMEOUT = 5.0
+
+
+def has_session_bus(environ: Mapping[str, str]) -> bool:
+    if environ.get("DBUS_SESSION_BUS_ADDRESS"):
+        return True
+    runtime = environ.get("XDG_RUNTIME_DIR", "")
+    return bool(runtime) and Path(runtime, "bus").exists()
+
+
+def notify(environ: Mapping[str, str], summary: str, body: str) -> bool:
+    """Send a desktop notification (notify-send, or gdbus); whether one went out."""
+    if not has_session_bus(environ):
+        return False
+    keep = ("DBUS_SESSION_BUS_ADDRESS", "XDG_RUNTIME_DIR", "DISPLAY", "WAYLAND_DISPLAY", "HOME")
+    env = base_env({k: environ[k] for k in keep if environ.get(k)})
+    if program_exists("notify-send"):
+        argv = ["notify-send", "--app-name=sandboxapp", "--urgency=critical",
+                "--icon=dialog-error", summary, body]
+    elif program_exists("gdbus"):
+        argv = ["gdbus", "call", "--session", "--dest=org.freedesktop.Notifications",
+                "--object-path=/org/freedesktop/Notifications",
+                "--method=org.freedesktop.Notifications.Notify", "sandboxapp", "0",
+                "dialog-error", summary, body, "[]", "{}", "-1"]
+    else:
+        return False
+    return run(argv, env=env, check=False, timeout=NOTIFY_TIMEOUT).returncode == 0
+
+
+class RunLog:
+    """`$XDG_STATE_HOME/sandboxapp/PROFILE/<time>.log`: what a run printed, kept for the user
+    who started it from a menu; the newest KEEP_LOGS are kept."""
+
+    def __init__(self, state_home: Path, profile: str, user: DesktopUser) -> None:
+        self.directory = state_home / "sandboxapp" / profile
+        ensure_user_dir(self.directory, user)
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+        self.path = self.directory / f"{stamp}.log"
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW |
+                     os.O_CLOEXEC, 0o600)
+        if os.geteuid() == 0:
+            os.fchown(fd, user.uid, user.gid)
+        self.stream: IO[str] = os.fdopen(fd, "w", encoding="utf-8", errors="replace")
+        self._prune()
+
+    def _prune(self) -> None:
+        logs = sorted(self.directory.glob("*.log"))
+        for old in logs[:-KEEP_LOGS]:
+            with contextlib.suppress(OSError):
+                old.unlink()
+
+    def close(self) -> None:
+        self.stream.close()
+
+
+class Tee:
+    """A text stream that writes to a terminal (or whatever stderr is) and to a log."""
+
+    def __init__(self, *streams: IO[str]) -> None:
+        self.streams = streams
+
+    def write(self, text: str) -> int:
+        for stream in self.streams:
+            with contextlib.suppress(OSError, ValueError):
+                stream.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        for stream in self.streams:
+            with contextlib.suppress(OSError, ValueError):
+                stream.flush()
+
+    def isatty(self) -> bool:
+        return False

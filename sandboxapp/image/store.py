@@ -1,0 +1,227 @@
+"""The image store: pristine images, one directory per profile, and their metadata.
+
+    $SANDBOXAPP_IMAGE_DIR/
+      PROFILE/                  a committed image (only ever appears by an atomic rename)
+        image.json              metadata; its presence is what makes the directory an image
+        rootfs/                 the tree, owned by the image's own UID block
+      .build-PROFILE-XXXX/      a build in progress (build.json names the builder)
+      .old-PROFILE-XXXX/        an image replaced by a rebuild, deleted right after
+      .logs/build-PROFILE.log   the full log of the last build
+      .locks/                   lock files
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from sandboxapp import __version__
+from sandboxapp.errors import ExitStatus, SandboxError
+from sandboxapp.fs.util import mount_points, remove_tree
+from sandboxapp.image.uidrange import UidRange
+from sandboxapp.profile.model import ImageSpec, Profile, check_profile_name
+
+META_FILE = "image.json"
+BUILD_MARKER = "build.json"
+META_VERSION = 1
+
+
+def spec_digest(spec: ImageSpec) -> str:
+    """A digest of what the image is built from, to tell when a profile has moved on."""
+    # Here, not at the top: loading it loads OpenSSL (3 ms), which a launch need not pay.
+    import hashlib
+
+    text = json.dumps(dataclasses.asdict(spec), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def image_is_stale(profile: Profile, image: Image) -> bool:
+    """The profile's [image] section no longer matches what the image was built from."""
+    return image.meta.spec_digest != spec_digest(profile.image)
+
+
+@dataclass(frozen=True)
+class ImageMeta:
+    profile: str
+    uid_base: int
+    uid_count: int
+    suite: str
+    packages: tuple[str, ...]
+    mirror: str
+    security: str | None
+    spec_digest: str
+    built_at: str  # ISO 8601, UTC
+    size_bytes: int
+    sandboxapp_version: str = __version__
+    meta_version: int = META_VERSION
+    updated_at: str | None = None  # the last `image update`, or None
+
+    @property
+    def refreshed_at(self) -> datetime:
+        """When the image last got its packages from the archive."""
+        return datetime.fromisoformat(self.updated_at or self.built_at)
+
+    @property
+    def uid_range(self) -> UidRange:
+        return UidRange(self.uid_base, self.uid_count)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> ImageMeta:
+        data = json.loads(text)
+        data["packages"] = tuple(data["packages"])
+        fields = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in fields})
+
+
+@dataclass(frozen=True)
+class Image:
+    path: Path
+    meta: ImageMeta
+
+    @property
+    def name(self) -> str:
+        return self.meta.profile
+
+    @property
+    def rootfs(self) -> Path:
+        return self.path / "rootfs"
+
+    @property
+    def built_at(self) -> datetime:
+        return datetime.fromisoformat(self.meta.built_at)
+
+
+class ImageStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    @property
+    def log_dir(self) -> Path:
+        return self.root / ".logs"
+
+    def image_path(self, name: str) -> Path:
+        return self.root / check_profile_name(name)
+
+    def log_path(self, name: str) -> Path:
+        return self.log_dir / f"build-{name}.log"
+
+    def ensure(self) -> None:
+        for directory in (self.root, self.log_dir, self.root / ".locks"):
+            directory.mkdir(mode=0o755, parents=True, exist_ok=True)
+
+    @contextlib.contextmanager
+    def lock(self, what: str, *, wait: bool = True) -> Iterator[None]:
+        """An exclusive lock on part of the store (released when the process dies)."""
+        self.ensure()
+        fd = os.open(self.root / ".locks" / f"{what}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                raise SandboxError(
+                    f"{what} is busy: another sandboxapp is working on it",
+                    hint="wait for it to finish and try again",
+                ) from None
+            yield
+        finally:
+            os.close(fd)
+
+    def get(self, name: str) -> Image | None:
+        path = self.image_path(name)
+        try:
+            text = (path / META_FILE).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise SandboxError(f"cannot read the image metadata {path / META_FILE}: {exc}") from exc
+        try:
+            return Image(path, ImageMeta.from_json(text))
+        except (ValueError, TypeError, KeyError) as exc:
+            raise SandboxError(
+                f"the image metadata {path / META_FILE} is damaged ({exc})",
+                hint=f"rebuild the image: sandboxapp image build --force {name}",
+            ) from None
+
+    def require(self, name: str) -> Image:
+        image = self.get(name)
+        if image is None:
+            raise SandboxError(
+                f"the image for {name!r} is not built",
+                hint=f"build it with: sandboxapp image build {name}",
+                status=ExitStatus.LAUNCHER,
+            )
+        return image
+
+    def images(self) -> list[Image]:
+        if not self.root.is_dir():
+            return []
+        found = []
+        for entry in sorted(self.root.iterdir()):
+            if entry.name.startswith(".") or not (entry / META_FILE).is_file():
+                continue
+            image = self.get(entry.name)
+            if image is not None:
+                found.append(image)
+        return found
+
+    def building(self) -> list[tuple[Path, dict[str, object]]]:
+        """Build directories and what their markers say."""
+        found: list[tuple[Path, dict[str, object]]] = []
+        if not self.root.is_dir():
+            return found
+        for entry in sorted(self.root.glob(".build-*")):
+            try:
+                found.append((entry, json.loads((entry / BUILD_MARKER).read_text())))
+            except (OSError, ValueError):
+                found.append((entry, {}))
+        return found
+
+    def layers_using(self, rootfs: Path) -> list[Path]:
+        """Mounted writable layers whose lower tree is this rootfs (the same inode, whatever
+        its path is now: an image replaced by an update keeps serving running sandboxes)."""
+        try:
+            st = rootfs.stat()
+        except FileNotFoundError:
+            return []
+        mounted = set(mount_points())
+        users = []
+        for marker in sorted((self.root / ".layers").glob("*/layer.json")):
+            try:
+                data = json.loads(marker.read_text())
+            except (OSError, ValueError):
+                continue
+            if data.get("rootfs_id") == [st.st_dev, st.st_ino] and (
+                marker.parent / "merged" in mounted
+            ):
+                users.append(marker.parent)
+        return users
+
+    def remove(self, name: str) -> Path:
+        path = self.image_path(name)
+        if self.get(name) is None:
+            raise SandboxError(
+                f"there is no image for {name!r} in {self.root}",
+                hint="'sandboxapp image list' shows the images there are",
+                status=ExitStatus.USAGE,
+            )
+        with self.lock(f"image-{name}", wait=False):
+            if self.layers_using(path / "rootfs"):
+                raise SandboxError(f"{name} is running: its image cannot go now",
+                                   hint=f"stop it first: sandboxapp stop {name}",
+                                   status=ExitStatus.USAGE)
+            # Renamed out of the way first, so that a half-deleted tree is never taken for
+            # an image; the marker check happens before any deletion.
+            trash = self.root / f".old-{name}-{os.getpid()}"
+            os.rename(path, trash)
+            remove_tree(trash, marker=META_FILE)
+        return path

@@ -1,0 +1,268 @@
+"""The root side of a launch: the writable layer, the checked binds, systemd-nspawn.
+
+Used in-process when sandboxapp runs as root, and by the privileged helper when a desktop user
+launches. Every host path the user controls (persistent directories, read-only binds, the sound
+socket) is opened without following symlinks, its owner checked on the descriptor, and that
+very inode bind-mounted into a staging directory in the layer; nspawn only sees staged paths.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import signal
+import stat
+import subprocess
+import sys
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from sandboxapp.command import base_env
+from sandboxapp.errors import ExitStatus, SandboxError
+from sandboxapp.fs import nofollow
+from sandboxapp.fs.mounts import stage_owned
+from sandboxapp.fs.safepath import DesktopUser
+from sandboxapp.host.sound import SoundPaths
+from sandboxapp.launch.hostfacts import host_facts
+from sandboxapp.launch.layer import create_layer
+from sandboxapp.launch.ledger import process_identity
+from sandboxapp.launch.nspawn import NOISE_PREFIX, LaunchSpec, launch_argv
+from sandboxapp.launch.plan import LaunchPlan, launch_spec
+from sandboxapp.launch.procstat import namespace_pid, session_of
+from sandboxapp.launch.supervisor import Relay, Supervisor, TextSink
+
+NSPAWN_NOISE = (NOISE_PREFIX, "Trying to halt container. Send SIGTERM again")
+
+
+@dataclass(frozen=True)
+class ContainerRequest:
+    plan: LaunchPlan
+    user: DesktopUser
+    trusted_profile: bool  # from a root-owned profile directory
+    sound: SoundPaths | None
+    # The user's directory holding the sandbox's untrusted X authorization (x11auth.py).
+    x11_dir: Path | None = None
+
+
+@dataclass(frozen=True)
+class Started:
+    """A container whose app waits at its gate."""
+
+    process: subprocess.Popen[bytes]
+    gate_fd: int
+
+
+def make_gate(path: Path) -> int:
+    """The FIFO the app waits at inside (launchplan.GATE), and the launcher's end of it, to be
+    held open while the container runs: a line written to it lets the app start; its end
+    (the launcher gone, or giving up) ends the app's wait with exit status 125."""
+    os.mkfifo(path, 0o600)
+    # The app reads it as the container's root, a UID that is nobody here.
+    os.chmod(path, 0o604)
+    return os.open(path, os.O_RDWR | os.O_CLOEXEC)
+
+
+def open_gate(started: Started) -> None:
+    os.write(started.gate_fd, b"go\n")
+
+
+# nspawn runs as the first process of a PID namespace of its own, made by unshare: when nspawn
+# dies (the launcher's parent-death signal kills unshare, which kills nspawn), the kernel kills
+# everything in that namespace, the container included. nspawn alone would leave its container
+# running: nothing kills it where systemd does not track nspawn's unit.
+PID_NAMESPACE = ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child=SIGKILL", "--"]
+
+
+def _chain(spawned_pid: int) -> list[Any]:
+    """The processes from the one the launcher spawned down to the container's init: unshare,
+    nspawn, nspawn's stub init (as far as they exist yet, or still)."""
+    import psutil  # off the launch path: only needed here
+
+    chain = []
+    with contextlib.suppress(psutil.Error):
+        process = psutil.Process(spawned_pid)
+        chain.append(process)
+        while len(chain) < 3 and (children := process.children()):
+            process = children[0]
+            chain.append(process)
+    return chain
+
+
+def container_init(spawned_pid: int) -> int | None:
+    """The host pid of the container's PID 1 (nspawn's stub init); None while it starts or
+    stops."""
+    chain = _chain(spawned_pid)
+    return int(chain[2].pid) if len(chain) == 3 else None
+
+
+def stop_targets(chain: list[Any]) -> list[Any]:
+    """Of the chain from _chain, the processes a graceful stop signals: the app (the child
+    of the container's PID 2, launchplan.APP_KEEPER) and what it left in its session after it
+    exited (the new instance of a program that restarted itself), not their children, whom
+    the app stops itself."""
+    import psutil  # off the launch path: only needed here
+
+    if len(chain) < 3:
+        return []
+    targets = []
+    with contextlib.suppress(psutil.Error):
+        orphans = chain[2].children()
+        keeper = next((p for p in orphans if namespace_pid(p.pid) == 2), None)
+        if keeper is None:
+            return []
+        targets = keeper.children()
+        targets += [p for p in orphans
+                    if p.pid != keeper.pid and session_of(p.pid) == keeper.pid]
+    return targets
+
+
+def stop_app(spawned_pid: int) -> None:
+    """A graceful stop: SIGTERM to the app itself, so it can save its work. Signalling nspawn
+    instead would SIGKILL it, and its stub init's own stop sends SIGHUP too, which ends most
+    programs at once; nspawn is signalled only while there is no app yet (or any more)."""
+    import psutil  # off the launch path: only needed here
+
+    with contextlib.suppress(psutil.Error):
+        chain = _chain(spawned_pid)
+        targets = stop_targets(chain)
+        if not targets:
+            # unshare waits for nspawn with SIGTERM blocked: a signal for it goes to nspawn.
+            targets = chain[1:2] or chain[:1]
+        for process in targets:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.send_signal(signal.SIGTERM)
+
+
+class ContainerSide:
+    def __init__(self, supervisor: Supervisor, request: ContainerRequest, stderr: TextSink,
+                 control_fd: int | None = None, relay: Relay | None = None,
+                 wait_for_open: bool = False) -> None:
+        self.supervisor = supervisor
+        self.wait_for_open = wait_for_open
+        self.request = request
+        self.stderr = stderr
+        self.control_fd = control_fd
+        self.relay = relay or Relay()
+
+    def _layer(self, stack: ExitStack) -> Path:
+        plan = self.request.plan
+        assert plan.image is not None
+        self.supervisor.add(stack, "layer", path=str(plan.layer_root))
+        state = plan.state_root / str(self.request.user.uid) if plan.state_root else None
+        return create_layer(plan.layer_root, plan.image.rootfs, state=state)
+
+    def _checked_paths(self) -> list[tuple[Path, bool, str, int | None]]:
+        """(host path, trusted, what, required file type) for every host path the container
+        will see."""
+        request = self.request
+        plan = request.plan
+        paths: list[tuple[Path, bool, str, int | None]] = [
+            (p.host, False, "persistent directory", stat.S_IFDIR) for p in plan.persist
+        ]
+        paths += [(Path(b.host), request.trusted_profile, "sandbox.bind_ro", None)
+                  for b in plan.profile.sandbox.bind_ro]
+        if plan.display is not None:
+            paths.append((plan.display.socket, True, "X display socket", stat.S_IFSOCK))
+        if request.x11_dir is not None:
+            paths.append((request.x11_dir, False, "X directory", stat.S_IFDIR))
+        if request.sound is not None:
+            paths.append((request.sound.dir, False, "sound directory", stat.S_IFDIR))
+        return paths
+
+    def _stage(self, layer_dir: Path) -> dict[Path, Path]:
+        staging = layer_dir / "binds"
+        staging.mkdir(mode=0o700, exist_ok=True)
+        staged: dict[Path, Path] = {}
+        user = self.request.user
+        for index, (path, trusted, what, file_type) in enumerate(self._checked_paths()):
+            target = staging / str(index)
+            try:
+                stage_owned(str(path), user.uid, user.gid, str(target), trusted=trusted,
+                            file_type=file_type)
+            except nofollow.Refused as exc:
+                raise SandboxError(f"{what}: {exc}", status=ExitStatus.LAUNCHER) from None
+            except OSError as exc:
+                raise SandboxError(f"cannot stage {path} for the sandbox: {exc.strerror}",
+                                   status=ExitStatus.LAUNCHER) from None
+            staged[path] = target
+        return staged
+
+    def _gate(self, stack: ExitStack) -> tuple[Path, int]:
+        gate = self.request.plan.layer_root / "gate"
+        fd = make_gate(gate)
+        stack.callback(os.close, fd)
+        return gate, fd
+
+    def _spawn_argv(self, spec: LaunchSpec) -> list[str]:
+        # If the launcher is killed, unshare is killed with it, and nspawn and its container
+        # with that.
+        return ["setpriv", "--pdeathsig", "KILL", "--", *PID_NAMESPACE,
+                *launch_argv(spec, host_facts())]
+
+    def _container_data(self, spec: LaunchSpec) -> dict[str, Any]:
+        plan = self.request.plan
+        return {"machine": plan.machine, "pid": None, "started": None, "uid": spec.ids.base,
+                "user": self.request.user.uid, "profile_file": str(plan.profile.path)}
+
+    def _spawn_env(self) -> dict[str, str]:
+        return base_env({"TERM": os.environ.get("TERM", "dumb")})
+
+    def _relay(self, stdout: IO[bytes], stderr: IO[bytes]) -> None:
+        self.relay.raw(stdout, sys.stdout.fileno())
+        self.relay.lines(io.TextIOWrapper(stderr, errors="replace"), self.stderr, NSPAWN_NOISE)
+
+    def run(self, stack: ExitStack) -> int:
+        """The helper's launch: start the container, open its gate (wait_for_open: when the
+        control input says the user's launcher has made the grants, "open"), supervise it.
+        An input that ends or asks to stop first: the app never starts (status LAUNCHER, said
+        by the user's launcher, which gave up)."""
+        started = self.start(stack)
+        control = self.control_fd
+        if self.wait_for_open and control is not None and not self.supervisor.wait_for_open(
+                started.process, control):
+            if started.process.poll() is None:
+                return ExitStatus.LAUNCHER
+            return self.supervise(started)  # nspawn failed: its status, and what it said
+        open_gate(started)
+        return self.supervise(started)
+
+    def start(self, stack: ExitStack) -> Started:
+        """Start the container, with the app held at its gate."""
+        plan = self.request.plan
+        merged = self._layer(stack)
+        self.supervisor.check_interrupted()
+        staged = self._stage(plan.layer_root)
+        gate, gate_fd = self._gate(stack)
+        spec = launch_spec(plan, merged, sound=self.request.sound, gate=gate, staged=staged,
+                           x11_dir=self.request.x11_dir)
+        entry = self.supervisor.add(stack, "container", **self._container_data(spec))
+        self.supervisor.check_interrupted()
+        # The container gets no terminal: no input, its output through pipes that the
+        # launcher copies, and a session of its own, so that Ctrl-C or a signal to the
+        # launcher's process group reaches only the launcher, which stops the app gracefully
+        # (nspawn itself would SIGKILL it). A process inside cannot push input into the user's
+        # shell (TIOCSTI) through a terminal it does not have.
+        process = subprocess.Popen(
+            self._spawn_argv(spec),
+            env=self._spawn_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        pid, started = process_identity(process.pid)
+        assert self.supervisor.record is not None
+        self.supervisor.record.update(entry, pid=pid, started=started)
+        assert process.stdout is not None and process.stderr is not None
+        self._relay(process.stdout, process.stderr)
+        return Started(process, gate_fd)
+
+    def supervise(self, started: Started) -> int:
+        process = started.process
+        status = self.supervisor.wait(process, on_stop=lambda: stop_app(process.pid),
+                                      on_timeout=process.kill, control_fd=self.control_fd)
+        self.relay.join()
+        return status

@@ -1,0 +1,273 @@
+"""What every long-running side of a launch shares: its ledger record, undo registration, and
+signals that only set a flag, so that the ExitStack always unwinds in the ordinary way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from typing import IO, Any, Protocol
+
+from sandboxapp.errors import SandboxError
+from sandboxapp.launch.ledger import MAX_STOP_GRACE, Record, RunDir
+from sandboxapp.launch.recovery import reconcile, undo_entry
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+# How long a stopping app gets to save its state before it is killed.
+STOP_TIMEOUT = 10.0
+
+
+class ChildProcess(Protocol):
+    """A child to wait for (a subprocess.Popen)."""
+
+    @property
+    def pid(self) -> int: ...
+
+    def wait(self) -> int: ...
+
+
+class TextSink(Protocol):
+    """Where messages for the user go: stderr, or stderr and a run log together."""
+
+    def write(self, text: str, /) -> int: ...
+
+    def flush(self) -> None: ...
+
+
+class Relay:
+    """Copies a child's output to where the user sees it, each stream on a thread of its own,
+    and notes whether there was any: an app that ends at once without a word is named."""
+
+    def __init__(self) -> None:
+        self.seen = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def _start(self, target: Callable[..., None], *args: Any) -> None:
+        thread = threading.Thread(target=target, args=args, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def lines(self, source: IO[str], target: TextSink, drop: tuple[str, ...] = ()) -> None:
+        """Line by line (leaving out lines that start with `drop`): the error output, which
+        goes into the run log too."""
+
+        def copy() -> None:
+            for line in source:
+                if not line.startswith(drop):
+                    self.seen.set()
+                    target.write(line)
+                    target.flush()
+
+        self._start(copy)
+
+    def raw(self, source: IO[Any], target_fd: int) -> None:
+        """Byte for byte, as it comes (read below any buffer of source's): the standard
+        output."""
+
+        def copy() -> None:
+            while True:
+                try:
+                    chunk = os.read(source.fileno(), 1 << 16)
+                except (OSError, ValueError):  # closed under it: the launch is over
+                    return
+                if not chunk:
+                    return
+                self.seen.set()
+                with contextlib.suppress(OSError):  # nobody reads it any more
+                    while chunk:
+                        chunk = chunk[os.write(target_fd, chunk):]
+
+        self._start(copy)
+
+    def join(self, timeout: float = 5) -> None:
+        for thread in self._threads:
+            thread.join(timeout=timeout)
+
+
+class Supervisor:
+    def __init__(self, run_dir: RunDir, warn: Callable[[str], None]) -> None:
+        self.run_dir = run_dir
+        self.warn = warn
+        self.signalled: int | None = None
+        # Set when the launch must stop for a reason other than a signal (its launcher is gone).
+        self.stop_requested = False
+        self.escalations = 0
+        # How long the app gets once asked to stop: STOP_TIMEOUT, or what `sandboxapp stop`
+        # (through the run directory, or the launcher through the control input) asked for.
+        self.grace = STOP_TIMEOUT
+        self.wake_read, self.wake_write = socket.socketpair()
+        self.record: Record | None = None
+
+    # -- signals -----------------------------------------------------------------------------
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self.signalled is None:
+            self.signalled = signum
+        else:
+            self.escalations += 1  # a second signal: do not wait any longer
+
+    def install_signal_handlers(self, stack: ExitStack) -> None:
+        self.wake_write.setblocking(False)
+        previous_fd = signal.set_wakeup_fd(self.wake_write.fileno(), warn_on_full_buffer=False)
+        stack.callback(signal.set_wakeup_fd, previous_fd)
+        for signum in STOP_SIGNALS:
+            previous = signal.signal(signum, self._on_signal)
+            stack.callback(signal.signal, signum, previous)
+        stack.callback(self.wake_read.close)
+        stack.callback(self.wake_write.close)
+
+    @property
+    def stopping(self) -> bool:
+        return self.signalled is not None or self.stop_requested
+
+    def check_interrupted(self) -> None:
+        if self.signalled is not None:
+            name = signal.Signals(self.signalled).name
+            raise SandboxError(f"stopped by {name} before the app started",
+                               status=128 + self.signalled)
+        if self.stop_requested:
+            raise SandboxError("the launcher went away before the app started")
+
+    # -- the record --------------------------------------------------------------------------
+
+    def begin(self, stack: ExitStack, profile: str, wait: float = 0) -> bool:
+        """Take the profile's lock, clean up after dead launchers, start this launch's record;
+        False (and nothing done) when another launch of the profile holds the lock (for
+        longer than `wait` seconds)."""
+        if not stack.enter_context(self.run_dir.profile_lock(profile, wait=wait)):
+            return False
+        self.install_signal_handlers(stack)
+        for message in reconcile(self.run_dir, holding=profile):
+            self.warn(message)
+        self.record = self.run_dir.new_record(profile)
+        stack.callback(self._forget_record)
+        return True
+
+    def _forget_record(self) -> None:
+        assert self.record is not None
+        if not self.record.entries:
+            self.record.delete()
+
+    def add(self, stack: ExitStack, kind: str, **data: Any) -> dict[str, Any]:
+        """Record a resource and register its undo, both before it is made."""
+        assert self.record is not None
+        entry = self.record.add(kind, **data)
+        self._undo_on(stack, entry)
+        return entry
+
+    def _undo_on(self, stack: ExitStack, entry: dict[str, Any]) -> None:
+        record = self.record
+        assert record is not None
+
+        def undo() -> None:
+            if any(e["id"] == entry["id"] for e in record.entries):
+                try:
+                    undo_entry(entry, recovering=False)
+                except SandboxError as exc:
+                    self.warn(f"could not undo {entry['kind']}: {exc.message}; "
+                              "'sandboxapp cleanup' tries again")
+                    return
+                record.drop(entry)
+
+        stack.callback(undo)
+
+    # -- waiting -----------------------------------------------------------------------------
+
+    def wait_for_open(self, process: ChildProcess, control_fd: int) -> bool:
+        """Wait for the line "open" on control_fd: True once it came; False when the input
+        ends or says anything else first (the launcher gave up), or the process ended. A
+        signal meanwhile raises, as check_interrupted does. Read a byte at a time, so that
+        what follows the line (the stop channel) stays there for wait."""
+        pidfd = os.pidfd_open(process.pid)
+        line = bytearray()
+        try:
+            while True:
+                ready, _, _ = select.select([pidfd, self.wake_read.fileno(), control_fd], [], [])
+                if self.wake_read.fileno() in ready:
+                    with contextlib.suppress(BlockingIOError):
+                        self.wake_read.recv(64)
+                self.check_interrupted()
+                if pidfd in ready:
+                    return False
+                if control_fd not in ready:
+                    continue
+                try:
+                    byte = os.read(control_fd, 1)
+                except OSError:
+                    byte = b""
+                if not byte or (byte == b"\n" and line != b"open") or len(line) > 64:
+                    self.stop_requested = True
+                    return False
+                if byte == b"\n":
+                    return True
+                line += byte
+        finally:
+            os.close(pidfd)
+
+    def _grace_from_control(self, data: bytes) -> None:
+        """ "stop SECONDS" on the control input: the grace the launcher was asked for."""
+        words = data.split()
+        if len(words) == 2 and words[0] == b"stop":
+            with contextlib.suppress(ValueError):
+                grace = float(words[1])
+                if 0 < grace <= MAX_STOP_GRACE:
+                    self.grace = grace
+
+    def wait(
+        self,
+        process: ChildProcess,
+        on_stop: Callable[[], None],
+        on_timeout: Callable[[], None],
+        control_fd: int | None = None,
+    ) -> int:
+        """Wait for process. A signal, or a line or end of input on control_fd (the launcher
+        that feeds it asks to stop, or is gone), calls on_stop; on_timeout follows after the
+        grace (STOP_TIMEOUT unless a stop asked for another), or at once on a second signal or
+        control event, and again every STOP_TIMEOUT seconds until the process is gone."""
+        pidfd = os.pidfd_open(process.pid)
+        deadline: float | None = None
+        escalated = 0
+        try:
+            while True:
+                waitables = [pidfd, self.wake_read.fileno()]
+                if control_fd is not None:
+                    waitables.append(control_fd)
+                timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+                ready, _, _ = select.select(waitables, [], [], timeout)
+                if pidfd in ready:
+                    break
+                if self.wake_read.fileno() in ready:
+                    with contextlib.suppress(BlockingIOError):
+                        self.wake_read.recv(64)
+                if control_fd is not None and control_fd in ready:
+                    try:
+                        data = os.read(control_fd, 64)
+                    except OSError:
+                        data = b""
+                    if not data:
+                        control_fd = None  # the launcher is gone: nothing more will come
+                    self._grace_from_control(data)
+                    if self.stop_requested:
+                        self.escalations += 1
+                    self.stop_requested = True
+                if self.stopping and deadline is None:
+                    if self.record is not None:
+                        asked = self.run_dir.take_stop_grace(self.record.profile, os.getpid())
+                        self.grace = asked if asked is not None else self.grace
+                    on_stop()
+                    deadline = time.monotonic() + self.grace
+                elif deadline is not None and (time.monotonic() >= deadline
+                                               or self.escalations > escalated):
+                    escalated = self.escalations
+                    on_timeout()
+                    deadline = time.monotonic() + STOP_TIMEOUT
+        finally:
+            os.close(pidfd)
+        return process.wait()
