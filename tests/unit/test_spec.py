@@ -1,0 +1,118 @@
+"""The container spec of a launch (launch/plan.py: launch_spec), the one root's launch and the
+privileged helper both execute: what the container sees, worked out from the profile, the image,
+the host's facts and the user, before anything is made."""
+
+from __future__ import annotations
+
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from sandboxapp.host.sound import SoundPaths
+from sandboxapp.image.store import Image, ImageMeta, ImageStore
+from sandboxapp.launch.hostfacts import HostFacts
+from sandboxapp.launch.nspawn import launch_argv
+from sandboxapp.launch.plan import (
+    GATE,
+    PULSE_DIR,
+    X11_CONTAINER_DIR,
+    LaunchPlan,
+    launch_spec,
+    plan_launch,
+)
+from sandboxapp.paths import Locations
+from sandboxapp.profile.parse import parse_profile
+
+BASE = 0x70040000
+
+
+def _plan(tmp_path: Path, sandbox: dict[str, object], *, extra: tuple[str, ...] = (),
+          program: str | None = None, instance: str | None = None) -> LaunchPlan:
+    doc = {"command": ["/usr/bin/app", "--flag"], "image": {"suite": "bookworm"},
+           "sandbox": sandbox}
+    profile = parse_profile("app", tmp_path / "app.toml", "file", doc)
+    store = tmp_path / "images"
+    meta = ImageMeta(profile="app", uid_base=BASE, uid_count=65536, suite="bookworm",
+                     packages=(), mirror="http://m/debian", security=None, spec_digest="x",
+                     built_at="2026-01-01T00:00:00+00:00", size_bytes=1)
+    (store / "app").mkdir(parents=True)
+    (store / "app" / "image.json").write_text(meta.to_json())
+    locations = Locations(image_dir=store, run_dir=tmp_path / "run",
+                          config_home=tmp_path / "config", data_home=tmp_path / "data")
+    plan = plan_launch(profile, list(extra), locations, {"DISPLAY": ":7"}, instance=instance,
+                       program=program)
+    assert plan.image == Image(ImageStore(store).image_path("app"), meta)
+    return plan
+
+
+def _binds(plan: LaunchPlan, **kwargs: Any) -> dict[str, tuple[Path, bool, bool]]:
+    spec = launch_spec(plan, Path("/layer/merged"), gate=Path("/layer/gate"), **kwargs)
+    return {b.container: (b.host, b.read_only, b.root_idmap) for b in spec.binds}
+
+
+def test_the_spec_binds_only_what_the_profile_grants(tmp_path: Path) -> None:
+    plan = _plan(tmp_path, {"x11": True, "pulseaudio": True, "persist": ["/root/.app"],
+                            "network": "none"})
+    sound = SoundPaths(tmp_path / "sound")
+    binds = _binds(plan, sound=sound, x11_dir=tmp_path / "x11dir")
+    assert binds == {
+        # The user's persistent directory, writable, the container root's own inside.
+        "/root/.app": (tmp_path / "data" / "sandboxapp" / "app" / "root" / ".app", False, True),
+        # The display's own socket, not its directory; the X and sound directories read-only.
+        "/tmp/.X11-unix/X7": (Path("/tmp/.X11-unix/X7"), True, False),
+        str(X11_CONTAINER_DIR): (tmp_path / "x11dir", True, True),
+        str(PULSE_DIR): (sound.dir, True, False),
+        GATE: (Path("/layer/gate"), True, False),
+    }
+    spec = launch_spec(plan, Path("/layer/merged"), gate=Path("/layer/gate"), sound=sound,
+                       x11_dir=tmp_path / "x11dir")
+    env = dict(spec.env)
+    assert env["DISPLAY"] == ":7"
+    assert env["XAUTHORITY"] == str(X11_CONTAINER_DIR / "Xauthority")
+    assert env["PULSE_SERVER"] == f"unix:{PULSE_DIR / 'native'}"
+    assert spec.private_network and spec.ids.base == BASE
+    argv = launch_argv(spec, HostFacts(systemd_running=False))
+    assert f"--private-users={BASE}:65536" in argv and "--private-network" in argv
+    # The app waits at the gate: its command comes last, after the gate's shell.
+    assert argv[-2:] == ["/usr/bin/app", "--flag"]
+
+
+def test_without_grants_the_spec_has_no_display_sound_or_network_of_its_own(
+        tmp_path: Path) -> None:
+    plan = _plan(tmp_path, {"x11": False, "pulseaudio": False, "network": "host"})
+    binds = _binds(plan, sound=None, x11_dir=None)
+    assert list(binds) == [GATE]
+    spec = launch_spec(plan, Path("/layer/merged"), gate=Path("/layer/gate"), sound=None)
+    assert not spec.private_network
+    assert not {"DISPLAY", "XAUTHORITY", "PULSE_SERVER"} & set(dict(spec.env))
+
+
+def test_staged_paths_replace_every_user_path_the_container_sees(tmp_path: Path) -> None:
+    """The root side bind-mounts each checked path into the layer first: nspawn is given those,
+    never a path the user could swap meanwhile."""
+    plan = _plan(tmp_path, {"x11": True, "pulseaudio": True, "persist": ["/root/.app"]})
+    sound = SoundPaths(tmp_path / "sound")
+    user_paths = [plan.persist[0].host, plan.display.socket if plan.display else None,
+                  tmp_path / "x11dir", sound.dir]
+    staged = {path: Path(f"/layer/binds/{index}") for index, path in enumerate(user_paths)
+              if path is not None}
+    binds = _binds(plan, sound=sound, x11_dir=tmp_path / "x11dir", staged=staged)
+    assert {host for host, _, _ in binds.values()} == {*staged.values(), Path("/layer/gate")}
+
+
+def test_command_and_arguments(tmp_path: Path) -> None:
+    appended = _plan(tmp_path, {}, extra=("one", "two"))
+    assert appended.command == ("/usr/bin/app", "--flag", "one", "two")
+    assert appended.extra_args == ("one", "two")
+    replaced = _plan(tmp_path / "b", {}, extra=("-c", "true"), program="/bin/sh")
+    assert replaced.command == ("/bin/sh", "-c", "true")
+    assert replaced.extra_args == ("-c", "true")
+    spec = launch_spec(replaced, Path("/m"), gate=Path("/g"), sound=None)
+    assert spec.command[-3:] == ("/bin/sh", "-c", "true")
+
+
+def test_a_users_instance_has_a_layer_and_machine_of_its_own(tmp_path: Path) -> None:
+    roots = _plan(tmp_path, {})
+    users = _plan(tmp_path / "u", {}, instance="u1000")
+    assert roots.machine == "sandboxapp-app" and users.machine == "sandboxapp-app-u1000"
+    assert users.layer_root.name == "app@u1000" and roots.layer_root.name == "app"
+    assert PurePosixPath(str(users.layer_root)).parent.name == ".layers"
