@@ -1,8 +1,10 @@
 """The one place sandboxapp runs external commands.
 
-Every command gets an explicit environment, its output goes to a log (when one is given) and a
-short tail of it is kept, so that a failure becomes one SandboxError naming the exact command
-(shell-quoted, ready to paste) and the last lines it printed.
+Every command gets an explicit environment. `run` waits for it: its output goes to a log (when
+one is given) and a short tail of it is kept, so that a failure becomes one SandboxError naming
+the exact command (shell-quoted, ready to paste) and the last lines it printed. `spawn` starts a
+long-running child (the container, the privileged helper, a joined command) whose streams the
+caller relays; `run_attached` one that keeps the caller's terminal (an interactive shell).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import subprocess
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, Any, Literal, overload
 
 from sandboxapp.errors import SandboxError
 
@@ -71,21 +73,8 @@ def run(
     if log is not None:
         log.write(f"$ {shlex.join(argv)}\n")
         log.flush()
-    try:
-        proc = subprocess.Popen(
-            argv,
-            env=dict(env) if env is not None else base_env(),
-            stdin=stdin,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            errors="replace",
-        )
-    except FileNotFoundError as exc:
-        raise SandboxError(
-            f"{argv[0]}: command not found",
-            hint="run the README's install command to install what sandboxapp needs",
-        ) from exc
+    proc = spawn(argv, env=env if env is not None else base_env(), stdin=stdin,
+                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert proc.stdout is not None
     # A command that outlives its timeout is killed; its output then ends.
     timer = threading.Timer(timeout, proc.kill) if timeout is not None else None
@@ -112,6 +101,44 @@ def run(
             detail="\n".join(tail) or None,
         )
     return Result(argv, returncode, "".join(captured) if capture else "\n".join(tail))
+
+
+_Stream = int | IO[Any] | None
+
+
+@overload
+def spawn(argv: Sequence[str], *, env: Mapping[str, str], stdin: _Stream = ...,
+          stdout: _Stream = ..., stderr: _Stream = ..., text: Literal[False] = ...,
+          new_session: bool = ...) -> subprocess.Popen[bytes]: ...
+
+
+@overload
+def spawn(argv: Sequence[str], *, env: Mapping[str, str], stdin: _Stream = ...,
+          stdout: _Stream = ..., stderr: _Stream = ..., text: Literal[True],
+          new_session: bool = ...) -> subprocess.Popen[str]: ...
+
+
+def spawn(argv: Sequence[str], *, env: Mapping[str, str], stdin: _Stream = subprocess.DEVNULL,
+          stdout: _Stream = None, stderr: _Stream = None, text: bool = False,
+          new_session: bool = False) -> subprocess.Popen[Any]:
+    """Start argv, with exactly env, and return at once. new_session: in a session of its own,
+    so that no terminal of the caller's is the child's controlling one and a signal to the
+    caller's process group does not reach it. A missing program is a SandboxError."""
+    try:
+        return subprocess.Popen(list(argv), env=dict(env), stdin=stdin, stdout=stdout,
+                                stderr=stderr, text=text, errors="replace" if text else None,
+                                start_new_session=new_session)
+    except FileNotFoundError as exc:
+        raise SandboxError(
+            f"{argv[0]}: command not found ({shlex.join(argv)})",
+            hint="run the README's install command to install what sandboxapp needs",
+        ) from exc
+
+
+def run_attached(argv: Sequence[str], *, env: Mapping[str, str]) -> int:
+    """Run argv on the caller's own terminal and streams (an interactive shell, or a helper
+    that reports as it goes): its exit status."""
+    return spawn(argv, env=env, stdin=None).wait()
 
 
 def output_of(argv: Sequence[str], *, env: Mapping[str, str] | None = None) -> str:

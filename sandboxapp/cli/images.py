@@ -75,7 +75,7 @@ def cmd_image_list(args: argparse.Namespace, locations: Locations) -> int:
 
 
 def cmd_image_update(args: argparse.Namespace, locations: Locations) -> int:
-    from sandboxapp.image.build import update_image
+    from sandboxapp.image.rework import update_image
     from sandboxapp.image.store import ImageStore
 
     store = ImageStore(locations.image_dir)
@@ -100,7 +100,7 @@ def cmd_image_update(args: argparse.Namespace, locations: Locations) -> int:
 
 
 def cmd_shell(args: argparse.Namespace, locations: Locations) -> int:
-    from sandboxapp.image.build import shell_in_image
+    from sandboxapp.image.rework import shell_in_image
     from sandboxapp.image.store import ImageStore
 
     profile = resolve_profile(args.profile, locations)

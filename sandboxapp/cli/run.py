@@ -81,7 +81,8 @@ def _image_work(action: str, profile: Profile, locations: Locations) -> None:
 
         helper_image_work(action, profile)
         return
-    from sandboxapp.image.build import build_image, update_image
+    from sandboxapp.image.build import build_image
+    from sandboxapp.image.rework import update_image
     from sandboxapp.image.store import ImageStore
 
     store = ImageStore(locations.image_dir)

@@ -18,7 +18,7 @@ import pwd
 import subprocess
 from collections.abc import Mapping, Sequence
 
-from sandboxapp.command import base_env, program_exists
+from sandboxapp.command import base_env, program_exists, spawn
 from sandboxapp.errors import ExitStatus, SandboxError
 from sandboxapp.paths import HELPER_PATH, SANDBOXAPP_GROUP
 
@@ -56,10 +56,9 @@ class PendingHelper:
 
     def __init__(self, environ: Mapping[str, str]) -> None:
         check_helper_access()
-        self.process = subprocess.Popen(
+        self.process = spawn(
             helper_argv([PENDING]), env=base_env({"TERM": environ.get("TERM", "dumb")}),
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            errors="replace")
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.sent = False
 
     def send(self, words: Sequence[str]) -> subprocess.Popen[str]:

@@ -22,9 +22,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from sandboxapp.errors import ExitStatus, SandboxError, finish
+from sandboxapp.features import Feature, features_for
 from sandboxapp.fs.safepath import DesktopUser, read_user_file
 from sandboxapp.helper.client import PENDING
-from sandboxapp.host.sound import SoundPaths
 from sandboxapp.image.fs import check_command
 from sandboxapp.image.store import ImageStore
 from sandboxapp.launch.container import ContainerRequest, ContainerSide
@@ -114,7 +114,8 @@ def image_work(args: argparse.Namespace, user: DesktopUser, locations: Locations
             f"(in {', '.join(map(str, TRUSTED_PROFILE_DIRS))})",
             hint=f"ask an administrator to run: sudo sandboxapp image {args.command} "
                  f"{profile.name}", status=ExitStatus.LAUNCHER)
-    from sandboxapp.image.build import build_image, update_image  # not needed to launch
+    from sandboxapp.image.build import build_image  # not needed to launch
+    from sandboxapp.image.rework import update_image
 
     store = ImageStore(locations.image_dir)
     _log(store, f"uid={user.uid} profile={profile.name} image {args.command}")
@@ -144,9 +145,9 @@ def _check_update_interval(store: ImageStore, name: str) -> None:
 
 
 def _checked_plan(args: argparse.Namespace, user: DesktopUser,
-                  locations: Locations) -> tuple[LaunchPlan, bool, SoundPaths | None]:
-    """The request, re-read and re-checked: (plan, profile trusted, sound paths); the X
-    directory is checked against the profile too."""
+                  locations: Locations) -> tuple[LaunchPlan, bool, tuple[Feature, ...]]:
+    """The request, re-read and re-checked: (plan, profile trusted, its features); the X and
+    sound directories are checked against the profile too."""
     profile, trusted = _read_profile(args, user)
     name = profile.name
     extra = list(args.args)
@@ -159,19 +160,16 @@ def _checked_plan(args: argparse.Namespace, user: DesktopUser,
     if args.x11_dir is not None and (not profile.sandbox.x11 or profile.sandbox.x11_trusted):
         raise SandboxError("an X directory was given, but the profile's display access is not "
                            "x11 = true", status=ExitStatus.LAUNCHER)
+    if args.sound_dir is not None and not profile.sandbox.pulseaudio:
+        raise SandboxError("sound was asked for, but the profile has none",
+                           status=ExitStatus.LAUNCHER)
     if args.program is not None and not args.program:
         raise invalid("--command needs a program")
     plan = plan_launch(profile, extra, locations, environ, instance=f"u{user.uid}",
                        program=args.program)
-    sound = None
-    if args.sound_dir is not None:
-        if not profile.sandbox.pulseaudio:
-            raise SandboxError("sound was asked for, but the profile has none",
-                               status=ExitStatus.LAUNCHER)
-        sound = SoundPaths(args.sound_dir)
     image = ImageStore(locations.image_dir).require(name)
     check_command(image.rootfs, plan.command[0])
-    return plan, trusted, sound
+    return plan, trusted, features_for(plan, x11_dir=args.x11_dir, sound_dir=args.sound_dir)
 
 
 def join_running(args: argparse.Namespace, user: DesktopUser, locations: Locations) -> int:
@@ -187,14 +185,14 @@ STOPPING_WAIT = STOP_TIMEOUT + 5.0
 
 
 def launch(args: argparse.Namespace, user: DesktopUser, locations: Locations) -> int:
-    """A new sandbox. A request read from the input (the launcher's, helperclient.py) comes
+    """A new sandbox. A request read from the input (the launcher's, helper/client.py) comes
     before the grants are made: the app's gate opens on the input's "open"; a request on the
     command line opens it at once."""
-    plan, trusted, sound = _checked_plan(args, user, locations)
+    plan, trusted, features = _checked_plan(args, user, locations)
     name, path, extra = plan.profile.name, plan.profile.path, plan.command
     store = ImageStore(locations.image_dir)
     _log(store, f"uid={user.uid} profile={name} file={path} trusted={trusted} "
-                f"display={args.display} sound={sound is not None} args={extra!r}")
+                f"display={args.display} sound={args.sound_dir is not None} args={extra!r}")
     run_dir = RunDir(locations.run_dir)
     supervisor = Supervisor(run_dir, warn=warn)
     # The user's launcher joins a launch of its own that runs: a request to launch while the
@@ -204,8 +202,7 @@ def launch(args: argparse.Namespace, user: DesktopUser, locations: Locations) ->
     with ExitStack() as stack:
         if not supervisor.begin(stack, name, wait=wait):
             raise supervisor.run_dir.already_running(name)
-        request = ContainerRequest(plan, user, trusted_profile=trusted, sound=sound,
-                                   x11_dir=args.x11_dir)
+        request = ContainerRequest(plan, user, trusted_profile=trusted, features=features)
         status = ContainerSide(supervisor, request, sys.stderr, control_fd=sys.stdin.fileno(),
                                wait_for_open=args.from_input).run(stack)
     _log(store, f"uid={user.uid} profile={name} exit={status}")
@@ -241,7 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     words = sys.argv[1:] if argv is None else list(argv)
     from_input = words == [PENDING]
     if from_input:
-        # Started ahead of its request (see helperclient.py): it is the input's first line.
+        # Started ahead of its request (see helper/client.py): it is the input's first line.
         request = _read_request()
         if request is None:
             return int(ExitStatus.LAUNCHER)  # the launcher gave up before asking anything

@@ -12,6 +12,7 @@ import os
 import re
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -160,13 +161,25 @@ class DesktopEntries:
             os.chown(path, self.user.uid, self.user.gid)
 
     def _write(self, path: Path, data: bytes) -> None:
+        self._put_in_place(path, lambda temporary: temporary.write_bytes(data))
+
+    def _put_in_place(self, path: Path, fill: Callable[[Path], object],
+                      suffix: str = "") -> None:
+        """A temporary file beside path, filled (and checked) by fill, made the user's, then
+        put in place at once; a fill that fails leaves nothing behind."""
         ensure_user_dir(path.parent, self.user, mode=0o755)
-        fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        with os.fdopen(fd, "wb") as stream:
-            stream.write(data)
-        os.chmod(temporary, 0o644)
-        self._own(Path(temporary))
-        os.replace(temporary, path)
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+        os.close(fd)
+        temporary = Path(name)
+        try:
+            fill(temporary)
+            os.chmod(temporary, 0o644)
+            self._own(temporary)
+            os.replace(temporary, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temporary)
+            raise
 
     def render(self, profile: Profile, rootfs: Path | None) -> tuple[
             list[tuple[str, str]], list[tuple[str, Path]], str]:
@@ -202,29 +215,20 @@ class DesktopEntries:
         from xdg.DesktopEntry import DesktopEntry
         from xdg.Exceptions import ValidationError
 
-        ensure_user_dir(path.parent, self.user, mode=0o755)
-        fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
-                                         suffix=".desktop")
-        os.close(fd)
-        try:
+        def fill(temporary: Path) -> None:
             entry = DesktopEntry()
             entry.addGroup(entry.defaultGroup)
             for key, value in keys:
                 entry.set(key, value)
-            entry.write(temporary)
+            entry.write(str(temporary))
             with contextlib.suppress(ValidationError):
                 entry.validate(report="Errors")
             errors = [e for e in entry.errors if e not in NEWER_KEYS_ERRORS]
             if errors:
                 raise SandboxError(f"the menu entry {path.name} would not be valid",
                                    detail="\n".join(errors))
-            os.chmod(temporary, 0o644)
-            self._own(Path(temporary))
-            os.replace(temporary, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temporary)
-            raise
+
+        self._put_in_place(path, fill, suffix=".desktop")
 
     def install(self, profile: Profile, rootfs: Path | None) -> InstalledEntry:
         keys, icon_files, origin = self.render(profile, rootfs)

@@ -7,19 +7,16 @@ dies halfway leaves the previous image untouched; the next build removes what it
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shlex
-import subprocess
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Protocol
 
-from sandboxapp.command import base_env, program_exists, run
+from sandboxapp.command import program_exists, run
 from sandboxapp.errors import SandboxError
 from sandboxapp.fs.util import exchange, fsync_dir, remove_tree, tree_size
 from sandboxapp.image.debian import KEYRING, mirror_from_sources, security_mirror, sources_list
@@ -34,8 +31,9 @@ from sandboxapp.image.store import (
 )
 from sandboxapp.image.uidrange import UidRange, allocate
 from sandboxapp.launch.hostfacts import host_facts
-from sandboxapp.launch.ledger import is_alive, process_identity
+from sandboxapp.launch.ledger import process_identity
 from sandboxapp.launch.nspawn import maintenance_argv, shift_ownership_argv
+from sandboxapp.launch.procstat import is_alive
 from sandboxapp.profile.model import Profile
 
 REQUIRED_PROGRAMS = {
@@ -109,7 +107,7 @@ def _taken_bases(store: ImageStore, name: str) -> set[int]:
     return taken
 
 
-class _Build:
+class Build:
     def __init__(self, profile: Profile, staging: Path, ids: UidRange, log: IO[str],
                  progress: Progress) -> None:
         self.profile = profile
@@ -237,14 +235,14 @@ class _Build:
         )
 
 
-def _commit_staged(
+def commit_staged(
     profile: Profile,
     store: ImageStore,
     progress: Progress,
     existing: Image | None,
     ids: UidRange,
     what: str,
-    produce: Callable[[_Build], ImageMeta | None],
+    produce: Callable[[Build], ImageMeta | None],
 ) -> Image | None:
     """Make an image in a staging directory with `produce` and move it into place atomically;
     None when produce decides to keep nothing. The caller holds the image's lock.
@@ -261,7 +259,7 @@ def _commit_staged(
     try:
         with store.log_path(name).open("w", encoding="utf-8") as log:
             log.write(f"# sandboxapp image {what} {shlex.quote(name)} from {profile.path}\n")
-            meta = produce(_Build(profile, staging, ids, log, progress))
+            meta = produce(Build(profile, staging, ids, log, progress))
             if meta is None:
                 remove_tree(staging, marker=BUILD_MARKER)
                 return None
@@ -306,108 +304,11 @@ def build_image(
         with store.lock("allocation"):
             ids = existing.meta.uid_range if existing else allocate(name, _taken_bases(store, name))
 
-        def produce(build: _Build) -> ImageMeta:
+        def produce(build: Build) -> ImageMeta:
             mirror, security = build.debootstrap()
             build.configure_apt(mirror, security)
             build.install()
             build.shift_ownership()
             return build.metadata(mirror, security)
 
-        return _commit_staged(profile, store, progress, existing, ids, "build", produce)
-
-
-@dataclass(frozen=True)
-class PackageChange:
-    name: str
-    old: str | None  # None: newly installed
-    new: str | None  # None: removed
-
-
-def installed_versions(rootfs: Path) -> dict[str, str]:
-    """Package versions from the image's dpkg database, read from the host."""
-    versions: dict[str, str] = {}
-    text = (rootfs / "var/lib/dpkg/status").read_text(encoding="utf-8", errors="replace")
-    for stanza in text.split("\n\n"):
-        fields = dict(line.split(": ", 1) for line in stanza.splitlines()
-                      if ": " in line and not line.startswith(" "))
-        if fields.get("Status", "").endswith(" installed") and "Package" in fields:
-            arch = fields.get("Architecture", "")
-            key = fields["Package"] if arch in ("all", "", _host_arch()) else \
-                f"{fields['Package']}:{arch}"
-            versions[key] = fields.get("Version", "")
-    return versions
-
-
-def _host_arch() -> str:
-    return {"x86_64": "amd64", "aarch64": "arm64"}.get(os.uname().machine, os.uname().machine)
-
-
-def _copy_existing(build: _Build, existing: Image) -> None:
-    build.progress.stage("copying the image (the current one stays as it is)")
-    build.step(["cp", "-a", "--reflink=auto", "--", str(existing.rootfs), str(build.rootfs)],
-               "copying the image")
-    build.shifted = True
-
-
-def _rework_existing(
-    profile: Profile, store: ImageStore, progress: Progress, what: str,
-    produce: Callable[[_Build, Image], ImageMeta | None],
-) -> Image | None:
-    """Work on a copy of the profile's built image and swap it in (see _commit_staged)."""
-    check_build_tools()
-    store.ensure()
-    with store.lock(f"image-{profile.name}", wait=False):
-        clean_debris(store, progress)
-        existing = store.require(profile.name)
-        return _commit_staged(profile, store, progress, existing, existing.meta.uid_range, what,
-                              lambda build: produce(build, existing))
-
-
-def update_image(profile: Profile, store: ImageStore,
-                 progress: Progress) -> tuple[Image, tuple[PackageChange, ...]]:
-    """apt update and dist-upgrade beside the pristine image, then an atomic swap; sandboxes
-    already running keep the image they started on until they exit."""
-    changes: list[PackageChange] = []
-
-    def produce(build: _Build, existing: Image) -> ImageMeta:
-        _copy_existing(build, existing)
-        before = installed_versions(build.rootfs)
-        build.write_policy()
-        build.upgrade()
-        build.clean()
-        after = installed_versions(build.rootfs)
-        changes.extend(
-            PackageChange(pkg, before.get(pkg), after.get(pkg))
-            for pkg in sorted(set(before) | set(after)) if before.get(pkg) != after.get(pkg)
-        )
-        return dataclasses.replace(
-            existing.meta, updated_at=datetime.now(UTC).isoformat(timespec="seconds"),
-            size_bytes=tree_size(build.rootfs))
-
-    image = _rework_existing(profile, store, progress, "update", produce)
-    assert image is not None
-    return image, tuple(changes)
-
-
-def shell_in_image(profile: Profile, store: ImageStore, progress: Progress,
-                   *, discard: bool) -> tuple[int, bool]:
-    """An interactive root shell in a copy of the pristine image, in its UID block; the copy
-    replaces the image when the shell exits with 0 (and discard is not set). (status, kept)"""
-    result: list[int] = []
-
-    def produce(build: _Build, existing: Image) -> ImageMeta | None:
-        _copy_existing(build, existing)
-        progress.stage(f"shell in {profile.name}'s image: exit 0 keeps the changes"
-                       + (" (--discard: nothing is kept)" if discard else ""))
-        argv = maintenance_argv(build.rootfs, ["/bin/bash", "-l"], build.facts, ids=build.ids)
-        # A terminal gets an interactive shell; a script piped in is read as it comes.
-        argv.insert(1, "--console=autopipe")
-        status = subprocess.run(argv, env=base_env({"TERM": os.environ.get("TERM", "dumb")}),
-                                check=False).returncode
-        result.append(status)
-        if discard or status != 0:
-            return None
-        return dataclasses.replace(existing.meta, size_bytes=tree_size(build.rootfs))
-
-    image = _rework_existing(profile, store, progress, "shell", produce)
-    return result[0] if result else 1, image is not None
+        return commit_staged(profile, store, progress, existing, ids, "build", produce)

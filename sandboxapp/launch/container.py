@@ -12,7 +12,6 @@ import contextlib
 import io
 import os
 import signal
-import stat
 import subprocess
 import sys
 from contextlib import ExitStack
@@ -20,12 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from sandboxapp.command import base_env
+from sandboxapp.command import base_env, spawn
 from sandboxapp.errors import ExitStatus, SandboxError
+from sandboxapp.features import Feature
 from sandboxapp.fs import nofollow
 from sandboxapp.fs.mounts import stage_owned
 from sandboxapp.fs.safepath import DesktopUser
-from sandboxapp.host.sound import SoundPaths
+from sandboxapp.launch.entries import ContainerEntry, LayerEntry
 from sandboxapp.launch.hostfacts import host_facts
 from sandboxapp.launch.layer import create_layer
 from sandboxapp.launch.ledger import process_identity
@@ -42,9 +42,7 @@ class ContainerRequest:
     plan: LaunchPlan
     user: DesktopUser
     trusted_profile: bool  # from a root-owned profile directory
-    sound: SoundPaths | None
-    # The user's directory holding the sandbox's untrusted X authorization (x11auth.py).
-    x11_dir: Path | None = None
+    features: tuple[Feature, ...]
 
 
 @dataclass(frozen=True)
@@ -56,7 +54,7 @@ class Started:
 
 
 def make_gate(path: Path) -> int:
-    """The FIFO the app waits at inside (launchplan.GATE), and the launcher's end of it, to be
+    """The FIFO the app waits at inside (plan.GATE), and the launcher's end of it, to be
     held open while the container runs: a line written to it lets the app start; its end
     (the launcher gone, or giving up) ends the app's wait with exit status 125."""
     os.mkfifo(path, 0o600)
@@ -100,7 +98,7 @@ def container_init(spawned_pid: int) -> int | None:
 
 def stop_targets(chain: list[Any]) -> list[Any]:
     """Of the chain from _chain, the processes a graceful stop signals: the app (the child
-    of the container's PID 2, launchplan.APP_KEEPER) and what it left in its session after it
+    of the container's PID 2, plan.APP_KEEPER) and what it left in its session after it
     exited (the new instance of a program that restarted itself), not their children, whom
     the app stops itself."""
     import psutil  # off the launch path: only needed here
@@ -150,44 +148,28 @@ class ContainerSide:
     def _layer(self, stack: ExitStack) -> Path:
         plan = self.request.plan
         assert plan.image is not None
-        self.supervisor.add(stack, "layer", path=str(plan.layer_root))
+        self.supervisor.add(stack, LayerEntry(str(plan.layer_root)))
         state = plan.state_root / str(self.request.user.uid) if plan.state_root else None
         return create_layer(plan.layer_root, plan.image.rootfs, state=state)
-
-    def _checked_paths(self) -> list[tuple[Path, bool, str, int | None]]:
-        """(host path, trusted, what, required file type) for every host path the container
-        will see."""
-        request = self.request
-        plan = request.plan
-        paths: list[tuple[Path, bool, str, int | None]] = [
-            (p.host, False, "persistent directory", stat.S_IFDIR) for p in plan.persist
-        ]
-        paths += [(Path(b.host), request.trusted_profile, "sandbox.bind_ro", None)
-                  for b in plan.profile.sandbox.bind_ro]
-        if plan.display is not None:
-            paths.append((plan.display.socket, True, "X display socket", stat.S_IFSOCK))
-        if request.x11_dir is not None:
-            paths.append((request.x11_dir, False, "X directory", stat.S_IFDIR))
-        if request.sound is not None:
-            paths.append((request.sound.dir, False, "sound directory", stat.S_IFDIR))
-        return paths
 
     def _stage(self, layer_dir: Path) -> dict[Path, Path]:
         staging = layer_dir / "binds"
         staging.mkdir(mode=0o700, exist_ok=True)
         staged: dict[Path, Path] = {}
         user = self.request.user
-        for index, (path, trusted, what, file_type) in enumerate(self._checked_paths()):
+        checked = [path for feature in self.request.features
+                   for path in feature.checked_paths(self.request.trusted_profile)]
+        for index, path in enumerate(checked):
             target = staging / str(index)
             try:
-                stage_owned(str(path), user.uid, user.gid, str(target), trusted=trusted,
-                            file_type=file_type)
+                stage_owned(str(path.path), user.uid, user.gid, str(target),
+                            trusted=path.trusted, file_type=path.file_type)
             except nofollow.Refused as exc:
-                raise SandboxError(f"{what}: {exc}", status=ExitStatus.LAUNCHER) from None
+                raise SandboxError(f"{path.what}: {exc}", status=ExitStatus.LAUNCHER) from None
             except OSError as exc:
-                raise SandboxError(f"cannot stage {path} for the sandbox: {exc.strerror}",
+                raise SandboxError(f"cannot stage {path.path} for the sandbox: {exc.strerror}",
                                    status=ExitStatus.LAUNCHER) from None
-            staged[path] = target
+            staged[path.path] = target
         return staged
 
     def _gate(self, stack: ExitStack) -> tuple[Path, int]:
@@ -201,11 +183,6 @@ class ContainerSide:
         # with that.
         return ["setpriv", "--pdeathsig", "KILL", "--", *PID_NAMESPACE,
                 *launch_argv(spec, host_facts())]
-
-    def _container_data(self, spec: LaunchSpec) -> dict[str, Any]:
-        plan = self.request.plan
-        return {"machine": plan.machine, "pid": None, "started": None, "uid": spec.ids.base,
-                "user": self.request.user.uid, "profile_file": str(plan.profile.path)}
 
     def _spawn_env(self) -> dict[str, str]:
         return base_env({"TERM": os.environ.get("TERM", "dumb")})
@@ -236,23 +213,17 @@ class ContainerSide:
         self.supervisor.check_interrupted()
         staged = self._stage(plan.layer_root)
         gate, gate_fd = self._gate(stack)
-        spec = launch_spec(plan, merged, sound=self.request.sound, gate=gate, staged=staged,
-                           x11_dir=self.request.x11_dir)
-        entry = self.supervisor.add(stack, "container", **self._container_data(spec))
+        spec = launch_spec(plan, merged, self.request.features, gate=gate, staged=staged)
+        entry = self.supervisor.add(stack, ContainerEntry(
+            plan.machine, spec.ids.base, self.request.user.uid, str(plan.profile.path)))
         self.supervisor.check_interrupted()
         # The container gets no terminal: no input, its output through pipes that the
         # launcher copies, and a session of its own, so that Ctrl-C or a signal to the
         # launcher's process group reaches only the launcher, which stops the app gracefully
         # (nspawn itself would SIGKILL it). A process inside cannot push input into the user's
         # shell (TIOCSTI) through a terminal it does not have.
-        process = subprocess.Popen(
-            self._spawn_argv(spec),
-            env=self._spawn_env(),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-        )
+        process = spawn(self._spawn_argv(spec), env=self._spawn_env(),
+                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, new_session=True)
         pid, started = process_identity(process.pid)
         assert self.supervisor.record is not None
         self.supervisor.record.update(entry, pid=pid, started=started)

@@ -12,10 +12,13 @@ import subprocess
 import sys
 import threading
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import IO
 
-from sandboxapp.command import base_env
+from sandboxapp.command import base_env, spawn
 from sandboxapp.errors import ExitStatus, SandboxError
+from sandboxapp.features import features_for
+from sandboxapp.features.sound import PULSE_DIR
 from sandboxapp.fs.safepath import DesktopUser
 from sandboxapp.launch.container import container_init
 from sandboxapp.launch.ledger import Record, RunDir
@@ -30,13 +33,13 @@ def running_init(run_dir: RunDir, profile: str, user: DesktopUser) -> int:
     record = Record.load(run_dir.record_path(profile))
     if record is None or not record.launcher_alive:
         raise SandboxError(f"{profile} is not running", status=ExitStatus.LAUNCHER)
-    for entry in record.entries:
-        if entry["kind"] != "container" or not isinstance(entry.get("pid"), int):
+    for entry in record.containers():
+        if entry.pid is None:
             continue
-        if user.uid not in (0, entry.get("user")):
+        if user.uid not in (0, entry.user):
             raise SandboxError(f"{profile} is running for another user",
                                status=ExitStatus.LAUNCHER)
-        init = container_init(entry["pid"])
+        init = container_init(entry.pid)
         if init is not None:
             return init
         break
@@ -45,10 +48,11 @@ def running_init(run_dir: RunDir, profile: str, user: DesktopUser) -> int:
 
 
 def join_argv(init_pid: int, plan: LaunchPlan, command: Sequence[str]) -> list[str]:
+    # The running launch's directories are bound already: only the environment is used.
+    features = features_for(plan, x11_dir=None, sound_dir=Path(str(PULSE_DIR))
+                            if plan.profile.sandbox.pulseaudio else None)
     env = [("PATH", CONTAINER_PATH), ("HOME", "/root"), ("USER", "root"),
-           *container_env(plan, sound=plan.profile.sandbox.pulseaudio,
-                          x11_auth=plan.display is not None
-                          and not plan.profile.sandbox.x11_trusted)]
+           *container_env(plan, features)]
     return [
         "nsenter", f"--target={init_pid}", "--mount", "--uts", "--ipc", "--net", "--pid",
         # Entering the user namespace makes the command the container's root, mapped to the
@@ -69,9 +73,8 @@ def run_without_terminal(argv: Sequence[str], env: Mapping[str, str]) -> int:
     user's terminal, so it cannot push input into the user's shell (TIOCSTI), read keys meant
     for it, or take a terminal to be its controlling one. A signal that stops us goes on to it.
     """
-    process = subprocess.Popen(argv, env=dict(env), stdin=subprocess.PIPE,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               start_new_session=True)
+    process = spawn(argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE, new_session=True)
     assert process.stdin is not None and process.stdout is not None
     assert process.stderr is not None
     relay = Relay()

@@ -17,11 +17,14 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sandboxapp.errors import ExitStatus, SandboxError
 from sandboxapp.fs.nofollow import replace_private
-from sandboxapp.launch.procstat import start_ticks
+from sandboxapp.launch.entries import ContainerEntry, Entry, UnknownEntry, entry_from_json
+from sandboxapp.launch.procstat import is_alive, start_ticks
+
+E = TypeVar("E", bound=Entry)
 
 RECORD_VERSION = 1
 
@@ -34,13 +37,6 @@ def process_identity(pid: int | None = None) -> tuple[int, float]:
     return pid, float(ticks)
 
 
-def is_alive(pid: object, started: object) -> bool:
-    """The process pid exists and is the one that started at `started` (not a reused pid)."""
-    if not isinstance(pid, int) or not isinstance(started, (int, float)):
-        return False
-    return start_ticks(pid) == started
-
-
 def started_at(started: float) -> float:
     """A process start recorded by process_identity, as a Unix time."""
     import psutil  # only `ps` needs it: kept off the launch path
@@ -49,10 +45,15 @@ def started_at(started: float) -> float:
 
 
 def record_text(profile: str, pid: int | str, started: float | str,
-                entries: list[dict[str, Any]], next_id: int) -> str:
+                entries: list[Entry], next_id: int) -> str:
     """A record as it is written."""
     return json.dumps({"version": RECORD_VERSION, "profile": profile, "pid": pid,
-                       "started": started, "entries": entries, "next_id": next_id})
+                       "started": started, "entries": [e.to_json() for e in entries],
+                       "next_id": next_id})
+
+
+def _entry(data: object) -> Entry:
+    return entry_from_json(data) if isinstance(data, dict) else UnknownEntry("?", {})
 
 
 @dataclass
@@ -61,7 +62,7 @@ class Record:
     profile: str
     pid: int
     started: float
-    entries: list[dict[str, Any]] = field(default_factory=list)
+    entries: list[Entry] = field(default_factory=list)
     next_id: int = 1
 
     @property
@@ -73,20 +74,30 @@ class Record:
         replace_private(str(self.path), record_text(self.profile, self.pid, self.started,
                                                     self.entries, self.next_id))
 
-    def add(self, kind: str, **data: Any) -> dict[str, Any]:
-        entry = {"id": self.next_id, "kind": kind, **data}
+    def add(self, entry: E) -> E:
+        entry.id = self.next_id
         self.next_id += 1
         self.entries.append(entry)
         self.save()
         return entry
 
-    def update(self, entry: dict[str, Any], **data: Any) -> None:
-        entry.update(data)
+    def holds(self, entry: Entry) -> bool:
+        return any(e is entry for e in self.entries)
+
+    def update(self, entry: Entry, **data: Any) -> None:
+        """Change an entry's fields (a grant made, a process started) and save at once."""
+        for name, value in data.items():
+            if not hasattr(entry, name):
+                raise AttributeError(name)
+            setattr(entry, name, value)
         self.save()
 
-    def drop(self, entry: dict[str, Any]) -> None:
-        self.entries = [e for e in self.entries if e["id"] != entry["id"]]
+    def drop(self, entry: Entry) -> None:
+        self.entries = [e for e in self.entries if e is not entry]
         self.save()
+
+    def containers(self) -> list[ContainerEntry]:
+        return [e for e in self.entries if isinstance(e, ContainerEntry)]
 
     def delete(self) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -97,7 +108,7 @@ class Record:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
             return cls(path, str(data["profile"]), int(data["pid"]), float(data["started"]),
-                       list(data["entries"]), int(data.get("next_id", 1)))
+                       [_entry(e) for e in data["entries"]], int(data.get("next_id", 1)))
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, TypeError):
@@ -187,9 +198,7 @@ class RunDir:
         """Whether the profile's record is of a launch for that user (the root side of a
         launch whose user's launcher is gone, stopping its app, when that user asks again)."""
         record = Record.load(self.record_path(profile))
-        return record is not None and any(
-            entry["kind"] == "container" and entry.get("user") == uid
-            for entry in record.entries)
+        return record is not None and any(entry.user == uid for entry in record.containers())
 
     def stop_request_path(self, profile: str) -> Path:
         return self.root / f"{profile}.stop"

@@ -12,40 +12,18 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from sandboxapp.errors import SandboxError
+from sandboxapp.features import Feature, features_for
+from sandboxapp.features.display import X11_DIR
 from sandboxapp.host.display import Display, parse_display
-from sandboxapp.host.sound import SoundPaths
 from sandboxapp.image.store import Image, ImageStore
 from sandboxapp.launch.hostfacts import HostFacts
 from sandboxapp.launch.nspawn import Bind, LaunchSpec, launch_argv
 from sandboxapp.paths import Locations
-from sandboxapp.profile.model import Network, Profile
+from sandboxapp.profile.model import Profile
 
-# Where the per-sandbox sound socket and its client configuration appear in the container.
-PULSE_DIR = PurePosixPath("/run/sandboxapp/pulse")
-PULSE_SOCKET = PULSE_DIR / "native"
-PULSE_CLIENT_CONF = PULSE_DIR / "client.conf"
-# Shared memory needs the host's IPC namespace, which the container does not have; a client
-# inside must never start a sound server of its own either.
-PULSE_CLIENT_CONF_TEXT = "autospawn = no\nenable-shm = no\n"
-# The container has its own IPC namespace, so MIT-SHM to the host's X server cannot work:
-# these tell Qt and other toolkits not to try (the same variables x11docker sets).
-# The sandbox's own session bus, started before the app (dbus-daemon --fork returns once the
-# bus is ready) and gone with the container.
-SESSION_BUS = "unix:path=/run/sandboxapp-session-bus"
-SESSION_BUS_WRAPPER = (
-    "/bin/sh", "-c",
-    f"dbus-daemon --session --address={SESSION_BUS} --fork --nopidfile --syslog-only"
-    ' && exec "$@"',
-    "sh",
-)
-NO_MITSHM_ENV = (("QT_X11_NO_MITSHM", "1"), ("_X11_NO_MITSHM", "1"), ("_MITSHM", "0"))
 # The app waits at this gate (a FIFO the launcher holds open) until its grants are made: the
 # container can then start while the launcher is still at work.
 GATE = "/run/sandboxapp/gate"
-# The sandbox's X directory (its Xauthority file, x11auth.py): named X11_DIR beside the sound
-# directories on the host (no profile is named so), bound read-only here inside.
-X11_DIR = ".x11"
-X11_CONTAINER_DIR = PurePosixPath("/run/sandboxapp/x11")
 # PID 2 of the container, below nspawn's stub init. It waits at the gate, runs the app, and
 # then stays while processes the app left in its session (sid 2) still run: a program that
 # restarts itself (Firefox after startup crashes, in safe mode, after an update) starts its
@@ -152,33 +130,23 @@ def plan_launch(
     )
 
 
-def container_env(plan: LaunchPlan, *, sound: bool,
-                  x11_auth: bool = False) -> tuple[tuple[str, str], ...]:
-    env: list[tuple[str, str]] = []
-    if plan.display is not None:
-        env.append(("DISPLAY", plan.display.name))
-        env.extend(NO_MITSHM_ENV)
-    if x11_auth:
-        env.append(("XAUTHORITY", str(X11_CONTAINER_DIR / "Xauthority")))
-    if sound:
-        env.append(("PULSE_SERVER", f"unix:{PULSE_SOCKET}"))
-        env.append(("PULSE_CLIENTCONFIG", str(PULSE_CLIENT_CONF)))
-    if plan.profile.sandbox.session_bus:
-        env.append(("DBUS_SESSION_BUS_ADDRESS", SESSION_BUS))
-    env.extend(plan.profile.sandbox.env)
-    return tuple(env)
+def container_env(plan: LaunchPlan,
+                  features: Sequence[Feature]) -> tuple[tuple[str, str], ...]:
+    """The app's environment: each feature's, then the profile's own."""
+    return (*(pair for feature in features for pair in feature.env()),
+            *plan.profile.sandbox.env)
 
 
 def launch_spec(
     plan: LaunchPlan,
     rootfs: Path,
+    features: Sequence[Feature],
     *,
-    sound: SoundPaths | None,
     gate: Path,
     staged: Mapping[Path, Path] | None = None,
-    x11_dir: Path | None = None,
 ) -> LaunchSpec:
-    """The nspawn launch for a plan, once the layer, the sound directory and the gate exist.
+    """The nspawn launch for a plan and its features, once the layer, the directories the
+    features bind and the gate exist.
 
     staged: host paths replaced by the place where the launcher has already bind-mounted the
     very file it checked (so nspawn never resolves a path the user could swap meanwhile).
@@ -190,33 +158,18 @@ def launch_spec(
     def source(path: Path) -> Path:
         return staged.get(path, path)
 
-    binds: list[Bind] = [
-        Bind(source(p.host), str(p.container), read_only=False, root_idmap=True)
-        for p in plan.persist
-    ]
-    binds += [Bind(source(Path(b.host)), str(b.container)) for b in plan.profile.sandbox.bind_ro]
-    if plan.display is not None:
-        # Only the display's own socket, read-only: not the whole socket directory.
-        binds.append(Bind(source(plan.display.socket), str(plan.display.socket)))
-    if x11_dir is not None:
-        # The user's directory, its files the container root's own (Firefox will not read an
-        # XAUTHORITY owned by nobody).
-        binds.append(Bind(source(x11_dir), str(X11_CONTAINER_DIR), root_idmap=True))
-    if sound is not None:
-        # The directory: its socket appears there when the launcher serves it, which may be
-        # after the container has started.
-        binds.append(Bind(source(sound.dir), str(PULSE_DIR)))
+    binds: list[Bind] = [bind for feature in features for bind in feature.binds(source)]
     binds.append(Bind(gate, GATE))
     command = plan.command
-    if plan.profile.sandbox.session_bus:
-        command = (*SESSION_BUS_WRAPPER, *command)
+    for feature in features:
+        command = feature.wrap(command)
     return LaunchSpec(
         rootfs=rootfs,
         machine=plan.machine,
         ids=plan.image.meta.uid_range,
-        private_network=plan.profile.sandbox.network is Network.NONE,
+        private_network=any(feature.private_network() for feature in features),
         binds=tuple(binds),
-        env=container_env(plan, sound=sound is not None, x11_auth=x11_dir is not None),
+        env=container_env(plan, features),
         command=(*GATE_WRAPPER, *command),
     )
 
@@ -235,36 +188,19 @@ def describe_plan(plan: LaunchPlan, facts: HostFacts) -> str:
     else:
         lines.append(f"layer:    an overlay whose changes are kept for your next run in "
                      f"{plan.state_root}, a directory per user (stateless = false)")
-    for p in plan.persist:
-        lines.append(f"persist:  {p.container} kept in {p.host} (owned by you)")
-    if plan.display is not None and profile.sandbox.x11_trusted:
-        uid = str(plan.image.meta.uid_base) if plan.image else "the image's first UID"
-        lines.append(f"X11:      TRUSTED (x11 = \"trusted\"): grant localuser:#{uid} on "
-                     f"{plan.display.name} while it runs, as a client that can read and type "
-                     f"into every window; bind {plan.display.socket} read-only")
-    elif plan.display is not None:
-        lines.append(f"X11:      an untrusted authorization on {plan.display.name} while it runs "
-                     "(kept from other windows, no XTEST), revoked at exit; bind "
-                     f"{plan.display.socket} read-only")
-    else:
+    # The directories a launch would make, where it would make them.
+    features = features_for(
+        plan, x11_dir=plan.layer_root / X11_DIR,
+        sound_dir=plan.layer_root / "sound" if profile.sandbox.pulseaudio else None)
+    if plan.display is None:
         lines.append("X11:      none")
-    if profile.sandbox.pulseaudio:
-        lines.append(f"sound:    a socket of its own at {PULSE_SOCKET} inside, served by the "
-                     "launcher while it runs: playback only"
-                     + (" and recording (microphone = true)" if profile.sandbox.microphone
-                        else "") + "; modules, other programs' streams and devices are refused")
-    else:
+    if not profile.sandbox.pulseaudio:
         lines.append("sound:    none")
-    lines.append(f"network:  {profile.sandbox.network.value}")
+    for feature in features:
+        lines.extend(feature.describe())
     if plan.image is not None:
-        spec = launch_spec(
-            plan,
-            plan.layer_root / "merged",
-            sound=SoundPaths(plan.layer_root / "sound") if profile.sandbox.pulseaudio else None,
-            gate=plan.layer_root / "gate",
-            x11_dir=(plan.layer_root / X11_DIR
-                     if plan.display is not None and not profile.sandbox.x11_trusted else None),
-        )
+        spec = launch_spec(plan, plan.layer_root / "merged", features,
+                           gate=plan.layer_root / "gate")
         lines.append("command:  " + shlex.join(launch_argv(spec, facts)))
     else:
         lines.append("command:  " + shlex.join(plan.command) + " (inside the sandbox)")

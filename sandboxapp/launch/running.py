@@ -60,13 +60,13 @@ def _live_records(locations: Locations) -> dict[str, list[Record]]:
 def _container_tree(records: list[Record]) -> tuple[int | None, int | None, list[psutil.Process]]:
     """(the container's init, its host UID, the processes below what the launcher spawned)."""
     for record in records:
-        for entry in record.entries:
-            if entry["kind"] == "container" and isinstance(entry.get("pid"), int):
+        for entry in record.containers():
+            if entry.pid is not None:
                 try:
-                    tree = psutil.Process(entry["pid"]).children(recursive=True)
+                    tree = psutil.Process(entry.pid).children(recursive=True)
                 except psutil.Error:
                     continue
-                return container_init(entry["pid"]), entry.get("uid"), tree
+                return container_init(entry.pid), entry.uid, tree
     # A desktop user's launch: its container entry is in the root side's record, which only
     # root reads; the container is found below the user's own launcher instead (sudo, the
     # helper, then what the helper spawned).
@@ -81,18 +81,8 @@ def _container_tree(records: list[Record]) -> tuple[int | None, int | None, list
 
 
 def _grants(records: list[Record]) -> tuple[str, ...]:
-    grants = []
-    for record in records:
-        for entry in record.entries:
-            if entry["kind"] == "x11":
-                grants.append(f"x11 :{entry['display']} localuser:#{entry['uid']} (trusted)")
-            elif entry["kind"] == "x11-auth":
-                grants.append(f"x11 :{entry['display']} untrusted authorization "
-                              f"{entry.get('authid')}")
-            elif entry["kind"] == "sound":
-                own = entry.get("index") is not None
-                grants.append(f"sound {entry['socket'] if own else 'shared socket'}")
-    return tuple(grants)
+    return tuple(line for record in records for entry in record.entries
+                 if (line := entry.grant_line()) is not None)
 
 
 def _usage(tree: list[psutil.Process]) -> tuple[float, int]:

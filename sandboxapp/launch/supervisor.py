@@ -13,11 +13,14 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
-from typing import IO, Any, Protocol
+from typing import IO, Any, Protocol, TypeVar
 
 from sandboxapp.errors import SandboxError
+from sandboxapp.launch.entries import Entry
 from sandboxapp.launch.ledger import MAX_STOP_GRACE, Record, RunDir
-from sandboxapp.launch.recovery import reconcile, undo_entry
+from sandboxapp.launch.recovery import reconcile
+
+E = TypeVar("E", bound=Entry)
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
 # How long a stopping app gets to save its state before it is killed.
@@ -155,28 +158,24 @@ class Supervisor:
         if not self.record.entries:
             self.record.delete()
 
-    def add(self, stack: ExitStack, kind: str, **data: Any) -> dict[str, Any]:
+    def add(self, stack: ExitStack, entry: E) -> E:
         """Record a resource and register its undo, both before it is made."""
-        assert self.record is not None
-        entry = self.record.add(kind, **data)
-        self._undo_on(stack, entry)
-        return entry
-
-    def _undo_on(self, stack: ExitStack, entry: dict[str, Any]) -> None:
         record = self.record
         assert record is not None
+        record.add(entry)
 
         def undo() -> None:
-            if any(e["id"] == entry["id"] for e in record.entries):
+            if record.holds(entry):
                 try:
-                    undo_entry(entry, recovering=False)
+                    entry.undo(recovering=False)
                 except SandboxError as exc:
-                    self.warn(f"could not undo {entry['kind']}: {exc.message}; "
+                    self.warn(f"could not undo {entry.KIND}: {exc.message}; "
                               "'sandboxapp cleanup' tries again")
                     return
                 record.drop(entry)
 
         stack.callback(undo)
+        return entry
 
     # -- waiting -----------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""The container's PID 2 (launchplan.APP_KEEPER), run by the host's own /bin/sh."""
+"""The container's PID 2 (launch/plan.py: APP_KEEPER), run by the host's own /bin/sh."""
 
 from __future__ import annotations
 

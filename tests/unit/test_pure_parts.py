@@ -14,8 +14,10 @@ from sandboxapp.image.uidrange import (
     BLOCK_SIZE,
     END,
     FIRST_BASE,
+    SLOTS,
     UidRange,
     allocate,
+    ids_in_use_on_host,
     preferred_slot,
 )
 from sandboxapp.launch.hostfacts import HostFacts
@@ -44,8 +46,11 @@ def test_uid_blocks_are_never_shared() -> None:
 def test_a_taken_preferred_block_moves_to_the_next_free_one() -> None:
     preferred = allocate("firefox", [])
     moved = allocate("firefox", [preferred.base])
-    assert moved.base != preferred.base
-    assert preferred_slot("firefox") == preferred_slot("firefox")
+    assert preferred.base == FIRST_BASE + preferred_slot("firefox") * BLOCK_SIZE
+    # The next one along (wrapping round at the region's end), which no host account has here.
+    following = FIRST_BASE + (preferred_slot("firefox") + 1) % SLOTS * BLOCK_SIZE
+    assert not any(following <= i < following + BLOCK_SIZE for i in ids_in_use_on_host())
+    assert moved.base == following
 
 
 def test_security_archive_is_derived_from_a_debian_layout_mirror() -> None:

@@ -1,51 +1,32 @@
-"""The container spec of a launch (launch/plan.py: launch_spec), the one root's launch and the
-privileged helper both execute: what the container sees, worked out from the profile, the image,
-the host's facts and the user, before anything is made."""
+"""The container spec of a launch (launch/plan.py: launch_spec, from the grants in features/),
+the one root's launch and the privileged helper both execute: what the container sees, worked
+out from the profile, the image, the host's facts and the user, before anything is made."""
 
 from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from sandboxapp.features import features_for
+from sandboxapp.features.display import X11_CONTAINER_DIR
+from sandboxapp.features.sound import PULSE_DIR
 from sandboxapp.host.sound import SoundPaths
-from sandboxapp.image.store import Image, ImageMeta, ImageStore
 from sandboxapp.launch.hostfacts import HostFacts
-from sandboxapp.launch.nspawn import launch_argv
-from sandboxapp.launch.plan import (
-    GATE,
-    PULSE_DIR,
-    X11_CONTAINER_DIR,
-    LaunchPlan,
-    launch_spec,
-    plan_launch,
-)
-from sandboxapp.paths import Locations
-from sandboxapp.profile.parse import parse_profile
-
-BASE = 0x70040000
+from sandboxapp.launch.nspawn import LaunchSpec, launch_argv
+from sandboxapp.launch.plan import GATE, LaunchPlan, launch_spec
+from tests.unit.plans import BASE
+from tests.unit.plans import make_plan as _plan
 
 
-def _plan(tmp_path: Path, sandbox: dict[str, object], *, extra: tuple[str, ...] = (),
-          program: str | None = None, instance: str | None = None) -> LaunchPlan:
-    doc = {"command": ["/usr/bin/app", "--flag"], "image": {"suite": "bookworm"},
-           "sandbox": sandbox}
-    profile = parse_profile("app", tmp_path / "app.toml", "file", doc)
-    store = tmp_path / "images"
-    meta = ImageMeta(profile="app", uid_base=BASE, uid_count=65536, suite="bookworm",
-                     packages=(), mirror="http://m/debian", security=None, spec_digest="x",
-                     built_at="2026-01-01T00:00:00+00:00", size_bytes=1)
-    (store / "app").mkdir(parents=True)
-    (store / "app" / "image.json").write_text(meta.to_json())
-    locations = Locations(image_dir=store, run_dir=tmp_path / "run",
-                          config_home=tmp_path / "config", data_home=tmp_path / "data")
-    plan = plan_launch(profile, list(extra), locations, {"DISPLAY": ":7"}, instance=instance,
-                       program=program)
-    assert plan.image == Image(ImageStore(store).image_path("app"), meta)
-    return plan
+def _spec(plan: LaunchPlan, *, sound: SoundPaths | None = None, x11_dir: Path | None = None,
+          staged: dict[Path, Path] | None = None, rootfs: Path = Path("/layer/merged"),
+          gate: Path = Path("/layer/gate")) -> LaunchSpec:
+    features = features_for(plan, x11_dir=x11_dir, sound_dir=sound.dir if sound else None)
+    return launch_spec(plan, rootfs, features, gate=gate, staged=staged)
 
 
 def _binds(plan: LaunchPlan, **kwargs: Any) -> dict[str, tuple[Path, bool, bool]]:
-    spec = launch_spec(plan, Path("/layer/merged"), gate=Path("/layer/gate"), **kwargs)
+    spec = _spec(plan, **kwargs)
     return {b.container: (b.host, b.read_only, b.root_idmap) for b in spec.binds}
 
 
@@ -63,8 +44,7 @@ def test_the_spec_binds_only_what_the_profile_grants(tmp_path: Path) -> None:
         str(PULSE_DIR): (sound.dir, True, False),
         GATE: (Path("/layer/gate"), True, False),
     }
-    spec = launch_spec(plan, Path("/layer/merged"), gate=Path("/layer/gate"), sound=sound,
-                       x11_dir=tmp_path / "x11dir")
+    spec = _spec(plan, sound=sound, x11_dir=tmp_path / "x11dir")
     env = dict(spec.env)
     assert env["DISPLAY"] == ":7"
     assert env["XAUTHORITY"] == str(X11_CONTAINER_DIR / "Xauthority")
@@ -81,7 +61,7 @@ def test_without_grants_the_spec_has_no_display_sound_or_network_of_its_own(
     plan = _plan(tmp_path, {"x11": False, "pulseaudio": False, "network": "host"})
     binds = _binds(plan, sound=None, x11_dir=None)
     assert list(binds) == [GATE]
-    spec = launch_spec(plan, Path("/layer/merged"), gate=Path("/layer/gate"), sound=None)
+    spec = _spec(plan)
     assert not spec.private_network
     assert not {"DISPLAY", "XAUTHORITY", "PULSE_SERVER"} & set(dict(spec.env))
 
@@ -106,7 +86,7 @@ def test_command_and_arguments(tmp_path: Path) -> None:
     replaced = _plan(tmp_path / "b", {}, extra=("-c", "true"), program="/bin/sh")
     assert replaced.command == ("/bin/sh", "-c", "true")
     assert replaced.extra_args == ("-c", "true")
-    spec = launch_spec(replaced, Path("/m"), gate=Path("/g"), sound=None)
+    spec = _spec(replaced, rootfs=Path("/m"), gate=Path("/g"))
     assert spec.command[-3:] == ("/bin/sh", "-c", "true")
 
 

@@ -1,0 +1,90 @@
+"""What every grant to a sandbox is: a Feature.
+
+A feature is one thing the sandbox is given (its persistent directories, read-only binds, the
+display, sound, a session bus, the network). It says which host paths the root side must check
+and stage, what it binds and sets in the container, what the helper's request carries for it,
+and how `--dry-run` describes it; on the session side it is made in two steps: `prepare`
+(classmethods, before nspawn starts: what the container binds must exist) and `grant` (while
+nspawn starts). Each step records its undo in the launch's ledger before it makes anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sandboxapp.launch.nspawn import Bind
+
+if TYPE_CHECKING:
+    from sandboxapp.fs.safepath import DesktopUser
+    from sandboxapp.launch.plan import LaunchPlan
+    from sandboxapp.launch.supervisor import Supervisor
+
+# A host path -> the path nspawn is given for it (the staged copy of the very inode checked).
+Source = Callable[[Path], Path]
+
+
+@dataclass(frozen=True)
+class CheckedPath:
+    """A host path the container will see, checked and staged by the root side."""
+
+    path: Path
+    trusted: bool  # may be another's than the user's (root's display socket, for one)
+    what: str  # named in the error when it is refused
+    file_type: int | None  # the stat.S_IF* it must be, if any
+
+
+@dataclass(frozen=True)
+class Session:
+    """The desktop user's side of a launch, where the grants are made."""
+
+    plan: LaunchPlan
+    user: DesktopUser
+    environ: Mapping[str, str]
+    supervisor: Supervisor
+    warn: Callable[[str], None]
+    run_dir: Path
+
+    def host_dir(self, kind: str = "") -> Path:
+        """The sandbox's directory on the host for its sound socket (kind ""), or for its X
+        authorization: in the user's runtime directory, or the run directory."""
+        runtime = self.environ.get("XDG_RUNTIME_DIR", "")
+        if runtime.startswith("/") and Path(runtime).is_dir():
+            base = Path(runtime) / "sandboxapp"
+        else:
+            base = self.run_dir / "sound"
+        name = self.plan.profile.name
+        return base / kind / name if kind else base / name
+
+
+class Feature:
+    def checked_paths(self, trusted_profile: bool) -> list[CheckedPath]:
+        """trusted_profile: the profile is in a root-owned profile directory."""
+        return []
+
+    def binds(self, source: Source) -> list[Bind]:
+        return []
+
+    def env(self) -> list[tuple[str, str]]:
+        return []
+
+    def wrap(self, command: tuple[str, ...]) -> tuple[str, ...]:
+        """The app's command, as this feature runs it."""
+        return command
+
+    def private_network(self) -> bool:
+        return False
+
+    def request_args(self) -> list[str]:
+        """What the privileged helper's request says of it (helper/privileged.py)."""
+        return []
+
+    def describe(self) -> list[str]:
+        """Its lines in `run --dry-run`."""
+        return []
+
+    def grant(self, session: Session, stack: ExitStack) -> None:
+        """Made while nspawn starts, before the app's gate opens."""

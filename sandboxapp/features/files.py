@@ -1,0 +1,73 @@
+"""The host files a sandbox sees: its persistent directories and the profile's read-only binds."""
+
+from __future__ import annotations
+
+import os
+import stat
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sandboxapp.errors import ExitStatus, SandboxError
+from sandboxapp.features.base import CheckedPath, Feature, Session, Source
+from sandboxapp.fs.safepath import ensure_user_dir
+from sandboxapp.launch.nspawn import Bind
+
+if TYPE_CHECKING:
+    from sandboxapp.launch.plan import PersistDir
+    from sandboxapp.profile.model import ReadOnlyBind
+
+
+@dataclass(frozen=True)
+class PersistentDirs(Feature):
+    """Directories kept between runs, the user's own on the host, the container root's inside."""
+
+    dirs: tuple[PersistDir, ...]
+
+    @classmethod
+    def prepare(cls, session: Session, stack: ExitStack) -> PersistentDirs:
+        for persist in session.plan.persist:
+            ensure_user_dir(persist.host, session.user)
+        return cls(session.plan.persist)
+
+    def checked_paths(self, trusted_profile: bool) -> list[CheckedPath]:
+        return [CheckedPath(p.host, False, "persistent directory", stat.S_IFDIR)
+                for p in self.dirs]
+
+    def binds(self, source: Source) -> list[Bind]:
+        return [Bind(source(p.host), str(p.container), read_only=False, root_idmap=True)
+                for p in self.dirs]
+
+    def describe(self) -> list[str]:
+        return [f"persist:  {p.container} kept in {p.host} (owned by you)" for p in self.dirs]
+
+
+@dataclass(frozen=True)
+class ReadOnlyBinds(Feature):
+    """The profile's sandbox.bind_ro: host paths the sandbox may read."""
+
+    binds_ro: tuple[ReadOnlyBind, ...]
+
+    @classmethod
+    def prepare(cls, session: Session, stack: ExitStack) -> ReadOnlyBinds:
+        profile = session.plan.profile
+        for bind in profile.sandbox.bind_ro:
+            if not os.path.exists(bind.host):
+                raise SandboxError(
+                    f"{profile.path}: sandbox.bind_ro: {bind.host} does not exist",
+                    hint="create it, or remove it from the profile",
+                    status=ExitStatus.LAUNCHER,
+                )
+        return cls(profile.sandbox.bind_ro)
+
+    def checked_paths(self, trusted_profile: bool) -> list[CheckedPath]:
+        # A user's own profile may bind only the user's own files; a trusted one, any.
+        return [CheckedPath(Path(b.host), trusted_profile, "sandbox.bind_ro", None)
+                for b in self.binds_ro]
+
+    def binds(self, source: Source) -> list[Bind]:
+        return [Bind(source(Path(b.host)), str(b.container)) for b in self.binds_ro]
+
+    def describe(self) -> list[str]:
+        return [f"bind:     {b.host} read-only at {b.container}" for b in self.binds_ro]

@@ -1,0 +1,221 @@
+"""The kinds of thing a launch record lists, each with its own undo.
+
+An entry is written before its thing is made and dropped once that is undone; its undo copes
+with a thing that was never (fully) made, and `recovering` says it runs after a crash, for a
+launcher that is gone. The JSON form ("kind" and the fields) is the records' on-disk format:
+records written by an earlier release load as the same entries.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from sandboxapp.errors import SandboxError
+from sandboxapp.fs import nofollow
+from sandboxapp.host import x11, x11auth
+from sandboxapp.host.display import Display
+from sandboxapp.host.sound import SOUND_CONF, SOUND_SOCKET, SoundServerAddress, unload_socket_module
+from sandboxapp.launch.layer import remove_layer
+from sandboxapp.launch.procstat import is_alive, kill_block
+
+
+@dataclass
+class Entry:
+    KIND: ClassVar[str] = ""
+    id: int = dataclasses.field(default=0, kw_only=True)
+
+    def undo(self, *, recovering: bool) -> None:
+        raise NotImplementedError
+
+    def grant_line(self) -> str | None:
+        """What `ps` says of it, when it is a grant to the sandbox."""
+        return None
+
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        return {"id": data.pop("id"), "kind": self.KIND, **data}
+
+
+@dataclass
+class ContainerEntry(Entry):
+    KIND: ClassVar[str] = "container"
+    machine: str
+    uid: int  # the first host UID of the image's block
+    user: int  # the desktop user it runs for
+    profile_file: str
+    pid: int | None = None  # what the launcher spawned (unshare), once it runs
+    started: float | None = None
+
+    def undo(self, *, recovering: bool) -> None:
+        # nspawn runs with a parent-death signal, so this finds something only when that
+        # failed; its container's processes die with it.
+        if self.pid is not None and is_alive(self.pid, self.started):
+            import psutil  # off the launch path: only needed here
+
+            with contextlib.suppress(psutil.Error):
+                process = psutil.Process(self.pid)
+                process.send_signal(signal.SIGKILL)
+                process.wait(timeout=10)
+        # After a crash, whatever still runs in the image's UID block is the container's
+        # (its launcher's profile lock, which the caller holds, keeps any other out).
+        if recovering:
+            kill_block(self.uid)
+
+
+@dataclass
+class LayerEntry(Entry):
+    KIND: ClassVar[str] = "layer"
+    path: str
+
+    def undo(self, *, recovering: bool) -> None:
+        remove_layer(Path(self.path), kill_leftovers=recovering)
+
+
+@dataclass
+class TrustedX11Entry(Entry):
+    """x11 = "trusted": the image's first UID on the display's host list."""
+
+    KIND: ClassVar[str] = "x11"
+    display: int
+    xauthority: str | None
+    uid: int
+
+    def access(self) -> x11.XAccess:
+        return x11.XAccess(Display(self.display), self.xauthority)
+
+    def undo(self, *, recovering: bool) -> None:
+        x11.revoke(self.access(), self.uid)
+
+    def grant_line(self) -> str:
+        return f"x11 :{self.display} localuser:#{self.uid} (trusted)"
+
+
+@dataclass
+class X11AuthEntry(Entry):
+    """An untrusted authorization (authid, None until made or once revoked) and the user's
+    directory holding its Xauthority file."""
+
+    KIND: ClassVar[str] = "x11-auth"
+    display: int
+    xauthority: str | None
+    dir: str
+    user: int
+    authid: int | None = None
+    # The X server process that holds it (pid, start ticks): x11auth.revoke.
+    server: list[int] | None = None
+
+    def undo(self, *, recovering: bool) -> None:
+        if self.authid is not None:
+            x11auth.revoke(x11.XAccess(Display(self.display), self.xauthority), self.authid,
+                           (self.server[0], self.server[1]) if self.server else None)
+        nofollow.remove_user_dir(self.dir, self.user, (x11auth.AUTH_FILE,))
+
+    def grant_line(self) -> str:
+        return f"x11 :{self.display} untrusted authorization {self.authid}"
+
+
+def remove_sound_dir(directory: Path) -> None:
+    for name in (SOUND_CONF, SOUND_SOCKET):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(directory / name)
+    with contextlib.suppress(FileNotFoundError, OSError):
+        directory.rmdir()
+
+
+@dataclass
+class SoundEntry(Entry):
+    """The sandbox's sound directory, its socket served by the launcher; `index`: the socket
+    module an earlier release loaded into the user's server instead."""
+
+    KIND: ClassVar[str] = "sound"
+    server: str
+    socket: str
+    dir: str
+    index: int | None = None
+
+    def undo(self, *, recovering: bool) -> None:
+        if self.index is not None or recovering:
+            # Without an index, a crashed launch of an earlier release may still have loaded
+            # it: look for it.
+            unload_socket_module(SoundServerAddress(Path(self.server)), self.index,
+                                 Path(self.socket))
+        remove_sound_dir(Path(self.dir))
+
+    def grant_line(self) -> str:
+        return f"sound {self.socket if self.index is None else 'shared socket'}"
+
+
+@dataclass
+class EmptyDirEntry(Entry):
+    """A directory an earlier release made for the user, removed when it is still empty."""
+
+    KIND: ClassVar[str] = "empty-dir"
+    path: str
+    user: int
+
+    def undo(self, *, recovering: bool) -> None:
+        nofollow.remove_empty_dir(self.path, self.user)
+
+
+@dataclass
+class UnknownEntry(Entry):
+    """An entry this release cannot read: it stays recorded, and is reported."""
+
+    kind: str
+    data: dict[str, Any]
+
+    def undo(self, *, recovering: bool) -> None:
+        raise SandboxError(f"unknown ledger entry kind {self.kind!r}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.data, "id": self.id, "kind": self.kind}
+
+
+KINDS: dict[str, type[Entry]] = {
+    cls.KIND: cls for cls in (ContainerEntry, LayerEntry, TrustedX11Entry, X11AuthEntry,
+                              SoundEntry, EmptyDirEntry)
+}
+
+
+def kind_of(entry: Entry) -> str:
+    return entry.kind if isinstance(entry, UnknownEntry) else entry.KIND
+
+
+def entry_from_json(data: dict[str, Any]) -> Entry:
+    """An entry as a record lists it; one that is not what its kind says is an UnknownEntry,
+    kept for a later release (or a person) to deal with."""
+    kind = str(data.get("kind"))
+    cls = KINDS.get(kind)
+    fields = {k: v for k, v in data.items() if k != "kind"}
+    entry_id = int(data["id"]) if isinstance(data.get("id"), int) else 0
+    if cls is not None:
+        with contextlib.suppress(TypeError, ValueError):
+            entry = cls(**fields)
+            if _types_fit(entry):
+                return entry
+    return UnknownEntry(kind, fields, id=entry_id)
+
+
+def _types_fit(entry: Entry) -> bool:
+    """The fields hold what their annotations say (a record is a file: it may be damaged)."""
+    for field in dataclasses.fields(entry):
+        value = getattr(entry, field.name)
+        wanted = str(field.type)
+        if value is None and "None" in wanted:
+            continue
+        if wanted.startswith("int") and (not isinstance(value, int) or isinstance(value, bool)):
+            return False
+        if wanted.startswith("str") and not isinstance(value, str):
+            return False
+        if wanted.startswith("float") and not isinstance(value, (int, float)):
+            return False
+        if wanted.startswith("list") and not (isinstance(value, list) and len(value) == 2
+                                              and all(isinstance(v, int) for v in value)):
+            return False
+    return True

@@ -1,0 +1,34 @@
+"""Launch plans for unit tests: a profile and an image's metadata in a temporary store, no
+image tree, no root."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sandboxapp.image.store import Image, ImageMeta, ImageStore
+from sandboxapp.launch.plan import LaunchPlan, plan_launch
+from sandboxapp.paths import Locations
+from sandboxapp.profile.parse import parse_profile
+
+BASE = 0x70040000
+
+
+def make_plan(tmp_path: Path, sandbox: dict[str, object], *, extra: tuple[str, ...] = (),
+              program: str | None = None, instance: str | None = None,
+              environ: dict[str, str] | None = None) -> LaunchPlan:
+    doc = {"command": ["/usr/bin/app", "--flag"], "image": {"suite": "bookworm"},
+           "sandbox": sandbox}
+    profile = parse_profile("app", tmp_path / "app.toml", "file", doc)
+    store = tmp_path / "images"
+    meta = ImageMeta(profile="app", uid_base=BASE, uid_count=65536, suite="bookworm",
+                     packages=(), mirror="http://m/debian", security=None, spec_digest="x",
+                     built_at="2026-01-01T00:00:00+00:00", size_bytes=1)
+    (store / "app").mkdir(parents=True)
+    (store / "app" / "image.json").write_text(meta.to_json())
+    locations = Locations(image_dir=store, run_dir=tmp_path / "run",
+                          config_home=tmp_path / "config", data_home=tmp_path / "data")
+    plan = plan_launch(profile, list(extra), locations,
+                       {"DISPLAY": ":7"} if environ is None else environ, instance=instance,
+                       program=program)
+    assert plan.image == Image(ImageStore(store).image_path("app"), meta)
+    return plan

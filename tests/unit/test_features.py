@@ -1,0 +1,196 @@
+"""The grants as features (sandboxapp/features/), without root: what the session side makes
+before nspawn starts and records first, what it hands the helper, and that the helper's
+features, rebuilt from that request, give the container the very same binds and environment."""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
+
+from sandboxapp.errors import SandboxError
+from sandboxapp.features import Feature, Session, features_for, prepare_features
+from sandboxapp.features.container import SESSION_BUS, SessionBus
+from sandboxapp.features.display import DisplayAccess
+from sandboxapp.features.files import ReadOnlyBinds
+from sandboxapp.features.sound import PULSE_CLIENT_CONF_TEXT, SoundAccess
+from sandboxapp.fs.safepath import DesktopUser
+from sandboxapp.helper.privileged import _parser
+from sandboxapp.host import display as display_module
+from sandboxapp.launch.entries import SoundEntry, X11AuthEntry
+from sandboxapp.launch.hostfacts import HostFacts
+from sandboxapp.launch.ledger import RunDir
+from sandboxapp.launch.plan import GATE_WRAPPER, LaunchPlan, describe_plan, launch_spec
+from sandboxapp.launch.supervisor import Supervisor
+from tests.unit.plans import BASE, make_plan
+
+FULL = {"x11": True, "pulseaudio": True, "persist": ["/root/.app"], "network": "none"}
+
+
+@pytest.fixture
+def sockets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A directory for the X sockets (in place of /tmp/.X11-unix) and a listening sound
+    server socket in it."""
+    x_dir = tmp_path / "x11-unix"
+    x_dir.mkdir()
+    monkeypatch.setattr(display_module, "X11_SOCKET_DIR", x_dir)
+    listeners = []
+    for path in (x_dir / "X7", tmp_path / "pulse-native"):
+        listener = socket.socket(socket.AF_UNIX)
+        listener.bind(str(path))
+        listener.listen()
+        listeners.append(listener)
+    yield tmp_path
+    for listener in listeners:
+        listener.close()
+
+
+class Launching:
+    """The session side's context for a plan, its record begun (no root, no container)."""
+
+    def __init__(self, tmp_path: Path, plan: LaunchPlan, environ: dict[str, str]) -> None:
+        self.warnings: list[str] = []
+        run_dir = tmp_path / "run"
+        run_dir.mkdir(mode=0o700, exist_ok=True)
+        self.supervisor = Supervisor(RunDir(run_dir), self.warnings.append)
+        runtime = tmp_path / "runtime"
+        runtime.mkdir(mode=0o700, exist_ok=True)
+        self.session = Session(plan, DesktopUser(os.getuid(), os.getgid()),
+                               {"XDG_RUNTIME_DIR": str(runtime), **environ}, self.supervisor,
+                               self.warnings.append, run_dir)
+        self.stack = ExitStack()
+        assert self.supervisor.begin(self.stack, plan.profile.name)
+
+    def kinds(self) -> list[str]:
+        assert self.supervisor.record is not None
+        return [entry.to_json()["kind"] for entry in self.supervisor.record.entries]
+
+
+def _sound_env(root: Path) -> dict[str, str]:
+    return {"PULSE_SERVER": f"unix:{root / 'pulse-native'}"}
+
+
+def _view(features: tuple[Feature, ...], plan: LaunchPlan) -> tuple[object, ...]:
+    spec = launch_spec(plan, Path("/layer/merged"), features, gate=Path("/layer/gate"))
+    return (spec.binds, spec.env, spec.command, spec.private_network,
+            [path for f in features for path in f.checked_paths(False)])
+
+
+def test_the_helper_rebuilds_from_the_request_what_the_session_side_prepared(
+        tmp_path: Path, sockets: Path) -> None:
+    plan = make_plan(tmp_path, {**FULL, "session_bus": True})
+    launching = Launching(tmp_path, plan, _sound_env(sockets))
+    with launching.stack:
+        prepared = prepare_features(launching.session, launching.stack)
+        assert [type(f).__name__ for f in prepared] == [
+            "PersistentDirs", "ReadOnlyBinds", "DisplayAccess", "SoundAccess", "SessionBus",
+            "NetworkAccess"]
+        words = [word for f in prepared for word in f.request_args()]
+        args = _parser().parse_args(["launch", "--profile-file", "/p/app.toml",
+                                     "--data-home", "/d", *words, "app"])
+        rebuilt = features_for(plan, x11_dir=args.x11_dir, sound_dir=args.sound_dir)
+        assert args.display == 7
+        assert _view(rebuilt, plan) == _view(prepared, plan)
+
+
+def test_what_the_container_binds_is_made_and_recorded_before_nspawn_starts(
+        tmp_path: Path, sockets: Path) -> None:
+    plan = make_plan(tmp_path, FULL)
+    launching = Launching(tmp_path, plan, _sound_env(sockets))
+    with launching.stack:
+        features = prepare_features(launching.session, launching.stack)
+        display = next(f for f in features if isinstance(f, DisplayAccess))
+        sound = next(f for f in features if isinstance(f, SoundAccess))
+        # The authorization is made later (grant), into a directory that is there already.
+        assert isinstance(display.entry, X11AuthEntry) and display.entry.authid is None
+        assert display.x11_dir is not None
+        assert stat.S_IMODE(display.x11_dir.stat().st_mode) == 0o700
+        assert launching.kinds() == ["x11-auth", "sound"]
+        assert stat.S_IMODE(sound.paths.dir.stat().st_mode) == 0o711
+        assert sound.paths.conf.read_text() == PULSE_CLIENT_CONF_TEXT
+        assert plan.persist[0].host.is_dir()
+        made = (display.x11_dir, sound.paths.dir)
+    # Given up before any grant: what was made is gone, and the record with it.
+    assert not any(path.exists() for path in made)
+    assert launching.kinds() == []
+
+
+def test_without_a_sound_server_the_sandbox_runs_without_sound(
+        tmp_path: Path, sockets: Path) -> None:
+    plan = make_plan(tmp_path, {"pulseaudio": True})
+    launching = Launching(tmp_path, plan, {"PULSE_SERVER": f"unix:{tmp_path / 'nothing'}"})
+    with launching.stack:
+        features = prepare_features(launching.session, launching.stack)
+        assert not any(isinstance(f, SoundAccess) for f in features)
+        assert launching.kinds() == []
+    assert launching.warnings == ["no PulseAudio or PipeWire server found: running without sound"]
+
+
+def test_a_display_without_its_socket_is_refused_before_anything_is_made(
+        tmp_path: Path, sockets: Path) -> None:
+    plan = make_plan(tmp_path, FULL, environ={"DISPLAY": ":8"})
+    launching = Launching(tmp_path, plan, _sound_env(sockets))
+    with launching.stack, pytest.raises(SandboxError, match="has no socket at"):
+        DisplayAccess.prepare(launching.session, launching.stack)
+    assert launching.kinds() == []
+
+
+def test_a_missing_read_only_bind_names_the_profile_and_the_path(tmp_path: Path) -> None:
+    plan = make_plan(tmp_path, {"bind_ro": [f"{tmp_path / 'gone'}:/opt/data"]})
+    launching = Launching(tmp_path, plan, {})
+    with launching.stack, pytest.raises(SandboxError) as raised:
+        ReadOnlyBinds.prepare(launching.session, launching.stack)
+    assert raised.value.message == (f"{plan.profile.path}: sandbox.bind_ro: {tmp_path / 'gone'} "
+                                    "does not exist")
+
+
+def test_a_users_own_profile_binds_only_what_is_the_users(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    plan = make_plan(tmp_path, {"x11": True, "bind_ro": [f"{tmp_path / 'data'}:/opt/data"]})
+    features = features_for(plan, x11_dir=tmp_path / "x", sound_dir=None)
+    for trusted_profile in (False, True):
+        checked = {p.what: p.trusted for f in features for p in f.checked_paths(trusted_profile)}
+        # The display's socket is root's; the X directory is always the user's own.
+        assert checked == {"sandbox.bind_ro": trusted_profile, "X display socket": True,
+                           "X directory": False}
+
+
+def test_each_feature_describes_itself_for_a_dry_run(tmp_path: Path) -> None:
+    untrusted = describe_plan(make_plan(tmp_path / "u", FULL), HostFacts(systemd_running=False))
+    assert "X11:      an untrusted authorization on :7" in untrusted
+    assert "sound:    a socket of its own at /run/sandboxapp/pulse/native" in untrusted
+    assert "network:  none" in untrusted and "D-Bus:" not in untrusted
+    trusted = describe_plan(make_plan(tmp_path / "t", {"x11": "trusted", "session_bus": True}),
+                            HostFacts(systemd_running=False))
+    assert f'X11:      TRUSTED (x11 = "trusted"): grant localuser:#{BASE}' in trusted
+    assert "XAUTHORITY" not in trusted and "sound:    none" in trusted
+    assert "D-Bus:    a session bus of its own inside" in trusted
+
+
+def test_the_session_bus_starts_inside_the_gate_before_the_app(tmp_path: Path) -> None:
+    plan = make_plan(tmp_path, {"session_bus": True, "network": "host"})
+    features = features_for(plan, x11_dir=None, sound_dir=None)
+    assert any(isinstance(f, SessionBus) for f in features)
+    spec = launch_spec(plan, Path("/m"), features, gate=Path("/g"))
+    assert spec.command[:len(GATE_WRAPPER)] == GATE_WRAPPER
+    assert spec.command[-2:] == plan.command
+    assert "dbus-daemon --session" in spec.command[len(GATE_WRAPPER) + 2]
+    assert ("DBUS_SESSION_BUS_ADDRESS", SESSION_BUS) in spec.env
+    assert not spec.private_network
+
+
+def test_a_sound_entry_is_recorded_with_the_servers_socket(tmp_path: Path, sockets: Path) -> None:
+    plan = make_plan(tmp_path, {"pulseaudio": True})
+    launching = Launching(tmp_path, plan, _sound_env(sockets))
+    with launching.stack:
+        SoundAccess.prepare(launching.session, launching.stack)
+        record = launching.supervisor.record
+        assert record is not None
+        (entry,) = record.entries
+        assert isinstance(entry, SoundEntry)
+        assert entry.server == str(sockets / "pulse-native") and entry.index is None

@@ -1,0 +1,139 @@
+"""The launch record (launch/ledger.py) and its typed entries (launch/entries.py), without root:
+what is written, what an earlier release's record loads as, what a damaged one becomes, and
+that undo runs newest first and keeps what it cannot undo."""
+
+from __future__ import annotations
+
+import json
+import os
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
+
+from sandboxapp.errors import SandboxError
+from sandboxapp.launch.entries import (
+    ContainerEntry,
+    EmptyDirEntry,
+    LayerEntry,
+    SoundEntry,
+    TrustedX11Entry,
+    UnknownEntry,
+    X11AuthEntry,
+    entry_from_json,
+)
+from sandboxapp.launch.ledger import Record, RunDir
+from sandboxapp.launch.recovery import reconcile, undo_record
+from sandboxapp.launch.supervisor import Supervisor
+
+# A launch record as release 1 wrote it, kinds and fields by name (the on-disk format).
+OLD_ENTRIES = [
+    {"id": 1, "kind": "x11-auth", "display": 7, "xauthority": None, "authid": 33,
+     "server": [412, 9000], "dir": "/run/user/1000/sandboxapp/.x11/app", "user": 1000},
+    {"id": 2, "kind": "sound", "server": "/run/user/1000/pulse/native", "index": None,
+     "socket": "/run/user/1000/sandboxapp/app/native", "dir": "/run/user/1000/sandboxapp/app"},
+    {"id": 3, "kind": "layer", "path": "/var/lib/sandboxapp/images/.layers/app"},
+    {"id": 4, "kind": "container", "machine": "sandboxapp-app", "pid": 4242,
+     "started": 123.0, "uid": 0x70040000, "user": 1000, "profile_file": "/p/app.toml"},
+    {"id": 5, "kind": "x11", "display": 7, "xauthority": "/home/u/.Xauthority", "uid": 5},
+    {"id": 6, "kind": "empty-dir", "path": "/home/u/.local/share/x", "user": 1000},
+]
+
+
+def _run_dir(tmp_path: Path) -> RunDir:
+    root = tmp_path / "run"
+    root.mkdir(mode=0o700)
+    return RunDir(root)
+
+
+def test_an_earlier_releases_record_loads_as_typed_entries_and_is_written_back_the_same(
+        tmp_path: Path) -> None:
+    path = tmp_path / "app.json"
+    path.write_text(json.dumps({"version": 1, "profile": "app", "pid": 1, "started": 2.0,
+                                "next_id": 7, "entries": OLD_ENTRIES}))
+    record = Record.load(path)
+    assert record is not None
+    assert [type(e) for e in record.entries] == [X11AuthEntry, SoundEntry, LayerEntry,
+                                                 ContainerEntry, TrustedX11Entry, EmptyDirEntry]
+    auth = record.entries[0]
+    assert isinstance(auth, X11AuthEntry) and auth.authid == 33 and auth.server == [412, 9000]
+    assert record.containers()[0].pid == 4242
+    record.save()
+    assert json.loads(path.read_text())["entries"] == OLD_ENTRIES
+
+
+@pytest.mark.parametrize("data", [
+    {"id": 1, "kind": "layer"},  # a field missing
+    {"id": 1, "kind": "layer", "path": 5},  # of the wrong type
+    {"id": 1, "kind": "container", "machine": "m", "uid": "0", "user": 1, "profile_file": "p"},
+    {"id": 1, "kind": "x11-auth", "display": 7, "xauthority": None, "dir": "/d", "user": 1,
+     "server": [1]},
+    {"id": 1, "kind": "layer", "path": "/x", "extra": 1},  # a field no release wrote
+    {"id": 1, "kind": "tunnel", "path": "/x"},  # a kind this release does not know
+])
+def test_an_entry_that_is_not_what_its_kind_says_is_kept_and_never_undone(
+        data: dict[str, object]) -> None:
+    entry = entry_from_json(data)
+    assert isinstance(entry, UnknownEntry)
+    with pytest.raises(SandboxError, match="unknown ledger entry kind"):
+        entry.undo(recovering=True)
+    assert entry.to_json() == data  # written back as it was found
+
+
+def test_undo_runs_newest_first_and_keeps_what_it_cannot_undo(tmp_path: Path) -> None:
+    run_dir = _run_dir(tmp_path)
+    record = Record(run_dir.record_path("app"), "app", 1, 2.0)
+    sound = tmp_path / "sound"
+    sound.mkdir()
+    (sound / "client.conf").write_text("autospawn = no\n")
+    x11_dir = tmp_path / "x11"
+    x11_dir.mkdir()
+    (x11_dir / "Xauthority").write_bytes(b"cookie")
+    record.add(UnknownEntry("tunnel", {"path": "/x"}))
+    record.add(SoundEntry(str(tmp_path / "no-server"), str(sound / "native"), str(sound)))
+    record.add(X11AuthEntry(7, None, str(x11_dir), os.getuid()))
+    assert [e.id for e in record.entries] == [1, 2, 3]
+    problems = undo_record(record, recovering=False)
+    assert not sound.exists() and not x11_dir.exists()
+    assert problems == ["app: could not undo tunnel: unknown ledger entry kind 'tunnel'"]
+    kept = Record.load(record.path)
+    assert kept is not None and [e.to_json()["kind"] for e in kept.entries] == ["tunnel"]
+
+
+def test_reconcile_undoes_the_record_of_a_launcher_that_is_gone(tmp_path: Path) -> None:
+    run_dir = _run_dir(tmp_path)
+    empty = tmp_path / "made-for-the-user"
+    empty.mkdir()
+    # pid 1, recorded with a start no process has: a launcher long gone, its pid reused.
+    record = Record(run_dir.record_path("app"), "app", 1, -1.0)
+    record.add(EmptyDirEntry(str(empty), os.getuid()))
+    messages = reconcile(run_dir)
+    assert messages == ["cleaned up after app (launcher pid 1 is gone): empty-dir"]
+    assert not empty.exists() and not record.path.exists()
+
+
+def test_a_grant_recorded_through_the_supervisor_is_undone_when_the_launch_ends(
+        tmp_path: Path) -> None:
+    run_dir = _run_dir(tmp_path)
+    warnings: list[str] = []
+    kept, taken = tmp_path / "kept", tmp_path / "taken"
+    for directory in (kept, taken):
+        directory.mkdir()
+    supervisor = Supervisor(run_dir, warnings.append)
+    with ExitStack() as stack:
+        assert supervisor.begin(stack, "app")
+        assert supervisor.record is not None
+        on_disk = json.loads(supervisor.record.path.read_text())
+        assert on_disk["entries"] == []
+        mine = supervisor.add(stack, EmptyDirEntry(str(taken), os.getuid()))
+        theirs = supervisor.add(stack, EmptyDirEntry(str(kept), os.getuid()))
+        # Recorded before it is made, on disk at once.
+        on_disk = json.loads(supervisor.record.path.read_text())
+        assert [e["path"] for e in on_disk["entries"]] == [str(taken), str(kept)]
+        supervisor.record.update(mine, path=str(taken))
+        # A grant that turned out to be the user's own is dropped, and stays.
+        supervisor.record.drop(theirs)
+        with pytest.raises(AttributeError):
+            supervisor.record.update(mine, nosuchfield=1)
+    assert not taken.exists() and kept.exists()
+    assert not run_dir.record_path("app").exists() and warnings == []
