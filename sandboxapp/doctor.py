@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from sandboxapp.errors import SandboxError
 
 if TYPE_CHECKING:
-    from sandboxapp.host.x11 import XAccess
+    from sandboxapp.host.display import XAccess
 from sandboxapp.paths import HELPER_PATH, SANDBOXAPP_GROUP, Locations
 
 MIN_FREE_BYTES = 2 * 10**9  # an image with Firefox is about 0.7 GB; room for a rebuild beside it
@@ -82,11 +82,11 @@ def _overlayfs() -> Check:
 
 def _display(environ: Mapping[str, str]) -> list[Check]:
     from sandboxapp.host import x11
-    from sandboxapp.host.display import parse_display
+    from sandboxapp.host.display import XAccess, parse_display
 
     try:
         display = parse_display(environ.get("DISPLAY"))
-        access = x11.XAccess.from_environment(display, environ)
+        access = XAccess.from_environment(display, environ)
         everyone = x11.admits_everyone_local(access)
     except SandboxError as exc:
         return [Check("X display", Status.FAIL, exc.message, exc.hint)]

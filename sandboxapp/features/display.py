@@ -13,10 +13,12 @@ from pathlib import Path, PurePosixPath
 from sandboxapp.errors import ExitStatus, SandboxError
 from sandboxapp.features.base import CheckedPath, Feature, Session, Source
 from sandboxapp.fs.safepath import ensure_user_dir
-from sandboxapp.host import x11, x11auth
-from sandboxapp.host.display import Display
+from sandboxapp.host.display import AUTH_FILE, Display, XAccess
 from sandboxapp.launch.entries import TrustedX11Entry, X11AuthEntry
 from sandboxapp.launch.nspawn import Bind
+
+# The X clients (host/x11.py, host/x11auth.py and python-xlib) are imported by grant, once
+# nspawn is starting: their load is hidden behind the container's start.
 
 # The sandbox's X directory (its Xauthority file, host/x11auth.py): named X11_DIR beside the sound
 # directories on the host (no profile is named so), bound read-only here inside.
@@ -36,7 +38,7 @@ class DisplayAccess(Feature):
     # The image's first UID, the host-list entry of a trusted display (None: no image yet).
     uid_base: int | None
     # The session side's: how the user reaches the server, and the authorization's entry.
-    access: x11.XAccess | None = None
+    access: XAccess | None = None
     entry: X11AuthEntry | None = None
 
     @classmethod
@@ -58,7 +60,7 @@ class DisplayAccess(Feature):
                 hint="is the X server running? check DISPLAY",
                 status=ExitStatus.LAUNCHER,
             )
-        access = x11.XAccess.from_environment(display, session.environ)
+        access = XAccess.from_environment(display, session.environ)
         trusted = plan.profile.sandbox.x11_trusted
         uid_base = plan.image.meta.uid_base
         if trusted:
@@ -87,7 +89,7 @@ class DisplayAccess(Feature):
     def env(self) -> list[tuple[str, str]]:
         env = [("DISPLAY", self.display.name), *NO_MITSHM_ENV]
         if not self.trusted:
-            env.append(("XAUTHORITY", str(X11_CONTAINER_DIR / x11auth.AUTH_FILE)))
+            env.append(("XAUTHORITY", str(X11_CONTAINER_DIR / AUTH_FILE)))
         return env
 
     def request_args(self) -> list[str]:
@@ -111,7 +113,9 @@ class DisplayAccess(Feature):
         else:
             self._grant_untrusted(session, stack, self.access)
 
-    def _grant_trusted(self, session: Session, stack: ExitStack, access: x11.XAccess) -> None:
+    def _grant_trusted(self, session: Session, stack: ExitStack, access: XAccess) -> None:
+        from sandboxapp.host import x11
+
         session.warn(f'{session.plan.profile.name} has x11 = "trusted": it can read and type '
                      "into every window on your display while it runs")
         record = session.supervisor.record
@@ -122,7 +126,9 @@ class DisplayAccess(Feature):
             # The user had made this grant: it is theirs, and stays after we exit.
             record.drop(entry)
 
-    def _grant_untrusted(self, session: Session, stack: ExitStack, access: x11.XAccess) -> None:
+    def _grant_untrusted(self, session: Session, stack: ExitStack, access: XAccess) -> None:
+        from sandboxapp.host import x11auth
+
         record = session.supervisor.record
         entry = self.entry
         assert record is not None and entry is not None and self.x11_dir is not None

@@ -12,7 +12,6 @@ from pathlib import PurePosixPath
 from sandboxapp.errors import ExitStatus, SandboxError
 from sandboxapp.features.base import CheckedPath, Feature, Session, Source
 from sandboxapp.fs.safepath import ensure_user_dir, write_file_no_follow
-from sandboxapp.host import pulsewire, soundproxy
 from sandboxapp.host.sound import SOUND_DIR_MODE, SoundPaths, SoundServerAddress, server_reachable
 from sandboxapp.launch.entries import SoundEntry
 from sandboxapp.launch.nspawn import Bind
@@ -80,6 +79,9 @@ class SoundAccess(Feature):
     def grant(self, session: Session, stack: ExitStack) -> None:
         """The sandbox's socket, served here while the app runs: only what a player needs
         reaches the user's server."""
+        # Loaded once nspawn is starting, like the X clients.
+        from sandboxapp.host import pulsewire, soundproxy
+
         assert self.address is not None
         try:
             stack.enter_context(soundproxy.serving(

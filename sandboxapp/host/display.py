@@ -1,14 +1,19 @@
-"""DISPLAY values: which local X server a profile's sandbox should reach."""
+"""DISPLAY values: which local X server a profile's sandbox should reach, and how the user
+reaches it (the grants themselves: x11.py, trusted; x11auth.py, untrusted)."""
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from sandboxapp.errors import ExitStatus, SandboxError
 
 X11_SOCKET_DIR = Path("/tmp/.X11-unix")
+# The sandbox's own Xauthority file, in its X directory (x11auth.py writes it).
+AUTH_FILE = "Xauthority"
 _DISPLAY = re.compile(r"(?P<host>[^:]*):(?P<number>\d+)(?:\.(?P<screen>\d+))?")
 
 
@@ -49,3 +54,21 @@ def parse_display(value: str | None) -> Display:
             status=ExitStatus.LAUNCHER,
         )
     return Display(int(match["number"]), int(match["screen"] or 0))
+
+
+@dataclass(frozen=True)
+class XAccess:
+    """How to reach the user's X server: the display and the cookie file the user has."""
+
+    display: Display
+    xauthority: str | None
+
+    @classmethod
+    def from_environment(cls, display: Display, environ: Mapping[str, str]) -> XAccess:
+        return cls(display, environ.get("XAUTHORITY") or None)
+
+    def cookie_file(self) -> Path | None:
+        if self.xauthority:
+            return Path(self.xauthority)
+        home = os.environ.get("HOME")
+        return Path(home) / ".Xauthority" if home else None

@@ -10,9 +10,12 @@ import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sandboxapp.errors import SandboxError
-from sandboxapp.host import pulsewire
+
+if TYPE_CHECKING:
+    from sandboxapp.host import pulsewire
 
 MODULE = "module-native-protocol-unix"
 
@@ -69,6 +72,9 @@ class ServerGone(Exception):
 
 @contextlib.contextmanager
 def _pulse(address: SoundServerAddress) -> Iterator[pulsewire.Connection]:
+    # The protocol client loads only when an earlier release's module is to be undone.
+    from sandboxapp.host import pulsewire
+
     try:
         connection = pulsewire.Connection(address.socket, pulsewire.read_cookie(os.environ),
                                           "sandboxapp")

@@ -17,13 +17,12 @@ import os
 import socket
 import stat
 import struct
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 from sandboxapp.errors import ExitStatus, SandboxError
 from sandboxapp.host import unixsocket
-from sandboxapp.host.display import Display
+from sandboxapp.host.display import XAccess
 
 FAMILY_SERVER_INTERPRETED = 5
 FAMILY_LOCALHOST = 252  # `xhost +local:`
@@ -44,27 +43,6 @@ _MAX_REPLY = 1 << 20
 
 def host_entry(uid: int) -> bytes:
     return b"localuser\0#" + str(uid).encode()
-
-
-@dataclass(frozen=True)
-class XAccess:
-    """How to reach the user's X server: the display and the cookie file the user has."""
-
-    display: Display
-    xauthority: str | None
-
-    def to_record(self) -> dict[str, object]:
-        return {"display": self.display.number, "xauthority": self.xauthority}
-
-    @classmethod
-    def from_environment(cls, display: Display, environ: Mapping[str, str]) -> XAccess:
-        return cls(display, environ.get("XAUTHORITY") or None)
-
-    def cookie_file(self) -> Path | None:
-        if self.xauthority:
-            return Path(self.xauthority)
-        home = os.environ.get("HOME")
-        return Path(home) / ".Xauthority" if home else None
 
 
 @dataclass(frozen=True)

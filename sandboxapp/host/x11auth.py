@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from sandboxapp.errors import ExitStatus, SandboxError
 from sandboxapp.host import unixsocket
-from sandboxapp.host.x11 import XAccess
+from sandboxapp.host.display import AUTH_FILE, XAccess
 from sandboxapp.launch.procstat import start_ticks
 
 if TYPE_CHECKING:
@@ -37,7 +37,6 @@ FAMILY_WILD = 0xFFFF
 # the display within this time of its start, and may be away from it no longer.
 TIMEOUT = 300
 # The authorization file inside the sandbox's X directory, and where the sandbox sees it.
-AUTH_FILE = "Xauthority"
 
 
 @dataclass(frozen=True)

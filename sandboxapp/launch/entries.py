@@ -18,8 +18,7 @@ from typing import Any, ClassVar
 
 from sandboxapp.errors import SandboxError
 from sandboxapp.fs import nofollow
-from sandboxapp.host import x11, x11auth
-from sandboxapp.host.display import Display
+from sandboxapp.host.display import AUTH_FILE, Display, XAccess
 from sandboxapp.host.sound import SOUND_CONF, SOUND_SOCKET, SoundServerAddress, unload_socket_module
 from sandboxapp.launch.layer import remove_layer
 from sandboxapp.launch.procstat import is_alive, kill_block
@@ -86,11 +85,10 @@ class TrustedX11Entry(Entry):
     xauthority: str | None
     uid: int
 
-    def access(self) -> x11.XAccess:
-        return x11.XAccess(Display(self.display), self.xauthority)
-
     def undo(self, *, recovering: bool) -> None:
-        x11.revoke(self.access(), self.uid)
+        from sandboxapp.host import x11  # the X clients load only when there is one to undo
+
+        x11.revoke(XAccess(Display(self.display), self.xauthority), self.uid)
 
     def grant_line(self) -> str:
         return f"x11 :{self.display} localuser:#{self.uid} (trusted)"
@@ -112,9 +110,11 @@ class X11AuthEntry(Entry):
 
     def undo(self, *, recovering: bool) -> None:
         if self.authid is not None:
-            x11auth.revoke(x11.XAccess(Display(self.display), self.xauthority), self.authid,
+            from sandboxapp.host import x11auth
+
+            x11auth.revoke(XAccess(Display(self.display), self.xauthority), self.authid,
                            (self.server[0], self.server[1]) if self.server else None)
-        nofollow.remove_user_dir(self.dir, self.user, (x11auth.AUTH_FILE,))
+        nofollow.remove_user_dir(self.dir, self.user, (AUTH_FILE,))
 
     def grant_line(self) -> str:
         return f"x11 :{self.display} untrusted authorization {self.authid}"
