@@ -20,6 +20,7 @@ from sandboxapp.launch.nspawn import Bind
 
 if TYPE_CHECKING:
     from sandboxapp.fs.safepath import DesktopUser
+    from sandboxapp.helper.request import HelperRequest
     from sandboxapp.launch.plan import LaunchPlan
     from sandboxapp.launch.supervisor import Supervisor
 
@@ -78,9 +79,10 @@ class Feature:
     def private_network(self) -> bool:
         return False
 
-    def request_args(self) -> list[str]:
-        """What the privileged helper's request says of it (helper/privileged.py)."""
-        return []
+    def request(self, request: HelperRequest) -> HelperRequest:
+        """The privileged helper's request, with what it says of this feature (helper/request.py):
+        the helper rebuilds the feature from it (features_for)."""
+        return request
 
     def describe(self) -> list[str]:
         """Its lines in `run --dry-run`."""

@@ -4,11 +4,13 @@ first UID on the host list (x11 = "trusted"), and the display's socket, read-onl
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import stat
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 from sandboxapp.errors import ExitStatus, SandboxError
 from sandboxapp.features.base import CheckedPath, Feature, Session, Source
@@ -16,6 +18,9 @@ from sandboxapp.fs.safepath import ensure_user_dir
 from sandboxapp.host.display import AUTH_FILE, Display, XAccess
 from sandboxapp.launch.entries import TrustedX11Entry, X11AuthEntry
 from sandboxapp.launch.nspawn import Bind
+
+if TYPE_CHECKING:
+    from sandboxapp.helper.request import HelperRequest
 
 # The X clients (host/x11.py, host/x11auth.py and python-xlib) are imported by grant, once
 # nspawn is starting: their load is hidden behind the container's start.
@@ -92,9 +97,8 @@ class DisplayAccess(Feature):
             env.append(("XAUTHORITY", str(X11_CONTAINER_DIR / AUTH_FILE)))
         return env
 
-    def request_args(self) -> list[str]:
-        words = ["--display", str(self.display.number)]
-        return words + (["--x11-dir", str(self.x11_dir)] if self.x11_dir is not None else [])
+    def request(self, request: HelperRequest) -> HelperRequest:
+        return dataclasses.replace(request, display=self.display.number, x11_dir=self.x11_dir)
 
     def describe(self) -> list[str]:
         if self.trusted:

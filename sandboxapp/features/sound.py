@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import stat
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import PurePosixPath
+from typing import TYPE_CHECKING
 
 from sandboxapp.errors import ExitStatus, SandboxError
 from sandboxapp.features.base import CheckedPath, Feature, Session, Source
@@ -15,6 +17,9 @@ from sandboxapp.fs.safepath import ensure_user_dir, write_file_no_follow
 from sandboxapp.host.sound import SOUND_DIR_MODE, SoundPaths, SoundServerAddress, server_reachable
 from sandboxapp.launch.entries import SoundEntry
 from sandboxapp.launch.nspawn import Bind
+
+if TYPE_CHECKING:
+    from sandboxapp.helper.request import HelperRequest
 
 # Where the per-sandbox sound socket and its client configuration appear in the container.
 PULSE_DIR = PurePosixPath("/run/sandboxapp/pulse")
@@ -67,8 +72,8 @@ class SoundAccess(Feature):
         return [("PULSE_SERVER", f"unix:{PULSE_SOCKET}"),
                 ("PULSE_CLIENTCONFIG", str(PULSE_CLIENT_CONF))]
 
-    def request_args(self) -> list[str]:
-        return ["--sound-dir", str(self.paths.dir)]
+    def request(self, request: HelperRequest) -> HelperRequest:
+        return dataclasses.replace(request, sound_dir=self.paths.dir)
 
     def describe(self) -> list[str]:
         return [f"sound:    a socket of its own at {PULSE_SOCKET} inside, served by the "

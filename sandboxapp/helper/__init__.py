@@ -1,2 +1,2 @@
-"""The privileged helper: its client (client.py), its root side (privileged.py), and `setup`,
-which installs it (install.py)."""
+"""The privileged helper: the request both sides share (request.py), its client (client.py), its
+root side (privileged.py), and `setup`, which installs it (install.py)."""

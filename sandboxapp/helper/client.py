@@ -2,10 +2,10 @@
 the launcher does anything else, so that the helper's interpreter loads while the launcher reads
 the profile and makes the grants (there are two processes to start, and usually two cores).
 
-The helper then waits for its request: one line, the JSON list of its command-line words, the
-same words it would otherwise get as arguments and trusts no more than those. After that line,
-its input is the stop channel ("stop", or its end). A launcher that gives up before sending a
-request closes the input, and the helper leaves without doing anything.
+The helper then waits for its request (request.py): one line, the JSON list of its command-line
+words, the same words it would otherwise get as arguments and trusts no more than those. After
+that line, its input is the stop channel ("stop", or its end). A launcher that gives up before
+sending a request closes the input, and the helper leaves without doing anything.
 """
 
 from __future__ import annotations

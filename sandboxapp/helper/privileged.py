@@ -11,7 +11,6 @@ launcher is gone), stops the app gracefully. Every launch is logged to a root-ow
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -25,6 +24,7 @@ from sandboxapp.errors import ExitStatus, SandboxError, finish
 from sandboxapp.features import Feature, features_for
 from sandboxapp.fs.safepath import DesktopUser, read_user_file
 from sandboxapp.helper.client import PENDING
+from sandboxapp.helper.request import Action, HelperRequest
 from sandboxapp.image.fs import check_command
 from sandboxapp.image.store import ImageStore
 from sandboxapp.launch.container import ContainerRequest, ContainerSide
@@ -38,31 +38,6 @@ from sandboxapp.profile.model import MAX_FILE_SIZE, Profile, check_profile_name,
 from sandboxapp.profile.parse import parse_profile
 
 TRUSTED_PROFILE_DIRS = (SYSTEM_PROFILE_DIR, SHIPPED_PROFILE_DIR)
-
-
-def _absolute(text: str) -> Path:
-    path = Path(text)
-    if not path.is_absolute() or ".." in path.parts:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an absolute path without '..'")
-    return path
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sandboxapp-privileged")
-    commands = parser.add_subparsers(dest="command", required=True)
-    # launch: a new sandbox; join: the command inside the user's running sandbox;
-    # build, update: a trusted profile's image, for a user's first launch or auto-update.
-    for command in ("launch", "join", "build", "update"):
-        sub = commands.add_parser(command)
-        sub.add_argument("--profile-file", type=_absolute, required=True)
-        sub.add_argument("--data-home", type=_absolute, required=True)
-        sub.add_argument("--display", type=int)
-        sub.add_argument("--x11-dir", type=_absolute)
-        sub.add_argument("--sound-dir", type=_absolute)
-        sub.add_argument("--command", dest="program")
-        sub.add_argument("profile")
-        sub.add_argument("args", nargs=argparse.REMAINDER)
-    return parser
 
 
 def log_safe(text: str) -> str:
@@ -82,10 +57,10 @@ def _log(store: ImageStore, text: str) -> None:
         stream.write(f"{stamp} {text}\n")
 
 
-def _read_profile(args: argparse.Namespace, user: DesktopUser) -> tuple[Profile, bool]:
+def _read_profile(request: HelperRequest, user: DesktopUser) -> tuple[Profile, bool]:
     """The profile, read again from a descriptor: (profile, from a trusted directory)."""
-    name = check_profile_name(args.profile)
-    path: Path = args.profile_file
+    name = check_profile_name(request.profile)
+    path = request.profile_file
     if path.name != f"{name}.toml":
         raise invalid(f"the profile file {path} is not named {name}.toml")
     trusted = path.parent in TRUSTED_PROFILE_DIRS
@@ -106,22 +81,23 @@ class _StderrProgress:
         warn(text)
 
 
-def image_work(args: argparse.Namespace, user: DesktopUser, locations: Locations) -> int:
-    profile, trusted = _read_profile(args, user)
+def image_work(request: HelperRequest, user: DesktopUser, locations: Locations) -> int:
+    action = request.action.value
+    profile, trusted = _read_profile(request, user)
     if not trusted:
         raise SandboxError(
             f"images are built and updated for users only from trusted profiles "
             f"(in {', '.join(map(str, TRUSTED_PROFILE_DIRS))})",
-            hint=f"ask an administrator to run: sudo sandboxapp image {args.command} "
+            hint=f"ask an administrator to run: sudo sandboxapp image {action} "
                  f"{profile.name}", status=ExitStatus.LAUNCHER)
     from sandboxapp.image.build import build_image  # not needed to launch
     from sandboxapp.image.rework import update_image
 
     store = ImageStore(locations.image_dir)
-    _log(store, f"uid={user.uid} profile={profile.name} image {args.command}")
-    if args.command == "update":
+    _log(store, f"uid={user.uid} profile={profile.name} image {action}")
+    if request.action is Action.UPDATE:
         _check_update_interval(store, profile.name)
-    if args.command == "build":
+    if request.action is Action.BUILD:
         build_image(profile, store, _StderrProgress())
     else:
         update_image(profile, store, _StderrProgress())
@@ -144,36 +120,33 @@ def _check_update_interval(store: ImageStore, name: str) -> None:
                  f"{name}", status=ExitStatus.USAGE)
 
 
-def _checked_plan(args: argparse.Namespace, user: DesktopUser,
+def _checked_plan(request: HelperRequest, user: DesktopUser,
                   locations: Locations) -> tuple[LaunchPlan, bool, tuple[Feature, ...]]:
     """The request, re-read and re-checked: (plan, profile trusted, its features); the X and
     sound directories are checked against the profile too."""
-    profile, trusted = _read_profile(args, user)
+    profile, trusted = _read_profile(request, user)
     name = profile.name
-    extra = list(args.args)
-    if extra and extra[0] == "--":
-        extra = extra[1:]
-    environ = {"DISPLAY": f":{args.display}"} if args.display is not None else {}
-    if profile.sandbox.x11 and args.display is None:
+    environ = {"DISPLAY": f":{request.display}"} if request.display is not None else {}
+    if profile.sandbox.x11 and request.display is None:
         raise SandboxError("the profile needs the X display, and none was given",
                            status=ExitStatus.LAUNCHER)
-    if args.x11_dir is not None and (not profile.sandbox.x11 or profile.sandbox.x11_trusted):
+    if request.x11_dir is not None and (not profile.sandbox.x11 or profile.sandbox.x11_trusted):
         raise SandboxError("an X directory was given, but the profile's display access is not "
                            "x11 = true", status=ExitStatus.LAUNCHER)
-    if args.sound_dir is not None and not profile.sandbox.pulseaudio:
+    if request.sound_dir is not None and not profile.sandbox.pulseaudio:
         raise SandboxError("sound was asked for, but the profile has none",
                            status=ExitStatus.LAUNCHER)
-    if args.program is not None and not args.program:
+    if request.program is not None and not request.program:
         raise invalid("--command needs a program")
-    plan = plan_launch(profile, extra, locations, environ, instance=f"u{user.uid}",
-                       program=args.program)
+    plan = plan_launch(profile, request.args, locations, environ, instance=f"u{user.uid}",
+                       program=request.program)
     image = ImageStore(locations.image_dir).require(name)
     check_command(image.rootfs, plan.command[0])
-    return plan, trusted, features_for(plan, x11_dir=args.x11_dir, sound_dir=args.sound_dir)
+    return plan, trusted, features_for(plan, x11_dir=request.x11_dir, sound_dir=request.sound_dir)
 
 
-def join_running(args: argparse.Namespace, user: DesktopUser, locations: Locations) -> int:
-    plan, _, _ = _checked_plan(args, user, locations)
+def join_running(request: HelperRequest, user: DesktopUser, locations: Locations) -> int:
+    plan, _, _ = _checked_plan(request, user, locations)
     _log(ImageStore(locations.image_dir),
          f"uid={user.uid} profile={plan.profile.name} join args={plan.command!r}")
     return join(RunDir(locations.run_dir), plan, user)
@@ -184,15 +157,17 @@ def join_running(args: argparse.Namespace, user: DesktopUser, locations: Locatio
 STOPPING_WAIT = STOP_TIMEOUT + 5.0
 
 
-def launch(args: argparse.Namespace, user: DesktopUser, locations: Locations) -> int:
+def launch(request: HelperRequest, user: DesktopUser, locations: Locations,
+           from_input: bool) -> int:
     """A new sandbox. A request read from the input (the launcher's, helper/client.py) comes
     before the grants are made: the app's gate opens on the input's "open"; a request on the
     command line opens it at once."""
-    plan, trusted, features = _checked_plan(args, user, locations)
+    plan, trusted, features = _checked_plan(request, user, locations)
     name, path, extra = plan.profile.name, plan.profile.path, plan.command
     store = ImageStore(locations.image_dir)
     _log(store, f"uid={user.uid} profile={name} file={path} trusted={trusted} "
-                f"display={args.display} sound={args.sound_dir is not None} args={extra!r}")
+                f"display={request.display} sound={request.sound_dir is not None} "
+                f"args={extra!r}")
     run_dir = RunDir(locations.run_dir)
     supervisor = Supervisor(run_dir, warn=warn)
     # The user's launcher joins a launch of its own that runs: a request to launch while the
@@ -202,9 +177,9 @@ def launch(args: argparse.Namespace, user: DesktopUser, locations: Locations) ->
     with ExitStack() as stack:
         if not supervisor.begin(stack, name, wait=wait):
             raise supervisor.run_dir.already_running(name)
-        request = ContainerRequest(plan, user, trusted_profile=trusted, features=features)
-        status = ContainerSide(supervisor, request, sys.stderr, control_fd=sys.stdin.fileno(),
-                               wait_for_open=args.from_input).run(stack)
+        side = ContainerRequest(plan, user, trusted_profile=trusted, features=features)
+        status = ContainerSide(supervisor, side, sys.stderr, control_fd=sys.stdin.fileno(),
+                               wait_for_open=from_input).run(stack)
     _log(store, f"uid={user.uid} profile={name} exit={status}")
     if supervisor.signalled is not None:
         return 128 + supervisor.signalled
@@ -239,12 +214,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from_input = words == [PENDING]
     if from_input:
         # Started ahead of its request (see helper/client.py): it is the input's first line.
-        request = _read_request()
-        if request is None:
+        sent = _read_request()
+        if sent is None:
             return int(ExitStatus.LAUNCHER)  # the launcher gave up before asking anything
-        words = request
-    args = _parser().parse_args(words)
-    args.from_input = from_input
+        words = sent
+    request = HelperRequest.parse(words)
     # Nothing from the caller's environment counts but the identity sudo vouches for; the
     # store and run directories are the ones `sandboxapp setup` wrote into the wrapper.
     user = DesktopUser.from_environment(os.environ)
@@ -254,11 +228,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     # and records, so two users' sandboxes of one profile never meet.
     locations = Locations(image_dir=Path(image_dir),
                           run_dir=RunDir(Path(run_dir)).for_user(user.uid).root,
-                          config_home=Path("/nonexistent"), data_home=args.data_home)
+                          config_home=Path("/nonexistent"), data_home=request.data_home)
     try:
-        handler = {"join": join_running, "launch": launch, "build": image_work,
-                   "update": image_work}[args.command]
-        return handler(args, user, locations)
+        if request.action is Action.LAUNCH:
+            return launch(request, user, locations, from_input)
+        if request.action is Action.JOIN:
+            return join_running(request, user, locations)
+        return image_work(request, user, locations)
     except SandboxError as error:
         report(error, sys.stderr)
         return int(error.status)

@@ -12,11 +12,13 @@ made; the undo copes with a thing that was never made.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import subprocess
 import sys
 from collections.abc import Callable, Mapping
 from contextlib import ExitStack
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sandboxapp.command import base_env, run_attached
@@ -24,6 +26,7 @@ from sandboxapp.errors import ExitStatus, SandboxError
 from sandboxapp.features import Feature, Session, prepare_features
 from sandboxapp.fs.safepath import DesktopUser
 from sandboxapp.helper.client import PendingHelper, helper_argv
+from sandboxapp.helper.request import Action, HelperRequest
 from sandboxapp.image.fs import check_command
 from sandboxapp.launch.ledger import RunDir
 from sandboxapp.launch.plan import LaunchPlan
@@ -78,17 +81,16 @@ class Launch:
 
     # -- the root side, through the helper ---------------------------------------------------
 
-    def _helper_words(self, action: str, features: tuple[Feature, ...] = ()) -> list[str]:
+    def _request(self, action: Action, features: tuple[Feature, ...] = ()) -> HelperRequest:
         plan = self.plan
-        argv = [action,
-                "--profile-file", str(plan.profile.path.absolute()),
-                "--data-home", str(self.locations.data_home)]
-        if plan.display is not None and action == "join":
-            argv += ["--display", str(plan.display.number)]
-        argv += [word for feature in features for word in feature.request_args()]
-        if plan.program:
-            argv += ["--command", plan.program]
-        return [*argv, plan.profile.name, "--", *plan.extra_args]
+        request = HelperRequest(action, plan.profile.name, plan.profile.path.absolute(),
+                                self.locations.data_home, program=plan.program,
+                                args=plan.extra_args)
+        if plan.display is not None:
+            request = dataclasses.replace(request, display=plan.display.number)
+        for feature in features:
+            request = feature.request(request)
+        return request
 
     def _start_through_helper(self, stack: ExitStack,
                               features: tuple[Feature, ...]) -> subprocess.Popen[str]:
@@ -96,7 +98,7 @@ class Launch:
         opens the gate when this launcher says "open" on its input."""
         self.supervisor.check_interrupted()
         assert self.helper is not None
-        process = self.helper.send(self._helper_words("launch", features))
+        process = self.helper.send(self._request(Action.LAUNCH, features).words())
         assert process.stderr is not None and process.stdout is not None
         self.relay.raw(process.stdout, sys.stdout.fileno())
         self.relay.lines(process.stderr, self.stderr)
@@ -141,7 +143,7 @@ class Launch:
         # A fresh helper: the joined command gets the launcher's own input, through a pipe.
         from sandboxapp.launch.join import run_without_terminal
 
-        argv = helper_argv(self._helper_words("join"))
+        argv = helper_argv(self._request(Action.JOIN).words())
         return run_without_terminal(argv, base_env({"TERM": self.environ.get("TERM", "dumb")}))
 
     # -- the whole launch --------------------------------------------------------------------
@@ -200,9 +202,9 @@ class Launch:
 def helper_image_work(action: str, profile: Profile) -> None:
     """A desktop user's first launch builds (or an auto-update updates) the image through the
     privileged helper; it does so for trusted profiles only."""
-    argv = helper_argv([action, "--profile-file", str(profile.path.absolute()),
-                        "--data-home", "/nonexistent", profile.name])
-    status = run_attached(argv, env=base_env())
+    request = HelperRequest(Action(action), profile.name, profile.path.absolute(),
+                            Path("/nonexistent"))
+    status = run_attached(helper_argv(request.words()), env=base_env())
     if status != 0:
         done = {"build": "built", "update": "updated"}[action]
         raise SandboxError(f"the image for {profile.name} could not be {done} here",

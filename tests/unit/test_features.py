@@ -20,7 +20,7 @@ from sandboxapp.features.display import DisplayAccess
 from sandboxapp.features.files import ReadOnlyBinds
 from sandboxapp.features.sound import PULSE_CLIENT_CONF_TEXT, SoundAccess
 from sandboxapp.fs.safepath import DesktopUser
-from sandboxapp.helper.privileged import _parser
+from sandboxapp.helper.request import Action, HelperRequest
 from sandboxapp.host import display as display_module
 from sandboxapp.launch.entries import SoundEntry, X11AuthEntry
 from sandboxapp.launch.hostfacts import HostFacts
@@ -90,11 +90,12 @@ def test_the_helper_rebuilds_from_the_request_what_the_session_side_prepared(
         assert [type(f).__name__ for f in prepared] == [
             "PersistentDirs", "ReadOnlyBinds", "DisplayAccess", "SoundAccess", "SessionBus",
             "NetworkAccess"]
-        words = [word for f in prepared for word in f.request_args()]
-        args = _parser().parse_args(["launch", "--profile-file", "/p/app.toml",
-                                     "--data-home", "/d", *words, "app"])
-        rebuilt = features_for(plan, x11_dir=args.x11_dir, sound_dir=args.sound_dir)
-        assert args.display == 7
+        request = HelperRequest(Action.LAUNCH, "app", Path("/p/app.toml"), Path("/d"))
+        for feature in prepared:
+            request = feature.request(request)
+        parsed = HelperRequest.parse(request.words())
+        assert parsed == request and parsed.display == 7
+        rebuilt = features_for(plan, x11_dir=parsed.x11_dir, sound_dir=parsed.sound_dir)
         assert _view(rebuilt, plan) == _view(prepared, plan)
 
 
@@ -194,3 +195,25 @@ def test_a_sound_entry_is_recorded_with_the_servers_socket(tmp_path: Path, socke
         (entry,) = record.entries
         assert isinstance(entry, SoundEntry)
         assert entry.server == str(sockets / "pulse-native") and entry.index is None
+
+
+def test_a_request_reads_back_as_it_was_written() -> None:
+    request = HelperRequest(Action.LAUNCH, "app", Path("/p/app.toml"), Path("/home/u/.local"),
+                            display=3, sound_dir=Path("/run/user/1/sandboxapp/app"),
+                            program="/bin/sh", args=("-c", "--", "--x11-dir=/etc"))
+    assert HelperRequest.parse(request.words()) == request
+
+
+@pytest.mark.parametrize("words", [
+    ["launch", "--profile-file", "app.toml", "--data-home", "/d", "app"],
+    ["launch", "--profile-file", "/p/app.toml", "--data-home", "/d/../etc", "app"],
+    ["launch", "--profile-file", "/p/app.toml", "--data-home", "/d", "--x11-dir", "x", "app"],
+    ["shell", "--profile-file", "/p/app.toml", "--data-home", "/d", "app"],
+    ["launch", "--data-home", "/d", "app"],
+])
+def test_a_request_with_a_relative_path_or_an_unknown_action_is_refused(
+        words: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        HelperRequest.parse(words)
+    assert exited.value.code == 2
+    assert "sandboxapp-privileged" in capsys.readouterr().err
