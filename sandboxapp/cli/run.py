@@ -98,16 +98,21 @@ def _image_work(action: str, profile: Profile, locations: Locations) -> None:
 
 
 def cmd_run(args: argparse.Namespace, locations: Locations) -> int:
-    helper = None
-    if not args.dry_run and os.geteuid() != 0:
-        # First of all: the privileged helper's interpreter then loads while this one does.
+    # The command line's entry has usually started it (cli.early_helper); else, first of all
+    # here: the privileged helper's interpreter then loads while this one does.
+    helper: PendingHelper | None = getattr(args, "helper", None)
+    started_here = False
+    if helper is None and not args.dry_run and os.geteuid() != 0:
         from sandboxapp.helper.client import PendingHelper
 
         helper = PendingHelper(os.environ)
+        started_here = True
+    elif args.dry_run:
+        helper = None
     try:
         return _run(args, locations, helper)
     finally:
-        if helper is not None:
+        if started_here and helper is not None:
             helper.abandon()
 
 

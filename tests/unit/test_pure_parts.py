@@ -164,3 +164,20 @@ def test_the_parser_for_one_command_parses_it_as_the_whole_one_does() -> None:
             build_parser().parse_args(words))
     assert set(COMMANDS) == {"list", "run", "ps", "stop", "doctor", "shell", "cleanup",
                              "setup", "desktop", "image"}
+
+
+@pytest.mark.parametrize(("words", "launches"), [
+    (["run", "firefox"], True),
+    (["run", "--command", "/bin/sh", "firefox", "--", "-c", "true"], True),
+    (["run", "firefox", "--", "--help"], True),  # the program's own option
+    (["run", "--dry-run", "firefox"], False),
+    (["run", "firefox", "--dry-run"], False),  # in doubt: argparse decides, later
+    (["run", "--help"], False),
+    (["ps"], False),
+    ([], False),
+])
+def test_a_desktop_users_helper_starts_first_only_for_a_real_launch(
+        words: list[str], launches: bool) -> None:
+    from sandboxapp.cli import starts_a_launch
+
+    assert starts_a_launch(words) is launches
