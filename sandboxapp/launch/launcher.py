@@ -1,9 +1,9 @@
 """One launch, as `sandboxapp run` does it.
 
-The session side (the desktop user's: X grant, sound socket, persistent directories) and the
-root side (layer, binds, systemd-nspawn; see container.py) run in one process when sandboxapp
-runs as root. A desktop user's launcher does the session side itself and reaches the root side
-through the privileged helper that `sandboxapp setup` installs (sudo, one narrow entry point).
+The session side (the desktop user's: the grants of features/) and the root side (layer, binds,
+systemd-nspawn; see container.py) run in one process when sandboxapp runs as root. A desktop
+user's launcher does the session side itself and reaches the root side through the privileged
+helper that `sandboxapp setup` installs (sudo, one narrow entry point).
 
 Each resource is written to the ledger and its undo registered on the ExitStack *before* it is
 made; the undo copes with a thing that was never made.
