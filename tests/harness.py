@@ -109,6 +109,39 @@ class SoundServer:
                 "PULSE_SERVER": f"unix:{self.socket}",
                 "HOME": str(self.runtime_dir)}
 
+    @contextlib.contextmanager
+    def client(self) -> Iterator[Any]:
+        """A pulsectl client of this server (libpulse, like any program of the user's), with
+        the server's cookie."""
+        import pulsectl
+
+        previous = os.environ.get("PULSE_COOKIE")
+        # libpulse reads it from the environment when the client connects.
+        os.environ["PULSE_COOKIE"] = str(self.runtime_dir / ".config" / "pulse" / "cookie")
+        try:
+            with pulsectl.Pulse("sandboxapp tests", server=f"unix:{self.socket}") as pulse:
+                yield pulse
+        finally:
+            if previous is None:
+                os.environ.pop("PULSE_COOKIE", None)
+            else:
+                os.environ["PULSE_COOKIE"] = previous
+
+    def modules(self) -> list[tuple[int, str, str]]:
+        """(index, name, argument) of every module the server has loaded."""
+        with self.client() as pulse:
+            return [(m.index, m.name, m.argument or "") for m in pulse.module_list()]
+
+    def answers(self) -> bool:
+        import pulsectl
+
+        try:
+            with self.client() as pulse:
+                pulse.server_info()
+        except pulsectl.PulseError:
+            return False
+        return True
+
 
 @contextlib.contextmanager
 def sound_server(workdir: Path, run_as: tuple[int, int] | None = None) -> Iterator[SoundServer]:
@@ -133,9 +166,7 @@ def sound_server(workdir: Path, run_as: tuple[int, int] | None = None) -> Iterat
         server = SoundServer(runtime, socket, process)
         deadline = time.monotonic() + 15
         while True:
-            probe = subprocess.run(["pactl", "info"], env=server.client_env(),
-                                   capture_output=True, check=False)
-            if probe.returncode == 0:
+            if server.answers():
                 break
             if process.poll() is not None or time.monotonic() > deadline:
                 err = process.stderr.read().decode(errors="replace") if process.stderr else ""
@@ -162,9 +193,7 @@ def pipewire_server(workdir: Path) -> Iterator[SoundServer]:
                                  stderr=subprocess.DEVNULL)
         try:
             server = SoundServer(runtime, runtime / "pulse" / "native", pulse)
-            _wait_for(lambda: subprocess.run(["pactl", "info"], env=server.client_env(),
-                                             capture_output=True).returncode == 0,
-                      15, "PipeWire's PulseAudio server")
+            _wait_for(server.answers, 15, "PipeWire's PulseAudio server")
             yield server
         finally:
             stop(pulse)

@@ -21,7 +21,7 @@ from sandboxapp.fs import nofollow
 from sandboxapp.host.display import AUTH_FILE, Display, XAccess
 from sandboxapp.host.sound import SOUND_CONF, SOUND_SOCKET, SoundServerAddress, unload_socket_module
 from sandboxapp.launch.layer import remove_layer
-from sandboxapp.launch.procstat import is_alive, kill_block
+from sandboxapp.launch.procstat import is_alive
 
 
 @dataclass
@@ -53,7 +53,10 @@ class ContainerEntry(Entry):
 
     def undo(self, *, recovering: bool) -> None:
         # nspawn runs with a parent-death signal, so this finds something only when that
-        # failed; its container's processes die with it.
+        # failed; the kernel ends its PID namespace, and the container in it, with it. What
+        # could still run of the container is rooted in its layer, which the layer's own undo
+        # ends (layer.kill_processes_in). Not the image's whole UID block: another user's
+        # sandbox of the same image runs in it too, under a lock and a record of its own.
         if self.pid is not None and is_alive(self.pid, self.started):
             import psutil  # off the launch path: only needed here
 
@@ -61,10 +64,6 @@ class ContainerEntry(Entry):
                 process = psutil.Process(self.pid)
                 process.send_signal(signal.SIGKILL)
                 process.wait(timeout=10)
-        # After a crash, whatever still runs in the image's UID block is the container's
-        # (its launcher's profile lock, which the caller holds, keeps any other out).
-        if recovering:
-            kill_block(self.uid)
 
 
 @dataclass

@@ -1,14 +1,6 @@
-"""Process identities from /proc, and the processes of a UID block."""
+"""Process identities from /proc."""
 
 from __future__ import annotations
-
-import contextlib
-import os
-import signal
-import time
-
-from sandboxapp.errors import SandboxError
-from sandboxapp.image.uidrange import BLOCK_SIZE
 
 
 def _stat_fields(pid: int) -> list[str] | None:
@@ -53,34 +45,3 @@ def namespace_pid(pid: int) -> int | None:
         pass
     return None
 
-
-def processes_in_block(base: int) -> list[int]:
-    """Live processes running as a UID of the block that starts at base: a container's, since
-    the block belongs to one image and no host account. Zombies are dead already."""
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/status", encoding="ascii", errors="replace") as status:
-                fields = dict(line.split(":", 1) for line in status if ":" in line)
-            uid = int(fields["Uid"].split()[0])
-            zombie = fields["State"].split()[0] == "Z"
-        except (OSError, KeyError, IndexError, ValueError):
-            continue
-        if base <= uid < base + BLOCK_SIZE and not zombie:
-            found.append(int(name))
-    return found
-
-
-def kill_block(base: int, timeout: float = 10.0) -> None:
-    """SIGKILL every process of the UID block, and wait until they are gone."""
-    deadline = time.monotonic() + timeout
-    while pids := processes_in_block(base):
-        if time.monotonic() > deadline:
-            raise SandboxError(f"processes {', '.join(map(str, pids))} of UID block {base} "
-                               "did not die")
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        time.sleep(0.05)

@@ -1,5 +1,5 @@
 """Helpers for launch tests: profile variants on the shared test image, and the real tools a
-user would look with (xhost, pactl)."""
+user would look with (xhost, and a pulsectl client of the sound server)."""
 
 from __future__ import annotations
 
@@ -133,12 +133,10 @@ class Session:
                              text=True, check=True).stdout
         return [line.strip() for line in out.splitlines()[1:] if line.strip()]
 
-    def socket_modules(self) -> list[str]:
+    def socket_modules(self) -> list[tuple[int, str, str]]:
         assert self.sound is not None
-        out = subprocess.run(["pactl", "list", "short", "modules"],
-                             env=self.sound.client_env(), capture_output=True, text=True,
-                             check=True).stdout
-        return [line for line in out.splitlines() if "module-native-protocol-unix" in line]
+        return [module for module in self.sound.modules()
+                if module[1] == "module-native-protocol-unix"]
 
 
 def wait_for_file(path: Path, process: subprocess.Popen[str] | None = None,

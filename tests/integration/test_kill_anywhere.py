@@ -4,6 +4,7 @@ next launch does not take back, and never touches the persistent files."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -16,7 +17,10 @@ from tests.integration.launching import (
     NAME,
     Session,
     image_uid,
+    sandbox_processes,
+    wait_for_file,
     wait_for_no_sandbox_processes,
+    waiting_command,
     write_variant,
 )
 
@@ -101,3 +105,44 @@ def test_sigkill_at_twenty_moments_of_a_launch_leaves_nothing(session: Session,
     final = session.run(str(profile))
     assert final.returncode == 0, final.stderr
     assert not left_behind(session, grants, modules)
+
+
+def test_cleaning_up_after_a_crash_spares_another_sandbox_of_the_same_image(
+        session: Session, tmp_path: Path) -> None:
+    """A launch killed with SIGKILL leaves a record naming the image's UID block, which every
+    sandbox of that image runs in, a desktop user's too (with a run directory, lock and record
+    of its own). The cleanup that takes back the crashed launch must end only what is its own:
+    the other sandbox, running meanwhile, runs on."""
+    profile = write_variant(session.profiles, waiting_command(), FULL_SANDBOX)
+    launch = session.start(str(profile))
+    try:
+        wait_for_file(session.persist_dir() / "ready", launch)
+        # Its processes but the loop's short-lived sleeps.
+        running = {p for p in sandbox_processes(image_uid(session)) if not p.endswith(" sleep")}
+        assert running
+        # What a crashed launch of the image leaves, in a run directory of its own.
+        crashed = tmp_path / "crashed-run"
+        crashed.mkdir(mode=0o700)
+        (crashed / f"{NAME}.json").write_text(json.dumps({
+            "version": 1, "profile": NAME, "pid": 999999999, "started": 1.0, "next_id": 2,
+            "entries": [{"id": 1, "kind": "container", "machine": f"sandboxapp-{NAME}",
+                         "uid": image_uid(session), "user": 0, "profile_file": str(profile),
+                         "pid": None, "started": None}]}))
+        result = session.sandboxapp("cleanup",
+                                    env={**session.env(), "SANDBOXAPP_RUN_DIR": str(crashed)})
+        assert result.returncode == 0, result.stderr
+        assert f"cleaned up after {NAME}" in result.stdout, result.stdout
+        assert not (crashed / f"{NAME}.json").exists()
+        # The running sandbox lost nothing: its processes, its launcher.
+        assert launch.poll() is None, launch.communicate()
+        assert running <= set(sandbox_processes(image_uid(session)))
+        (session.persist_dir() / "go").touch()
+        assert launch.wait(timeout=60) == 0, launch.stderr.read() if launch.stderr else ""
+    finally:
+        # Stopped the way a user stops it, so that it takes back all it holds.
+        (session.persist_dir() / "go").touch()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            launch.wait(timeout=30)
+        if launch.poll() is None:
+            launch.terminate()
+            launch.wait(timeout=30)

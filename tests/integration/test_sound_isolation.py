@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import socket
 import struct
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,10 +32,8 @@ ATTACKS = ("pactl load-module module-null-sink sink_name=evil; echo null-sink $?
            "pactl set-default-sink evil; echo default $?")
 
 
-def modules(sound: SoundServer) -> list[str]:
-    out = subprocess.run(["pactl", "list", "short", "modules"], env=sound.client_env(),
-                         capture_output=True, text=True, check=True).stdout
-    return sorted(line.split("\t", 1)[1] for line in out.splitlines() if "\t" in line)
+def modules(sound: SoundServer) -> list[tuple[str, str]]:
+    return sorted((name, argument) for _, name, argument in sound.modules())
 
 
 @pytest.fixture(params=["pulseaudio", "pipewire"])
