@@ -101,19 +101,15 @@ def cmd_run(args: argparse.Namespace, locations: Locations) -> int:
     # The command line's entry has usually started it (cli.early_helper); else, first of all
     # here: the privileged helper's interpreter then loads while this one does.
     helper: PendingHelper | None = getattr(args, "helper", None)
-    started_here = False
-    if helper is None and not args.dry_run and os.geteuid() != 0:
-        from sandboxapp.helper.client import PendingHelper
+    if helper is not None or args.dry_run or os.geteuid() == 0:
+        return _run(args, locations, helper)
+    from sandboxapp.helper.client import PendingHelper
 
-        helper = PendingHelper(os.environ)
-        started_here = True
-    elif args.dry_run:
-        helper = None
+    helper = PendingHelper(os.environ)
     try:
         return _run(args, locations, helper)
     finally:
-        if started_here and helper is not None:
-            helper.abandon()
+        helper.abandon()
 
 
 def _run(args: argparse.Namespace, locations: Locations, helper: PendingHelper | None) -> int:

@@ -147,7 +147,8 @@ class SoundEntry(Entry):
         remove_sound_dir(Path(self.dir))
 
     def grant_line(self) -> str:
-        return f"sound {self.socket if self.index is None else 'shared socket'}"
+        # The sandbox's own socket, served by the proxy (or, from an earlier release, a module).
+        return f"sound {self.socket}"
 
 
 @dataclass

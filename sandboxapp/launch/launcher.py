@@ -86,7 +86,8 @@ class Launch:
         request = HelperRequest(action, plan.profile.name, plan.profile.path.absolute(),
                                 self.locations.data_home, program=plan.program,
                                 args=plan.extra_args)
-        if plan.display is not None:
+        if action is Action.JOIN and plan.display is not None:
+            # A join makes no grant: the display is only named, for the command's environment.
             request = dataclasses.replace(request, display=plan.display.number)
         for feature in features:
             request = feature.request(request)
