@@ -12,8 +12,10 @@ import os
 import pwd
 import secrets
 import shutil
+import signal
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -102,6 +104,7 @@ class SoundServer:
     runtime_dir: Path
     socket: Path  # the server's own native socket, as the user's session has it
     process: subprocess.Popen[bytes]
+    kind: str = "pulseaudio"  # or "pipewire"
 
     def client_env(self) -> dict[str, str]:
         return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
@@ -143,12 +146,42 @@ class SoundServer:
         return True
 
 
+# What a Debian desktop's PulseAudio loads (/etc/pulse/default.pa), less the lines that look
+# for hardware or a login manager this machine does not have; a null sink stands in for the
+# speakers and a sine source for a microphone.
+HARDWARE_MODULES = ("module-udev-detect", "module-detect", "module-bluetooth-discover",
+                    "module-jackdbus-detect", "module-systemd-login", "module-console-kit")
+TEST_SINK = "sandboxapp_test_sink"
+TEST_MICROPHONE = "sandboxapp_test_mic"
+
+
+def desktop_config(default_pa: Path = Path("/etc/pulse/default.pa")) -> str:
+    lines = []
+    for line in default_pa.read_text().splitlines():
+        words = line.split()
+        if words[:1] == ["load-module"] and len(words) > 1 and words[1] in HARDWARE_MODULES:
+            continue
+        if words[:1] == [".include"]:
+            continue  # the machine's drop-ins are not the test's
+        lines.append(line)
+    if not any(line.startswith("load-module module-filter-apply") for line in lines):
+        raise HarnessError(f"{default_pa} is not Debian's: it loads no module-filter-apply")
+    lines += [".fail",
+              f"load-module module-null-sink sink_name={TEST_SINK}",
+              f"load-module module-sine-source source_name={TEST_MICROPHONE} frequency=440",
+              f"set-default-sink {TEST_SINK}"]
+    return "\n".join(lines) + "\n"
+
+
 @contextlib.contextmanager
 def sound_server(workdir: Path, run_as: tuple[int, int] | None = None) -> Iterator[SoundServer]:
-    """A PulseAudio daemon; run_as (uid, gid) runs it as that user, as a desktop session does."""
+    """A PulseAudio daemon loading what a Debian desktop's does (desktop_config); run_as (uid,
+    gid) runs it as that user, as a desktop session does."""
     require_programs("pulseaudio", "pactl")
     runtime = Path(tempfile.mkdtemp(prefix="pulse-", dir=workdir))
     runtime.chmod(0o700)
+    config = runtime / "default.pa"
+    config.write_text(desktop_config())
     prefix: list[str] = []
     if run_as is not None:
         os.chown(runtime, *run_as)
@@ -158,8 +191,7 @@ def sound_server(workdir: Path, run_as: tuple[int, int] | None = None) -> Iterat
            "HOME": str(runtime)}
     process = subprocess.Popen(
         [*prefix, "pulseaudio", "--daemonize=no", "--exit-idle-time=-1", "-n", "--disallow-exit",
-         "--load=module-null-sink sink_name=sandboxapp_test_sink",
-         f"--load=module-native-protocol-unix socket={socket}", "--log-target=stderr"],
+         "-F", str(config), "--log-target=stderr"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     try:
@@ -179,26 +211,40 @@ def sound_server(workdir: Path, run_as: tuple[int, int] | None = None) -> Iterat
 
 @contextlib.contextmanager
 def pipewire_server(workdir: Path) -> Iterator[SoundServer]:
-    """PipeWire with its PulseAudio server, as Debian's desktops run it by default."""
-    require_programs("pipewire", "pipewire-pulse", "pactl")
+    """PipeWire with WirePlumber and its PulseAudio server, as Debian's desktops run it (on a
+    D-Bus session bus of its own, which WirePlumber needs), with a null sink for speakers."""
+    require_programs("pipewire", "pipewire-pulse", "wireplumber", "dbus-run-session", "pactl")
     runtime = Path(tempfile.mkdtemp(prefix="pipewire-", dir=workdir))
     runtime.chmod(0o700)
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "XDG_RUNTIME_DIR": str(runtime),
            "HOME": str(runtime)}
-    core = subprocess.Popen(["pipewire"], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    script = ("pipewire & while [ ! -e \"$XDG_RUNTIME_DIR/pipewire-0\" ]; do sleep 0.05; done; "
+              "wireplumber & pipewire-pulse & wait")
+    group = subprocess.Popen(["dbus-run-session", "--", "/bin/sh", "-c", script], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
     try:
-        _wait_for(lambda: (runtime / "pipewire-0").exists(), 10, "the PipeWire socket")
-        pulse = subprocess.Popen(["pipewire-pulse"], env=env, stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.DEVNULL)
-        try:
-            server = SoundServer(runtime, runtime / "pulse" / "native", pulse)
-            _wait_for(server.answers, 15, "PipeWire's PulseAudio server")
-            yield server
-        finally:
-            stop(pulse)
+        server = SoundServer(runtime, runtime / "pulse" / "native", group, "pipewire")
+        _wait_for(server.answers, 15, "PipeWire's PulseAudio server")
+        subprocess.run(["pactl", "load-module", "module-null-sink", f"sink_name={TEST_SINK}"],
+                       env=server.client_env(), check=True, capture_output=True, timeout=10)
+        _wait_for(lambda: _has_sink(server, TEST_SINK), 10, "PipeWire's null sink")
+        subprocess.run(["pactl", "set-default-sink", TEST_SINK], env=server.client_env(),
+                       check=True, capture_output=True, timeout=10)
+        yield server
     finally:
-        stop(core)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group.pid, signal.SIGTERM)
+        try:
+            group.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(group.pid, signal.SIGKILL)
+            group.wait()
+
+
+def _has_sink(server: SoundServer, name: str) -> bool:
+    with server.client() as pulse:
+        return any(sink.name == name for sink in pulse.sink_list())
 
 
 @dataclass
@@ -262,7 +308,7 @@ def recording(server: SoundServer, path: Path) -> Iterator[None]:
     """Record the test sink's monitor (what anything played on the server sounds like)."""
     with path.open("wb") as out:
         process = subprocess.Popen(
-            ["parec", "--device=sandboxapp_test_sink.monitor", "--format=s16le", "--channels=1",
+            ["parec", f"--device={TEST_SINK}.monitor", "--format=s16le", "--channels=1",
              "--rate=44100", "--raw"],
             env=server.client_env(), stdout=out, stderr=subprocess.DEVNULL,
         )
@@ -337,3 +383,75 @@ def screenshot(server: XServer, path: Path) -> tuple[int, int, int]:
            + chunk(b"IEND", b""))
     path.write_bytes(png)
     return width, height, len(colours)
+
+
+@dataclass
+class ServerEvent:
+    facility: str  # "module", "client", "sink_input", "source_output"
+    kind: str  # "new", "change", "remove"
+    index: int
+    name: str = ""  # a module's name, where it could still be read
+    properties: dict[str, str] | None = None  # a client's or stream's, where it could be read
+
+
+class ServerWatch:
+    """Every module, client and stream the sound server creates or changes while it runs, as a
+    pulsectl client of the user's sees them (read at once: a short-lived one may be gone)."""
+
+    def __init__(self, server: SoundServer) -> None:
+        self.server = server
+        self.events: list[ServerEvent] = []
+        self.stopping = False
+        self.ready = threading.Event()
+        self.thread = threading.Thread(target=self._watch, daemon=True, name="server watch")
+
+    def __enter__(self) -> ServerWatch:
+        self.thread.start()
+        if not self.ready.wait(15):
+            raise HarnessError("the sound server's events could not be watched")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopping = True
+        self.thread.join(timeout=15)
+
+    def _watch(self) -> None:
+        import pulsectl
+
+        with self.server.client() as pulse:
+            seen: list[Any] = []
+            pulse.event_mask_set("module", "client", "sink_input", "source_output")
+            pulse.event_callback_set(seen.append)
+            self.ready.set()
+            while not self.stopping:
+                pulse.event_listen(timeout=0.2)
+                for event in seen:
+                    self.events.append(self._read(pulse, pulsectl, event))
+                seen.clear()
+
+    @staticmethod
+    def _read(pulse: Any, pulsectl: Any, event: Any) -> ServerEvent:
+        # pulsectl's enum values compare equal to their names.
+        facility = next(name for name in ("module", "client", "sink_input", "source_output")
+                        if event.facility == name)
+        kind = next(name for name in ("new", "change", "remove") if event.t == name)
+        index = int(event.index)
+        found = ServerEvent(facility, kind, index)
+        if kind == "remove":
+            return found
+        lookup = {"module": pulse.module_info, "client": pulse.client_info,
+                  "sink_input": pulse.sink_input_info,
+                  "source_output": pulse.source_output_info}[facility]
+        with contextlib.suppress(pulsectl.PulseIndexError, pulsectl.PulseOperationFailed):
+            info = lookup(index)
+            found.name = str(getattr(info, "name", "") or "")
+            found.properties = dict(getattr(info, "proplist", {}) or {})
+        return found
+
+    def modules_loaded(self) -> list[ServerEvent]:
+        return [event for event in self.events if event.facility == "module"
+                and event.kind == "new"]
+
+    def properties_seen(self) -> list[dict[str, str]]:
+        return [event.properties for event in self.events
+                if event.facility != "module" and event.properties is not None]

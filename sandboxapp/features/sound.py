@@ -78,8 +78,10 @@ class SoundAccess(Feature):
     def describe(self) -> list[str]:
         return [f"sound:    a socket of its own at {PULSE_SOCKET} inside, served by the "
                 "launcher while it runs: playback only"
-                + (" and recording (microphone = true)" if self.microphone else "")
-                + "; modules, other programs' streams and devices are refused"]
+                + (" and recording from a microphone (microphone = true)"
+                   if self.microphone else "")
+                + "; modules, other programs' streams, devices and properties that make the "
+                "server act are refused"]
 
     def grant(self, session: Session, stack: ExitStack) -> None:
         """The sandbox's socket, served here while the app runs: only what a player needs
@@ -91,7 +93,8 @@ class SoundAccess(Feature):
         try:
             stack.enter_context(soundproxy.serving(
                 self.paths.socket, self.address.socket, pulsewire.read_cookie(session.environ),
-                recording=self.microphone))
+                recording=self.microphone,
+                identity=f"sandboxapp.{session.plan.profile.name}"))
         except OSError as exc:
             raise SandboxError(f"cannot make the sandbox's sound socket {self.paths.socket}: "
                                f"{exc.strerror}", status=ExitStatus.LAUNCHER) from None

@@ -1,13 +1,17 @@
-"""A client for the few requests of PulseAudio's native protocol that a launch needs.
+"""PulseAudio's native protocol on the wire: packets, tagstructs, and a small client.
 
-Loading and unloading one module are three requests (authenticate, load or look up, unload);
-spoken here directly over the server's socket they take about a millisecond. Going through
-libpulse from Python costs a launch tens of milliseconds (ctypes bindings, the library's
-main loop), and the same again at exit. PipeWire's PulseAudio server speaks this protocol too.
+Each packet is a 20-byte descriptor (payload length, channel, offset high and low, flags; all
+big-endian) and its payload. On the control channel the payload is a "tagstruct": a sequence of
+values, each led by a one-byte type tag (pulsecore/tagstruct.c); a command is (command, tag,
+arguments...), and the server answers REPLY or ERROR with the same tag. Other channels carry
+audio. PipeWire's PulseAudio server speaks the same protocol.
 
-The protocol: each packet is a 20-byte descriptor (payload length, channel, offset, flags; all
-big-endian) and a "tagstruct", a sequence of typed values each led by a one-byte tag. A
-command is (command, tag, arguments...); the server answers REPLY or ERROR with the same tag.
+A tagstruct describes itself, so it is decoded here whole into typed values, and written back
+from them byte for byte: the sound proxy checks a command's shape against its signature and
+rewrites what it carries (its property lists) on that form.
+
+The client (Connection) speaks the few requests that a launch needs directly over the server's
+socket, about a millisecond each; libpulse through ctypes costs tens of milliseconds.
 """
 
 from __future__ import annotations
@@ -15,153 +19,368 @@ from __future__ import annotations
 import os
 import socket
 import struct
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from enum import IntEnum
 from pathlib import Path
 
 from sandboxapp.host import unixsocket
 
-PROTOCOL_VERSION = 32  # module info carries a property list from 15 on; 32 is PulseAudio 12
+PROTOCOL_VERSION = 32  # the client's: module info carries a property list from 15 on
 COOKIE_SIZE = 256
-_CONTROL_CHANNEL = 0xFFFFFFFF
-# The largest packet taken: the replies asked for are a few hundred bytes; a server claiming
-# more is not one.
-_MAX_PACKET = 1 << 20
+CONTROL_CHANNEL = 0xFFFFFFFF
+INVALID_INDEX = 0xFFFFFFFF
+DESCRIPTOR = struct.Struct(">IIIII")
+# The largest packet taken from a server by the client: its replies are a few hundred bytes.
+_MAX_REPLY = 1 << 20
 
-# Commands (pulsecore/native-common.h).
-ERROR, REPLY = 0, 2
-AUTH, SET_CLIENT_NAME = 8, 9
-GET_MODULE_INFO, GET_MODULE_INFO_LIST = 25, 26
-LOAD_MODULE, UNLOAD_MODULE = 51, 52
 
-# Error codes the server may answer with (pulse/def.h), for messages.
-_ERRORS = {1: "access denied", 2: "unknown command", 3: "invalid argument", 4: "entity exists",
-           5: "no such entity", 7: "protocol error", 9: "not authorised",
-           14: "module initialisation failed", 19: "not supported"}
+class Command(IntEnum):
+    """pulsecore/native-common.h."""
+
+    ERROR = 0
+    TIMEOUT = 1
+    REPLY = 2
+    CREATE_PLAYBACK_STREAM = 3
+    DELETE_PLAYBACK_STREAM = 4
+    CREATE_RECORD_STREAM = 5
+    DELETE_RECORD_STREAM = 6
+    EXIT = 7
+    AUTH = 8
+    SET_CLIENT_NAME = 9
+    LOOKUP_SINK = 10
+    LOOKUP_SOURCE = 11
+    DRAIN_PLAYBACK_STREAM = 12
+    STAT = 13
+    GET_PLAYBACK_LATENCY = 14
+    GET_SERVER_INFO = 20
+    GET_SINK_INFO = 21
+    GET_SINK_INFO_LIST = 22
+    GET_SOURCE_INFO = 23
+    GET_SOURCE_INFO_LIST = 24
+    GET_MODULE_INFO = 25
+    GET_MODULE_INFO_LIST = 26
+    GET_SINK_INPUT_INFO = 29
+    GET_SOURCE_OUTPUT_INFO = 31
+    SUBSCRIBE = 35
+    SET_SINK_INPUT_VOLUME = 37
+    CORK_PLAYBACK_STREAM = 41
+    FLUSH_PLAYBACK_STREAM = 42
+    TRIGGER_PLAYBACK_STREAM = 43
+    SET_PLAYBACK_STREAM_NAME = 46
+    SET_RECORD_STREAM_NAME = 47
+    LOAD_MODULE = 51
+    UNLOAD_MODULE = 52
+    GET_RECORD_LATENCY = 57
+    CORK_RECORD_STREAM = 58
+    FLUSH_RECORD_STREAM = 59
+    PREBUF_PLAYBACK_STREAM = 60
+    REQUEST = 61
+    PLAYBACK_STREAM_KILLED = 64
+    RECORD_STREAM_KILLED = 65
+    SUBSCRIBE_EVENT = 66
+    SET_SINK_INPUT_MUTE = 69
+    SET_PLAYBACK_STREAM_BUFFER_ATTR = 72
+    SET_RECORD_STREAM_BUFFER_ATTR = 73
+    UPDATE_PLAYBACK_STREAM_SAMPLE_RATE = 74
+    UPDATE_RECORD_STREAM_SAMPLE_RATE = 75
+    UPDATE_RECORD_STREAM_PROPLIST = 80
+    UPDATE_PLAYBACK_STREAM_PROPLIST = 81
+    UPDATE_CLIENT_PROPLIST = 82
+    REMOVE_RECORD_STREAM_PROPLIST = 83
+    REMOVE_PLAYBACK_STREAM_PROPLIST = 84
+    REMOVE_CLIENT_PROPLIST = 85
+    SET_SOURCE_OUTPUT_VOLUME = 98
+    SET_SOURCE_OUTPUT_MUTE = 99
+
+
+class ErrorCode(IntEnum):
+    """pulse/def.h, the ones said here."""
+
+    ACCESS = 1
+    COMMAND = 2
+    INVALID = 3
+    EXIST = 4
+    NOENTITY = 5
+    PROTOCOL = 7
+    AUTHKEY = 9
+    MODINITFAILED = 14
+    NOTSUPPORTED = 19
+
+
+_ERROR_TEXT = {1: "access denied", 2: "unknown command", 3: "invalid argument",
+               4: "entity exists", 5: "no such entity", 7: "protocol error",
+               9: "not authorised", 14: "module initialisation failed", 19: "not supported"}
 
 
 class PulseError(Exception):
-    """The server refused a request, or did not speak the protocol."""
+    """The server refused a request, or what came was not the protocol."""
 
     def __init__(self, message: str, code: int | None = None) -> None:
         super().__init__(message)
         self.code = code
 
 
-class Writer:
-    def __init__(self) -> None:
-        self.parts: list[bytes] = []
+# -- values --------------------------------------------------------------------------------
 
-    def u32(self, value: int) -> Writer:
-        self.parts.append(b"L" + struct.pack(">I", value))
-        return self
+@dataclass(frozen=True)
+class SampleSpec:
+    format: int
+    channels: int
+    rate: int
 
-    def string(self, value: str | None) -> Writer:
-        self.parts.append(b"N" if value is None else b"t" + value.encode() + b"\0")
-        return self
+    # Bytes per sample by format (pulse/sample.h): u8, a-law, µ-law, s16 le/be, float32 le/be,
+    # s32 le/be, s24 le/be, s24-in-32 le/be.
+    _SIZES = (1, 1, 1, 2, 2, 4, 4, 4, 4, 3, 3, 4, 4)
 
-    def arbitrary(self, value: bytes) -> Writer:
-        self.parts.append(b"x" + struct.pack(">I", len(value)) + value)
-        return self
-
-    def proplist(self, values: Mapping[str, str]) -> Writer:
-        self.parts.append(b"P")
-        for key, text in values.items():
-            data = text.encode() + b"\0"
-            self.string(key).u32(len(data)).arbitrary(data)
-        return self.string(None)
-
-    def packet(self) -> bytes:
-        payload = b"".join(self.parts)
-        return struct.pack(">IIIII", len(payload), _CONTROL_CHANNEL, 0, 0, 0) + payload
+    @property
+    def frame_size(self) -> int | None:
+        """Bytes per frame; None for a spec that is not a valid one."""
+        if not 0 <= self.format < len(self._SIZES) or not 1 <= self.channels <= 32:
+            return None
+        return self._SIZES[self.format] * self.channels
 
 
-# Fixed-size values by tag, for values a reply carries that we skip over.
-_FIXED = {ord("B"): 1, ord("R"): 8, ord("r"): 8, ord("U"): 8, ord("T"): 8, ord("V"): 4,
-          ord("a"): 6, ord("1"): 0, ord("0"): 0}
+# A property list: (key, value bytes) in order; a text value is UTF-8 ending with one NUL.
+Proplist = tuple[tuple[str, bytes], ...]
 
 
-class _Reader:
+@dataclass(frozen=True)
+class FormatInfo:
+    encoding: int
+    properties: Proplist
+
+
+@dataclass(frozen=True)
+class ChannelMap:
+    positions: bytes
+
+
+@dataclass(frozen=True)
+class ChannelVolumes:
+    volumes: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Timeval:
+    seconds: int
+    microseconds: int
+
+
+@dataclass(frozen=True)
+class U8:
+    value: int
+
+
+@dataclass(frozen=True)
+class U64:
+    """Either of the 64-bit tags: 'R' (u64), 'r' (s64, stored as its bits), 'U' (µs)."""
+
+    tag: bytes
+    value: int
+
+
+@dataclass(frozen=True)
+class Volume:
+    value: int
+
+
+@dataclass(frozen=True)
+class Arbitrary:
+    data: bytes
+
+
+Value = (int | str | None | bool | U8 | U64 | Volume | Arbitrary | SampleSpec | ChannelMap
+         | ChannelVolumes | Timeval | FormatInfo | Proplist)
+
+
+def kind(value: Value) -> str:
+    """A value's letter in a signature: L u32, s text or none, b boolean, B u8, R 64-bit,
+    V volume, x arbitrary, a sample spec, m channel map, v channel volumes, T timeval,
+    f format info, P property list."""
+    if isinstance(value, bool):
+        return "b"
+    if isinstance(value, int):
+        return "L"
+    if value is None or isinstance(value, str):
+        return "s"
+    if isinstance(value, tuple):
+        return "P"
+    return {U8: "B", U64: "R", Volume: "V", Arbitrary: "x", SampleSpec: "a", ChannelMap: "m",
+            ChannelVolumes: "v", Timeval: "T", FormatInfo: "f"}[type(value)]
+
+
+def signature(values: Sequence[Value]) -> str:
+    return "".join(kind(value) for value in values)
+
+
+class _Decoder:
     def __init__(self, data: bytes) -> None:
         self.data = data
         self.offset = 0
 
-    @property
-    def at_end(self) -> bool:
-        return self.offset >= len(self.data)
-
-    def _tag(self) -> int:
-        if self.at_end:
-            raise PulseError("a reply ended early")
-        tag = self.data[self.offset]
-        self.offset += 1
-        return tag
-
-    def _take(self, size: int) -> bytes:
+    def take(self, size: int) -> bytes:
         if self.offset + size > len(self.data):
-            raise PulseError("a reply ended early")
+            raise PulseError("a value runs past the end of its packet")
         value = self.data[self.offset:self.offset + size]
         self.offset += size
         return value
 
-    def u32(self) -> int:
-        if self._tag() != ord("L"):
-            raise PulseError("a reply did not hold the number expected")
-        (value,) = struct.unpack(">I", self._take(4))
-        return int(value)
-
-    def _text(self) -> str:
-        """A NUL-terminated text, which must end inside the packet."""
+    def text(self) -> str:
         end = self.data.find(b"\0", self.offset)
         if end < 0:
-            raise PulseError("a reply held a text that does not end")
-        value = self.data[self.offset:end].decode(errors="replace")
+            raise PulseError("a text does not end")
+        try:
+            value = self.data[self.offset:end].decode()
+        except UnicodeDecodeError:
+            raise PulseError("a text is not UTF-8") from None
         self.offset = end + 1
         return value
 
-    def string(self) -> str | None:
-        tag = self._tag()
-        if tag == ord("N"):
+    def u32(self) -> int:
+        return int(struct.unpack(">I", self.take(4))[0])
+
+    def tagged_u32(self) -> int:
+        if self.take(1) != b"L":
+            raise PulseError("a property list's length is not a number")
+        return self.u32()
+
+    def tagged_text(self) -> str | None:
+        tag = self.take(1)
+        if tag == b"N":
             return None
-        if tag != ord("t"):
-            raise PulseError("a reply did not hold the text expected")
-        return self._text()
+        if tag != b"t":
+            raise PulseError("a property list's key is not a text")
+        return self.text()
 
-    def skip(self, depth: int = 0) -> None:
-        """Skip one value of any type (values hold values only two deep: a format's property
-        list; deeper is not a reply of the protocol's)."""
-        if depth > 2:
-            raise PulseError("a reply nested values deeper than the protocol does")
-        tag = self._tag()
-        if tag in _FIXED:
-            self._take(_FIXED[tag])
-        elif tag == ord("L"):
-            self._take(4)
-        elif tag == ord("t"):
-            self._text()
-        elif tag == ord("x"):
-            (size,) = struct.unpack(">I", self._take(4))
-            self._take(size)
-        elif tag == ord("m"):
-            self._take(self._take(1)[0])
-        elif tag == ord("v"):
-            self._take(self._take(1)[0] * 4)
-        elif tag == ord("P"):
-            while self.string() is not None:  # key, length, value ... then a null key
-                self.skip(depth + 1)
-                self.skip(depth + 1)
-        elif tag == ord("f"):
-            self.skip(depth + 1)
-            self.skip(depth + 1)
-        elif tag != ord("N"):
-            raise PulseError(f"a reply held a value of unknown type {tag}")
+    def proplist(self) -> Proplist:
+        entries = []
+        while (key := self.tagged_text()) is not None:
+            length = self.tagged_u32()
+            if self.take(1) != b"x" or self.u32() != length:
+                raise PulseError("a property's value is not as long as it says")
+            entries.append((key, self.take(length)))
+        return tuple(entries)
+
+    def value(self) -> Value:
+        tag = self.take(1)
+        if tag == b"L":
+            return self.u32()
+        if tag == b"t":
+            return self.text()
+        if tag == b"N":
+            return None
+        if tag in (b"1", b"0"):
+            return tag == b"1"
+        if tag == b"B":
+            return U8(self.take(1)[0])
+        if tag in (b"R", b"r", b"U"):
+            return U64(tag, int(struct.unpack(">Q", self.take(8))[0]))
+        if tag == b"V":
+            return Volume(self.u32())
+        if tag == b"x":
+            return Arbitrary(self.take(self.u32()))
+        if tag == b"a":
+            fmt, channels, rate = struct.unpack(">BBI", self.take(6))
+            return SampleSpec(fmt, channels, rate)
+        if tag == b"m":
+            return ChannelMap(self.take(self.take(1)[0]))
+        if tag == b"v":
+            count = self.take(1)[0]
+            return ChannelVolumes(struct.unpack(f">{count}I", self.take(4 * count)))
+        if tag == b"T":
+            seconds, micro = struct.unpack(">II", self.take(8))
+            return Timeval(seconds, micro)
+        if tag == b"P":
+            return self.proplist()
+        if tag == b"f":
+            if self.take(1) != b"B":
+                raise PulseError("a format's encoding is not a byte")
+            encoding = self.take(1)[0]
+            if self.take(1) != b"P":
+                raise PulseError("a format has no property list")
+            return FormatInfo(encoding, self.proplist())
+        raise PulseError(f"a value of unknown type {tag!r}")
 
 
-@dataclass(frozen=True)
-class ModuleInfo:
-    index: int
-    name: str
-    argument: str
+def decode(payload: bytes) -> list[Value]:
+    """Every value of a tagstruct; PulseError where it is not one."""
+    decoder = _Decoder(payload)
+    values = []
+    while decoder.offset < len(payload):
+        values.append(decoder.value())
+    return values
+
+
+def _text(value: str | None) -> bytes:
+    return b"N" if value is None else b"t" + value.encode() + b"\0"
+
+
+def _proplist(entries: Proplist) -> bytes:
+    out = [b"P"]
+    for key, data in entries:
+        out += [_text(key), b"L", struct.pack(">I", len(data)), b"x",
+                struct.pack(">I", len(data)), data]
+    out.append(b"N")
+    return b"".join(out)
+
+
+def encode_value(value: Value) -> bytes:
+    if isinstance(value, bool):
+        return b"1" if value else b"0"
+    if isinstance(value, int):
+        return b"L" + struct.pack(">I", value)
+    if value is None or isinstance(value, str):
+        return _text(value)
+    if isinstance(value, tuple):
+        return _proplist(value)
+    if isinstance(value, U8):
+        return b"B" + bytes([value.value])
+    if isinstance(value, U64):
+        return value.tag + struct.pack(">Q", value.value)
+    if isinstance(value, Volume):
+        return b"V" + struct.pack(">I", value.value)
+    if isinstance(value, Arbitrary):
+        return b"x" + struct.pack(">I", len(value.data)) + value.data
+    if isinstance(value, SampleSpec):
+        return b"a" + struct.pack(">BBI", value.format, value.channels, value.rate)
+    if isinstance(value, ChannelMap):
+        return b"m" + bytes([len(value.positions)]) + value.positions
+    if isinstance(value, ChannelVolumes):
+        return (b"v" + bytes([len(value.volumes)])
+                + struct.pack(f">{len(value.volumes)}I", *value.volumes))
+    if isinstance(value, Timeval):
+        return b"T" + struct.pack(">II", value.seconds, value.microseconds)
+    return b"fB" + bytes([value.encoding]) + _proplist(value.properties)
+
+
+def encode(values: Sequence[Value]) -> bytes:
+    return b"".join(encode_value(value) for value in values)
+
+
+def control_packet(values: Sequence[Value]) -> bytes:
+    payload = encode(values)
+    return DESCRIPTOR.pack(len(payload), CONTROL_CHANNEL, 0, 0, 0) + payload
+
+
+def error_packet(tag: int, code: int) -> bytes:
+    return control_packet([int(Command.ERROR), tag, code])
+
+
+def text_property(text: str) -> bytes:
+    """A property's value as libpulse stores a text: UTF-8 and a NUL."""
+    return text.encode() + b"\0"
+
+
+def proplist(values: Mapping[str, str]) -> Proplist:
+    return tuple((key, text_property(text)) for key, text in values.items())
+
+
+def credentials() -> list[tuple[int, int, bytes]]:
+    """Our credentials, as libpulse sends them with its handshake: the server admits a
+    client of its own user, or one that knows the cookie."""
+    return [(socket.SOL_SOCKET, socket.SCM_CREDENTIALS,
+             struct.pack("=iII", os.getpid(), os.getuid(), os.getgid()))]
 
 
 def read_cookie(environ: Mapping[str, str]) -> bytes:
@@ -185,21 +404,37 @@ def read_cookie(environ: Mapping[str, str]) -> bytes:
     return bytes(COOKIE_SIZE)
 
 
+# -- the client ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ModuleInfo:
+    index: int
+    name: str
+    argument: str
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    index: int
+    name: str
+    monitor_of_sink: int  # INVALID_INDEX for a source that is no sink's monitor
+
+    @property
+    def is_monitor(self) -> bool:
+        return self.monitor_of_sink != INVALID_INDEX
+
+
 class Connection:
     def __init__(self, path: Path, cookie: bytes, client_name: str) -> None:
         self.tag = 0
         self.deadline = unixsocket.deadline()
         self.sock = unixsocket.connect(path)
         try:
-            # Authenticate with the cookie and with our credentials, as libpulse does: the
-            # server admits a client of its own UID, or one that knows the cookie.
-            writer, tag = self._command(AUTH)
-            packet = writer.u32(PROTOCOL_VERSION).arbitrary(cookie).packet()
-            creds = struct.pack("=iII", os.getpid(), os.getuid(), os.getgid())
-            self.sock.sendmsg([packet], [(socket.SOL_SOCKET, socket.SCM_CREDENTIALS, creds)])
+            tag = self._next_tag()
+            self.sock.sendmsg([control_packet([int(Command.AUTH), tag, PROTOCOL_VERSION,
+                                               Arbitrary(cookie)])], credentials())
             self._reply(tag)
-            writer, tag = self._command(SET_CLIENT_NAME)
-            self.request(writer.proplist({"application.name": client_name}), tag)
+            self.request(Command.SET_CLIENT_NAME, proplist({"application.name": client_name}))
         except BaseException:
             self.sock.close()
             raise
@@ -208,68 +443,78 @@ class Connection:
         self.tag += 1
         return self.tag
 
-    def _command(self, command: int) -> tuple[Writer, int]:
-        tag = self._next_tag()
-        return Writer().u32(command).u32(tag), tag
-
     def _read(self, size: int) -> bytes:
         return unixsocket.recv_exactly(self.sock, size, self.deadline)
 
-    def _reply(self, tag: int) -> _Reader:
+    def _reply(self, tag: int) -> list[Value]:
         # One deadline for the reply, whatever else the server sends meanwhile.
         self.deadline = unixsocket.deadline()
         while True:
-            length, channel, _, _, _ = struct.unpack(">IIIII", self._read(20))
-            if length > _MAX_PACKET:
+            length, channel, _, _, _ = DESCRIPTOR.unpack(self._read(DESCRIPTOR.size))
+            if length > _MAX_REPLY:
                 raise PulseError("the sound server sent a packet too large to be a reply")
-            reader = _Reader(self._read(length))
-            if channel != _CONTROL_CHANNEL:
+            payload = self._read(length)
+            if channel != CONTROL_CHANNEL:
                 continue  # audio data: we have no streams, so this is not ours
-            command, reply_tag = reader.u32(), reader.u32()
-            if reply_tag != tag or command not in (REPLY, ERROR):
+            values = decode(payload)
+            if len(values) < 2 or values[1] != tag or values[0] not in (Command.REPLY,
+                                                                        Command.ERROR):
                 continue  # an event or a request of the server's: none concern us
-            if command == ERROR:
-                code = reader.u32()
-                raise PulseError(_ERRORS.get(code, f"error {code}"), code)
-            return reader
+            if values[0] == Command.ERROR:
+                code = values[2] if len(values) > 2 and isinstance(values[2], int) else None
+                raise PulseError(_ERROR_TEXT.get(code or 0, f"error {code}"), code)
+            return values[2:]
 
-    def request(self, writer: Writer, tag: int) -> _Reader:
-        """Send a command, and wait for its reply."""
-        self.sock.sendall(writer.packet())
+    def request(self, command: Command, *arguments: Value) -> list[Value]:
+        """Send a command, and wait for its reply's values."""
+        tag = self._next_tag()
+        self.sock.sendall(control_packet([int(command), tag, *arguments]))
         return self._reply(tag)
 
-    def load_module(self, name: str, argument: str) -> int:
-        writer, tag = self._command(LOAD_MODULE)
-        return self.request(writer.string(name).string(argument), tag).u32()
-
     def unload_module(self, index: int) -> None:
-        writer, tag = self._command(UNLOAD_MODULE)
-        self.request(writer.u32(index), tag)
+        self.request(Command.UNLOAD_MODULE, index)
 
     @staticmethod
-    def _module(reader: _Reader) -> ModuleInfo:
-        index, name, argument = reader.u32(), reader.string(), reader.string()
-        reader.skip()  # how many use it
-        reader.skip()  # its property list
-        return ModuleInfo(index, name or "", argument or "")
+    def _modules(values: list[Value]) -> list[ModuleInfo]:
+        # Each: index, name, argument, how many use it, its property list.
+        found = []
+        for start in range(0, len(values) - 4, 5):
+            index, name, argument = values[start:start + 3]
+            if not isinstance(index, int) or not isinstance(name, str | None):
+                raise PulseError("a module's description is not one")
+            found.append(ModuleInfo(index, name or "",
+                                    argument if isinstance(argument, str) else ""))
+        return found
 
     def module(self, index: int) -> ModuleInfo | None:
-        writer, tag = self._command(GET_MODULE_INFO)
         try:
-            reader = self.request(writer.u32(index), tag)
+            values = self.request(Command.GET_MODULE_INFO, index)
         except PulseError as exc:
-            if exc.code == 5:  # no such module
+            if exc.code == ErrorCode.NOENTITY:
                 return None
             raise
-        return self._module(reader)
+        found = self._modules(values)
+        return found[0] if found else None
 
     def modules(self) -> list[ModuleInfo]:
-        writer, tag = self._command(GET_MODULE_INFO_LIST)
-        reader = self.request(writer, tag)
-        found = []
-        while not reader.at_end:
-            found.append(self._module(reader))
-        return found
+        return self._modules(self.request(Command.GET_MODULE_INFO_LIST))
+
+    def source(self, index: int, name: str | None) -> SourceInfo | None:
+        """A source by index (or, with INVALID_INDEX, by name: "@DEFAULT_SOURCE@" is the
+        default one); None where there is none."""
+        try:
+            values = self.request(Command.GET_SOURCE_INFO, index, name)
+        except PulseError as exc:
+            if exc.code == ErrorCode.NOENTITY:
+                return None
+            raise
+        # index, name, description, sample spec, channel map, owner module, volume, mute,
+        # monitor of sink, ...
+        if (len(values) < 9 or not isinstance(values[0], int)
+                or not isinstance(values[1], str) or not isinstance(values[8], int)
+                or isinstance(values[8], bool)):
+            raise PulseError("a source's description is not one")
+        return SourceInfo(values[0], values[1], values[8])
 
     def close(self) -> None:
         self.sock.close()

@@ -21,7 +21,8 @@ from tests.integration.conftest import REPO
 
 NAME = "sandboxapp-test"
 IMAGE_SECTION = ('[image]\nsuite = "bookworm"\n'
-                 'packages = ["x11-utils", "x11-apps", "xdotool", "xclip", "pulseaudio-utils"]\n')
+                 'packages = ["x11-utils", "x11-apps", "xdotool", "xclip", "pulseaudio-utils", '
+                 '"python3-minimal"]\n')
 
 
 def write_variant(directory: Path, command: Sequence[str], sandbox: str = "",

@@ -15,7 +15,7 @@ from sandboxapp.errors import SandboxError
 from sandboxapp.host import pulsewire, x11
 from sandboxapp.host.display import parse_display
 from sandboxapp.host.sound import MODULE
-from tests.harness import XServer, sound_server
+from tests.harness import TEST_MICROPHONE, TEST_SINK, XServer, sound_server
 
 NOBODY = (65534, 65534)
 
@@ -38,16 +38,27 @@ def test_a_sound_server_of_another_user_admits_us_by_its_cookie(shared_dir: Path
         assert os.stat(server.socket).st_uid == NOBODY[0]
         cookie = pulsewire.read_cookie(server.client_env())
         assert cookie != bytes(pulsewire.COOKIE_SIZE)
+        socket = server.runtime_dir / "extra"
+        loaded = subprocess.run(
+            ["setpriv", f"--reuid={NOBODY[0]}", f"--regid={NOBODY[1]}", "--clear-groups",
+             "pactl", "load-module", MODULE, f"socket={socket}"],
+            env=server.client_env(), capture_output=True, text=True, check=True)
+        index = int(loaded.stdout)
         connection = pulsewire.Connection(server.socket, cookie, "sandboxapp-test")
         try:
-            socket = server.runtime_dir / "extra"
-            index = connection.load_module(MODULE, f"socket={socket} auth-anonymous=1")
-            assert socket.exists()
             module = connection.module(index)
-            assert module is not None and module.argument.startswith(f"socket={socket}")
+            assert module is not None and module.argument == f"socket={socket}"
+            assert module in connection.modules()
             connection.unload_module(index)
             assert connection.module(index) is None
             assert not socket.exists()
+            # Sources: a microphone, and the speakers' monitor, by name and by index.
+            microphone = connection.source(pulsewire.INVALID_INDEX, TEST_MICROPHONE)
+            monitor = connection.source(pulsewire.INVALID_INDEX, f"{TEST_SINK}.monitor")
+            assert microphone is not None and not microphone.is_monitor
+            assert monitor is not None and monitor.is_monitor
+            assert connection.source(monitor.index, None) == monitor
+            assert connection.source(pulsewire.INVALID_INDEX, "no-such-source") is None
         finally:
             connection.close()
         # Root is not the server's user: without the cookie it is turned away.

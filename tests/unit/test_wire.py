@@ -51,29 +51,36 @@ def test_the_host_entry_is_a_server_interpreted_localuser() -> None:
     assert host_entry(1879048192) == b"localuser\0#1879048192"
 
 
-def test_a_tagstruct_reads_back_what_was_written() -> None:
-    writer = pulsewire.Writer().u32(51).u32(7).string("module-null-sink").string(None)
-    writer.proplist({"application.name": "sandboxapp", "x": "y"}).arbitrary(b"\0\1\2").u32(9)
-    packet = writer.packet()
-    length, channel, _, _, flags = (int.from_bytes(packet[i:i + 4], "big")
-                                    for i in range(0, 20, 4))
+def test_a_tagstruct_decodes_to_typed_values_and_encodes_back_byte_for_byte() -> None:
+    values: list[pulsewire.Value] = [
+        51, 7, "module-null-sink", None, True, False, pulsewire.U8(3),
+        pulsewire.U64(b"U", 1 << 40), pulsewire.U64(b"r", (1 << 64) - 1),
+        pulsewire.Volume(0x10000), pulsewire.Arbitrary(b"\0\1\2"),
+        pulsewire.SampleSpec(3, 2, 44100), pulsewire.ChannelMap(b"\1\2"),
+        pulsewire.ChannelVolumes((1, 2)), pulsewire.Timeval(5, 6),
+        pulsewire.proplist({"application.name": "sandboxapp", "x": "y"}),
+        pulsewire.FormatInfo(1, pulsewire.proplist({"format.rate": "44100"}))]
+    packet = pulsewire.control_packet(values)
+    length, channel, _, _, flags = pulsewire.DESCRIPTOR.unpack(packet[:20])
     assert (length, channel, flags) == (len(packet) - 20, 0xFFFFFFFF, 0)
-    reader = pulsewire._Reader(packet[20:])
-    assert (reader.u32(), reader.u32()) == (51, 7)
-    assert (reader.string(), reader.string()) == ("module-null-sink", None)
-    reader.skip()  # the property list
-    reader.skip()  # the arbitrary bytes
-    assert reader.u32() == 9
-    assert reader.at_end
+    assert pulsewire.decode(packet[20:]) == values
+    assert pulsewire.encode(pulsewire.decode(packet[20:])) == packet[20:]
+    assert pulsewire.signature(values) == "LLssbbBRRVxamvTPf"
+    assert pulsewire.SampleSpec(3, 2, 44100).frame_size == 4
+    assert pulsewire.SampleSpec(99, 2, 44100).frame_size is None
 
 
-def test_a_reply_that_ends_early_or_holds_the_wrong_type_is_an_error() -> None:
+@pytest.mark.parametrize("data", [
+    b"L\0\0", b"thello", b"t\xff\0", b"?", b"x\0\0\0\x09abc", b"v\x05\0\0",
+    b"P" + b"tkey\0" + b"L\0\0\0\x05" + b"x\0\0\0\x02ab" + b"N",  # length mismatch
+    b"P" + b"tkey\0",                                               # no end
+    b"fL\0\0\0\x01P", b"fB\x01N",
+], ids=["short-u32", "unending-text", "not-utf8", "unknown-type", "short-arbitrary",
+        "short-volumes", "property-length", "unending-proplist", "format-encoding",
+        "format-proplist"])
+def test_what_is_not_a_tagstruct_is_an_error(data: bytes) -> None:
     with pytest.raises(pulsewire.PulseError):
-        pulsewire._Reader(b"L\0\0").u32()
-    with pytest.raises(pulsewire.PulseError):
-        pulsewire._Reader(b"thello\0").u32()
-    with pytest.raises(pulsewire.PulseError):
-        pulsewire._Reader(b"?").skip()
+        pulsewire.decode(data)
 
 
 def test_the_cookie_is_read_where_libpulse_looks(tmp_path: Path) -> None:

@@ -1,0 +1,504 @@
+"""What may pass the sound door, decided packet by packet: the rules of the sound proxy.
+
+No sockets here (soundproxy.py moves the bytes): a SoundFilter takes each packet of the sandbox
+and of the server and says what goes on, rewritten, and what is answered or ends the
+connection. The rules:
+
+- Only the commands a player needs pass, each only in the shape the negotiated protocol version
+  gives it (checked against its signature, value by value); anything else is answered "access
+  denied", a command that is not in its own shape ends the connection.
+- Property lists are rewritten: only keys a player needs are kept (CLIENT_PROPERTIES,
+  STREAM_PROPERTIES, FORMAT_PROPERTIES), each value a short text. Every other key goes: PulseAudio's
+  modules act on keys (module-filter-apply loads module-<filter.apply> with arguments from
+  filter.apply.*; filter-heuristics and role-cork act on media.role=phone; stream-restore on
+  module-stream-restore.id; augment-properties reads a file named by
+  application.process.binary), PipeWire's pulse server routes by target.object, node.target
+  and stream.capture.sink. The client's application.id is the sandbox's own, whatever it says,
+  so no restored volume or device of another program is read or written by it.
+- Replies are matched to requests by tag: a tag reused while its request is pending ends the
+  connection, and a stream, sink input or source output is the connection's own only from the
+  reply to its own successful creation, at the field the protocol puts it in.
+- Audio goes only to the connection's own playback streams, at offset 0 with a relative seek
+  (what libpulse's pa_stream_write sends), and reaches the server in whole frames of the
+  stream's sample spec (a frame split between two packets is joined).
+- Recording (microphone = true only) is from a source that is no sink's monitor, named by the
+  index the proxy looked up; a stream that names no source gets the default source when that
+  is a microphone, and nothing otherwise; a stream "directly on" another's sink input is
+  refused; the stream may not be moved.
+- Events name only the server, sinks, sources and the connection's own client and streams.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sandboxapp.host.pulsewire import (
+    CONTROL_CHANNEL,
+    DESCRIPTOR,
+    INVALID_INDEX,
+    U8,
+    Arbitrary,
+    Command,
+    ErrorCode,
+    FormatInfo,
+    Proplist,
+    PulseError,
+    SampleSpec,
+    SourceInfo,
+    Value,
+    control_packet,
+    decode,
+    error_packet,
+    signature,
+    text_property,
+)
+
+# Protocol 13 (PulseAudio 0.9.11, 2008) brought property lists; 35 is PulseAudio 16's and
+# PipeWire's. A client that offers more is spoken to in 35, whose shapes are known here.
+MIN_VERSION, MAX_VERSION = 13, 35
+# The handshake's version word: the low 16 bits; the high ones offer shared memory and memfd.
+VERSION_MASK = 0xFFFF
+MAX_PENDING = 256
+# The longest property value kept, with its NUL: a title, a name, a format's rates.
+MAX_VALUE = 512
+
+CLIENT_PROPERTIES = frozenset({
+    "application.name", "application.version", "application.icon_name",
+    "application.language", "application.process.id", "application.process.binary",
+})
+# A stream's own (the server merges the client's into it).
+STREAM_PROPERTIES = CLIENT_PROPERTIES | frozenset({
+    "media.name", "media.title", "media.artist", "media.icon_name", "media.language",
+})
+FORMAT_PROPERTIES = frozenset({
+    "format.sample_format", "format.rate", "format.channels", "format.channel_map",
+})
+IDENTITY = "application.id"
+PCM = 1  # the only encoding let through: passthrough streams would bypass the mixer
+# Values that name something on the host (a file, an icon) are plain names.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
+_NAMED_BY_VALUE = {"application.process.binary", "application.icon_name", "media.icon_name"}
+_DIGITS = re.compile(r"[0-9]{1,10}")
+
+# Subscription facilities (pulse/def.h) a player is told about.
+_FACILITY_MASK, _SINK, _SOURCE, _SINK_INPUT, _SOURCE_OUTPUT, _CLIENT, _SERVER = (
+    0x0F, 0, 1, 2, 3, 5, 7)
+
+
+class Refused(Exception):
+    """The connection is ended: the sandbox broke the protocol or a limit."""
+
+
+def _since(version: int, *pieces: tuple[int, str]) -> str:
+    return "".join(part for since, part in pieces if version >= since)
+
+
+# The arguments of each command let through, after (command, tag), by negotiated version
+# (pulsecore/protocol-native.c). Letters: see pulsewire.kind; "f*" any number of formats.
+def _create_playback(v: int) -> str:
+    return _since(v, (0, "amLsLbLLLLv"), (12, "bbbbbbb"), (13, "bbP"), (14, "bb"),
+                  (15, "bbb"), (17, "b"), (18, "b"), (21, "Bf*"))
+
+
+def _create_record(v: int) -> str:
+    return _since(v, (0, "amLsLbL"), (12, "bbbbbbb"), (13, "bbPL"), (14, "b"), (15, "bb"),
+                  (22, "Bf*vbbbbb"))
+
+
+_PLAYBACK: dict[Command, Callable[[int], str]] = {
+    Command.SET_CLIENT_NAME: lambda v: "P",
+    Command.UPDATE_CLIENT_PROPLIST: lambda v: "LP",
+    Command.REMOVE_CLIENT_PROPLIST: lambda v: "s*",
+    Command.LOOKUP_SINK: lambda v: "s",
+    Command.LOOKUP_SOURCE: lambda v: "s",
+    Command.STAT: lambda v: "",
+    Command.GET_SERVER_INFO: lambda v: "",
+    Command.GET_SINK_INFO: lambda v: "Ls",
+    Command.GET_SINK_INFO_LIST: lambda v: "",
+    Command.GET_SOURCE_INFO: lambda v: "Ls",
+    Command.GET_SOURCE_INFO_LIST: lambda v: "",
+    Command.GET_SINK_INPUT_INFO: lambda v: "L",
+    Command.SUBSCRIBE: lambda v: "L",
+    Command.CREATE_PLAYBACK_STREAM: _create_playback,
+    Command.DELETE_PLAYBACK_STREAM: lambda v: "L",
+    Command.DRAIN_PLAYBACK_STREAM: lambda v: "L",
+    Command.FLUSH_PLAYBACK_STREAM: lambda v: "L",
+    Command.TRIGGER_PLAYBACK_STREAM: lambda v: "L",
+    Command.PREBUF_PLAYBACK_STREAM: lambda v: "L",
+    Command.CORK_PLAYBACK_STREAM: lambda v: "Lb",
+    Command.GET_PLAYBACK_LATENCY: lambda v: "LT",
+    Command.SET_PLAYBACK_STREAM_NAME: lambda v: "Ls",
+    Command.SET_PLAYBACK_STREAM_BUFFER_ATTR: lambda v: _since(v, (0, "LLLLLb"), (14, "b")),
+    Command.UPDATE_PLAYBACK_STREAM_SAMPLE_RATE: lambda v: "LL",
+    Command.UPDATE_PLAYBACK_STREAM_PROPLIST: lambda v: "LLP",
+    Command.REMOVE_PLAYBACK_STREAM_PROPLIST: lambda v: "Ls*",
+    Command.SET_SINK_INPUT_VOLUME: lambda v: "Lv",
+    Command.SET_SINK_INPUT_MUTE: lambda v: "Lb",
+}
+_RECORDING: dict[Command, Callable[[int], str]] = {
+    Command.CREATE_RECORD_STREAM: _create_record,
+    Command.DELETE_RECORD_STREAM: lambda v: "L",
+    Command.CORK_RECORD_STREAM: lambda v: "Lb",
+    Command.FLUSH_RECORD_STREAM: lambda v: "L",
+    Command.GET_RECORD_LATENCY: lambda v: "LT",
+    Command.GET_SOURCE_OUTPUT_INFO: lambda v: "L",
+    Command.SET_RECORD_STREAM_NAME: lambda v: "Ls",
+    Command.SET_RECORD_STREAM_BUFFER_ATTR: lambda v: _since(v, (0, "LLLb"), (14, "b")),
+    Command.UPDATE_RECORD_STREAM_SAMPLE_RATE: lambda v: "LL",
+    Command.UPDATE_RECORD_STREAM_PROPLIST: lambda v: "LLP",
+    Command.REMOVE_RECORD_STREAM_PROPLIST: lambda v: "Ls*",
+    Command.SET_SOURCE_OUTPUT_VOLUME: lambda v: "Lv",
+    Command.SET_SOURCE_OUTPUT_MUTE: lambda v: "Lb",
+}
+# Commands that address a sink input or source output by its global index: only the
+# connection's own.
+_BY_INPUT = {Command.GET_SINK_INPUT_INFO, Command.SET_SINK_INPUT_VOLUME,
+             Command.SET_SINK_INPUT_MUTE}
+_BY_OUTPUT = {Command.GET_SOURCE_OUTPUT_INFO, Command.SET_SOURCE_OUTPUT_VOLUME,
+              Command.SET_SOURCE_OUTPUT_MUTE}
+# Fields of a creation request (after command and tag) and of its reply.
+_PLAYBACK_PROPLIST, _PLAYBACK_PASSTHROUGH, _PLAYBACK_FORMATS = 20, 27, 28
+_RECORD_SOURCE_INDEX, _RECORD_SOURCE_NAME, _RECORD_NO_MOVE = 2, 3, 12
+_RECORD_PROPLIST, _RECORD_DIRECT_ON_INPUT, _RECORD_FORMATS = 16, 17, 21
+_REPLY_PLAYBACK_SPEC, _REPLY_RECORD_SPEC = 7, 4
+
+SourceLookup = Callable[[int, "str | None"], "SourceInfo | None"]
+
+
+def _text_value(key: str, data: bytes) -> bool:
+    """Whether a property's value is a short text of the kind its key holds."""
+    if not 1 <= len(data) <= MAX_VALUE or data[-1] != 0 or 0 in data[:-1]:
+        return False
+    try:
+        text = data[:-1].decode()
+    except UnicodeDecodeError:
+        return False
+    if not text.isprintable():
+        return False
+    if key in _NAMED_BY_VALUE:
+        return _NAME.fullmatch(text) is not None
+    if key == "application.process.id":
+        return _DIGITS.fullmatch(text) is not None
+    return True
+
+
+def filter_properties(entries: Proplist, allowed: frozenset[str]) -> Proplist:
+    """Only the allowed keys, each with a value of its kind; every other entry is dropped."""
+    kept: dict[str, bytes] = {}
+    for key, data in entries:
+        if key in allowed and _text_value(key, data):
+            kept[key] = data  # the last of a key wins, as in the server
+    return tuple(kept.items())
+
+
+def _filter_format(value: Value) -> FormatInfo:
+    if not isinstance(value, FormatInfo) or value.encoding != PCM:
+        raise _Denied()
+    return FormatInfo(PCM, filter_properties(value.properties, FORMAT_PROPERTIES))
+
+
+class _Denied(Exception):
+    """Answered "access denied"; the connection goes on."""
+
+
+@dataclass
+class _Playback:
+    frame_size: int
+    carry: bytes = b""  # the start of a frame whose end is still to come
+
+
+@dataclass
+class _Pending:
+    command: Command
+
+
+@dataclass
+class Outcome:
+    """What one packet of the sandbox's becomes."""
+
+    to_server: list[bytes] = field(default_factory=list)
+    to_client: list[bytes] = field(default_factory=list)
+
+
+@dataclass
+class SoundFilter:
+    """One sandbox connection's rules and bookkeeping. from_client runs in one thread and
+    from_server in another: the shared bookkeeping is under the lock."""
+
+    recording: bool
+    cookie: bytes
+    lookup_source: SourceLookup
+    identity: str | None = None  # the client's application.id, e.g. "sandboxapp.firefox"
+    version: int | None = None  # negotiated, once the server has answered the handshake
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    _offered: int = 0
+    _handshake_sent: bool = False
+    _pending: dict[int, _Pending] = field(default_factory=dict)
+    _playback: dict[int, _Playback] = field(default_factory=dict)
+    _inputs: set[int] = field(default_factory=set)
+    _outputs: set[int] = field(default_factory=set)
+    _client: int | None = None
+
+    # -- the sandbox's packets ---------------------------------------------------------------
+
+    def handshake(self, head: bytes, payload: bytes) -> bytes:
+        """The sandbox's first packet, which must be its handshake: the one sent on with the
+        user's cookie, no shared memory, and a version this filter knows."""
+        channel = DESCRIPTOR.unpack(head)[1]
+        values = self._control(channel, payload)
+        if (values[0] != Command.AUTH or signature(values[2:]) != "Lx"
+                or not isinstance(values[2], int)):
+            raise Refused("the first packet is not a handshake")
+        tag, offered = values[1], values[2] & VERSION_MASK
+        assert isinstance(tag, int)
+        if offered < MIN_VERSION:
+            raise Refused(f"protocol version {offered} is older than {MIN_VERSION}")
+        with self.lock:
+            self._offered = min(offered, MAX_VERSION)
+            self._pending[tag] = _Pending(Command.AUTH)
+            self._handshake_sent = True
+        return control_packet([int(Command.AUTH), tag, self._offered, Arbitrary(self.cookie)])
+
+    def from_client(self, head: bytes, payload: bytes) -> Outcome:
+        _, channel, offset_high, offset_low, flags = DESCRIPTOR.unpack(head)
+        if self.version is None:
+            raise Refused("a packet before the handshake's answer")
+        if channel != CONTROL_CHANNEL:
+            return self._audio(channel, offset_high, offset_low, flags, payload)
+        values = self._control(channel, payload)
+        command, tag = values[0], values[1]
+        assert isinstance(command, int) and isinstance(tag, int)
+        with self.lock:
+            if tag in self._pending:
+                raise Refused(f"tag {tag} reused while its request is pending")
+            if len(self._pending) >= MAX_PENDING:
+                raise Refused("too many requests pending")
+        try:
+            arguments = self._allowed(command, values[2:])
+        except _Denied:
+            return Outcome(to_client=[error_packet(tag, ErrorCode.ACCESS)])
+        except _Missing:
+            return Outcome(to_client=[error_packet(tag, ErrorCode.NOENTITY)])
+        with self.lock:
+            self._pending[tag] = _Pending(Command(command))
+            if command == Command.DELETE_PLAYBACK_STREAM:
+                assert isinstance(arguments[0], int)
+                self._playback.pop(arguments[0], None)
+        return Outcome(to_server=[control_packet([command, tag, *arguments])])
+
+    @staticmethod
+    def _control(channel: int, payload: bytes) -> list[Value]:
+        if channel != CONTROL_CHANNEL:
+            raise Refused("audio before the handshake")
+        try:
+            values = decode(payload)
+        except PulseError as exc:
+            raise Refused(str(exc)) from None
+        if (len(values) < 2 or not isinstance(values[0], int) or isinstance(values[0], bool)
+                or not isinstance(values[1], int) or isinstance(values[1], bool)):
+            raise Refused("a command that is not one")
+        return values
+
+    def _allowed(self, number: int, arguments: list[Value]) -> list[Value]:
+        """The arguments to send on, rewritten; _Denied where the command is not let through."""
+        assert self.version is not None
+        if number == Command.AUTH:
+            raise Refused("a second handshake")
+        try:
+            command = Command(number)
+        except ValueError:
+            raise _Denied() from None
+        shapes = _PLAYBACK | (_RECORDING if self.recording else {})
+        if command not in shapes:
+            raise _Denied()
+        if re.fullmatch(shapes[command](self.version), signature(arguments)) is None:
+            raise Refused(f"{command.name} not in the shape of protocol {self.version}")
+        if command in _BY_INPUT or command in _BY_OUTPUT:
+            own = self._inputs if command in _BY_INPUT else self._outputs
+            with self.lock:
+                if arguments[0] not in own:
+                    raise _Denied()
+        if command == Command.SET_CLIENT_NAME:
+            return [self._client_properties(arguments[0])]
+        if command == Command.UPDATE_CLIENT_PROPLIST:
+            return [arguments[0], self._client_properties(arguments[1])]
+        if command == Command.REMOVE_CLIENT_PROPLIST:
+            return [key for key in arguments if key != IDENTITY]
+        if command in (Command.UPDATE_PLAYBACK_STREAM_PROPLIST,
+                       Command.UPDATE_RECORD_STREAM_PROPLIST):
+            return [arguments[0], arguments[1], _stream_properties(arguments[2])]
+        if command in (Command.SET_PLAYBACK_STREAM_NAME, Command.SET_RECORD_STREAM_NAME):
+            name = arguments[1]
+            if not isinstance(name, str) or not _text_value("media.name",
+                                                           text_property(name)):
+                raise _Denied()
+            return arguments
+        if command == Command.CREATE_PLAYBACK_STREAM:
+            return self._create_playback(arguments)
+        if command == Command.CREATE_RECORD_STREAM:
+            return self._create_record(arguments)
+        return arguments
+
+    def _client_properties(self, value: Value) -> Proplist:
+        assert isinstance(value, tuple)
+        kept = filter_properties(value, CLIENT_PROPERTIES)
+        if self.identity is not None:
+            kept += ((IDENTITY, text_property(self.identity)),)
+        return kept
+
+    def _create_playback(self, arguments: list[Value]) -> list[Value]:
+        out = list(arguments)
+        out[_PLAYBACK_PROPLIST] = _stream_properties(arguments[_PLAYBACK_PROPLIST])
+        if len(out) > _PLAYBACK_PASSTHROUGH and out[_PLAYBACK_PASSTHROUGH] is True:
+            raise _Denied()
+        if len(out) > _PLAYBACK_FORMATS:
+            formats = _formats(arguments, _PLAYBACK_FORMATS)
+            out[_PLAYBACK_FORMATS + 1:_PLAYBACK_FORMATS + 1 + len(formats)] = formats
+        return out
+
+    def _create_record(self, arguments: list[Value]) -> list[Value]:
+        out = list(arguments)
+        if arguments[_RECORD_DIRECT_ON_INPUT] != INVALID_INDEX:
+            raise _Denied()  # it would record another program's stream, whatever it plays
+        index, name = arguments[_RECORD_SOURCE_INDEX], arguments[_RECORD_SOURCE_NAME]
+        assert isinstance(index, int) and (name is None or isinstance(name, str))
+        if index == INVALID_INDEX and name is None:
+            name = "@DEFAULT_SOURCE@"
+        source = self.lookup_source(index, name)
+        if source is None:
+            raise _Missing()
+        if source.is_monitor:
+            raise _Denied()  # a monitor records what the desktop plays
+        out[_RECORD_SOURCE_INDEX], out[_RECORD_SOURCE_NAME] = source.index, None
+        # Not moved later to another source, which may be a monitor (when its own goes away,
+        # the server would move it to the default one).
+        out[_RECORD_NO_MOVE] = True
+        out[_RECORD_PROPLIST] = _stream_properties(arguments[_RECORD_PROPLIST])
+        if len(out) > _RECORD_FORMATS:
+            formats = _formats(arguments, _RECORD_FORMATS)
+            out[_RECORD_FORMATS + 1:_RECORD_FORMATS + 1 + len(formats)] = formats
+            if out[-1] is True:  # passthrough
+                raise _Denied()
+        return out
+
+    def _audio(self, channel: int, offset_high: int, offset_low: int, flags: int,
+               data: bytes) -> Outcome:
+        # libpulse writes at offset 0 with a relative seek (flags 0); other seeks move the
+        # server's write index in ways that crashed PulseAudio 16.1 (memblockq.c), and the
+        # high flag bits would be shared memory, which was never agreed on.
+        if offset_high or offset_low or flags:
+            raise Refused("audio with an offset, a seek or shared memory")
+        with self.lock:
+            stream = self._playback.get(channel)
+            if stream is None:
+                raise Refused(f"audio for channel {channel}, which is no playback stream of "
+                              "this connection's")
+            data = stream.carry + data
+            whole = len(data) - len(data) % stream.frame_size
+            stream.carry = data[whole:]
+        if not whole:
+            return Outcome()
+        return Outcome(to_server=[DESCRIPTOR.pack(whole, channel, 0, 0, 0) + data[:whole]])
+
+    # -- the server's packets ----------------------------------------------------------------
+
+    def from_server(self, head: bytes, payload: bytes) -> bytes | None:
+        """The packet as the sandbox gets it, or None where it is not for the sandbox."""
+        _, channel, _, _, _ = DESCRIPTOR.unpack(head)
+        if channel != CONTROL_CHANNEL:
+            return head + payload  # recorded audio of its own streams
+        try:
+            values = decode(payload)
+        except PulseError as exc:
+            raise Refused(f"the server: {exc}") from None
+        if len(values) < 2 or not isinstance(values[0], int) or not isinstance(values[1], int):
+            raise Refused("the server sent a command that is not one")
+        command, tag = values[0], values[1]
+        if command in (Command.REPLY, Command.ERROR):
+            with self.lock:
+                pending = self._pending.pop(tag, None)
+            if pending is None:
+                return head + payload
+            if command == Command.REPLY:
+                return self._reply(pending.command, values, head, payload)
+            if pending.command == Command.AUTH:
+                raise Refused("the server refused the handshake")
+            return head + payload
+        if command == Command.SUBSCRIBE_EVENT:
+            return head + payload if self._event_is_for_client(values[2:]) else None
+        if command == Command.PLAYBACK_STREAM_KILLED and len(values) > 2:
+            with self.lock:
+                self._playback.pop(values[2] if isinstance(values[2], int) else -1, None)
+        return head + payload
+
+    def _reply(self, command: Command, values: list[Value], head: bytes,
+               payload: bytes) -> bytes:
+        fields = values[2:]
+        if command == Command.AUTH:
+            if not fields or not isinstance(fields[0], int):
+                raise Refused("the server's handshake has no version")
+            version = min(self._offered, fields[0] & VERSION_MASK)
+            if version < MIN_VERSION:
+                raise Refused(f"the server speaks protocol {version}")
+            self.version = version
+            # Shared memory and memfd are off whatever the server offers.
+            return control_packet([values[0], values[1], fields[0] & VERSION_MASK,
+                                   *fields[1:]])
+        with self.lock:
+            if command == Command.SET_CLIENT_NAME and fields and isinstance(fields[0], int):
+                self._client = fields[0]
+            elif command == Command.CREATE_PLAYBACK_STREAM:
+                channel, index, spec = _created(fields, _REPLY_PLAYBACK_SPEC)
+                frame = spec.frame_size
+                if frame is None:
+                    raise Refused("the server made a stream of no known sample format")
+                self._playback[channel] = _Playback(frame)
+                self._inputs.add(index)
+            elif command == Command.CREATE_RECORD_STREAM:
+                _, index, _ = _created(fields, _REPLY_RECORD_SPEC)
+                self._outputs.add(index)
+        return head + payload
+
+    def _event_is_for_client(self, fields: list[Value]) -> bool:
+        if len(fields) != 2 or not isinstance(fields[0], int):
+            return False
+        facility, index = fields[0] & _FACILITY_MASK, fields[1]
+        if facility in (_SINK, _SOURCE, _SERVER):
+            return True
+        with self.lock:
+            return ((facility == _SINK_INPUT and index in self._inputs)
+                    or (facility == _SOURCE_OUTPUT and index in self._outputs)
+                    or (facility == _CLIENT and index == self._client))
+
+
+class _Missing(Exception):
+    """Answered "no such entity"."""
+
+
+def _stream_properties(value: Value) -> Proplist:
+    assert isinstance(value, tuple)
+    return filter_properties(value, STREAM_PROPERTIES)
+
+
+def _formats(arguments: list[Value], at: int) -> list[Value]:
+    """The formats that follow their count at `at`, each PCM with only its format keys."""
+    count = arguments[at]
+    assert isinstance(count, U8)
+    formats = arguments[at + 1:at + 1 + count.value]
+    if len(formats) != count.value or any(not isinstance(f, FormatInfo) for f in formats):
+        raise Refused("a stream's formats are not as many as it says")
+    return [_filter_format(f) for f in formats]
+
+
+def _created(fields: list[Value], spec_at: int) -> tuple[int, int, SampleSpec]:
+    """(channel, sink input or source output, sample spec) from a creation's reply."""
+    if len(fields) <= spec_at:
+        raise Refused("the server's answer to a stream's creation is too short")
+    channel, index, spec = fields[0], fields[1], fields[spec_at]
+    if not isinstance(channel, int) or not isinstance(index, int) or not isinstance(
+            spec, SampleSpec):
+        raise Refused("the server's answer to a stream's creation is not one")
+    return channel, index, spec

