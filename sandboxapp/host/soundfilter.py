@@ -444,9 +444,10 @@ class SoundFilter:
             if version < MIN_VERSION:
                 raise Refused(f"the server speaks protocol {version}")
             self.version = version
-            # Shared memory and memfd are off whatever the server offers.
-            return control_packet([values[0], values[1], fields[0] & VERSION_MASK,
-                                   *fields[1:]])
+            # Each side speaks the version the other one named (protocol-native.c, context.c):
+            # the sandbox is told the one the server was told. Shared memory and memfd are off
+            # whatever the server offers.
+            return control_packet([values[0], values[1], version, *fields[1:]])
         with self.lock:
             if command == Command.SET_CLIENT_NAME and fields and isinstance(fields[0], int):
                 self._client = fields[0]
