@@ -312,6 +312,14 @@ def decode(payload: bytes) -> list[Value]:
     return values
 
 
+def command_and_tag(payload: bytes) -> tuple[int, int] | None:
+    """A control packet's command and tag, read without the rest; None where it has none."""
+    if len(payload) < 10 or payload[0:1] != b"L" or payload[5:6] != b"L":
+        return None
+    command, tag = struct.unpack(">xIxI", payload[:10])
+    return int(command), int(tag)
+
+
 def _text(value: str | None) -> bytes:
     return b"N" if value is None else b"t" + value.encode() + b"\0"
 
@@ -456,10 +464,9 @@ class Connection:
             payload = self._read(length)
             if channel != CONTROL_CHANNEL:
                 continue  # audio data: we have no streams, so this is not ours
-            values = decode(payload)
-            if len(values) < 2 or values[1] != tag or values[0] not in (Command.REPLY,
-                                                                        Command.ERROR):
+            if command_and_tag(payload) not in ((Command.REPLY, tag), (Command.ERROR, tag)):
                 continue  # an event or a request of the server's: none concern us
+            values = decode(payload)
             if values[0] == Command.ERROR:
                 code = values[2] if len(values) > 2 and isinstance(values[2], int) else None
                 raise PulseError(_ERROR_TEXT.get(code or 0, f"error {code}"), code)

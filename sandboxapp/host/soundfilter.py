@@ -65,9 +65,11 @@ MAX_PENDING = 256
 # The longest property value kept, with its NUL: a title, a name, a format's rates.
 MAX_VALUE = 512
 
+# application.process.binary is not among them: module-augment-properties reads the host's
+# desktop file of that name (and merges its properties), PipeWire applies quirks by it.
 CLIENT_PROPERTIES = frozenset({
     "application.name", "application.version", "application.icon_name",
-    "application.language", "application.process.id", "application.process.binary",
+    "application.language", "application.process.id",
 })
 # A stream's own (the server merges the client's into it).
 STREAM_PROPERTIES = CLIENT_PROPERTIES | frozenset({
@@ -77,10 +79,16 @@ FORMAT_PROPERTIES = frozenset({
     "format.sample_format", "format.rate", "format.channels", "format.channel_map",
 })
 IDENTITY = "application.id"
+# The key module-stream-restore files a stream's saved volume, mute and device under (taken
+# verbatim when the stream has it): the sandbox's own, never another program's.
+RESTORE_ID = "module-stream-restore.id"
+# Streams at once per connection (the connections per sandbox are limited too): a sink takes
+# 256 in all, and a sandbox that held them would keep every other program from playing.
+MAX_PLAYBACK_STREAMS, MAX_RECORD_STREAMS = 8, 2
 PCM = 1  # the only encoding let through: passthrough streams would bypass the mixer
 # Values that name something on the host (a file, an icon) are plain names.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
-_NAMED_BY_VALUE = {"application.process.binary", "application.icon_name", "media.icon_name"}
+_NAMED_BY_VALUE = {"application.icon_name", "media.icon_name"}
 _DIGITS = re.compile(r"[0-9]{1,10}")
 
 # Subscription facilities (pulse/def.h) a player is told about.
@@ -132,7 +140,6 @@ _PLAYBACK: dict[Command, Callable[[int], str]] = {
     Command.GET_PLAYBACK_LATENCY: lambda v: "LT",
     Command.SET_PLAYBACK_STREAM_NAME: lambda v: "Ls",
     Command.SET_PLAYBACK_STREAM_BUFFER_ATTR: lambda v: _since(v, (0, "LLLLLb"), (14, "b")),
-    Command.UPDATE_PLAYBACK_STREAM_SAMPLE_RATE: lambda v: "LL",
     Command.UPDATE_PLAYBACK_STREAM_PROPLIST: lambda v: "LLP",
     Command.REMOVE_PLAYBACK_STREAM_PROPLIST: lambda v: "Ls*",
     Command.SET_SINK_INPUT_VOLUME: lambda v: "Lv",
@@ -147,12 +154,13 @@ _RECORDING: dict[Command, Callable[[int], str]] = {
     Command.GET_SOURCE_OUTPUT_INFO: lambda v: "L",
     Command.SET_RECORD_STREAM_NAME: lambda v: "Ls",
     Command.SET_RECORD_STREAM_BUFFER_ATTR: lambda v: _since(v, (0, "LLLb"), (14, "b")),
-    Command.UPDATE_RECORD_STREAM_SAMPLE_RATE: lambda v: "LL",
     Command.UPDATE_RECORD_STREAM_PROPLIST: lambda v: "LLP",
     Command.REMOVE_RECORD_STREAM_PROPLIST: lambda v: "Ls*",
     Command.SET_SOURCE_OUTPUT_VOLUME: lambda v: "Lv",
     Command.SET_SOURCE_OUTPUT_MUTE: lambda v: "Lb",
 }
+# Not let through: UPDATE_*_STREAM_SAMPLE_RATE (a stream not made with a variable rate aborts
+# PulseAudio 16.1 in its resampler; players do not send it).
 # Commands that address a sink input or source output by its global index: only the
 # connection's own.
 _BY_INPUT = {Command.GET_SINK_INPUT_INFO, Command.SET_SINK_INPUT_VOLUME,
@@ -164,8 +172,11 @@ _PLAYBACK_PROPLIST, _PLAYBACK_PASSTHROUGH, _PLAYBACK_FORMATS = 20, 27, 28
 _RECORD_SOURCE_INDEX, _RECORD_SOURCE_NAME, _RECORD_NO_MOVE = 2, 3, 12
 _RECORD_PROPLIST, _RECORD_DIRECT_ON_INPUT, _RECORD_FORMATS = 16, 17, 21
 _REPLY_PLAYBACK_SPEC, _REPLY_RECORD_SPEC = 7, 4
+# module-stream-restore's names for the two kinds of stream.
+_INPUT, _OUTPUT = "sink-input", "source-output"
 
-SourceLookup = Callable[[int, "str | None"], "SourceInfo | None"]
+# Asks the server about the source a record stream names: (index, or INVALID_INDEX and a name).
+SourceLookup = Callable[[int, str | None], SourceInfo | None]
 
 
 def _text_value(key: str, data: bytes) -> bool:
@@ -231,7 +242,7 @@ class SoundFilter:
     recording: bool
     cookie: bytes
     lookup_source: SourceLookup
-    identity: str | None = None  # the client's application.id, e.g. "sandboxapp.firefox"
+    identity: str  # the client's and its streams' application.id, e.g. "sandboxapp.firefox"
     version: int | None = None  # negotiated, once the server has answered the handshake
     lock: threading.Lock = field(default_factory=threading.Lock)
     _offered: int = 0
@@ -241,6 +252,8 @@ class SoundFilter:
     _inputs: set[int] = field(default_factory=set)
     _outputs: set[int] = field(default_factory=set)
     _client: int | None = None
+    _named: bool = False  # its client properties (and so its identity) were sent
+    _records: set[int] = field(default_factory=set)  # the channels of its record streams
 
     # -- the sandbox's packets ---------------------------------------------------------------
 
@@ -284,9 +297,13 @@ class SoundFilter:
             return Outcome(to_client=[error_packet(tag, ErrorCode.NOENTITY)])
         with self.lock:
             self._pending[tag] = _Pending(Command(command))
-            if command == Command.DELETE_PLAYBACK_STREAM:
+            if command == Command.SET_CLIENT_NAME:
+                self._named = True
+            elif command == Command.DELETE_PLAYBACK_STREAM:
                 assert isinstance(arguments[0], int)
                 self._playback.pop(arguments[0], None)
+            elif command == Command.DELETE_RECORD_STREAM:
+                self._records.discard(arguments[0])
         return Outcome(to_server=[control_packet([command, tag, *arguments])])
 
     @staticmethod
@@ -316,6 +333,9 @@ class SoundFilter:
             raise _Denied()
         if re.fullmatch(shapes[command](self.version), signature(arguments)) is None:
             raise Refused(f"{command.name} not in the shape of protocol {self.version}")
+        if command != Command.SET_CLIENT_NAME and not self._named:
+            # libpulse names its client first: until then a stream would have no identity.
+            raise _Denied()
         if command in _BY_INPUT or command in _BY_OUTPUT:
             own = self._inputs if command in _BY_INPUT else self._outputs
             with self.lock:
@@ -326,10 +346,15 @@ class SoundFilter:
         if command == Command.UPDATE_CLIENT_PROPLIST:
             return [arguments[0], self._client_properties(arguments[1])]
         if command == Command.REMOVE_CLIENT_PROPLIST:
-            return [key for key in arguments if key != IDENTITY]
-        if command in (Command.UPDATE_PLAYBACK_STREAM_PROPLIST,
-                       Command.UPDATE_RECORD_STREAM_PROPLIST):
-            return [arguments[0], arguments[1], _stream_properties(arguments[2])]
+            return _removable(arguments, CLIENT_PROPERTIES)
+        if command == Command.REMOVE_PLAYBACK_STREAM_PROPLIST:
+            return [arguments[0], *_removable(arguments[1:], STREAM_PROPERTIES)]
+        if command == Command.REMOVE_RECORD_STREAM_PROPLIST:
+            return [arguments[0], *_removable(arguments[1:], STREAM_PROPERTIES)]
+        if command == Command.UPDATE_PLAYBACK_STREAM_PROPLIST:
+            return [arguments[0], arguments[1], self._stream_properties(arguments[2], _INPUT)]
+        if command == Command.UPDATE_RECORD_STREAM_PROPLIST:
+            return [arguments[0], arguments[1], self._stream_properties(arguments[2], _OUTPUT)]
         if command in (Command.SET_PLAYBACK_STREAM_NAME, Command.SET_RECORD_STREAM_NAME):
             name = arguments[1]
             if not isinstance(name, str) or not _text_value("media.name",
@@ -344,14 +369,30 @@ class SoundFilter:
 
     def _client_properties(self, value: Value) -> Proplist:
         assert isinstance(value, tuple)
-        kept = filter_properties(value, CLIENT_PROPERTIES)
-        if self.identity is not None:
-            kept += ((IDENTITY, text_property(self.identity)),)
-        return kept
+        return (*filter_properties(value, CLIENT_PROPERTIES),
+                (IDENTITY, text_property(self.identity)))
+
+    def _stream_properties(self, value: Value, kind: str) -> Proplist:
+        """The allowed keys, and the sandbox's identity in the keys that file the stream's
+        saved volume and device: a property update that replaces the whole list (its SET
+        mode) keeps them too."""
+        assert isinstance(value, tuple)
+        return (*filter_properties(value, STREAM_PROPERTIES),
+                (IDENTITY, text_property(self.identity)),
+                (RESTORE_ID, text_property(f"{kind}-by-application-id:{self.identity}")))
+
+    def _streams(self, created: Command, live: int, limit: int) -> None:
+        with self.lock:
+            pending = sum(1 for p in self._pending.values() if p.command == created)
+        if live + pending >= limit:
+            raise _Denied()
 
     def _create_playback(self, arguments: list[Value]) -> list[Value]:
+        self._streams(Command.CREATE_PLAYBACK_STREAM, len(self._playback),
+                      MAX_PLAYBACK_STREAMS)
         out = list(arguments)
-        out[_PLAYBACK_PROPLIST] = _stream_properties(arguments[_PLAYBACK_PROPLIST])
+        out[_PLAYBACK_PROPLIST] = self._stream_properties(arguments[_PLAYBACK_PROPLIST],
+                                                          _INPUT)
         if len(out) > _PLAYBACK_PASSTHROUGH and out[_PLAYBACK_PASSTHROUGH] is True:
             raise _Denied()
         if len(out) > _PLAYBACK_FORMATS:
@@ -360,6 +401,7 @@ class SoundFilter:
         return out
 
     def _create_record(self, arguments: list[Value]) -> list[Value]:
+        self._streams(Command.CREATE_RECORD_STREAM, len(self._records), MAX_RECORD_STREAMS)
         out = list(arguments)
         if arguments[_RECORD_DIRECT_ON_INPUT] != INVALID_INDEX:
             raise _Denied()  # it would record another program's stream, whatever it plays
@@ -376,7 +418,7 @@ class SoundFilter:
         # Not moved later to another source, which may be a monitor (when its own goes away,
         # the server would move it to the default one).
         out[_RECORD_NO_MOVE] = True
-        out[_RECORD_PROPLIST] = _stream_properties(arguments[_RECORD_PROPLIST])
+        out[_RECORD_PROPLIST] = self._stream_properties(arguments[_RECORD_PROPLIST], _OUTPUT)
         if len(out) > _RECORD_FORMATS:
             formats = _formats(arguments, _RECORD_FORMATS)
             out[_RECORD_FORMATS + 1:_RECORD_FORMATS + 1 + len(formats)] = formats
@@ -432,6 +474,9 @@ class SoundFilter:
         if command == Command.PLAYBACK_STREAM_KILLED and len(values) > 2:
             with self.lock:
                 self._playback.pop(values[2] if isinstance(values[2], int) else -1, None)
+        if command == Command.RECORD_STREAM_KILLED and len(values) > 2:
+            with self.lock:
+                self._records.discard(values[2] if isinstance(values[2], int) else -1)
         return head + payload
 
     def _reply(self, command: Command, values: list[Value], head: bytes,
@@ -459,7 +504,8 @@ class SoundFilter:
                 self._playback[channel] = _Playback(frame)
                 self._inputs.add(index)
             elif command == Command.CREATE_RECORD_STREAM:
-                _, index, _ = _created(fields, _REPLY_RECORD_SPEC)
+                channel, index, _ = _created(fields, _REPLY_RECORD_SPEC)
+                self._records.add(channel)
                 self._outputs.add(index)
         return head + payload
 
@@ -479,9 +525,12 @@ class _Missing(Exception):
     """Answered "no such entity"."""
 
 
-def _stream_properties(value: Value) -> Proplist:
-    assert isinstance(value, tuple)
-    return filter_properties(value, STREAM_PROPERTIES)
+def _removable(keys: list[Value], allowed: frozenset[str]) -> list[Value]:
+    """Of the keys a removal names (ending with a null), those it may remove: never the
+    identity, nor a key the server set (PipeWire's target of a record stream, say)."""
+    if not keys or keys[-1] is not None:
+        raise Refused("a list of keys to remove without its end")
+    return [key for key in keys[:-1] if key in allowed] + [None]
 
 
 def _formats(arguments: list[Value], at: int) -> list[Value]:

@@ -83,7 +83,7 @@ class _Connection:
         self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         self.server.connect(str(server_path))
         self.server.sendmsg([handshake], pulsewire.credentials())
-        threading.Thread(target=self._guarded, args=(self.serve_server,), daemon=True,
+        threading.Thread(target=self.guarded, args=(self.serve_server,), daemon=True,
                          name="sound proxy: server").start()
         while True:
             head, payload = _read_packet(self.client)
@@ -101,7 +101,7 @@ class _Connection:
             if data is not None:
                 self.to_client(data)
 
-    def _guarded(self, serve: Callable[[], None]) -> None:
+    def guarded(self, serve: Callable[[], None]) -> None:
         try:
             serve()
         except (OSError, Refused, pulsewire.PulseError):
@@ -114,7 +114,7 @@ class SoundProxy:
     """Serves a sandbox's sound socket until closed."""
 
     def __init__(self, path: Path, server: Path, cookie: bytes, *, recording: bool,
-                 identity: str | None = None) -> None:
+                 identity: str) -> None:
         self.path = path
         self.server = server
         self.cookie = cookie
@@ -161,7 +161,7 @@ class SoundProxy:
                              name="sound proxy: sandbox").start()
 
     def _serve(self, connection: _Connection) -> None:
-        connection._guarded(lambda: connection.serve_client(self.server))
+        connection.guarded(lambda: connection.serve_client(self.server))
 
     def close(self) -> None:
         """Stop serving, and end every connection (the sandbox's streams end with them)."""
@@ -179,7 +179,7 @@ class SoundProxy:
 
 @contextlib.contextmanager
 def serving(path: Path, server: Path, cookie: bytes, *, recording: bool,
-            identity: str | None = None) -> Iterator[SoundProxy]:
+            identity: str) -> Iterator[SoundProxy]:
     proxy = SoundProxy(path, server, cookie, recording=recording, identity=identity)
     try:
         yield proxy

@@ -13,7 +13,14 @@ import pytest
 from sandboxapp.image.store import ImageStore, spec_digest
 from sandboxapp.paths import SHIPPED_PROFILE_DIR
 from sandboxapp.profile.find import load_profile_file
-from tests.harness import SoundServer, XServer, require_programs, sound_server, x_server
+from tests.harness import (
+    SoundServer,
+    XServer,
+    pipewire_server,
+    require_programs,
+    sound_server,
+    x_server,
+)
 
 if TYPE_CHECKING:
     # launching imports this module: the class is only named here.
@@ -89,3 +96,17 @@ def session(tmp_path: Path, test_image_dir: Path, xserver: XServer,
 
     return Session(tmp_path, test_image_dir, xserver, soundserver)
 
+
+
+@pytest.fixture(params=["pulseaudio", "pipewire"])
+def server(request: pytest.FixtureRequest, session: Session,
+           tmp_path: Path) -> Iterator[SoundServer]:
+    """The session's sound server, PulseAudio as a Debian desktop runs it, then PipeWire with
+    WirePlumber: a test that takes it runs against each."""
+    if request.param == "pulseaudio":
+        assert session.sound is not None
+        yield session.sound
+        return
+    with pipewire_server(tmp_path) as pipewire:
+        session.sound = pipewire
+        yield pipewire

@@ -249,7 +249,9 @@ def _pulse_flood(connection: socket.socket) -> None:
 @pytest.mark.parametrize(("serve", "fragment"), [
     (_pulse_huge_packet, "too large"),
     (_pulse_endless_text, "does not end"),
-    (_pulse_deep_nesting, "nested values deeper"),
+    # Values nest only as the protocol's formats do (a byte and a property list): a format
+    # that is anything else is not one.
+    (_pulse_deep_nesting, "a format's encoding is not a byte"),
     (_pulse_silent, "did not answer within"),
     (_pulse_flood, "did not answer within"),
 ], ids=["huge-packet", "endless-text", "deep-nesting", "silent", "flood"])

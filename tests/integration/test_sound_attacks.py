@@ -29,10 +29,9 @@ from tests.harness import (
     ServerWatch,
     SoundServer,
     peak_level,
-    pipewire_server,
     require_programs,
 )
-from tests.integration.launching import FULL_SANDBOX, Session, write_variant
+from tests.integration.launching import FULL_SANDBOX, Session, wait_for_file, write_variant
 
 TOOL = Path(__file__).parent / "sandbox_tools" / "pulseattack.py"
 MICROPHONE_SANDBOX = FULL_SANDBOX + "microphone = true\n"
@@ -48,18 +47,6 @@ SERVER_KEYS = ("native-protocol.", "module-stream-restore.id")
 # the fuzzer's tap, which sees the bytes.)
 FORBIDDEN = {"filter.apply", "filter.want", "filter.apply.ladspa-sink.parameters",
              "stream.capture.sink", "node.dont-reconnect", "media.role"}
-
-
-@pytest.fixture(params=["pulseaudio", "pipewire"])
-def server(request: pytest.FixtureRequest, session: Session,
-           tmp_path: Path) -> Iterator[SoundServer]:
-    if request.param == "pulseaudio":
-        assert session.sound is not None
-        yield session.sound
-        return
-    with pipewire_server(tmp_path) as pipewire:
-        session.sound = pipewire
-        yield pipewire
 
 
 def in_sandbox(session: Session, command: list[str], sandbox: str = FULL_SANDBOX,
@@ -266,3 +253,66 @@ def test_a_sandbox_holds_few_connections_and_a_silent_one_is_closed(
     assert found["silent_closed"] is True and found["silent_closed_after"] <= 10, found
     with server.client() as pulse:
         assert len(pulse.client_list()) == clients_before
+
+
+def test_what_the_server_saves_for_another_program_is_not_changed(
+        session: Session, server: SoundServer) -> None:
+    """PulseAudio's stream-restore files a stream's volume and mute under a name from its
+    properties: the sandbox's streams are filed under its own, whatever they say."""
+    name = "VictimRestore"
+
+    def victims_next_stream() -> tuple[bool, list[float]]:
+        player = subprocess.Popen(["pacat", "--playback", "--raw", f"--client-name={name}",
+                                   "/dev/zero"], env=server.client_env(),
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 15
+            while True:
+                with server.client() as pulse:
+                    found = [s for s in pulse.sink_input_list()
+                             if s.proplist.get("application.name") == name]
+                if found:
+                    return bool(found[0].mute), [round(v, 2) for v in found[0].volume.values]
+                assert time.monotonic() < deadline, "the victim's stream did not appear"
+                time.sleep(0.1)
+        finally:
+            player.terminate()
+            player.wait(timeout=10)
+
+    before = victims_next_stream()
+    found = attack(session, "restore", name)
+    time.sleep(1)
+    assert victims_next_stream() == before, found
+
+
+def test_a_streams_rate_change_does_not_crash_the_server(
+        session: Session, server: SoundServer) -> None:
+    found = attack(session, "rate", sandbox=MICROPHONE_SANDBOX)
+    assert server.process.poll() is None, found
+    assert server.answers(), found
+
+
+def test_a_sandbox_cannot_take_every_stream_a_sink_has(
+        session: Session, server: SoundServer) -> None:
+    """A sink takes 256 streams: a sandbox holds a few, and another program still plays."""
+    persist = session.persist_dir()
+    persist.mkdir(parents=True, exist_ok=True)
+    shutil.copy(TOOL, persist / TOOL.name)
+    profile = write_variant(session.profiles,
+                            ["python3", f"/root/data/{TOOL.name}", "streams", "100"],
+                            FULL_SANDBOX)
+    launch = session.start(str(profile))
+    try:
+        wait_for_file(persist / "held", launch, timeout=120)
+        held = int((persist / "held").read_text())
+        player = subprocess.run(["timeout", "2", "pacat", "--playback", "--raw",
+                                 "/dev/zero"], env=server.client_env(), capture_output=True,
+                                text=True, check=False)
+        (persist / "go").touch()
+        assert launch.wait(timeout=60) == 0
+    finally:
+        if launch.poll() is None:
+            launch.kill()
+            launch.wait()
+    assert held <= 32, held
+    assert player.returncode == 124, player.stderr  # it played until stopped

@@ -42,6 +42,7 @@ from sandboxapp.host.soundfilter import (
     FORMAT_PROPERTIES,
     IDENTITY,
     PCM,
+    RESTORE_ID,
     STREAM_PROPERTIES,
 )
 from tests.harness import (
@@ -57,10 +58,12 @@ from tests.integration.conftest import REPO
 
 SESSIONS = 1500  # per server
 SEED = 20261203
-SESSION_SECONDS = 3.0
-HANDSHAKE_WAIT = 0.5
+# A session's packets, its requests' answers awaited, then its end: never longer than this.
+SESSION_SECONDS = 10.0
+# How long a replayed request waits for its answer (a drain's comes when playback ends).
+ANSWER_WAIT = 0.3
 ALLOWED_COMMANDS = {Command.AUTH, *_PLAYBACK, *_RECORDING}
-ALLOWED_KEYS = CLIENT_PROPERTIES | STREAM_PROPERTIES | {IDENTITY}
+ALLOWED_KEYS = CLIENT_PROPERTIES | STREAM_PROPERTIES | {IDENTITY, RESTORE_ID}
 DANGEROUS = pulsewire.proplist({
     "filter.apply": "ladspa-sink",
     "filter.apply.ladspa-sink.parameters": "plugin=/nonexistent/evil.so label=x",
@@ -139,27 +142,43 @@ def record_sessions(server: SoundServer, workdir: Path) -> list[list[Packet]]:
     tap = Tap(workdir / "record-tap", server.socket)
     tone = workdir / "tone.wav"
     write_tone(tone, seconds=0.3)
-    env = {**server.client_env(), "PULSE_SERVER": f"unix:{tap.path}"}
+    # As in the sandbox: no shared memory (its descriptors would not pass the tap either).
+    conf = workdir / "client.conf"
+    conf.write_text("autospawn = no\nenable-shm = no\n")
+    env = {**server.client_env(), "PULSE_SERVER": f"unix:{tap.path}",
+           "PULSE_CLIENTCONFIG": str(conf)}
     firefox_like = {**env, "PULSE_PROP": "application.name=Firefox "
                     "application.icon_name=firefox-esr media.role=music"}
+    # (argv, environment, seconds): a desktop's null sink takes a second or two to start
+    # playing after it was idle.
     commands = [
-        (["paplay", str(tone)], env),
-        (["pactl", "info"], env),
-        (["pactl", "list", "sinks"], env),
-        (["pactl", "list", "sources"], env),
-        (["pactl", "load-module", "module-null-sink"], env),
-        (["pactl", "subscribe"], env),
-        (["parec", "--raw", "-d", TEST_MICROPHONE], env),
+        (["paplay", str(tone)], env, 4),
+        (["pactl", "info"], env, 1),
+        (["pactl", "list", "sinks"], env, 1),
+        (["pactl", "list", "sources"], env, 1),
+        (["pactl", "load-module", "module-null-sink"], env, 1),
+        (["pactl", "subscribe"], env, 1),
+        (["parec", "--raw", "-d", TEST_MICROPHONE], env, 2),
         (["pacat", "--playback", "--raw", "--format=float32le", "--channels=2",
           "--rate=48000", "--stream-name=AudioStream", "--latency-msec=40",
-          "--property=media.name=AudioStream", "/dev/zero"], firefox_like),
+          "--property=media.name=AudioStream", "/dev/zero"], firefox_like, 3),
     ]
-    for argv, environ in commands:
-        subprocess.run(["timeout", "1", *argv], env=environ, capture_output=True, check=False)
+    for argv, environ, seconds in commands:
+        subprocess.run(["timeout", str(seconds), *argv], env=environ, capture_output=True,
+                       check=False)
     time.sleep(0.3)
     tap.close()
     sessions = [session for session in tap.sessions if session]
     assert len(sessions) >= len(commands), [len(s) for s in tap.sessions]
+    commands_seen = {pulsewire.command_and_tag(payload)[0]  # type: ignore[index]
+                     for session in sessions for head, payload in session
+                     if DESCRIPTOR.unpack(head)[1] == CONTROL_CHANNEL}
+    audio = sum(1 for session in sessions for head, _ in session
+                if DESCRIPTOR.unpack(head)[1] != CONTROL_CHANNEL)
+    # The seeds are whole sessions: streams made, played, recorded.
+    assert {Command.CREATE_PLAYBACK_STREAM, Command.CREATE_RECORD_STREAM,
+            Command.GET_SINK_INFO_LIST, Command.SUBSCRIBE} <= commands_seen, commands_seen
+    assert audio > 3, audio
     return sessions
 
 
@@ -246,38 +265,59 @@ def mutated(rng: random.Random, session: list[Packet]) -> list[Packet]:
     return packets
 
 
+class _Answers:
+    """What comes back on a replayed session: the tags answered, and its end."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.tags: set[int] = set()
+        self.ended = False
+        self.changed = threading.Condition()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        with contextlib.suppress(OSError, ConnectionError):
+            while True:
+                head = _exactly(self.sock, 20)
+                payload = _exactly(self.sock, DESCRIPTOR.unpack(head)[0])
+                found = pulsewire.command_and_tag(payload)
+                if found is not None and found[0] in (Command.REPLY, Command.ERROR):
+                    with self.changed:
+                        self.tags.add(found[1])
+                        self.changed.notify_all()
+        with self.changed:
+            self.ended = True
+            self.changed.notify_all()
+
+    def wait(self, tag: int, seconds: float) -> None:
+        with self.changed:
+            self.changed.wait_for(lambda: tag in self.tags or self.ended, seconds)
+
+
 def replay(path: Path, packets: list[Packet]) -> float:
-    """Send a session to the proxy as a client does (its handshake, the answer, the rest,
-    reading all the while), then hang up; how long until the proxy had closed its side too
-    (infinite: it never did)."""
+    """Send a session to the proxy as a client does: each request then (for a moment) its
+    answer, as libpulse waits for a stream's channel before it writes to it; audio at once.
+    Then hang up; how long until the proxy had closed its side too (infinite: it never
+    did)."""
     started = time.monotonic()
-    ended = threading.Event()
-
-    def drain(sock: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while sock.recv(1 << 16):
-                pass
-        ended.set()
-
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(SESSION_SECONDS)
         try:
             sock.connect(str(path))
-            sock.sendall(b"".join(packets[0]))
-            sock.settimeout(HANDSHAKE_WAIT)  # a handshake cut short gets no answer
-            with contextlib.suppress(TimeoutError, ConnectionError):
-                _exactly(sock, 20)
-            sock.settimeout(SESSION_SECONDS)
-            threading.Thread(target=drain, args=(sock,), daemon=True).start()
-            for head, payload in packets[1:]:
+            answers = _Answers(sock)
+            for head, payload in packets:
                 sock.sendall(head + payload)
+                found = pulsewire.command_and_tag(payload)
+                if DESCRIPTOR.unpack(head)[1] == CONTROL_CHANNEL and found is not None:
+                    answers.wait(found[1], ANSWER_WAIT)
             sock.shutdown(socket.SHUT_WR)
         except (BrokenPipeError, ConnectionResetError):
             pass
         except TimeoutError:
             return float("inf")
-        if not ended.wait(SESSION_SECONDS):
-            return float("inf")
+        with answers.changed:
+            if not answers.changed.wait_for(lambda: answers.ended, SESSION_SECONDS):
+                return float("inf")
     return time.monotonic() - started
 
 

@@ -12,12 +12,11 @@ from __future__ import annotations
 import socket
 import struct
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.harness import SoundServer, pipewire_server
+from tests.harness import SoundServer
 from tests.integration.launching import (
     FULL_SANDBOX,
     NAME,
@@ -34,18 +33,6 @@ ATTACKS = ("pactl load-module module-null-sink sink_name=evil; echo null-sink $?
 
 def modules(sound: SoundServer) -> list[tuple[str, str]]:
     return sorted((name, argument) for _, name, argument in sound.modules())
-
-
-@pytest.fixture(params=["pulseaudio", "pipewire"])
-def server(request: pytest.FixtureRequest, session: Session,
-           tmp_path: Path) -> Iterator[SoundServer]:
-    if request.param == "pulseaudio":
-        assert session.sound is not None
-        yield session.sound
-        return
-    with pipewire_server(tmp_path) as pipewire:
-        session.sound = pipewire
-        yield pipewire
 
 
 def test_module_loads_and_server_changes_are_refused(session: Session,

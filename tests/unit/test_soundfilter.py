@@ -77,7 +77,7 @@ def create_record(index: int = INVALID_INDEX, name: str | None = None,
 class Talk:
     """A filter after a completed handshake at protocol 35."""
 
-    def __init__(self, recording: bool = False) -> None:
+    def __init__(self, recording: bool = False, named: bool = True) -> None:
         self.rules = SoundFilter(recording, COOKIE, lookup, "sandboxapp.test")
         sent = self.rules.handshake(*split(control_packet(
             [int(Command.AUTH), 1, 0xC0000000 | 35, Arbitrary(bytes(256))])))
@@ -86,6 +86,9 @@ class Talk:
             [int(Command.REPLY), 1, 0x80000000 | 35])))
         assert answer is not None
         self.auth_answer = values_of(answer)
+        if named:  # as libpulse does first
+            self.forwarded(Command.SET_CLIENT_NAME, 100, proplist({"application.name": "t"}))
+            self.reply(100, 9)
 
     def send(self, command: int, tag: int, *arguments: Value) -> Outcome:
         return self.rules.from_client(*split(control_packet([command, tag, *arguments])))
@@ -120,7 +123,7 @@ def test_the_handshake_goes_with_the_users_cookie_a_known_version_and_no_shared_
     talk = Talk()
     assert talk.handshake == [int(Command.AUTH), 1, 35, Arbitrary(COOKIE)]
     assert talk.auth_answer == [int(Command.REPLY), 1, 35]
-    rules = SoundFilter(False, COOKIE, lookup)
+    rules = SoundFilter(False, COOKIE, lookup, "sandboxapp.test")
     sent = rules.handshake(*split(control_packet([int(Command.AUTH), 1, 99,
                                                   Arbitrary(bytes(256))])))
     assert values_of(sent)[2] == MAX_VERSION
@@ -153,20 +156,34 @@ def test_property_lists_keep_only_what_a_player_needs_and_the_identity_is_the_sa
         "application.process.id": b"42\0", "application.id": b"sandboxapp.test\0"}
     sent = talk.forwarded(Command.CREATE_PLAYBACK_STREAM, 3,
                           *create_playback({"media.name": "tune", **evil}))
-    assert {key for key, _ in sent[2 + 20]} == {  # type: ignore[union-attr]
-        "media.name", "application.name", "application.icon_name", "application.process.id"}
-    # A property update in SET mode keeps the identity; removing it is not passed on.
+    assert dict(sent[2 + 20]) == {  # type: ignore[arg-type]
+        "media.name": b"tune\0", "application.name": b"Firefox\0",
+        "application.icon_name": b"firefox-esr\0", "application.process.id": b"42\0",
+        "application.id": b"sandboxapp.test\0",
+        "module-stream-restore.id": b"sink-input-by-application-id:sandboxapp.test\0"}
+    # A property update in SET mode (0), which replaces the whole list, keeps the identity
+    # (the client's, and a stream's with its saved volume); removing it is not passed on.
     sent = talk.forwarded(Command.UPDATE_CLIENT_PROPLIST, 4, 0, proplist(evil))
     assert ("application.id", b"sandboxapp.test\0") in sent[3]  # type: ignore[operator]
-    sent = talk.forwarded(Command.REMOVE_CLIENT_PROPLIST, 5, "application.id", "x", None)
-    assert sent[2:] == ["x", None]
+    sent = talk.forwarded(Command.REMOVE_CLIENT_PROPLIST, 5, "application.id",
+                          "application.name", "x", None)
+    assert sent[2:] == ["application.name", None]
+    talk.own_stream(tag=6, channel=3)
+    sent = talk.forwarded(Command.UPDATE_PLAYBACK_STREAM_PROPLIST, 7, 3, 0,
+                          proplist({"application.name": "Victim"}))
+    assert dict(sent[4])["module-stream-restore.id"] == (  # type: ignore[arg-type]
+        b"sink-input-by-application-id:sandboxapp.test\0")
+    sent = talk.forwarded(Command.REMOVE_PLAYBACK_STREAM_PROPLIST, 8, 3, "application.id",
+                          "module-stream-restore.id", "target.object", "media.title", None)
+    assert sent[2:] == [3, "media.title", None]
 
 
 def test_a_value_that_is_no_short_text_is_dropped() -> None:
     talk = Talk()
     entries = (("application.name", b"x" * 600 + b"\0"), ("media.name", b"no end"),
                ("media.title", b"two\0texts\0"), ("media.artist", b"\xff\xfe\0"),
-               ("media.icon_name", b"/home/user/icon.png\0"), ("media.language", b"en\0"))
+               ("media.icon_name", b"/home/user/icon.png\0"), ("media.language", b"en\0"),
+               ("application.process.binary", b"firefox-esr\0"))
     sent = talk.forwarded(Command.UPDATE_CLIENT_PROPLIST, 2, 1, entries)
     assert [key for key, _ in sent[3]] == ["application.id"]  # type: ignore[union-attr]
 
@@ -277,3 +294,34 @@ def test_events_name_only_its_own_client_and_streams() -> None:
     assert not passed(0x02, 43) and not passed(0x05, 8)             # another's
     assert not passed(0x04, 1) and not passed(0x09, 1)              # modules, cards
     assert not passed(0x03, 42)
+
+
+def test_nothing_but_the_client_name_before_the_client_is_named() -> None:
+    talk = Talk(named=False)
+    assert talk.denied(Command.CREATE_PLAYBACK_STREAM, 2,
+                       *create_playback({})) == ErrorCode.ACCESS
+    talk.forwarded(Command.SET_CLIENT_NAME, 3, proplist({}))
+    talk.forwarded(Command.CREATE_PLAYBACK_STREAM, 4, *create_playback({}))
+
+
+def test_a_streams_rate_is_not_changed() -> None:
+    """PulseAudio 16.1 aborts when a stream not made with a variable rate gets a new one."""
+    talk = Talk(recording=True)
+    talk.own_stream(channel=0)
+    assert talk.denied(74, 2, 0, 22050) == ErrorCode.ACCESS
+    assert talk.denied(75, 3, 0, 22050) == ErrorCode.ACCESS
+
+
+def test_a_connection_holds_a_few_streams() -> None:
+    talk = Talk(recording=True)
+    DEFAULT_SOURCE["now"] = 2
+    for tag in range(1, 9):  # pending creations count
+        talk.forwarded(Command.CREATE_PLAYBACK_STREAM, tag, *create_playback({}))
+    assert talk.denied(Command.CREATE_PLAYBACK_STREAM, 9,
+                       *create_playback({})) == ErrorCode.ACCESS
+    for tag in (10, 11):
+        talk.forwarded(Command.CREATE_RECORD_STREAM, tag, *create_record())
+    assert talk.denied(Command.CREATE_RECORD_STREAM, 12, *create_record()) == ErrorCode.ACCESS
+    # A creation that failed no longer counts.
+    talk.rules.from_server(*split(control_packet([int(Command.ERROR), 1, 5])))
+    talk.forwarded(Command.CREATE_PLAYBACK_STREAM, 13, *create_playback({}))

