@@ -215,15 +215,14 @@ class _Denied(Exception):
     """Answered "access denied"; the connection goes on."""
 
 
+class _Missing(Exception):
+    """Answered "no such entity"."""
+
+
 @dataclass
 class _Playback:
     frame_size: int
     carry: bytes = b""  # the start of a frame whose end is still to come
-
-
-@dataclass
-class _Pending:
-    command: Command
 
 
 @dataclass
@@ -246,8 +245,7 @@ class SoundFilter:
     version: int | None = None  # negotiated, once the server has answered the handshake
     lock: threading.Lock = field(default_factory=threading.Lock)
     _offered: int = 0
-    _handshake_sent: bool = False
-    _pending: dict[int, _Pending] = field(default_factory=dict)
+    _pending: dict[int, Command] = field(default_factory=dict)  # requests by tag
     _playback: dict[int, _Playback] = field(default_factory=dict)
     _inputs: set[int] = field(default_factory=set)
     _outputs: set[int] = field(default_factory=set)
@@ -271,8 +269,7 @@ class SoundFilter:
             raise Refused(f"protocol version {offered} is older than {MIN_VERSION}")
         with self.lock:
             self._offered = min(offered, MAX_VERSION)
-            self._pending[tag] = _Pending(Command.AUTH)
-            self._handshake_sent = True
+            self._pending[tag] = Command.AUTH
         return control_packet([int(Command.AUTH), tag, self._offered, Arbitrary(self.cookie)])
 
     def from_client(self, head: bytes, payload: bytes) -> Outcome:
@@ -296,7 +293,7 @@ class SoundFilter:
         except _Missing:
             return Outcome(to_client=[error_packet(tag, ErrorCode.NOENTITY)])
         with self.lock:
-            self._pending[tag] = _Pending(Command(command))
+            self._pending[tag] = Command(command)
             if command == Command.SET_CLIENT_NAME:
                 self._named = True
             elif command == Command.DELETE_PLAYBACK_STREAM:
@@ -383,7 +380,7 @@ class SoundFilter:
 
     def _streams(self, created: Command, live: int, limit: int) -> None:
         with self.lock:
-            pending = sum(1 for p in self._pending.values() if p.command == created)
+            pending = sum(1 for command in self._pending.values() if command == created)
         if live + pending >= limit:
             raise _Denied()
 
@@ -465,8 +462,8 @@ class SoundFilter:
             if pending is None:
                 return head + payload
             if command == Command.REPLY:
-                return self._reply(pending.command, values, head, payload)
-            if pending.command == Command.AUTH:
+                return self._reply(pending, values, head, payload)
+            if pending == Command.AUTH:
                 raise Refused("the server refused the handshake")
             return head + payload
         if command == Command.SUBSCRIBE_EVENT:
@@ -519,10 +516,6 @@ class SoundFilter:
             return ((facility == _SINK_INPUT and index in self._inputs)
                     or (facility == _SOURCE_OUTPUT and index in self._outputs)
                     or (facility == _CLIENT and index == self._client))
-
-
-class _Missing(Exception):
-    """Answered "no such entity"."""
 
 
 def _removable(keys: list[Value], allowed: frozenset[str]) -> list[Value]:
