@@ -53,10 +53,11 @@ class ContainerEntry(Entry):
 
     def undo(self, *, recovering: bool) -> None:
         # nspawn runs with a parent-death signal, so this finds something only when that
-        # failed; the kernel ends its PID namespace, and the container in it, with it. What
-        # could still run of the container is rooted in its layer, which the layer's own undo
-        # ends (layer.kill_processes_in). Not the image's whole UID block: another user's
-        # sandbox of the same image runs in it too, under a lock and a record of its own.
+        # failed; the kernel ends its PID namespace, and the container in it, with it. A
+        # launcher killed before that signal was set leaves unshare and nspawn running on its
+        # layer, which the layer's own undo ends (layer.kill_processes_in). Not the image's
+        # whole UID block: another user's sandbox of the same image runs in it too, under a
+        # lock and a record of its own.
         if self.pid is not None and is_alive(self.pid, self.started):
             import psutil  # off the launch path: only needed here
 

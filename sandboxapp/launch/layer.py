@@ -67,18 +67,31 @@ def create_layer(layer: Path, rootfs: Path, *, state: Path | None) -> Path:
                            status=ExitStatus.LAUNCHER) from None
 
 
+# The programs a launch runs its container with, on the host (their root is the host's):
+# unshare, and the nspawn it forks.
+_CONTAINER_RUNNERS = frozenset({"unshare", "systemd-nspawn"})
+
+
 def kill_processes_in(tree: Path) -> list[int]:
-    """SIGKILL every process whose root directory is in tree (a container nobody supervises)."""
+    """SIGKILL every process whose root directory is in tree (a container nobody supervises),
+    and the unshare and systemd-nspawn that run a container on it: a launcher killed while
+    they start may leave them behind, outside its reach (a parent-death signal set after the
+    parent died never comes), still setting up, with nothing rooted in the tree yet. They are
+    waited for: the layer's mounts are theirs until they are gone."""
     import psutil  # off the launch path: only needed here
 
+    directory = f"--directory={tree}"
     killed = []
-    for process in psutil.process_iter():
+    for process in psutil.process_iter(["name", "cmdline"]):
         with contextlib.suppress(psutil.Error, OSError):
             root = Path(os.readlink(f"/proc/{process.pid}/root"))
-            if root == tree or tree in root.parents:
+            runs_it = (process.info["name"] in _CONTAINER_RUNNERS
+                       and directory in (process.info["cmdline"] or []))
+            if runs_it or root == tree or tree in root.parents:
                 process.send_signal(signal.SIGKILL)
-                killed.append(process.pid)
-    return killed
+                killed.append(process)
+    psutil.wait_procs(killed, timeout=10)
+    return [process.pid for process in killed]
 
 
 def remove_layer(layer: Path, *, kill_leftovers: bool) -> None:
