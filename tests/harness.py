@@ -229,8 +229,11 @@ def pipewire_server(workdir: Path) -> Iterator[SoundServer]:
         subprocess.run(["pactl", "load-module", "module-null-sink", f"sink_name={TEST_SINK}"],
                        env=server.client_env(), check=True, capture_output=True, timeout=10)
         _wait_for(lambda: _has_sink(server, TEST_SINK), 10, "PipeWire's null sink")
-        subprocess.run(["pactl", "set-default-sink", TEST_SINK], env=server.client_env(),
-                       check=True, capture_output=True, timeout=10)
+        # WirePlumber takes a moment more before the new sink can be the default.
+        _wait_for(lambda: subprocess.run(
+            ["pactl", "set-default-sink", TEST_SINK], env=server.client_env(),
+            capture_output=True, timeout=10, check=False).returncode == 0,
+            10, "PipeWire's null sink as the default")
         yield server
     finally:
         with contextlib.suppress(ProcessLookupError):

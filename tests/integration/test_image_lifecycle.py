@@ -82,6 +82,9 @@ def apt_repository(tmp_path: Path) -> Iterator[AptRepository]:
         yield AptRepository(root, gnupg, key, f"http://127.0.0.1:{server.server_port}/")
     finally:
         server.shutdown()
+        # gpg started an agent for the signing key: it would outlive the test.
+        subprocess.run(["gpgconf", "--homedir", str(gnupg), "--kill", "gpg-agent"],
+                       check=False, capture_output=True)
 
 
 def hello_profile(session: Session, repo: AptRepository, command: list[str],
