@@ -30,8 +30,9 @@ from sandboxapp.host.soundfilter import Refused, SoundFilter
 
 # Larger than any packet a player sends (libpulse's memblocks are 64 KiB); larger is an attack.
 MAX_PACKET = 1 << 20
-# A player holds one connection (libpulse's context) and a mixer or device probe may add
-# another; four leave room, and a sandbox can no longer fill the server's client slots.
+# A player holds one connection (libpulse's context): Firefox ESR playing a page's <audio>
+# held one at a time (measured through this socket). Four leave room for a second program,
+# and a sandbox can no longer fill the server's client slots.
 MAX_CONNECTIONS = 4
 HANDSHAKE_SECONDS = 5.0
 
