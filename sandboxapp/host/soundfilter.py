@@ -79,6 +79,7 @@ FORMAT_PROPERTIES = frozenset({
     "format.sample_format", "format.rate", "format.channels", "format.channel_map",
 })
 IDENTITY = "application.id"
+_MARKED = frozenset({"application.name"})  # always the sandbox's (_named_as_sandbox)
 # The key module-stream-restore files a stream's saved volume, mute and device under (taken
 # verbatim when the stream has it): the sandbox's own, never another program's.
 RESTORE_ID = "module-stream-restore.id"
@@ -205,10 +206,37 @@ def filter_properties(entries: Proplist, allowed: frozenset[str]) -> Proplist:
     return tuple(kept.items())
 
 
+# The values libpulse writes for a PCM format (pa_format_info_set_*): a quoted sample format
+# name, a rate and a channel count as plain numbers, a quoted channel map.
+_FORMAT_VALUE = {
+    "format.sample_format": re.compile(r'"(u8|aLaw|uLaw|s16le|s16be|float32le|float32be|s32le|'
+                                       r's32be|s24le|s24be|s24-32le|s24-32be)"'),
+    "format.rate": re.compile(r"[1-9][0-9]{0,5}"),
+    "format.channels": re.compile(r"[1-9]|[12][0-9]|3[0-2]"),
+    "format.channel_map": re.compile(r'"[a-z0-9,-]{1,400}"'),
+}
+MAX_RATE = 384000  # PA_RATE_MAX
+
+
+def valid_spec(spec: Value) -> bool:
+    """A sample spec a server can use: a known format, 1 to 32 channels, a rate from 1 Hz to
+    PA_RATE_MAX (PipeWire's pulse server divides by it)."""
+    return (isinstance(spec, SampleSpec) and spec.frame_size is not None
+            and 1 <= spec.rate <= MAX_RATE)
+
+
 def _filter_format(value: Value) -> FormatInfo:
+    """A PCM format with only its format keys, each in the form libpulse writes: anything
+    else is denied (a rate of 0 made PipeWire's pulse server divide by zero)."""
     if not isinstance(value, FormatInfo) or value.encoding != PCM:
         raise _Denied()
-    return FormatInfo(PCM, filter_properties(value.properties, FORMAT_PROPERTIES))
+    kept = filter_properties(value.properties, FORMAT_PROPERTIES)
+    for key, data in kept:
+        text = data[:-1].decode()
+        if _FORMAT_VALUE[key].fullmatch(text) is None or (
+                key == "format.rate" and int(text) > MAX_RATE):
+            raise _Denied()
+    return FormatInfo(PCM, kept)
 
 
 class _Denied(Exception):
@@ -343,11 +371,11 @@ class SoundFilter:
         if command == Command.UPDATE_CLIENT_PROPLIST:
             return [arguments[0], self._client_properties(arguments[1])]
         if command == Command.REMOVE_CLIENT_PROPLIST:
-            return _removable(arguments, CLIENT_PROPERTIES)
+            return _removable(arguments, CLIENT_PROPERTIES - _MARKED)
         if command == Command.REMOVE_PLAYBACK_STREAM_PROPLIST:
-            return [arguments[0], *_removable(arguments[1:], STREAM_PROPERTIES)]
+            return [arguments[0], *_removable(arguments[1:], STREAM_PROPERTIES - _MARKED)]
         if command == Command.REMOVE_RECORD_STREAM_PROPLIST:
-            return [arguments[0], *_removable(arguments[1:], STREAM_PROPERTIES)]
+            return [arguments[0], *_removable(arguments[1:], STREAM_PROPERTIES - _MARKED)]
         if command == Command.UPDATE_PLAYBACK_STREAM_PROPLIST:
             return [arguments[0], arguments[1], self._stream_properties(arguments[2], _INPUT)]
         if command == Command.UPDATE_RECORD_STREAM_PROPLIST:
@@ -364,18 +392,26 @@ class SoundFilter:
             return self._create_record(arguments)
         return arguments
 
+    def _named_as_sandbox(self, kept: Proplist) -> Proplist:
+        """The kept properties with application.name marked as the sandbox's: PipeWire names a
+        stream's node after it, and a program that asks for a device by that name would get
+        the sandbox's stream; in the user's mixer it says where it comes from."""
+        given = dict(kept).get("application.name", b"")[:-1].decode()
+        name = f"{given} ({self.identity})" if given else self.identity
+        return (*((key, data) for key, data in kept if key != "application.name"),
+                ("application.name", text_property(name)),
+                (IDENTITY, text_property(self.identity)))
+
     def _client_properties(self, value: Value) -> Proplist:
         assert isinstance(value, tuple)
-        return (*filter_properties(value, CLIENT_PROPERTIES),
-                (IDENTITY, text_property(self.identity)))
+        return self._named_as_sandbox(filter_properties(value, CLIENT_PROPERTIES))
 
     def _stream_properties(self, value: Value, kind: str) -> Proplist:
         """The allowed keys, and the sandbox's identity in the keys that file the stream's
         saved volume and device: a property update that replaces the whole list (its SET
         mode) keeps them too."""
         assert isinstance(value, tuple)
-        return (*filter_properties(value, STREAM_PROPERTIES),
-                (IDENTITY, text_property(self.identity)),
+        return (*self._named_as_sandbox(filter_properties(value, STREAM_PROPERTIES)),
                 (RESTORE_ID, text_property(f"{kind}-by-application-id:{self.identity}")))
 
     def _streams(self, created: Command, live: int, limit: int) -> None:
@@ -387,6 +423,8 @@ class SoundFilter:
     def _create_playback(self, arguments: list[Value]) -> list[Value]:
         self._streams(Command.CREATE_PLAYBACK_STREAM, len(self._playback),
                       MAX_PLAYBACK_STREAMS)
+        if not valid_spec(arguments[0]):
+            raise _Denied()
         out = list(arguments)
         out[_PLAYBACK_PROPLIST] = self._stream_properties(arguments[_PLAYBACK_PROPLIST],
                                                           _INPUT)
@@ -399,6 +437,8 @@ class SoundFilter:
 
     def _create_record(self, arguments: list[Value]) -> list[Value]:
         self._streams(Command.CREATE_RECORD_STREAM, len(self._records), MAX_RECORD_STREAMS)
+        if not valid_spec(arguments[0]):
+            raise _Denied()
         out = list(arguments)
         if arguments[_RECORD_DIRECT_ON_INPUT] != INVALID_INDEX:
             raise _Denied()  # it would record another program's stream, whatever it plays

@@ -164,7 +164,11 @@ def test_another_programs_stream_cannot_be_muted_or_turned_up(
         session: Session, server: SoundServer,
         victim: tuple[int, subprocess.Popen[bytes]]) -> None:
     index, player = victim
-    before = stream_state(server, index)
+    # A new stream's volume on PipeWire reads 0 until its node is set up: wait for it.
+    deadline = time.monotonic() + 10
+    while (before := stream_state(server, index)) != stream_state(server, index) or (
+            not any(before[1]) and time.monotonic() < deadline):
+        time.sleep(0.2)
     found = attack(session, "victim", str(index))
     assert stream_state(server, index) == before, found
     assert player.poll() is None

@@ -151,13 +151,16 @@ def test_property_lists_keep_only_what_a_player_needs_and_the_identity_is_the_sa
             "application.process.binary": "../../etc/passwd",
             "application.icon_name": "firefox-esr", "application.process.id": "42"}
     sent = talk.forwarded(Command.SET_CLIENT_NAME, 2, proplist(evil))
+    # Its name says whose it is (PipeWire names nodes after it: a program asking for a device
+    # of the sandbox's chosen name would get the sandbox's stream).
     assert dict(sent[2]) == {  # type: ignore[arg-type]
-        "application.name": b"Firefox\0", "application.icon_name": b"firefox-esr\0",
+        "application.name": b"Firefox (sandboxapp.test)\0",
+        "application.icon_name": b"firefox-esr\0",
         "application.process.id": b"42\0", "application.id": b"sandboxapp.test\0"}
     sent = talk.forwarded(Command.CREATE_PLAYBACK_STREAM, 3,
                           *create_playback({"media.name": "tune", **evil}))
     assert dict(sent[2 + 20]) == {  # type: ignore[arg-type]
-        "media.name": b"tune\0", "application.name": b"Firefox\0",
+        "media.name": b"tune\0", "application.name": b"Firefox (sandboxapp.test)\0",
         "application.icon_name": b"firefox-esr\0", "application.process.id": b"42\0",
         "application.id": b"sandboxapp.test\0",
         "module-stream-restore.id": b"sink-input-by-application-id:sandboxapp.test\0"}
@@ -166,8 +169,8 @@ def test_property_lists_keep_only_what_a_player_needs_and_the_identity_is_the_sa
     sent = talk.forwarded(Command.UPDATE_CLIENT_PROPLIST, 4, 0, proplist(evil))
     assert ("application.id", b"sandboxapp.test\0") in sent[3]  # type: ignore[operator]
     sent = talk.forwarded(Command.REMOVE_CLIENT_PROPLIST, 5, "application.id",
-                          "application.name", "x", None)
-    assert sent[2:] == ["application.name", None]
+                          "application.name", "application.version", "x", None)
+    assert sent[2:] == ["application.version", None]
     talk.own_stream(tag=6, channel=3)
     sent = talk.forwarded(Command.UPDATE_PLAYBACK_STREAM_PROPLIST, 7, 3, 0,
                           proplist({"application.name": "Victim"}))
@@ -185,7 +188,8 @@ def test_a_value_that_is_no_short_text_is_dropped() -> None:
                ("media.icon_name", b"/home/user/icon.png\0"), ("media.language", b"en\0"),
                ("application.process.binary", b"firefox-esr\0"))
     sent = talk.forwarded(Command.UPDATE_CLIENT_PROPLIST, 2, 1, entries)
-    assert [key for key, _ in sent[3]] == ["application.id"]  # type: ignore[union-attr]
+    assert dict(sent[3]) == {  # type: ignore[arg-type]
+        "application.name": b"sandboxapp.test\0", "application.id": b"sandboxapp.test\0"}
 
 
 def test_formats_keep_their_format_keys_and_only_pcm_passes() -> None:
@@ -325,3 +329,35 @@ def test_a_connection_holds_a_few_streams() -> None:
     # A creation that failed no longer counts.
     talk.rules.from_server(*split(control_packet([int(Command.ERROR), 1, 5])))
     talk.forwarded(Command.CREATE_PLAYBACK_STREAM, 13, *create_playback({}))
+
+
+@pytest.mark.parametrize("spec", [SampleSpec(3, 2, 0), SampleSpec(3, 0, 44100),
+                                  SampleSpec(3, 33, 44100), SampleSpec(13, 2, 44100),
+                                  SampleSpec(3, 2, 384001)],
+                         ids=["rate-0", "no-channels", "33-channels", "no-format", "fast"])
+def test_a_stream_of_a_sample_spec_no_server_can_use_is_denied(spec: SampleSpec) -> None:
+    """PipeWire's pulse server divided by a rate of 0 and died."""
+    talk = Talk(recording=True)
+    DEFAULT_SOURCE["now"] = 2
+    playback = create_playback({})
+    playback[0] = spec
+    assert talk.denied(Command.CREATE_PLAYBACK_STREAM, 2, *playback) == ErrorCode.ACCESS
+    record = create_record()
+    record[0] = spec
+    assert talk.denied(Command.CREATE_RECORD_STREAM, 3, *record) == ErrorCode.ACCESS
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("format.rate", "0"), ("format.rate", "999999"), ("format.rate", "[ 44100, 48000 ]"),
+    ("format.channels", "0"), ("format.channels", "64"), ("format.sample_format", "s16le"),
+    ("format.sample_format", '"s99le"'), ("format.channel_map", "front-left"),
+])
+def test_a_format_in_a_form_libpulse_does_not_write_is_denied(key: str, value: str) -> None:
+    talk = Talk()
+    values = {"format.sample_format": '"s16le"', "format.rate": "44100",
+              "format.channels": "2", "format.channel_map": '"front-left,front-right"'}
+    good = FormatInfo(1, proplist(values))
+    talk.forwarded(Command.CREATE_PLAYBACK_STREAM, 2, *create_playback({}, [good]))
+    bad = FormatInfo(1, proplist({**values, key: value}))
+    assert talk.denied(Command.CREATE_PLAYBACK_STREAM, 3,
+                       *create_playback({}, [bad])) == ErrorCode.ACCESS

@@ -145,8 +145,8 @@ class Client:
 
     def create_args(self, fmt: int = S16LE, channels: int = 2, sink: str | None = None,
                     properties: dict[str, str] | None = None, tlength: int = INVALID,
-                    formats: list[bytes] | None = None) -> bytes:
-        return (sample_spec(fmt, channels, 44100) + channel_map(channels) + u32(INVALID)
+                    formats: list[bytes] | None = None, rate: int = 44100) -> bytes:
+        return (sample_spec(fmt, channels, rate) + channel_map(channels) + u32(INVALID)
                 + text(sink) + u32(INVALID) + boolean(False) + u32(tlength) + u32(INVALID)
                 + u32(INVALID) + u32(0) + cvolume(channels)
                 + boolean(False) * 7                          # v12: remapping, moving
@@ -380,7 +380,19 @@ def rate() -> dict[str, object]:
         return [client.request(UPDATE_PLAYBACK_STREAM_SAMPLE_RATE, u32(own[0]),
                                u32(22050))[0], client.alive()]
 
+    def no_rate() -> object:
+        """A rate of 0, with a format list, then new buffer sizes for the stream still being
+        made: PipeWire's pulse server divided by it."""
+        client = Client()
+        first, second = client.next_tag(), client.next_tag()
+        client.send(CREATE_PLAYBACK_STREAM, first,
+                    client.create_args(rate=0, formats=[pcm_format(2)]))
+        client.send(SET_PLAYBACK_STREAM_BUFFER_ATTR, second, u32(0), u32(INVALID),
+                    u32(INVALID), u32(INVALID), u32(INVALID), boolean(False), boolean(False))
+        return [client.answer(first)[0], client.answer(second)[0], client.alive()]
+
     attempt(results, "playback", playback)
+    attempt(results, "no_rate", no_rate)
     attempt(results, "server_alive_after", lambda: Client().alive())
     return results
 
