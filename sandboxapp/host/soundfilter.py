@@ -17,7 +17,10 @@ connection. The rules:
   so no restored volume or device of another program is read or written by it.
 - Replies are matched to requests by tag: a tag reused while its request is pending ends the
   connection, and a stream, sink input or source output is the connection's own only from the
-  reply to its own successful creation, at the field the protocol puts it in.
+  reply to its own successful creation, at the field the protocol puts it in, until the answer
+  to its deletion (or the server's word that it was killed). A command names only a stream the
+  connection owns and is not deleting (PipeWire's pulse server gives a deleted stream's channel
+  to the next stream made).
 - Audio goes only to the connection's own playback streams, at offset 0 with a relative seek
   (what libpulse's pa_stream_write sends), and reaches the server in whole frames of the
   stream's sample spec (a frame split between two packets is joined).
@@ -86,15 +89,18 @@ RESTORE_ID = "module-stream-restore.id"
 # Streams at once per connection (the connections per sandbox are limited too): a sink takes
 # 256 in all, and a sandbox that held them would keep every other program from playing.
 MAX_PLAYBACK_STREAMS, MAX_RECORD_STREAMS = 8, 2
+# Ended streams whose end event is still awaited (it follows the deletion's answer).
+MAX_ENDED = 64
 PCM = 1  # the only encoding let through: passthrough streams would bypass the mixer
 # Values that name something on the host (a file, an icon) are plain names.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
 _NAMED_BY_VALUE = {"application.icon_name", "media.icon_name"}
 _DIGITS = re.compile(r"[0-9]{1,10}")
 
-# Subscription facilities (pulse/def.h) a player is told about.
+# Subscription facilities (pulse/def.h) a player is told about, and the event of an end.
 _FACILITY_MASK, _SINK, _SOURCE, _SINK_INPUT, _SOURCE_OUTPUT, _CLIENT, _SERVER = (
     0x0F, 0, 1, 2, 3, 5, 7)
+_TYPE_MASK, _REMOVE = 0x30, 0x20
 
 
 class Refused(Exception):
@@ -168,6 +174,20 @@ _BY_INPUT = {Command.GET_SINK_INPUT_INFO, Command.SET_SINK_INPUT_VOLUME,
              Command.SET_SINK_INPUT_MUTE}
 _BY_OUTPUT = {Command.GET_SOURCE_OUTPUT_INFO, Command.SET_SOURCE_OUTPUT_VOLUME,
               Command.SET_SOURCE_OUTPUT_MUTE}
+# Commands that address a stream by its channel on the connection.
+_BY_PLAYBACK_CHANNEL = {
+    Command.DELETE_PLAYBACK_STREAM, Command.DRAIN_PLAYBACK_STREAM,
+    Command.FLUSH_PLAYBACK_STREAM, Command.TRIGGER_PLAYBACK_STREAM,
+    Command.PREBUF_PLAYBACK_STREAM, Command.CORK_PLAYBACK_STREAM,
+    Command.GET_PLAYBACK_LATENCY, Command.SET_PLAYBACK_STREAM_NAME,
+    Command.SET_PLAYBACK_STREAM_BUFFER_ATTR, Command.UPDATE_PLAYBACK_STREAM_PROPLIST,
+    Command.REMOVE_PLAYBACK_STREAM_PROPLIST}
+_BY_RECORD_CHANNEL = {
+    Command.DELETE_RECORD_STREAM, Command.CORK_RECORD_STREAM, Command.FLUSH_RECORD_STREAM,
+    Command.GET_RECORD_LATENCY, Command.SET_RECORD_STREAM_NAME,
+    Command.SET_RECORD_STREAM_BUFFER_ATTR, Command.UPDATE_RECORD_STREAM_PROPLIST,
+    Command.REMOVE_RECORD_STREAM_PROPLIST}
+_DELETES = {Command.DELETE_PLAYBACK_STREAM, Command.DELETE_RECORD_STREAM}
 # Fields of a creation request (after command and tag) and of its reply.
 _PLAYBACK_PROPLIST, _PLAYBACK_PASSTHROUGH, _PLAYBACK_FORMATS = 20, 27, 28
 _RECORD_SOURCE_INDEX, _RECORD_SOURCE_NAME, _RECORD_NO_MOVE = 2, 3, 12
@@ -248,9 +268,11 @@ class _Missing(Exception):
 
 
 @dataclass
-class _Playback:
+class _Stream:
+    index: int  # its sink input or source output
     frame_size: int
-    carry: bytes = b""  # the start of a frame whose end is still to come
+    carry: bytes = b""  # of a playback stream: the start of a frame whose end is to come
+    deleting: bool = False  # its deletion was sent and is not answered yet
 
 
 @dataclass
@@ -273,13 +295,15 @@ class SoundFilter:
     version: int | None = None  # negotiated, once the server has answered the handshake
     lock: threading.Lock = field(default_factory=threading.Lock)
     _offered: int = 0
-    _pending: dict[int, Command] = field(default_factory=dict)  # requests by tag
-    _playback: dict[int, _Playback] = field(default_factory=dict)
-    _inputs: set[int] = field(default_factory=set)
-    _outputs: set[int] = field(default_factory=set)
+    # Requests by tag: the command, and the channel a deletion names.
+    _pending: dict[int, tuple[Command, int | None]] = field(default_factory=dict)
+    _playback: dict[int, _Stream] = field(default_factory=dict)  # by channel
+    _records: dict[int, _Stream] = field(default_factory=dict)
+    # Sink inputs and source outputs that were its own, the latest first: only their end is
+    # still told.
+    _ended: dict[tuple[int, int], None] = field(default_factory=dict)
     _client: int | None = None
     _named: bool = False  # its client properties (and so its identity) were sent
-    _records: set[int] = field(default_factory=set)  # the channels of its record streams
 
     # -- the sandbox's packets ---------------------------------------------------------------
 
@@ -297,7 +321,7 @@ class SoundFilter:
             raise Refused(f"protocol version {offered} is older than {MIN_VERSION}")
         with self.lock:
             self._offered = min(offered, MAX_VERSION)
-            self._pending[tag] = Command.AUTH
+            self._pending[tag] = (Command.AUTH, None)
         return control_packet([int(Command.AUTH), tag, self._offered, Arbitrary(self.cookie)])
 
     def from_client(self, head: bytes, payload: bytes) -> Outcome:
@@ -321,14 +345,14 @@ class SoundFilter:
         except _Missing:
             return Outcome(to_client=[error_packet(tag, ErrorCode.NOENTITY)])
         with self.lock:
-            self._pending[tag] = Command(command)
+            channel = None
             if command == Command.SET_CLIENT_NAME:
                 self._named = True
-            elif command == Command.DELETE_PLAYBACK_STREAM:
-                assert isinstance(arguments[0], int)
-                self._playback.pop(arguments[0], None)
-            elif command == Command.DELETE_RECORD_STREAM:
-                self._records.discard(arguments[0])
+            elif command in _DELETES:
+                channel = arguments[0]
+                assert isinstance(channel, int)
+                self._streams_of(Command(command))[channel].deleting = True
+            self._pending[tag] = (Command(command), channel)
         return Outcome(to_server=[control_packet([command, tag, *arguments])])
 
     @staticmethod
@@ -362,10 +386,18 @@ class SoundFilter:
             # libpulse names its client first: until then a stream would have no identity.
             raise _Denied()
         if command in _BY_INPUT or command in _BY_OUTPUT:
-            own = self._inputs if command in _BY_INPUT else self._outputs
+            streams = self._playback if command in _BY_INPUT else self._records
             with self.lock:
-                if arguments[0] not in own:
+                if all(stream.index != arguments[0] or stream.deleting
+                       for stream in streams.values()):
                     raise _Denied()
+        if command in _BY_PLAYBACK_CHANNEL or command in _BY_RECORD_CHANNEL:
+            channel = arguments[0]
+            assert isinstance(channel, int)
+            with self.lock:
+                stream = self._streams_of(command).get(channel)
+                if stream is None or stream.deleting:
+                    raise _Missing()  # what the server says of a channel it does not have
         if command == Command.SET_CLIENT_NAME:
             return [self._client_properties(arguments[0])]
         if command == Command.UPDATE_CLIENT_PROPLIST:
@@ -392,6 +424,10 @@ class SoundFilter:
             return self._create_record(arguments)
         return arguments
 
+    def _streams_of(self, command: Command) -> dict[int, _Stream]:
+        """The connection's streams of the kind a command addresses by channel."""
+        return self._playback if command in _BY_PLAYBACK_CHANNEL else self._records
+
     def _named_as_sandbox(self, kept: Proplist) -> Proplist:
         """The kept properties with application.name marked as the sandbox's: PipeWire names a
         stream's node after it, and a program that asks for a device by that name would get
@@ -416,7 +452,7 @@ class SoundFilter:
 
     def _streams(self, created: Command, live: int, limit: int) -> None:
         with self.lock:
-            pending = sum(1 for command in self._pending.values() if command == created)
+            pending = sum(1 for command, _ in self._pending.values() if command == created)
         if live + pending >= limit:
             raise _Denied()
 
@@ -475,6 +511,8 @@ class SoundFilter:
             if stream is None:
                 raise Refused(f"audio for channel {channel}, which is no playback stream of "
                               "this connection's")
+            if stream.deleting:
+                return Outcome()
             data = stream.carry + data
             whole = len(data) - len(data) % stream.frame_size
             stream.carry = data[whole:]
@@ -498,7 +536,9 @@ class SoundFilter:
         command, tag = values[0], values[1]
         if command in (Command.REPLY, Command.ERROR):
             with self.lock:
-                pending = self._pending.pop(tag, None)
+                pending, channel = self._pending.pop(tag, (None, None))
+                if pending in _DELETES and channel is not None:
+                    self._end(self._streams_of(pending), channel)
             if pending is None:
                 return head + payload
             if command == Command.REPLY:
@@ -508,13 +548,22 @@ class SoundFilter:
             return head + payload
         if command == Command.SUBSCRIBE_EVENT:
             return head + payload if self._event_is_for_client(values[2:]) else None
-        if command == Command.PLAYBACK_STREAM_KILLED and len(values) > 2:
+        if (command in (Command.PLAYBACK_STREAM_KILLED, Command.RECORD_STREAM_KILLED)
+                and len(values) > 2 and isinstance(values[2], int)):
             with self.lock:
-                self._playback.pop(values[2] if isinstance(values[2], int) else -1, None)
-        if command == Command.RECORD_STREAM_KILLED and len(values) > 2:
-            with self.lock:
-                self._records.discard(values[2] if isinstance(values[2], int) else -1)
+                self._end(self._playback if command == Command.PLAYBACK_STREAM_KILLED
+                          else self._records, values[2])
         return head + payload
+
+    def _end(self, streams: dict[int, _Stream], channel: int) -> None:
+        """Forget a stream that is gone (the lock held): its channel and its sink input or
+        source output may be given to another stream, another program's too."""
+        stream = streams.pop(channel, None)
+        if stream is not None:
+            facility = _SINK_INPUT if streams is self._playback else _SOURCE_OUTPUT
+            self._ended[(facility, stream.index)] = None
+            if len(self._ended) > MAX_ENDED:
+                del self._ended[next(iter(self._ended))]
 
     def _reply(self, command: Command, values: list[Value], head: bytes,
                payload: bytes) -> bytes:
@@ -533,29 +582,39 @@ class SoundFilter:
         with self.lock:
             if command == Command.SET_CLIENT_NAME and fields and isinstance(fields[0], int):
                 self._client = fields[0]
-            elif command == Command.CREATE_PLAYBACK_STREAM:
-                channel, index, spec = _created(fields, _REPLY_PLAYBACK_SPEC)
+            elif command in (Command.CREATE_PLAYBACK_STREAM, Command.CREATE_RECORD_STREAM):
+                playback = command == Command.CREATE_PLAYBACK_STREAM
+                channel, index, spec = _created(
+                    fields, _REPLY_PLAYBACK_SPEC if playback else _REPLY_RECORD_SPEC)
                 frame = spec.frame_size
                 if frame is None:
                     raise Refused("the server made a stream of no known sample format")
-                self._playback[channel] = _Playback(frame)
-                self._inputs.add(index)
-            elif command == Command.CREATE_RECORD_STREAM:
-                channel, index, _ = _created(fields, _REPLY_RECORD_SPEC)
-                self._records.add(channel)
-                self._outputs.add(index)
+                if channel in self._playback or channel in self._records:
+                    raise Refused(f"the server gave channel {channel} to a second stream")
+                (self._playback if playback else self._records)[channel] = _Stream(index, frame)
+                facility = _SINK_INPUT if playback else _SOURCE_OUTPUT
+                self._ended.pop((facility, index), None)
         return head + payload
 
     def _event_is_for_client(self, fields: list[Value]) -> bool:
         if len(fields) != 2 or not isinstance(fields[0], int):
             return False
         facility, index = fields[0] & _FACILITY_MASK, fields[1]
+        if not isinstance(index, int):
+            return False
         if facility in (_SINK, _SOURCE, _SERVER):
             return True
         with self.lock:
-            return ((facility == _SINK_INPUT and index in self._inputs)
-                    or (facility == _SOURCE_OUTPUT and index in self._outputs)
-                    or (facility == _CLIENT and index == self._client))
+            if facility in (_SINK_INPUT, _SOURCE_OUTPUT):
+                streams = self._playback if facility == _SINK_INPUT else self._records
+                if any(stream.index == index for stream in streams.values()):
+                    return True
+                # The end of one that was its own, told once: the number is free again.
+                if fields[0] & _TYPE_MASK == _REMOVE and (facility, index) in self._ended:
+                    del self._ended[(facility, index)]
+                    return True
+                return False
+            return facility == _CLIENT and index == self._client
 
 
 def _removable(keys: list[Value], allowed: frozenset[str]) -> list[Value]:

@@ -9,18 +9,23 @@ PipeWire's pulse server), with the user's cookie and credentials, and every pack
 through a SoundFilter (soundfilter.py), which says what goes on and how it is rewritten.
 
 Limits: MAX_CONNECTIONS at once per sandbox (the server's client slots are few); a connection
-that has not sent its handshake within HANDSHAKE_SECONDS is closed before the server ever
-hears of it; packets have a bounded size; shared memory is never offered, and ancillary data
-(descriptors) is never passed on. When the app exits the proxy closes: the sandbox's streams
-end at once.
+that has not sent its whole handshake within HANDSHAKE_SECONDS is closed before the server
+ever hears of it; packets have a bounded size; shared memory is never offered, and ancillary
+data (descriptors) is never passed on. The server's packets are always read at once: what the
+sandbox has not taken yet waits here, at most MAX_BACKLOG bytes and STALL_SECONDS without
+progress, else the connection ends (a sandbox that never reads made the user's PulseAudio
+queue without end for it). When the app exits the proxy closes: the sandbox's streams end at
+once.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import select
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,15 +40,20 @@ MAX_PACKET = 1 << 20
 # and a sandbox can no longer fill the server's client slots.
 MAX_CONNECTIONS = 4
 HANDSHAKE_SECONDS = 5.0
+# What waits for the sandbox to take it: seconds of the largest stream a sandbox may record
+# (48 kHz stereo float: 384 KB/s); a player reads at once.
+MAX_BACKLOG = 4 << 20
+STALL_SECONDS = 10.0
 
 
-def _read_packet(sock: socket.socket) -> tuple[bytes, bytes]:
-    """(descriptor, payload) of the next packet; ConnectionError at the end."""
-    head = unixsocket.recv_exactly(sock, pulsewire.DESCRIPTOR.size, None)
+def _read_packet(sock: socket.socket, by: float | None = None) -> tuple[bytes, bytes]:
+    """(descriptor, payload) of the next packet, whole before the monotonic time `by` (None:
+    whenever it comes); ConnectionError at the end."""
+    head = unixsocket.recv_exactly(sock, pulsewire.DESCRIPTOR.size, by)
     length = pulsewire.DESCRIPTOR.unpack(head)[0]
     if length > MAX_PACKET:
         raise Refused(f"a packet of {length} bytes")
-    return head, unixsocket.recv_exactly(sock, length, None)
+    return head, unixsocket.recv_exactly(sock, length, by)
 
 
 @dataclass
@@ -56,15 +66,51 @@ class _Connection:
     server: socket.socket | None = None
 
     def __post_init__(self) -> None:
-        self.send_lock = threading.Lock()
         self.closed = threading.Event()
+        # What the sandbox is still to take, in order, and its size in bytes.
+        self.backlog: list[bytes] = []
+        self.backlog_size = 0
+        self.ready = threading.Condition()
 
     def to_client(self, data: bytes) -> None:
-        with self.send_lock:
-            self.client.sendall(data)
+        """Queue a packet for the sandbox; never waits for it (the server's thread calls)."""
+        with self.ready:
+            if self.backlog_size + len(data) > MAX_BACKLOG:
+                raise Refused("the sandbox does not take what it is sent")
+            self.backlog.append(data)
+            self.backlog_size += len(data)
+            self.ready.notify()
+
+    def write_client(self) -> None:
+        """Send the backlog as the sandbox takes it; a sandbox that takes nothing for
+        STALL_SECONDS is gone."""
+        poller = select.poll()
+        poller.register(self.client, select.POLLOUT)
+        while True:
+            with self.ready:
+                while not self.backlog and not self.closed.is_set():
+                    self.ready.wait()
+                if self.closed.is_set():
+                    return
+                data = b"".join(self.backlog)
+                self.backlog.clear()
+            while data:
+                if not poller.poll(STALL_SECONDS * 1000):
+                    raise Refused(f"the sandbox took nothing for {STALL_SECONDS:g} s")
+                if self.closed.is_set():
+                    return
+                try:
+                    sent = self.client.send(data, socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    continue
+                data = data[sent:]
+                with self.ready:
+                    self.backlog_size -= sent
 
     def close(self) -> None:
         self.closed.set()
+        with self.ready:
+            self.ready.notify_all()
         for sock in (self.client, self.server):
             if sock is None:
                 continue
@@ -74,13 +120,14 @@ class _Connection:
 
     def serve_client(self, server_path: Path) -> None:
         """The sandbox's packets, through the filter, until either side ends."""
-        self.client.settimeout(HANDSHAKE_SECONDS)
         try:
-            head, payload = _read_packet(self.client)
-        except TimeoutError:
+            head, payload = _read_packet(self.client, time.monotonic() + HANDSHAKE_SECONDS)
+        except unixsocket.ProtocolError:
             raise Refused("no handshake") from None
         handshake = self.rules.handshake(head, payload)
         self.client.settimeout(None)
+        threading.Thread(target=self.guarded, args=(self.write_client,), daemon=True,
+                         name="sound proxy: to sandbox").start()
         self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         self.server.connect(str(server_path))
         self.server.sendmsg([handshake], pulsewire.credentials())

@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from sandboxapp.host.soundfilter import CLIENT_PROPERTIES, IDENTITY, STREAM_PROPERTIES
@@ -320,3 +321,33 @@ def test_a_sandbox_cannot_take_every_stream_a_sink_has(
             launch.wait()
     assert held <= 32, held
     assert player.returncode == 124, player.stderr  # it played until stopped
+
+
+def test_commands_on_streams_that_are_not_its_own_do_not_crash_the_server(
+        session: Session, server: SoundServer) -> None:
+    found = attack(session, "stale")
+    assert server.answers(), found
+    assert found["server_alive_after"] is True, found
+    # Nothing reached the server for a channel the connection did not own at that moment.
+    assert set(found["never_made"]) == {"error"}, found  # type: ignore[arg-type]
+    assert set(found["while_deleted"]) == {"error"}, found  # type: ignore[arg-type]
+    assert set(found["deleted"]) == {"error"}, found  # type: ignore[arg-type]
+
+
+def server_memory(server: SoundServer) -> int:
+    """The resident memory of the process that serves the native protocol, in bytes."""
+    name = "pulseaudio" if server.kind == "pulseaudio" else "pipewire-pulse"
+    group = psutil.Process(server.process.pid)
+    found = [p for p in [group, *group.children(recursive=True)] if p.name() == name]
+    assert len(found) == 1, found
+    return int(found[0].memory_info().rss)
+
+
+def test_a_connection_that_never_reads_is_cut_off_and_the_server_does_not_queue_for_it(
+        session: Session, server: SoundServer) -> None:
+    before = server_memory(server)
+    found = attack(session, "deaf", "20")
+    grown = server_memory(server) - before
+    assert grown < 8 << 20, (grown, found)
+    assert found["deaf_closed"] is True, found
+    assert found["server_alive_after"] is True, found

@@ -228,6 +228,7 @@ def test_only_its_own_streams_sink_input_may_be_set_and_only_from_its_creations_
 
 def test_a_failed_creations_tag_makes_nothing_its_own() -> None:
     talk = Talk()
+    talk.own_stream(channel=0, sink_input=42)
     talk.forwarded(Command.CREATE_PLAYBACK_STREAM, 3, *create_playback({}))
     talk.rules.from_server(*split(control_packet([int(Command.ERROR), 3, 5])))
     # The same tag again, on a request whose reply carries a value of the client's choosing.
@@ -361,3 +362,65 @@ def test_a_format_in_a_form_libpulse_does_not_write_is_denied(key: str, value: s
     bad = FormatInfo(1, proplist({**values, key: value}))
     assert talk.denied(Command.CREATE_PLAYBACK_STREAM, 3,
                        *create_playback({}, [bad])) == ErrorCode.ACCESS
+
+
+def event(facility: int, index: int, kind: int = 0x10) -> tuple[bytes, bytes]:
+    return split(control_packet([int(Command.SUBSCRIBE_EVENT), INVALID_INDEX, facility | kind,
+                                 index]))
+
+
+def test_commands_name_only_a_stream_it_owns_and_is_not_deleting() -> None:
+    """Only what it owns reaches the server: a channel being deleted may be given to the next
+    stream made."""
+    talk = Talk()
+    for channel in (0, 1, 7):
+        assert talk.denied(Command.CORK_PLAYBACK_STREAM, 5, channel, True) == ErrorCode.NOENTITY
+        assert talk.denied(Command.DELETE_PLAYBACK_STREAM, 5, channel) == ErrorCode.NOENTITY
+    talk.own_stream(tag=10, channel=0, sink_input=42)
+    talk.forwarded(Command.CORK_PLAYBACK_STREAM, 11, 0, True)
+    talk.reply(11)
+    talk.forwarded(Command.DELETE_PLAYBACK_STREAM, 12, 0)
+    # Until its deletion is answered, and after: nothing more on it, and no audio passes.
+    assert talk.denied(Command.CORK_PLAYBACK_STREAM, 13, 0, True) == ErrorCode.NOENTITY
+    assert talk.denied(Command.DELETE_PLAYBACK_STREAM, 14, 0) == ErrorCode.NOENTITY
+    assert talk.rules.from_client(*audio(0, bytes(8))) == Outcome()
+    talk.reply(12)
+    assert talk.denied(Command.FLUSH_PLAYBACK_STREAM, 15, 0) == ErrorCode.NOENTITY
+    with pytest.raises(Refused):
+        talk.rules.from_client(*audio(0, bytes(8)))
+    # The server may give the channel out again: then it is the new stream's.
+    talk.own_stream(tag=16, channel=0, sink_input=43)
+    talk.forwarded(Command.CORK_PLAYBACK_STREAM, 17, 0, True)
+
+
+def test_a_sink_input_that_ended_is_no_longer_its_own() -> None:
+    """PipeWire gives an ended stream's number to the next stream made, another program's
+    too: the sandbox must not reach that one by the number it once had."""
+    talk = Talk()
+    talk.own_stream(tag=10, channel=0, sink_input=42)
+    talk.forwarded(Command.SET_SINK_INPUT_MUTE, 11, 42, True)
+    talk.forwarded(Command.DELETE_PLAYBACK_STREAM, 12, 0)
+    assert talk.denied(Command.SET_SINK_INPUT_MUTE, 13, 42, True) == ErrorCode.ACCESS
+    talk.reply(12)
+    assert talk.denied(Command.SET_SINK_INPUT_VOLUME, 14, 42,
+                       ChannelVolumes((1, 1))) == ErrorCode.ACCESS
+    # Its end is told once; what the number names next is not the sandbox's to hear of.
+    assert talk.rules.from_server(*event(2, 42, kind=0x20)) is not None
+    assert talk.rules.from_server(*event(2, 42, kind=0x00)) is None
+    assert talk.rules.from_server(*event(2, 42, kind=0x20)) is None
+
+
+def test_a_killed_stream_is_forgotten() -> None:
+    talk = Talk()
+    talk.own_stream(tag=10, channel=3, sink_input=42)
+    talk.rules.from_server(*split(control_packet([int(Command.PLAYBACK_STREAM_KILLED),
+                                                  INVALID_INDEX, 3])))
+    assert talk.denied(Command.CORK_PLAYBACK_STREAM, 11, 3, True) == ErrorCode.NOENTITY
+    assert talk.denied(Command.SET_SINK_INPUT_MUTE, 12, 42, True) == ErrorCode.ACCESS
+
+
+def test_a_channel_given_to_two_streams_ends_the_connection() -> None:
+    talk = Talk()
+    talk.own_stream(tag=10, channel=0)
+    with pytest.raises(Refused, match="second stream"):
+        talk.own_stream(tag=11, channel=0, sink_input=50)

@@ -18,6 +18,12 @@ judges by what the user's server did.
     pulseattack.py rate             change the rate of streams made without a variable rate
     pulseattack.py streams N        hold up to N streams on each of four connections, until
                                     /root/data/go exists (their count in /root/data/held)
+    pulseattack.py stale            every command that names a stream's channel, on a channel
+                                    never made, one being deleted, one deleted, and on one
+                                    the server gave out again
+    pulseattack.py deaf SECONDS     a connection that asks for events and lists and never
+                                    reads, while another makes and ends streams for SECONDS;
+                                    whether the deaf one was closed
 """
 
 from __future__ import annotations
@@ -32,9 +38,11 @@ CONTROL = 0xFFFFFFFF
 INVALID = 0xFFFFFFFF
 VERSION = 35
 ERROR, REPLY = 0, 2
-CREATE_PLAYBACK_STREAM, CREATE_RECORD_STREAM = 3, 5
+CREATE_PLAYBACK_STREAM, DELETE_PLAYBACK_STREAM, CREATE_RECORD_STREAM = 3, 4, 5
+GET_PLAYBACK_LATENCY, SUBSCRIBE = 14, 35
+CORK, FLUSH, TRIGGER, SET_PLAYBACK_STREAM_NAME, PREBUF = 41, 42, 43, 46, 60
 AUTH, SET_CLIENT_NAME, DRAIN = 8, 9, 12
-GET_SERVER_INFO = 20
+GET_SERVER_INFO, GET_SINK_INFO_LIST, GET_SOURCE_INFO_LIST = 20, 22, 24
 SET_SINK_INPUT_VOLUME, SET_SINK_INPUT_MUTE = 37, 69
 SET_PLAYBACK_STREAM_BUFFER_ATTR = 72
 UPDATE_PLAYBACK_STREAM_PROPLIST, UPDATE_CLIENT_PROPLIST = 81, 82
@@ -134,6 +142,18 @@ class Client:
             command, got = struct.unpack(">xIxI", payload[:10])
             if got == tag and command in (REPLY, ERROR):
                 return ("reply" if command == REPLY else "error"), payload[10:]
+
+    def answers(self, *tags: int) -> list[str]:
+        """"reply" or "error" for each tag, whatever the order the answers come in."""
+        got: dict[int, str] = {}
+        while len(got) < len(tags):
+            channel, payload = self.packet()
+            if channel != CONTROL or len(payload) < 10:
+                continue
+            command, tag = struct.unpack(">xIxI", payload[:10])
+            if tag in tags and command in (REPLY, ERROR):
+                got[tag] = "reply" if command == REPLY else "error"
+        return [got[tag] for tag in tags]
 
     def request(self, command: int, *args: bytes) -> tuple[str, bytes]:
         tag = self.next_tag()
@@ -427,6 +447,104 @@ def streams(count: int) -> dict[str, object]:
     return {"held": held, "connections": len(clients)}
 
 
+def _by_channel(channel: int) -> list[tuple[int, bytes]]:
+    """Every playback command that names a stream by its channel, with its arguments."""
+    now = struct.pack(">cII", b"T", 0, 0)
+    return [(CORK, u32(channel) + boolean(True)), (FLUSH, u32(channel)),
+            (TRIGGER, u32(channel)), (PREBUF, u32(channel)), (DRAIN, u32(channel)),
+            (GET_PLAYBACK_LATENCY, u32(channel) + now),
+            (SET_PLAYBACK_STREAM_NAME, u32(channel) + text("renamed")),
+            (SET_PLAYBACK_STREAM_BUFFER_ATTR, u32(channel) + u32(INVALID) * 4 + boolean(False)
+             + boolean(False)),
+            (UPDATE_PLAYBACK_STREAM_PROPLIST, u32(channel) + u32(1)
+             + proplist({"media.name": "updated"})),
+            (REMOVE_PLAYBACK_STREAM_PROPLIST, u32(channel) + text("media.title") + text(None)),
+            (DELETE_PLAYBACK_STREAM, u32(channel))]
+
+
+def stale() -> dict[str, object]:
+    """Commands on channels that are not (or no longer) the connection's streams: PipeWire's
+    pulse server gives a deleted stream's channel to the next stream made."""
+    results: dict[str, object] = {}
+
+    def never_made() -> object:
+        client = Client()
+        return [client.request(command, args)[0]
+                for channel in (0, 1, 7) for command, args in _by_channel(channel)]
+
+    def after_delete(answered: bool) -> object:
+        """Each command right after its stream's deletion: sent before (or after) the server
+        answered it."""
+        client = Client()
+        got = []
+        for command, args in _by_channel(0):
+            own = client.create_playback()
+            if own is None:
+                return "no stream"
+            delete = client.next_tag()
+            client.send(DELETE_PLAYBACK_STREAM, delete, u32(own[0]))
+            if answered:
+                client.answers(delete)
+            tag = client.next_tag()
+            client.send(command, tag, args.replace(u32(0), u32(own[0]), 1))
+            got.append(client.answers(delete, tag)[1] if not answered
+                       else client.answers(tag)[0])
+        return got
+
+    def given_again() -> object:
+        """A channel deleted and made again: commands on it reach the new stream."""
+        client = Client()
+        first = client.create_playback()
+        if first is None:
+            return "no stream"
+        client.request(DELETE_PLAYBACK_STREAM, u32(first[0]))
+        second = client.create_playback()
+        if second is None:
+            return "no stream"
+        return [second[0] == first[0],
+                client.request(CORK, u32(second[0]) + boolean(True))[0]]
+
+    for name, action in (("never_made", never_made),
+                         ("while_deleted", lambda: after_delete(answered=False)),
+                         ("deleted", lambda: after_delete(answered=True)),
+                         ("given_again", given_again)):
+        attempt(results, name, action)
+    attempt(results, "server_alive_after", lambda: Client().alive())
+    return results
+
+
+def deaf(seconds: float) -> dict[str, object]:
+    """One connection asks for every event and for the server's lists, and never reads;
+    another makes and ends streams for `seconds`, each an event for the deaf one. Whether the
+    deaf one was closed."""
+    listener = Client()
+    listener.request(SUBSCRIBE, u32(0x2FF))
+    for _ in range(120):  # more answers than the socket holds
+        for command in (GET_SINK_INFO_LIST, GET_SOURCE_INFO_LIST):
+            listener.send(command, listener.next_tag())
+    worker = Client()
+    deadline = time.monotonic() + seconds
+    made = 0
+    while time.monotonic() < deadline:
+        try:
+            own = worker.create_playback()
+            if own is not None:
+                made += 1
+                worker.request(DELETE_PLAYBACK_STREAM, u32(own[0]))
+        except (OSError, Closed):
+            break
+    listener.sock.settimeout(2)
+    closed = False
+    try:
+        while True:
+            listener.packet()
+    except Closed:
+        closed = True
+    except OSError as exc:
+        closed = not isinstance(exc, socket.timeout)
+    return {"made": made, "deaf_closed": closed, "server_alive_after": Client().alive()}
+
+
 def main() -> None:
     attack, *args = sys.argv[1:]
     found = {"victim": lambda: victim(int(args[0])), "misaligned": misaligned,
@@ -434,7 +552,8 @@ def main() -> None:
              "connections": lambda: connections(int(args[0])),
              "direct": lambda: direct(int(args[0])),
              "restore": lambda: restore(args[0]), "rate": rate,
-             "streams": lambda: streams(int(args[0]))}[attack]()
+             "streams": lambda: streams(int(args[0])), "stale": stale,
+             "deaf": lambda: deaf(float(args[0]))}[attack]()
     print(repr(found), flush=True)
 
 
