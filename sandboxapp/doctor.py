@@ -36,7 +36,7 @@ class Check:
 
 
 def _nspawn() -> Check:
-    from sandboxapp.launch.hostfacts import nspawn_version
+    from sandboxapp.system.hostfacts import nspawn_version
 
     if shutil.which("systemd-nspawn") is None:
         return Check("systemd-nspawn", Status.FAIL, "not installed",
@@ -118,10 +118,9 @@ def _security_extension(access: XAccess) -> Check:
                  'profiles with x11 = "trusted" are not')
 
 
-def _sound(environ: Mapping[str, str], run_dir: Path) -> Check:
+def _sound(environ: Mapping[str, str]) -> Check:
     from sandboxapp.host.sound import SoundServerAddress, server_reachable
 
-    del run_dir
     address = SoundServerAddress.from_environment(environ)
     if address is None or not server_reachable(address):
         return Check("sound server", Status.FAIL, "no PulseAudio or PipeWire server found",
@@ -179,7 +178,7 @@ def run_checks(locations: Locations, environ: Mapping[str, str]) -> list[Check]:
     checks: list[Check] = []
     steps: list[Callable[[], Check | list[Check]]] = [
         _nspawn, _debootstrap, _user_namespaces, _overlayfs,
-        lambda: _display(environ), lambda: _sound(environ, locations.run_dir), _privileges,
+        lambda: _display(environ), lambda: _sound(environ), _privileges,
         lambda: _disk(locations.image_dir),
     ]
     for step in steps:

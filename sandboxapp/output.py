@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, TextIO
+from typing import Protocol, TextIO
 
 from sandboxapp.errors import SandboxError
 
-if TYPE_CHECKING:
-    from sandboxapp.launch.supervisor import TextSink
+
+class TextSink(Protocol):
+    """Where messages for the user go: stderr, or stderr and a run log together."""
+
+    def write(self, text: str, /) -> int: ...
+
+    def flush(self) -> None: ...
 
 
 def say(text: str = "", stream: TextIO | None = None) -> None:

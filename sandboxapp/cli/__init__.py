@@ -17,7 +17,7 @@ from sandboxapp.output import report
 from sandboxapp.paths import Locations
 
 if TYPE_CHECKING:
-    from sandboxapp.helper.client import PendingHelper
+    from sandboxapp.launch.helperclient import PendingHelper
 
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
@@ -65,7 +65,7 @@ def early_helper(words: Sequence[str]) -> PendingHelper | None:
     profile."""
     if os.geteuid() == 0 or not starts_a_launch(words):
         return None
-    from sandboxapp.helper.client import PendingHelper
+    from sandboxapp.launch.helperclient import PendingHelper
 
     return PendingHelper(os.environ)
 

@@ -44,8 +44,8 @@ def cmd_list(args: argparse.Namespace, locations: Locations) -> int:
 
 
 def cmd_cleanup(args: argparse.Namespace, locations: Locations) -> int:
-    from sandboxapp.launch.ledger import RunDir
     from sandboxapp.launch.recovery import reconcile
+    from sandboxapp.undo.ledger import RunDir
 
     run_dir = RunDir(locations.run_dir)
     directories = [run_dir]

@@ -20,8 +20,8 @@ from sandboxapp.profile.find import find_profile, load_profile_file
 from sandboxapp.profile.model import Profile
 
 if TYPE_CHECKING:
-    from sandboxapp.helper.client import PendingHelper
     from sandboxapp.host.notify import RunLog
+    from sandboxapp.launch.helperclient import PendingHelper
     from sandboxapp.launch.launcher import Launch
 
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
@@ -103,7 +103,7 @@ def cmd_run(args: argparse.Namespace, locations: Locations) -> int:
     helper: PendingHelper | None = getattr(args, "helper", None)
     if helper is not None or args.dry_run or os.geteuid() == 0:
         return _run(args, locations, helper)
-    from sandboxapp.helper.client import PendingHelper
+    from sandboxapp.launch.helperclient import PendingHelper
 
     helper = PendingHelper(os.environ)
     try:
@@ -113,8 +113,9 @@ def cmd_run(args: argparse.Namespace, locations: Locations) -> int:
 
 
 def _run(args: argparse.Namespace, locations: Locations, helper: PendingHelper | None) -> int:
-    from sandboxapp.launch.hostfacts import host_facts
-    from sandboxapp.launch.plan import describe_plan, plan_launch
+    from sandboxapp.launch.spec import describe_plan
+    from sandboxapp.plan import plan_launch
+    from sandboxapp.system.hostfacts import host_facts
 
     if args.program is not None and not args.program:
         raise SandboxError("--command needs a program: a path, or a name on the image's PATH",

@@ -14,7 +14,7 @@ from sandboxapp.features.sound import SoundAccess
 from sandboxapp.host.sound import SoundPaths
 
 if TYPE_CHECKING:
-    from sandboxapp.launch.plan import LaunchPlan
+    from sandboxapp.plan import LaunchPlan
 
 __all__ = ["Feature", "Session", "features_for", "prepare_features"]
 

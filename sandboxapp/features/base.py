@@ -14,15 +14,18 @@ from collections.abc import Callable, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
-from sandboxapp.launch.nspawn import Bind
+from sandboxapp.system.nspawn import Bind
+from sandboxapp.undo.entries import Entry
 
 if TYPE_CHECKING:
+    from sandboxapp.features.request import HelperRequest
     from sandboxapp.fs.safepath import DesktopUser
-    from sandboxapp.helper.request import HelperRequest
-    from sandboxapp.launch.plan import LaunchPlan
-    from sandboxapp.launch.supervisor import Supervisor
+    from sandboxapp.plan import LaunchPlan
+    from sandboxapp.undo.ledger import Record
+
+E = TypeVar("E", bound=Entry)
 
 # A host path -> the path nspawn is given for it (the staged copy of the very inode checked).
 Source = Callable[[Path], Path]
@@ -38,6 +41,16 @@ class CheckedPath:
     file_type: int | None  # the stat.S_IF* it must be, if any
 
 
+class Recorder(Protocol):
+    """What a grant needs of the launch's supervisor (launch/supervisor.py): the record of the
+    launch, and a way to add an entry to it with its undo, before the grant is made."""
+
+    @property
+    def record(self) -> Record | None: ...
+
+    def add(self, stack: ExitStack, entry: E) -> E: ...
+
+
 @dataclass(frozen=True)
 class Session:
     """The desktop user's side of a launch, where the grants are made."""
@@ -45,7 +58,7 @@ class Session:
     plan: LaunchPlan
     user: DesktopUser
     environ: Mapping[str, str]
-    supervisor: Supervisor
+    supervisor: Recorder
     warn: Callable[[str], None]
     run_dir: Path
 
@@ -80,7 +93,7 @@ class Feature:
         return False
 
     def request(self, request: HelperRequest) -> HelperRequest:
-        """The privileged helper's request, with what it says of this feature (helper/request.py):
+        """The privileged helper's request, with what it says of this feature (features/request.py):
         the helper rebuilds the feature from it (features_for)."""
         return request
 

@@ -16,11 +16,11 @@ from sandboxapp.errors import ExitStatus, SandboxError
 from sandboxapp.features.base import CheckedPath, Feature, Session, Source
 from sandboxapp.fs.safepath import ensure_user_dir
 from sandboxapp.host.display import AUTH_FILE, Display, XAccess
-from sandboxapp.launch.entries import TrustedX11Entry, X11AuthEntry
-from sandboxapp.launch.nspawn import Bind
+from sandboxapp.system.nspawn import Bind
+from sandboxapp.undo.entries import TrustedX11Entry, X11AuthEntry
 
 if TYPE_CHECKING:
-    from sandboxapp.helper.request import HelperRequest
+    from sandboxapp.features.request import HelperRequest
 
 # The X clients (host/x11.py, host/x11auth.py and python-xlib) are imported by grant, once
 # nspawn is starting: their load is hidden behind the container's start.

@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING
 from sandboxapp.errors import ExitStatus, SandboxError
 from sandboxapp.features.base import CheckedPath, Feature, Session, Source
 from sandboxapp.fs.safepath import ensure_user_dir
-from sandboxapp.launch.nspawn import Bind
+from sandboxapp.system.nspawn import Bind
 
 if TYPE_CHECKING:
-    from sandboxapp.launch.plan import PersistDir
+    from sandboxapp.plan import PersistDir
     from sandboxapp.profile.model import ReadOnlyBind
 
 

@@ -15,11 +15,11 @@ from sandboxapp.errors import ExitStatus, SandboxError
 from sandboxapp.features.base import CheckedPath, Feature, Session, Source
 from sandboxapp.fs.safepath import ensure_user_dir, write_file_no_follow
 from sandboxapp.host.sound import SOUND_DIR_MODE, SoundPaths, SoundServerAddress, server_reachable
-from sandboxapp.launch.entries import SoundEntry
-from sandboxapp.launch.nspawn import Bind
+from sandboxapp.system.nspawn import Bind
+from sandboxapp.undo.entries import SoundEntry
 
 if TYPE_CHECKING:
-    from sandboxapp.helper.request import HelperRequest
+    from sandboxapp.features.request import HelperRequest
 
 # Where the per-sandbox sound socket and its client configuration appear in the container.
 PULSE_DIR = PurePosixPath("/run/sandboxapp/pulse")

@@ -14,8 +14,6 @@ from pathlib import Path
 from sandboxapp.errors import ExitStatus, SandboxError
 from sandboxapp.fs import nofollow
 
-FORBIDDEN_ROOTS = tuple(Path(p) for p in nofollow.FORBIDDEN_ROOTS)
-
 
 @dataclass(frozen=True)
 class DesktopUser:

@@ -22,20 +22,20 @@ from pathlib import Path
 
 from sandboxapp.errors import ExitStatus, SandboxError, finish
 from sandboxapp.features import Feature, features_for
+from sandboxapp.features.request import Action, HelperRequest
+from sandboxapp.fs.rootfs import check_command
 from sandboxapp.fs.safepath import DesktopUser, read_user_file
-from sandboxapp.helper.client import PENDING
-from sandboxapp.helper.request import Action, HelperRequest
-from sandboxapp.image.fs import check_command
 from sandboxapp.image.store import ImageStore
 from sandboxapp.launch.container import ContainerRequest, ContainerSide
+from sandboxapp.launch.helperclient import PENDING
 from sandboxapp.launch.join import join
-from sandboxapp.launch.ledger import RunDir
-from sandboxapp.launch.plan import LaunchPlan, plan_launch
 from sandboxapp.launch.supervisor import STOP_TIMEOUT, Supervisor
 from sandboxapp.output import report, warn
 from sandboxapp.paths import DEFAULT_RUN_DIR, SHIPPED_PROFILE_DIR, SYSTEM_PROFILE_DIR, Locations
+from sandboxapp.plan import LaunchPlan, plan_launch
 from sandboxapp.profile.model import MAX_FILE_SIZE, Profile, check_profile_name, invalid
 from sandboxapp.profile.parse import parse_profile
+from sandboxapp.undo.ledger import RunDir
 
 TRUSTED_PROFILE_DIRS = (SYSTEM_PROFILE_DIR, SHIPPED_PROFILE_DIR)
 
@@ -159,7 +159,7 @@ STOPPING_WAIT = STOP_TIMEOUT + 5.0
 
 def launch(request: HelperRequest, user: DesktopUser, locations: Locations,
            from_input: bool) -> int:
-    """A new sandbox. A request read from the input (the launcher's, helper/client.py) comes
+    """A new sandbox. A request read from the input (the launcher's, launch/helperclient.py) comes
     before the grants are made: the app's gate opens on the input's "open"; a request on the
     command line opens it at once."""
     plan, trusted, features = _checked_plan(request, user, locations)
@@ -213,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     words = sys.argv[1:] if argv is None else list(argv)
     from_input = words == [PENDING]
     if from_input:
-        # Started ahead of its request (see helper/client.py): it is the input's first line.
+        # Started ahead of its request (see launch/helperclient.py): it is the input's first line.
         sent = _read_request()
         if sent is None:
             return int(ExitStatus.LAUNCHER)  # the launcher gave up before asking anything

@@ -18,8 +18,8 @@ from pathlib import Path, PurePosixPath
 
 from sandboxapp.command import program_exists, run
 from sandboxapp.errors import ExitStatus, SandboxError
+from sandboxapp.fs.rootfs import resolve_in_root
 from sandboxapp.fs.safepath import DesktopUser, ensure_user_dir
-from sandboxapp.image.fs import resolve_in_root
 from sandboxapp.paths import SHIPPED_PROFILE_DIR, USER_COMMAND
 from sandboxapp.profile.model import Profile
 

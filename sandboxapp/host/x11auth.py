@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from sandboxapp.errors import ExitStatus, SandboxError
 from sandboxapp.host import unixsocket
 from sandboxapp.host.display import AUTH_FILE, XAccess
-from sandboxapp.launch.procstat import start_ticks
+from sandboxapp.system.procstat import start_ticks
 
 if TYPE_CHECKING:
     from Xlib.display import Display as XDisplay

@@ -29,12 +29,12 @@ from sandboxapp.image.store import (
     image_is_stale,
     spec_digest,
 )
-from sandboxapp.image.uidrange import UidRange, allocate
-from sandboxapp.launch.hostfacts import host_facts
-from sandboxapp.launch.ledger import process_identity
-from sandboxapp.launch.nspawn import maintenance_argv, shift_ownership_argv
-from sandboxapp.launch.procstat import is_alive
 from sandboxapp.profile.model import Profile
+from sandboxapp.system.hostfacts import host_facts
+from sandboxapp.system.nspawn import maintenance_argv, shift_ownership_argv
+from sandboxapp.system.procstat import is_alive
+from sandboxapp.system.uidrange import UidRange, allocate
+from sandboxapp.undo.ledger import process_identity
 
 REQUIRED_PROGRAMS = {
     "debootstrap": "debootstrap",

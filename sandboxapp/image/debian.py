@@ -35,6 +35,3 @@ def sources_list(suite: str, mirror: str, security: str | None) -> str:
             lines.append(f"deb {security} {suite}-security main")
     return "\n".join(lines) + "\n"
 
-
-def has_security_archive(suite: str) -> bool:
-    return suite not in ROLLING_SUITES

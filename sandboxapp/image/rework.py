@@ -1,5 +1,5 @@
 """Work on a copy of a built image, swapped in when it is done: `image update` (apt, with the
-packages that changed) and `image shell` (a root shell whose changes are kept on exit 0)."""
+packages that changed) and `shell` (a root shell whose changes are kept on exit 0)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from sandboxapp.command import base_env, run_attached
 from sandboxapp.fs.util import tree_size
 from sandboxapp.image.build import Build, Progress, check_build_tools, clean_debris, commit_staged
 from sandboxapp.image.store import Image, ImageMeta, ImageStore
-from sandboxapp.launch.nspawn import maintenance_argv
 from sandboxapp.profile.model import Profile
+from sandboxapp.system.nspawn import maintenance_argv
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,8 @@ from pathlib import Path
 from sandboxapp import __version__
 from sandboxapp.errors import ExitStatus, SandboxError
 from sandboxapp.fs.util import mount_points, remove_tree
-from sandboxapp.image.uidrange import UidRange
 from sandboxapp.profile.model import ImageSpec, Profile, check_profile_name
+from sandboxapp.system.uidrange import UidRange
 
 META_FILE = "image.json"
 BUILD_MARKER = "build.json"

@@ -25,14 +25,16 @@ from sandboxapp.features import Feature
 from sandboxapp.fs import nofollow
 from sandboxapp.fs.mounts import stage_owned
 from sandboxapp.fs.safepath import DesktopUser
-from sandboxapp.launch.entries import ContainerEntry, LayerEntry
-from sandboxapp.launch.hostfacts import host_facts
-from sandboxapp.launch.layer import create_layer
-from sandboxapp.launch.ledger import process_identity
-from sandboxapp.launch.nspawn import NOISE_PREFIX, LaunchSpec, launch_argv
-from sandboxapp.launch.plan import LaunchPlan, launch_spec
-from sandboxapp.launch.procstat import namespace_pid, session_of
-from sandboxapp.launch.supervisor import Relay, Supervisor, TextSink
+from sandboxapp.launch.spec import launch_spec
+from sandboxapp.launch.supervisor import Relay, Supervisor
+from sandboxapp.output import TextSink
+from sandboxapp.plan import LaunchPlan
+from sandboxapp.system.hostfacts import host_facts
+from sandboxapp.system.layer import create_layer
+from sandboxapp.system.nspawn import NOISE_PREFIX, LaunchSpec, launch_argv
+from sandboxapp.system.procstat import namespace_pid, session_of
+from sandboxapp.undo.entries import ContainerEntry, LayerEntry
+from sandboxapp.undo.ledger import process_identity
 
 NSPAWN_NOISE = (NOISE_PREFIX, "Trying to halt container. Send SIGTERM again")
 

@@ -21,9 +21,10 @@ from sandboxapp.features import features_for
 from sandboxapp.features.sound import PULSE_DIR
 from sandboxapp.fs.safepath import DesktopUser
 from sandboxapp.launch.container import container_init
-from sandboxapp.launch.ledger import Record, RunDir
-from sandboxapp.launch.plan import LaunchPlan, container_env
+from sandboxapp.launch.spec import container_env
 from sandboxapp.launch.supervisor import Relay
+from sandboxapp.plan import LaunchPlan
+from sandboxapp.undo.ledger import Record, RunDir
 
 CONTAINER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 

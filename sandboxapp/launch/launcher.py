@@ -24,15 +24,16 @@ from typing import TYPE_CHECKING
 from sandboxapp.command import base_env, run_attached
 from sandboxapp.errors import ExitStatus, SandboxError
 from sandboxapp.features import Feature, Session, prepare_features
+from sandboxapp.features.request import Action, HelperRequest
+from sandboxapp.fs.rootfs import check_command
 from sandboxapp.fs.safepath import DesktopUser
-from sandboxapp.helper.client import PendingHelper, helper_argv
-from sandboxapp.helper.request import Action, HelperRequest
-from sandboxapp.image.fs import check_command
-from sandboxapp.launch.ledger import RunDir
-from sandboxapp.launch.plan import LaunchPlan
-from sandboxapp.launch.supervisor import Relay, Supervisor, TextSink
+from sandboxapp.launch.helperclient import PendingHelper, helper_argv
+from sandboxapp.launch.supervisor import Relay, Supervisor
+from sandboxapp.output import TextSink
 from sandboxapp.paths import Locations
+from sandboxapp.plan import LaunchPlan
 from sandboxapp.profile.model import Profile
+from sandboxapp.undo.ledger import RunDir
 
 if TYPE_CHECKING:
     from sandboxapp.launch.container import ContainerSide, Started

@@ -5,8 +5,8 @@ from __future__ import annotations
 import contextlib
 
 from sandboxapp.errors import SandboxError
-from sandboxapp.launch.entries import kind_of
-from sandboxapp.launch.ledger import Record, RunDir
+from sandboxapp.undo.entries import kind_of
+from sandboxapp.undo.ledger import Record, RunDir
 
 
 def undo_record(record: Record, *, recovering: bool) -> list[str]:

@@ -12,8 +12,8 @@ import psutil
 
 from sandboxapp.errors import ExitStatus, SandboxError
 from sandboxapp.launch.container import container_init
-from sandboxapp.launch.ledger import MAX_STOP_GRACE, Record, RunDir, started_at
 from sandboxapp.paths import DEFAULT_RUN_DIR, Locations
+from sandboxapp.undo.ledger import MAX_STOP_GRACE, Record, RunDir, started_at
 
 CPU_SAMPLE_SECONDS = 0.2
 

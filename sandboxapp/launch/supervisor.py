@@ -16,9 +16,10 @@ from contextlib import ExitStack
 from typing import IO, Any, Protocol, TypeVar
 
 from sandboxapp.errors import SandboxError
-from sandboxapp.launch.entries import Entry
-from sandboxapp.launch.ledger import MAX_STOP_GRACE, Record, RunDir
 from sandboxapp.launch.recovery import reconcile
+from sandboxapp.output import TextSink
+from sandboxapp.undo.entries import Entry
+from sandboxapp.undo.ledger import MAX_STOP_GRACE, Record, RunDir
 
 E = TypeVar("E", bound=Entry)
 
@@ -34,14 +35,6 @@ class ChildProcess(Protocol):
     def pid(self) -> int: ...
 
     def wait(self) -> int: ...
-
-
-class TextSink(Protocol):
-    """Where messages for the user go: stderr, or stderr and a run log together."""
-
-    def write(self, text: str, /) -> int: ...
-
-    def flush(self) -> None: ...
 
 
 class Relay:

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from sandboxapp.fs.util import mounts_under, processes_using
-from sandboxapp.image.uidrange import END, FIRST_BASE
+from sandboxapp.system.uidrange import END, FIRST_BASE
 from tests.integration.conftest import REPO, TEST_PROFILE, sandboxapp
 
 NAME = "sandboxapp-test"

@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from sandboxapp.image.store import Image, ImageMeta, ImageStore
-from sandboxapp.launch.plan import LaunchPlan, plan_launch
 from sandboxapp.paths import Locations
+from sandboxapp.plan import LaunchPlan, plan_launch
 from sandboxapp.profile.parse import parse_profile
 
 BASE = 0x70040000

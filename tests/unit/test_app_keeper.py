@@ -1,4 +1,4 @@
-"""The container's PID 2 (launch/plan.py: APP_KEEPER), run by the host's own /bin/sh."""
+"""The container's PID 2 (plan.py: APP_KEEPER), run by the host's own /bin/sh."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import threading
 import time
 from pathlib import Path
 
-from sandboxapp.launch.plan import APP_KEEPER, GATE
+from sandboxapp.launch.spec import APP_KEEPER, GATE
 
 
 def keep(tmp_path: Path, *command: str) -> subprocess.CompletedProcess[str]:

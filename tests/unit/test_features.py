@@ -18,15 +18,16 @@ from sandboxapp.features import Feature, Session, features_for, prepare_features
 from sandboxapp.features.container import SESSION_BUS, SessionBus
 from sandboxapp.features.display import DisplayAccess
 from sandboxapp.features.files import ReadOnlyBinds
+from sandboxapp.features.request import Action, HelperRequest
 from sandboxapp.features.sound import PULSE_CLIENT_CONF_TEXT, SoundAccess
 from sandboxapp.fs.safepath import DesktopUser
-from sandboxapp.helper.request import Action, HelperRequest
 from sandboxapp.host import display as display_module
-from sandboxapp.launch.entries import SoundEntry, X11AuthEntry
-from sandboxapp.launch.hostfacts import HostFacts
-from sandboxapp.launch.ledger import RunDir
-from sandboxapp.launch.plan import GATE_WRAPPER, LaunchPlan, describe_plan, launch_spec
+from sandboxapp.launch.spec import GATE_WRAPPER, describe_plan, launch_spec
 from sandboxapp.launch.supervisor import Supervisor
+from sandboxapp.plan import LaunchPlan
+from sandboxapp.system.hostfacts import HostFacts
+from sandboxapp.undo.entries import SoundEntry, X11AuthEntry
+from sandboxapp.undo.ledger import RunDir
 from tests.unit.plans import BASE, make_plan
 
 FULL = {"x11": True, "pulseaudio": True, "persist": ["/root/.app"], "network": "none"}

@@ -9,7 +9,7 @@ from sandboxapp.errors import SandboxError
 from sandboxapp.fs.util import exchange, remove_tree
 from sandboxapp.image.build import clean_debris
 from sandboxapp.image.store import ImageStore
-from sandboxapp.launch.ledger import process_identity
+from sandboxapp.undo.ledger import process_identity
 
 
 class Collected:

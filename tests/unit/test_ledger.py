@@ -1,4 +1,4 @@
-"""The launch record (launch/ledger.py) and its typed entries (launch/entries.py), without root:
+"""The launch record (undo/ledger.py) and its typed entries (undo/entries.py), without root:
 what is written, what an earlier release's record loads as, what a damaged one becomes, and
 that undo runs newest first and keeps what it cannot undo."""
 
@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 
 from sandboxapp.errors import SandboxError
-from sandboxapp.launch.entries import (
+from sandboxapp.launch.recovery import reconcile, undo_record
+from sandboxapp.launch.supervisor import Supervisor
+from sandboxapp.undo.entries import (
     ContainerEntry,
     EmptyDirEntry,
     LayerEntry,
@@ -22,9 +24,7 @@ from sandboxapp.launch.entries import (
     X11AuthEntry,
     entry_from_json,
 )
-from sandboxapp.launch.ledger import Record, RunDir
-from sandboxapp.launch.recovery import reconcile, undo_record
-from sandboxapp.launch.supervisor import Supervisor
+from sandboxapp.undo.ledger import Record, RunDir
 
 # A launch record as release 1 wrote it, kinds and fields by name (the on-disk format).
 OLD_ENTRIES = [

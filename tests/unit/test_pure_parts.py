@@ -10,7 +10,9 @@ from sandboxapp.errors import SandboxError
 from sandboxapp.host.display import Display, parse_display
 from sandboxapp.image.debian import mirror_from_sources, security_mirror, sources_list
 from sandboxapp.image.store import ImageMeta
-from sandboxapp.image.uidrange import (
+from sandboxapp.system.hostfacts import HostFacts
+from sandboxapp.system.nspawn import Bind, LaunchSpec, launch_argv, shift_ownership_argv
+from sandboxapp.system.uidrange import (
     BLOCK_SIZE,
     END,
     FIRST_BASE,
@@ -20,8 +22,6 @@ from sandboxapp.image.uidrange import (
     ids_in_use_on_host,
     preferred_slot,
 )
-from sandboxapp.launch.hostfacts import HostFacts
-from sandboxapp.launch.nspawn import Bind, LaunchSpec, launch_argv, shift_ownership_argv
 
 NO_SYSTEMD = HostFacts(systemd_running=False)
 WITH_SYSTEMD = HostFacts(systemd_running=True)

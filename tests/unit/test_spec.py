@@ -1,4 +1,4 @@
-"""The container spec of a launch (launch/plan.py: launch_spec, from the grants in features/),
+"""The container spec of a launch (plan.py: launch_spec, from the grants in features/),
 the one root's launch and the privileged helper both execute: what the container sees, worked
 out from the profile, the image, the host's facts and the user, before anything is made."""
 
@@ -11,9 +11,10 @@ from sandboxapp.features import features_for
 from sandboxapp.features.display import X11_CONTAINER_DIR
 from sandboxapp.features.sound import PULSE_DIR
 from sandboxapp.host.sound import SoundPaths
-from sandboxapp.launch.hostfacts import HostFacts
-from sandboxapp.launch.nspawn import LaunchSpec, launch_argv
-from sandboxapp.launch.plan import GATE, LaunchPlan, launch_spec
+from sandboxapp.launch.spec import GATE, launch_spec
+from sandboxapp.plan import LaunchPlan
+from sandboxapp.system.hostfacts import HostFacts
+from sandboxapp.system.nspawn import LaunchSpec, launch_argv
 from tests.unit.plans import BASE
 from tests.unit.plans import make_plan as _plan
 

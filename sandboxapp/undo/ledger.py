@@ -21,8 +21,8 @@ from typing import Any, TypeVar
 
 from sandboxapp.errors import ExitStatus, SandboxError
 from sandboxapp.fs.nofollow import replace_private
-from sandboxapp.launch.entries import ContainerEntry, Entry, UnknownEntry, entry_from_json
-from sandboxapp.launch.procstat import is_alive, start_ticks
+from sandboxapp.system.procstat import is_alive, start_ticks
+from sandboxapp.undo.entries import ContainerEntry, Entry, UnknownEntry, entry_from_json
 
 E = TypeVar("E", bound=Entry)
 

@@ -1,9 +1,9 @@
 """Each image gets its own block of 65536 host UIDs and GIDs, for the life of the image.
 
-Ownership is shifted into the block once, when the image is built, so a launch needs no chown and
-no ID-mapped mount of the image (DESIGN.md: 56 ms against 467 ms). The block is chosen from the
-profile name (the same profile gets the same block when rebuilt) and never shared: two profiles
-sharing a block would share an X grant.
+Ownership is shifted into the block once, when the image is built, so a launch needs no chown
+and no ID-mapped mount of the image (measured: 56 ms a launch against 467 ms). The block is
+chosen from the profile name (the same profile gets the same block when rebuilt) and never
+shared: two profiles sharing a block would share an X grant.
 """
 
 from __future__ import annotations

@@ -1,25 +1,18 @@
-"""What one launch of a profile will do, worked out before anything is changed.
-
-`run --dry-run` prints this plan; the launcher carries it out.
-"""
+"""A launch's container, from its plan and its features: what systemd-nspawn is given, and
+how `run --dry-run` describes it."""
 
 from __future__ import annotations
 
-import os
 import shlex
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from sandboxapp.errors import SandboxError
 from sandboxapp.features import Feature, features_for
 from sandboxapp.features.display import X11_DIR
-from sandboxapp.host.display import Display, parse_display
-from sandboxapp.image.store import Image, ImageStore
-from sandboxapp.launch.hostfacts import HostFacts
-from sandboxapp.launch.nspawn import Bind, LaunchSpec, launch_argv
-from sandboxapp.paths import Locations
-from sandboxapp.profile.model import Profile
+from sandboxapp.plan import LaunchPlan
+from sandboxapp.system.hostfacts import HostFacts
+from sandboxapp.system.nspawn import Bind, LaunchSpec, launch_argv
 
 # The app waits at this gate (a FIFO the launcher holds open) until its grants are made: the
 # container can then start while the launcher is still at work.
@@ -57,77 +50,6 @@ APP_KEEPER = (
 )
 GATE_WRAPPER = ("/bin/sh", "-c", APP_KEEPER, "sh")
 
-
-@dataclass(frozen=True)
-class PersistDir:
-    container: PurePosixPath
-    host: Path
-
-
-@dataclass(frozen=True)
-class LaunchPlan:
-    profile: Profile
-    image: Image | None
-    image_path: Path
-    layer_root: Path
-    # A stateful profile's changes, kept between runs: one directory below it per user.
-    state_root: Path | None
-    persist: tuple[PersistDir, ...]
-    display: Display | None
-    command: tuple[str, ...]
-    # A desktop user's launch through the helper: "uUID", which keeps its layer and machine
-    # apart from another user's of the same profile (and from root's own).
-    instance: str | None = None
-    # `run --command PROG`: the program run in place of the profile's command.
-    program: str | None = None
-
-    @property
-    def extra_args(self) -> tuple[str, ...]:
-        """The arguments given after the profile's command (or after --command's PROG)."""
-        return self.command[1:] if self.program else self.command[len(self.profile.command):]
-
-    @property
-    def machine(self) -> str:
-        # Machine names are host names: no '_'.
-        name = "sandboxapp-" + self.profile.name.replace("_", "-")
-        return f"{name}-{self.instance}" if self.instance else name
-
-
-def persist_host_dir(data_root: Path, container: PurePosixPath) -> Path:
-    """The host directory kept for a persistent container path: the same path below the
-    profile's data directory, so a user finds and backs up files where they expect them."""
-    return data_root.joinpath(*container.parts[1:])
-
-
-def plan_launch(
-    profile: Profile,
-    extra_args: Sequence[str],
-    locations: Locations,
-    environ: Mapping[str, str] | None = None,
-    instance: str | None = None,
-    program: str | None = None,
-) -> LaunchPlan:
-    """program: run it, with extra_args, in place of the profile's command."""
-    environ = os.environ if environ is None else environ
-    store = ImageStore(locations.image_dir)
-    data_root = locations.data_home / "sandboxapp" / profile.name
-    display = parse_display(environ.get("DISPLAY")) if profile.sandbox.x11 else None
-    return LaunchPlan(
-        profile=profile,
-        image=store.get(profile.name),
-        image_path=store.image_path(profile.name),
-        # '@' is in no profile name: an instance's layer is never another profile's.
-        layer_root=store.root / ".layers" / (f"{profile.name}@{instance}" if instance
-                                             else profile.name),
-        state_root=None if profile.sandbox.stateless else store.root / ".state" / profile.name,
-        persist=tuple(
-            PersistDir(path, persist_host_dir(data_root, path)) for path in profile.sandbox.persist
-        ),
-        display=display,
-        command=(program, *extra_args) if program else (*profile.command, *extra_args),
-        instance=instance,
-        program=program,
-    )
 
 
 def container_env(plan: LaunchPlan,

@@ -2,7 +2,7 @@
 
 The upper and work directories are on disk beside the images (what the app writes is not
 limited to RAM), the lower is the image, already owned by its UID block, so nothing is copied or
-chowned per launch (DESIGN.md: about 64 ms for a whole run, whatever the image's size).
+chowned per launch (measured: about 64 ms for a whole run, whatever the image's size).
 """
 
 from __future__ import annotations

@@ -20,8 +20,8 @@ from sandboxapp.errors import SandboxError
 from sandboxapp.fs import nofollow
 from sandboxapp.host.display import AUTH_FILE, Display, XAccess
 from sandboxapp.host.sound import SOUND_CONF, SOUND_SOCKET, SoundServerAddress, unload_socket_module
-from sandboxapp.launch.layer import remove_layer
-from sandboxapp.launch.procstat import is_alive
+from sandboxapp.system.layer import remove_layer
+from sandboxapp.system.procstat import is_alive
 
 
 @dataclass

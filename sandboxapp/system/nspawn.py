@@ -6,8 +6,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from sandboxapp.image.uidrange import UidRange
-from sandboxapp.launch.hostfacts import HostFacts
+from sandboxapp.system.hostfacts import HostFacts
+from sandboxapp.system.uidrange import UidRange
 
 # nspawn prints this on exit on hosts without systemd as PID 1; it is harmless.
 NOISE_PREFIX = 'Attempted to remove disk file system under "/run/systemd/nspawn/propagate/'
@@ -82,7 +82,6 @@ class LaunchSpec:
     binds: tuple[Bind, ...]
     env: tuple[tuple[str, str], ...]
     command: tuple[str, ...]
-    kill_signal: str | None = None
 
 
 def launch_argv(spec: LaunchSpec, facts: HostFacts) -> list[str]:
@@ -100,8 +99,6 @@ def launch_argv(spec: LaunchSpec, facts: HostFacts) -> list[str]:
     ]
     if spec.private_network:
         argv.append("--private-network")
-    if spec.kill_signal:
-        argv.append(f"--kill-signal={spec.kill_signal}")
     argv += [bind.to_arg() for bind in spec.binds]
     argv += [f"--setenv={key}={value}" for key, value in spec.env]
     return [*argv, "--as-pid2", "--", *spec.command]

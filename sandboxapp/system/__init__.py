@@ -1,0 +1,2 @@
+"""The ground floor of a launch: facts about processes and the host, systemd-nspawn's command
+line and the UID ranges it maps, the overlay a launch runs on."""
