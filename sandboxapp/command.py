@@ -20,9 +20,10 @@ from dataclasses import dataclass
 from typing import IO, Any, Literal, overload
 
 from sandboxapp.errors import SandboxError
+from sandboxapp.paths import ROOT_PATH
 
 # A PATH that does not depend on the caller's: root runs these commands.
-SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+SYSTEM_PATH = ":".join(ROOT_PATH)
 TAIL_LINES = 15
 
 

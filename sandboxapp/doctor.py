@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import enum
-import grp
 import os
 import shutil
 from collections.abc import Callable, Mapping
@@ -15,7 +14,8 @@ from sandboxapp.errors import SandboxError
 
 if TYPE_CHECKING:
     from sandboxapp.host.display import XAccess
-from sandboxapp.paths import HELPER_PATH, SANDBOXAPP_GROUP, Locations
+from sandboxapp.paths import SANDBOXAPP_GROUP, Locations
+from sandboxapp.system.membership import membership_problem
 
 MIN_FREE_BYTES = 2 * 10**9  # an image with Firefox is about 0.7 GB; room for a rebuild beside it
 ROOTIDMAP_SINCE = 252
@@ -147,18 +147,9 @@ def _sound(environ: Mapping[str, str]) -> Check:
 def _privileges() -> Check:
     if os.geteuid() == 0:
         return Check("privileges", Status.OK, "running as root")
-    try:
-        group = grp.getgrnam(SANDBOXAPP_GROUP)
-    except KeyError:
-        return Check("privileges", Status.FAIL, "sandboxapp is not set up for desktop users",
-                     "sudo sandboxapp setup --add-user $USER")
-    name = os.environ.get("USER", "")
-    if not os.access(HELPER_PATH, os.X_OK):
-        return Check("privileges", Status.FAIL, f"{HELPER_PATH} is missing",
-                     "sudo sandboxapp setup")
-    if group.gr_gid not in os.getgroups() and name not in group.gr_mem:
-        return Check("privileges", Status.FAIL, f"you are not in the {SANDBOXAPP_GROUP} group",
-                     f"sudo sandboxapp setup --add-user {name or '$USER'}")
+    problem = membership_problem(os.environ.get("USER") or "$USER")
+    if problem is not None:
+        return Check("privileges", Status.FAIL, *problem)
     return Check("privileges", Status.OK, f"member of {SANDBOXAPP_GROUP}; helper installed")
 
 

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_IMAGE_DIR = Path("/var/lib/sandboxapp/images")
+# Debian's PATH for root: the host commands sandboxapp runs, and the programs of an image.
+ROOT_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
 DEFAULT_RUN_DIR = Path("/run/sandboxapp")
 SYSTEM_PROFILE_DIR = Path("/etc/sandboxapp/profiles")
 # What `sandboxapp setup` installs for desktop users.

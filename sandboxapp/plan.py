@@ -14,7 +14,7 @@ from pathlib import Path, PurePosixPath
 from sandboxapp.host.display import Display, parse_display
 from sandboxapp.image.store import Image, ImageStore
 from sandboxapp.paths import Locations
-from sandboxapp.profile.model import Profile
+from sandboxapp.profile.model import Profile, X11Access
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,8 @@ def plan_launch(
     environ = os.environ if environ is None else environ
     store = ImageStore(locations.image_dir)
     data_root = locations.data_home / "sandboxapp" / profile.name
-    display = parse_display(environ.get("DISPLAY")) if profile.sandbox.x11 else None
+    shown = profile.sandbox.x11 is not X11Access.NONE
+    display = parse_display(environ.get("DISPLAY")) if shown else None
     return LaunchPlan(
         profile=profile,
         image=store.get(profile.name),

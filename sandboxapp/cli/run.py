@@ -17,7 +17,7 @@ from sandboxapp.errors import ExitStatus, SandboxError
 from sandboxapp.output import report, say
 from sandboxapp.paths import Locations
 from sandboxapp.profile.find import find_profile, load_profile_file
-from sandboxapp.profile.model import Profile
+from sandboxapp.profile.model import Profile, X11Access
 
 if TYPE_CHECKING:
     from sandboxapp.host.notify import RunLog
@@ -177,8 +177,9 @@ SILENT_EXIT_SECONDS = 10.0
 def _say_if_silent(launch: Launch, status: int, elapsed: float, log: RunLog | None,
                    warn: Callable[[str], None]) -> None:
     plan = launch.plan
-    if (launch.joined or launch.supervisor.signalled is not None or not plan.profile.sandbox.x11
-            or elapsed >= SILENT_EXIT_SECONDS or launch.relay.seen.is_set()):
+    if (launch.joined or launch.supervisor.signalled is not None
+            or plan.profile.sandbox.x11 is X11Access.NONE or elapsed >= SILENT_EXIT_SECONDS
+            or launch.relay.seen.is_set()):
         return
     where = f"; its run log: {log.path}" if log else ""
     text = (f"{plan.command[0]} ended after {elapsed:.1f} s with exit status {status} and no "

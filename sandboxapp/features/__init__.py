@@ -12,6 +12,7 @@ from sandboxapp.features.display import DisplayAccess
 from sandboxapp.features.files import PersistentDirs, ReadOnlyBinds
 from sandboxapp.features.sound import SoundAccess
 from sandboxapp.host.sound import SoundPaths
+from sandboxapp.profile.model import X11Access
 
 if TYPE_CHECKING:
     from sandboxapp.plan import LaunchPlan
@@ -31,8 +32,8 @@ def features_for(plan: LaunchPlan, *, x11_dir: Path | None,
     sandbox = plan.profile.sandbox
     features: list[Feature] = [PersistentDirs(plan.persist), ReadOnlyBinds(sandbox.bind_ro)]
     if plan.display is not None:
-        features.append(DisplayAccess(plan.display, sandbox.x11_trusted,
-                                      None if sandbox.x11_trusted else x11_dir,
+        trusted = sandbox.x11 is X11Access.TRUSTED
+        features.append(DisplayAccess(plan.display, trusted, None if trusted else x11_dir,
                                       plan.image.meta.uid_base if plan.image else None))
     if sound_dir is not None:
         features.append(SoundAccess(SoundPaths(sound_dir), sandbox.microphone))

@@ -16,6 +16,7 @@ from sandboxapp.errors import ExitStatus, SandboxError
 from sandboxapp.features.base import CheckedPath, Feature, Session, Source
 from sandboxapp.fs.safepath import ensure_user_dir
 from sandboxapp.host.display import AUTH_FILE, Display, XAccess
+from sandboxapp.profile.model import X11Access
 from sandboxapp.system.nspawn import Bind
 from sandboxapp.undo.entries import TrustedX11Entry, X11AuthEntry
 
@@ -66,7 +67,7 @@ class DisplayAccess(Feature):
                 status=ExitStatus.LAUNCHER,
             )
         access = XAccess.from_environment(display, session.environ)
-        trusted = plan.profile.sandbox.x11_trusted
+        trusted = plan.profile.sandbox.x11 is X11Access.TRUSTED
         uid_base = plan.image.meta.uid_base
         if trusted:
             return cls(display, True, None, uid_base, access)

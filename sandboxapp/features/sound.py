@@ -50,8 +50,7 @@ class SoundAccess(Feature):
             return None
         paths = SoundPaths(session.host_dir())
         # Its undo removes the directory and the socket, after the proxy closes.
-        session.supervisor.add(stack, SoundEntry(str(address.socket), str(paths.socket),
-                                                 str(paths.dir)))
+        session.supervisor.add(stack, SoundEntry(str(paths.socket), str(paths.dir)))
         # The container's processes, nobody here, must reach the socket inside: they may
         # pass through the directory, not list it.
         ensure_user_dir(paths.dir, session.user, SOUND_DIR_MODE, exact_mode=True)

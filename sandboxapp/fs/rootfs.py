@@ -7,8 +7,8 @@ import stat
 from pathlib import Path, PurePosixPath
 
 from sandboxapp.errors import ExitStatus, SandboxError
+from sandboxapp.paths import ROOT_PATH
 
-CONTAINER_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
 MAX_SYMLINKS = 40
 
 
@@ -51,7 +51,7 @@ def check_command(rootfs: Path, program: str) -> None:
     if "/" in program:
         candidates = [PurePosixPath(program)] if program.startswith("/") else []
     else:
-        candidates = [PurePosixPath(d) / program for d in CONTAINER_PATH]
+        candidates = [PurePosixPath(d) / program for d in ROOT_PATH]
     for candidate in candidates:
         host = resolve_in_root(rootfs, candidate)
         if host is None:

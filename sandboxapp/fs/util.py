@@ -3,11 +3,12 @@ sandboxapp created (never anything else, never across a mount point)."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from sandboxapp.errors import SandboxError
@@ -25,6 +26,28 @@ def exchange(first: Path, second: Path) -> None:
     if result != 0:
         code = ctypes.get_errno()
         raise SandboxError(f"cannot swap {first} and {second}: {os.strerror(code)}")
+
+
+def put_in_place(path: Path, fill: Callable[[Path], object], *, mode: int,
+                 owner: tuple[int, int] | None = None, suffix: str = "") -> None:
+    """A new file beside path (its name starts with a dot), given its mode and owner, filled
+    (and checked) by fill, then put in place at once; a fill that fails leaves nothing
+    behind. (The launch record, written on the launch's path, has its own: nofollow.py.)"""
+    import tempfile  # not on a launch's path: a launch loads this module for its layer
+
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.close(fd)
+    temporary = Path(name)
+    try:
+        os.chmod(temporary, mode)
+        if owner is not None:
+            os.chown(temporary, *owner)
+        fill(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
 
 
 def _unescape_mountinfo(field: str) -> str:

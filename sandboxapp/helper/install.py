@@ -22,6 +22,7 @@ from pathlib import Path
 
 from sandboxapp.command import output_of, program_exists, run
 from sandboxapp.errors import ExitStatus, SandboxError
+from sandboxapp.fs.util import put_in_place
 from sandboxapp.paths import (
     HELPER_PATH,
     INSTALLED_LIB,
@@ -88,11 +89,8 @@ def _module_dir(name: str) -> Path | None:
 
 def _write_atomically(path: Path, text: str, mode: int) -> None:
     path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as stream:
-        stream.write(text)
-    os.chmod(temporary, mode)
-    os.replace(temporary, path)
+    put_in_place(path, lambda temporary: temporary.write_text(text, encoding="utf-8"),
+                 mode=mode)
 
 
 def _install_lib() -> None:
@@ -147,19 +145,13 @@ def _install_sudoers() -> None:
     if not program_exists("visudo"):
         raise SandboxError("sudo is not installed", hint="apt-get install sudo")
     text = SUDOERS.format(group=SANDBOXAPP_GROUP, helper=HELPER_PATH)
-    fd, temporary = tempfile.mkstemp(dir=SUDOERS_FILE.parent, prefix=".sandboxapp.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.chmod(temporary, 0o440)
-        run(["visudo", "-c", "-q", "-f", temporary], what="checking the sudoers rule")
-        # sudo ignores files with a dot in their name: the temporary one is never live.
-        os.replace(temporary, SUDOERS_FILE)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
 
+    def checked(temporary: Path) -> None:
+        temporary.write_text(text, encoding="utf-8")
+        run(["visudo", "-c", "-q", "-f", str(temporary)], what="checking the sudoers rule")
+
+    # sudo ignores files with a dot in their name: the temporary one is never live.
+    put_in_place(SUDOERS_FILE, checked, mode=0o440)
 
 def _ensure_group() -> None:
     try:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tomllib
 from collections.abc import Sequence
 from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
@@ -31,10 +30,22 @@ from sandboxapp.launch.helperclient import PENDING
 from sandboxapp.launch.join import join
 from sandboxapp.launch.supervisor import STOP_TIMEOUT, Supervisor
 from sandboxapp.output import report, warn
-from sandboxapp.paths import DEFAULT_RUN_DIR, SHIPPED_PROFILE_DIR, SYSTEM_PROFILE_DIR, Locations
+from sandboxapp.paths import (
+    DEFAULT_IMAGE_DIR,
+    DEFAULT_RUN_DIR,
+    SHIPPED_PROFILE_DIR,
+    SYSTEM_PROFILE_DIR,
+    Locations,
+)
 from sandboxapp.plan import LaunchPlan, plan_launch
-from sandboxapp.profile.model import MAX_FILE_SIZE, Profile, check_profile_name, invalid
-from sandboxapp.profile.parse import parse_profile
+from sandboxapp.profile.find import profile_from_bytes
+from sandboxapp.profile.model import (
+    MAX_FILE_SIZE,
+    Profile,
+    X11Access,
+    check_profile_name,
+    invalid,
+)
 from sandboxapp.undo.ledger import RunDir
 
 TRUSTED_PROFILE_DIRS = (SYSTEM_PROFILE_DIR, SHIPPED_PROFILE_DIR)
@@ -65,11 +76,7 @@ def _read_profile(request: HelperRequest, user: DesktopUser) -> tuple[Profile, b
         raise invalid(f"the profile file {path} is not named {name}.toml")
     trusted = path.parent in TRUSTED_PROFILE_DIRS
     raw = read_user_file(path, user, trusted=trusted, limit=MAX_FILE_SIZE)
-    try:
-        doc = tomllib.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise invalid(f"{path}: not a valid profile: {exc}") from None
-    return parse_profile(name, path, "system" if trusted else "user", doc), trusted
+    return profile_from_bytes(name, path, "system" if trusted else "user", raw), trusted
 
 
 class _StderrProgress:
@@ -127,10 +134,10 @@ def _checked_plan(request: HelperRequest, user: DesktopUser,
     profile, trusted = _read_profile(request, user)
     name = profile.name
     environ = {"DISPLAY": f":{request.display}"} if request.display is not None else {}
-    if profile.sandbox.x11 and request.display is None:
+    if profile.sandbox.x11 is not X11Access.NONE and request.display is None:
         raise SandboxError("the profile needs the X display, and none was given",
                            status=ExitStatus.LAUNCHER)
-    if request.x11_dir is not None and (not profile.sandbox.x11 or profile.sandbox.x11_trusted):
+    if request.x11_dir is not None and profile.sandbox.x11 is not X11Access.UNTRUSTED:
         raise SandboxError("an X directory was given, but the profile's display access is not "
                            "x11 = true", status=ExitStatus.LAUNCHER)
     if request.sound_dir is not None and not profile.sandbox.pulseaudio:
@@ -222,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Nothing from the caller's environment counts but the identity sudo vouches for; the
     # store and run directories are the ones `sandboxapp setup` wrote into the wrapper.
     user = DesktopUser.from_environment(os.environ)
-    image_dir = os.environ.get("SANDBOXAPP_IMAGE_DIR", "/var/lib/sandboxapp/images")
+    image_dir = os.environ.get("SANDBOXAPP_IMAGE_DIR", str(DEFAULT_IMAGE_DIR))
     run_dir = os.environ.get("SANDBOXAPP_RUN_DIR", str(DEFAULT_RUN_DIR))
     # Each user's launches have a run directory of their own below root's: their own locks
     # and records, so two users' sandboxes of one profile never meet.

@@ -11,7 +11,6 @@ import contextlib
 import os
 import re
 import sys
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -20,6 +19,7 @@ from sandboxapp.command import program_exists, run
 from sandboxapp.errors import ExitStatus, SandboxError
 from sandboxapp.fs.rootfs import resolve_in_root
 from sandboxapp.fs.safepath import DesktopUser, ensure_user_dir
+from sandboxapp.fs.util import put_in_place
 from sandboxapp.paths import SHIPPED_PROFILE_DIR, USER_COMMAND
 from sandboxapp.profile.model import Profile
 
@@ -165,21 +165,10 @@ class DesktopEntries:
 
     def _put_in_place(self, path: Path, fill: Callable[[Path], object],
                       suffix: str = "") -> None:
-        """A temporary file beside path, filled (and checked) by fill, made the user's, then
-        put in place at once; a fill that fails leaves nothing behind."""
+        """A file of the user's, filled (and checked) by fill, put in place at once."""
         ensure_user_dir(path.parent, self.user, mode=0o755)
-        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-        os.close(fd)
-        temporary = Path(name)
-        try:
-            fill(temporary)
-            os.chmod(temporary, 0o644)
-            self._own(temporary)
-            os.replace(temporary, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temporary)
-            raise
+        owner = (self.user.uid, self.user.gid) if os.geteuid() == 0 else None
+        put_in_place(path, fill, mode=0o644, owner=owner, suffix=suffix)
 
     def render(self, profile: Profile, rootfs: Path | None) -> tuple[
             list[tuple[str, str]], list[tuple[str, Path]], str]:

@@ -1,4 +1,4 @@
-"""PulseAudio's native protocol on the wire: packets, tagstructs, and a small client.
+"""PulseAudio's native protocol on the wire: packets and tagstructs, for the sound proxy.
 
 Each packet is a 20-byte descriptor (payload length, channel, offset high and low, flags; all
 big-endian) and its payload. On the control channel the payload is a "tagstruct": a sequence of
@@ -8,10 +8,8 @@ audio. PipeWire's PulseAudio server speaks the same protocol.
 
 A tagstruct describes itself, so it is decoded here whole into typed values, and written back
 from them byte for byte: the sound proxy checks a command's shape against its signature and
-rewrites what it carries (its property lists) on that form.
-
-The client (Connection) speaks the few requests that a launch needs directly over the server's
-socket, about a millisecond each; libpulse through ctypes costs tens of milliseconds.
+rewrites what it carries (its property lists) on that form. (Where sandboxapp is a client of
+the server itself, it is one through libpulse: pulsectl.)
 """
 
 from __future__ import annotations
@@ -22,17 +20,11 @@ import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
-from pathlib import Path
 
-from sandboxapp.host import unixsocket
-
-PROTOCOL_VERSION = 32  # the client's: module info carries a property list from 15 on
 COOKIE_SIZE = 256
 CONTROL_CHANNEL = 0xFFFFFFFF
 INVALID_INDEX = 0xFFFFFFFF
 DESCRIPTOR = struct.Struct(">IIIII")
-# The largest packet taken from a server by the client: its replies are a few hundred bytes.
-_MAX_REPLY = 1 << 20
 
 
 class Command(IntEnum):
@@ -98,27 +90,11 @@ class ErrorCode(IntEnum):
     """pulse/def.h, the ones said here."""
 
     ACCESS = 1
-    COMMAND = 2
-    INVALID = 3
-    EXIST = 4
     NOENTITY = 5
-    PROTOCOL = 7
-    AUTHKEY = 9
-    MODINITFAILED = 14
-    NOTSUPPORTED = 19
-
-
-_ERROR_TEXT = {1: "access denied", 2: "unknown command", 3: "invalid argument",
-               4: "entity exists", 5: "no such entity", 7: "protocol error",
-               9: "not authorised", 14: "module initialisation failed", 19: "not supported"}
 
 
 class PulseError(Exception):
-    """The server refused a request, or what came was not the protocol."""
-
-    def __init__(self, message: str, code: int | None = None) -> None:
-        super().__init__(message)
-        self.code = code
+    """What came is not the protocol."""
 
 
 # -- values --------------------------------------------------------------------------------
@@ -410,118 +386,3 @@ def read_cookie(environ: Mapping[str, str]) -> bytes:
         if len(cookie) == COOKIE_SIZE:
             return cookie
     return bytes(COOKIE_SIZE)
-
-
-# -- the client ----------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class ModuleInfo:
-    index: int
-    name: str
-    argument: str
-
-
-@dataclass(frozen=True)
-class SourceInfo:
-    index: int
-    name: str
-    monitor_of_sink: int  # INVALID_INDEX for a source that is no sink's monitor
-
-    @property
-    def is_monitor(self) -> bool:
-        return self.monitor_of_sink != INVALID_INDEX
-
-
-class Connection:
-    def __init__(self, path: Path, cookie: bytes, client_name: str) -> None:
-        self.tag = 0
-        self.deadline = unixsocket.deadline()
-        self.sock = unixsocket.connect(path)
-        try:
-            tag = self._next_tag()
-            self.sock.sendmsg([control_packet([int(Command.AUTH), tag, PROTOCOL_VERSION,
-                                               Arbitrary(cookie)])], credentials())
-            self._reply(tag)
-            self.request(Command.SET_CLIENT_NAME, proplist({"application.name": client_name}))
-        except BaseException:
-            self.sock.close()
-            raise
-
-    def _next_tag(self) -> int:
-        self.tag += 1
-        return self.tag
-
-    def _read(self, size: int) -> bytes:
-        return unixsocket.recv_exactly(self.sock, size, self.deadline)
-
-    def _reply(self, tag: int) -> list[Value]:
-        # One deadline for the reply, whatever else the server sends meanwhile.
-        self.deadline = unixsocket.deadline()
-        while True:
-            length, channel, _, _, _ = DESCRIPTOR.unpack(self._read(DESCRIPTOR.size))
-            if length > _MAX_REPLY:
-                raise PulseError("the sound server sent a packet too large to be a reply")
-            payload = self._read(length)
-            if channel != CONTROL_CHANNEL:
-                continue  # audio data: we have no streams, so this is not ours
-            if command_and_tag(payload) not in ((Command.REPLY, tag), (Command.ERROR, tag)):
-                continue  # an event or a request of the server's: none concern us
-            values = decode(payload)
-            if values[0] == Command.ERROR:
-                code = values[2] if len(values) > 2 and isinstance(values[2], int) else None
-                raise PulseError(_ERROR_TEXT.get(code or 0, f"error {code}"), code)
-            return values[2:]
-
-    def request(self, command: Command, *arguments: Value) -> list[Value]:
-        """Send a command, and wait for its reply's values."""
-        tag = self._next_tag()
-        self.sock.sendall(control_packet([int(command), tag, *arguments]))
-        return self._reply(tag)
-
-    def unload_module(self, index: int) -> None:
-        self.request(Command.UNLOAD_MODULE, index)
-
-    @staticmethod
-    def _modules(values: list[Value]) -> list[ModuleInfo]:
-        # Each: index, name, argument, how many use it, its property list.
-        found = []
-        for start in range(0, len(values) - 4, 5):
-            index, name, argument = values[start:start + 3]
-            if not isinstance(index, int) or not isinstance(name, str | None):
-                raise PulseError("a module's description is not one")
-            found.append(ModuleInfo(index, name or "",
-                                    argument if isinstance(argument, str) else ""))
-        return found
-
-    def module(self, index: int) -> ModuleInfo | None:
-        try:
-            values = self.request(Command.GET_MODULE_INFO, index)
-        except PulseError as exc:
-            if exc.code == ErrorCode.NOENTITY:
-                return None
-            raise
-        found = self._modules(values)
-        return found[0] if found else None
-
-    def modules(self) -> list[ModuleInfo]:
-        return self._modules(self.request(Command.GET_MODULE_INFO_LIST))
-
-    def source(self, index: int, name: str | None) -> SourceInfo | None:
-        """A source by index (or, with INVALID_INDEX, by name: "@DEFAULT_SOURCE@" is the
-        default one); None where there is none."""
-        try:
-            values = self.request(Command.GET_SOURCE_INFO, index, name)
-        except PulseError as exc:
-            if exc.code == ErrorCode.NOENTITY:
-                return None
-            raise
-        # index, name, description, sample spec, channel map, owner module, volume, mute,
-        # monitor of sink, ...
-        if (len(values) < 9 or not isinstance(values[0], int)
-                or not isinstance(values[1], str) or not isinstance(values[8], int)
-                or isinstance(values[8], bool)):
-            raise PulseError("a source's description is not one")
-        return SourceInfo(values[0], values[1], values[8])
-
-    def close(self) -> None:
-        self.sock.close()

@@ -50,7 +50,6 @@ from sandboxapp.host.pulsewire import (
     Proplist,
     PulseError,
     SampleSpec,
-    SourceInfo,
     Value,
     control_packet,
     decode,
@@ -195,6 +194,19 @@ _RECORD_PROPLIST, _RECORD_DIRECT_ON_INPUT, _RECORD_FORMATS = 16, 17, 21
 _REPLY_PLAYBACK_SPEC, _REPLY_RECORD_SPEC = 7, 4
 # module-stream-restore's names for the two kinds of stream.
 _INPUT, _OUTPUT = "sink-input", "source-output"
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """What the server says of a source."""
+
+    index: int
+    name: str
+    monitor_of_sink: int  # INVALID_INDEX for a source that is no sink's monitor
+
+    @property
+    def is_monitor(self) -> bool:
+        return self.monitor_of_sink != INVALID_INDEX
+
 
 # Asks the server about the source a record stream names: (index, or INVALID_INDEX and a name).
 SourceLookup = Callable[[int, str | None], SourceInfo | None]

@@ -29,9 +29,10 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sandboxapp.host import pulsewire, unixsocket
-from sandboxapp.host.soundfilter import Refused, SoundFilter
+from sandboxapp.host.soundfilter import Refused, SoundFilter, SourceInfo
 
 # Larger than any packet a player sends (libpulse's memblocks are 64 KiB); larger is an attack.
 MAX_PACKET = 1 << 20
@@ -158,6 +159,48 @@ class _Connection:
             self.close()
 
 
+class SourceLookup:
+    """Asks the user's server which source a record stream names, through libpulse
+    (pulsectl), on a connection of its own (the sandbox's is busy with its request), kept
+    until closed."""
+
+    def __init__(self, server: Path) -> None:
+        self.server = server
+        self.pulse: Any = None  # a pulsectl.Pulse, once a question is asked
+        self.lock = threading.Lock()
+
+    def __call__(self, index: int, name: str | None) -> SourceInfo | None:
+        """The source by index, or (with INVALID_INDEX) by name ("@DEFAULT_SOURCE@" is the
+        default one); None where there is none, or the server does not say."""
+        import pulsectl  # only once a sandbox records
+
+        with self.lock:
+            try:
+                if self.pulse is None:
+                    self.pulse = pulsectl.Pulse("sandboxapp", server=f"unix:{self.server}",
+                                                connect=False)
+                    # No timeout here: pulsectl 24.12 waits the whole of it, always;
+                    # libpulse gives up on a server that does not answer by itself.
+                    self.pulse.connect(autospawn=False)
+                found = (self.pulse.get_source_by_name(name) if index == pulsewire.INVALID_INDEX
+                         else self.pulse.source_info(index))
+            except pulsectl.PulseIndexError:
+                return None
+            except pulsectl.PulseError:
+                self._close()  # asked anew, on a new connection, next time
+                return None
+            return SourceInfo(found.index, found.name, found.monitor_of_sink)
+
+    def close(self) -> None:
+        with self.lock:
+            self._close()
+
+    def _close(self) -> None:
+        if self.pulse is not None:
+            self.pulse.close()
+            self.pulse = None
+
+
 class SoundProxy:
     """Serves a sandbox's sound socket until closed."""
 
@@ -177,17 +220,9 @@ class SoundProxy:
         self.listener.listen(MAX_CONNECTIONS)
         self.connections: list[_Connection] = []
         self.lock = threading.Lock()
+        self.lookup = SourceLookup(server)
         self.closed = False
         threading.Thread(target=self._accept, daemon=True, name="sound proxy").start()
-
-    def lookup_source(self, index: int, name: str | None) -> pulsewire.SourceInfo | None:
-        """The source a record stream names, asked of the server on a connection of its own
-        (the sandbox's is busy with its request)."""
-        connection = pulsewire.Connection(self.server, self.cookie, "sandboxapp")
-        try:
-            return connection.source(index, name)
-        finally:
-            connection.close()
 
     def _accept(self) -> None:
         while True:
@@ -201,7 +236,7 @@ class SoundProxy:
                 if self.closed or len(live) >= MAX_CONNECTIONS:
                     client.close()
                     continue
-                rules = SoundFilter(self.recording, self.cookie, self.lookup_source,
+                rules = SoundFilter(self.recording, self.cookie, self.lookup,
                                     self.identity)
                 connection = _Connection(client, rules)
                 self.connections.append(connection)
@@ -221,6 +256,7 @@ class SoundProxy:
         self.listener.close()
         for connection in connections:
             connection.close()
+        self.lookup.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
 

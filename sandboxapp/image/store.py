@@ -51,6 +51,12 @@ def image_is_stale(profile: Profile, image: Image) -> bool:
     return image.meta.spec_digest != spec_digest(profile.image)
 
 
+def not_built(name: str) -> SandboxError:
+    return SandboxError(f"the image for {name!r} is not built",
+                        hint=f"build it with: sandboxapp image build {name}",
+                        status=ExitStatus.LAUNCHER)
+
+
 @dataclass(frozen=True)
 class ImageMeta:
     profile: str
@@ -159,11 +165,7 @@ class ImageStore:
     def require(self, name: str) -> Image:
         image = self.get(name)
         if image is None:
-            raise SandboxError(
-                f"the image for {name!r} is not built",
-                hint=f"build it with: sandboxapp image build {name}",
-                status=ExitStatus.LAUNCHER,
-            )
+            raise not_built(name)
         return image
 
     def images(self) -> list[Image]:

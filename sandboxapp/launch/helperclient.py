@@ -11,7 +11,6 @@ sending a request closes the input, and the helper leaves without doing anything
 from __future__ import annotations
 
 import contextlib
-import grp
 import json
 import os
 import pwd
@@ -20,7 +19,8 @@ from collections.abc import Mapping, Sequence
 
 from sandboxapp.command import base_env, program_exists, spawn
 from sandboxapp.errors import ExitStatus, SandboxError
-from sandboxapp.paths import HELPER_PATH, SANDBOXAPP_GROUP
+from sandboxapp.paths import HELPER_PATH
+from sandboxapp.system.membership import membership_problem
 
 PENDING = "pending"  # the helper's action: read the request from the input
 
@@ -32,19 +32,10 @@ def check_helper_access() -> None:
         raise SandboxError("sudo is not installed: a desktop user's launch goes through it",
                            hint="apt-get install sudo, then: sudo sandboxapp setup",
                            status=ExitStatus.LAUNCHER)
-    name = pwd.getpwuid(os.getuid()).pw_name
-    hint = f"run: sudo sandboxapp setup --add-user {name}"
-    try:
-        group = grp.getgrnam(SANDBOXAPP_GROUP)
-    except KeyError:
-        raise SandboxError("sandboxapp is not set up for desktop users on this machine",
-                           hint=hint, status=ExitStatus.LAUNCHER) from None
-    if not os.access(HELPER_PATH, os.X_OK):
-        raise SandboxError(f"the privileged helper {HELPER_PATH} is not installed",
-                           hint=hint, status=ExitStatus.LAUNCHER)
-    if group.gr_gid not in os.getgroups() and name not in group.gr_mem:
-        raise SandboxError(f"you are not in the {SANDBOXAPP_GROUP} group", hint=hint,
-                           status=ExitStatus.LAUNCHER)
+    problem = membership_problem(pwd.getpwuid(os.getuid()).pw_name)
+    if problem is not None:
+        what, fix = problem
+        raise SandboxError(what, hint=f"run: {fix}", status=ExitStatus.LAUNCHER)
 
 
 def helper_argv(words: Sequence[str]) -> list[str]:

@@ -23,10 +23,9 @@ from sandboxapp.fs.safepath import DesktopUser
 from sandboxapp.launch.container import container_init
 from sandboxapp.launch.spec import container_env
 from sandboxapp.launch.supervisor import Relay
+from sandboxapp.paths import ROOT_PATH
 from sandboxapp.plan import LaunchPlan
 from sandboxapp.undo.ledger import Record, RunDir
-
-CONTAINER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 def running_init(run_dir: RunDir, profile: str, user: DesktopUser) -> int:
@@ -52,7 +51,7 @@ def join_argv(init_pid: int, plan: LaunchPlan, command: Sequence[str]) -> list[s
     # The running launch's directories are bound already: only the environment is used.
     features = features_for(plan, x11_dir=None, sound_dir=Path(str(PULSE_DIR))
                             if plan.profile.sandbox.pulseaudio else None)
-    env = [("PATH", CONTAINER_PATH), ("HOME", "/root"), ("USER", "root"),
+    env = [("PATH", ":".join(ROOT_PATH)), ("HOME", "/root"), ("USER", "root"),
            *container_env(plan, features)]
     return [
         "nsenter", f"--target={init_pid}", "--mount", "--uts", "--ipc", "--net", "--pid",

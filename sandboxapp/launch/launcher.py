@@ -27,6 +27,7 @@ from sandboxapp.features import Feature, Session, prepare_features
 from sandboxapp.features.request import Action, HelperRequest
 from sandboxapp.fs.rootfs import check_command
 from sandboxapp.fs.safepath import DesktopUser
+from sandboxapp.image.store import not_built
 from sandboxapp.launch.helperclient import PendingHelper, helper_argv
 from sandboxapp.launch.supervisor import Relay, Supervisor
 from sandboxapp.output import TextSink
@@ -157,11 +158,7 @@ class Launch:
         # launch checked) before anything else; the caller abandons it if it is not used.
         assert as_root or self.helper is not None
         if plan.image is None:
-            raise SandboxError(
-                f"the image for {plan.profile.name!r} is not built",
-                hint=f"build it with: sandboxapp image build {plan.profile.name}",
-                status=ExitStatus.LAUNCHER,
-            )
+            raise not_built(plan.profile.name)
         check_command(plan.image.rootfs, plan.command[0])
         with ExitStack() as stack:
             if not self.supervisor.begin(stack, plan.profile.name):

@@ -7,9 +7,9 @@ import shlex
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from sandboxapp.errors import SandboxError
 from sandboxapp.features import Feature, features_for
 from sandboxapp.features.display import X11_DIR
+from sandboxapp.image.store import not_built
 from sandboxapp.plan import LaunchPlan
 from sandboxapp.system.hostfacts import HostFacts
 from sandboxapp.system.nspawn import Bind, LaunchSpec, launch_argv
@@ -74,7 +74,7 @@ def launch_spec(
     very file it checked (so nspawn never resolves a path the user could swap meanwhile).
     """
     if plan.image is None:
-        raise SandboxError(f"the image for {plan.profile.name!r} is not built")
+        raise not_built(plan.profile.name)
     staged = staged or {}
 
     def source(path: Path) -> Path:

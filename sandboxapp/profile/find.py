@@ -30,6 +30,12 @@ def load_profile_file(path: Path, origin: str = "file") -> Profile:
             raw = stream.read(MAX_FILE_SIZE + 1)
     except OSError as exc:
         raise invalid(f"{path}: cannot read the profile: {exc.strerror}") from None
+    return profile_from_bytes(name, path, origin, raw)
+
+
+def profile_from_bytes(name: str, path: Path, origin: str, raw: bytes) -> Profile:
+    """The profile a file's first bytes hold (read up to MAX_FILE_SIZE + 1, so a larger file
+    is told)."""
     if len(raw) > MAX_FILE_SIZE:
         raise invalid(f"{path}: the file is larger than {MAX_FILE_SIZE} bytes; allowed: a profile")
     try:

@@ -52,6 +52,14 @@ RESERVED_CONTAINER_DIRS = (
 )
 
 
+class X11Access(enum.Enum):
+    """The profile's x11 key: false, true or "trusted"."""
+
+    NONE = False  # no display
+    UNTRUSTED = True  # an untrusted client, kept from other windows
+    TRUSTED = "trusted"  # a trusted client: it can read and type into every window
+
+
 class Network(enum.StrEnum):
     HOST = "host"  # the host's network, as the original recipe shares it
     NONE = "none"  # a private namespace with loopback only
@@ -95,8 +103,7 @@ class SandboxSpec:
     stateless: bool = True
     # x11: the app may use the X display, as an untrusted client (x11 = true), or, where the
     # profile says x11 = "trusted", as a trusted one that can read and type into every window.
-    x11: bool = False
-    x11_trusted: bool = False
+    x11: X11Access = X11Access.NONE
     pulseaudio: bool = False
     # Recording through the sound server (a microphone); playback needs only pulseaudio.
     microphone: bool = False

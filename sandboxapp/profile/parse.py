@@ -27,6 +27,7 @@ from sandboxapp.profile.model import (
     Repository,
     SandboxSpec,
     UpdatePolicy,
+    X11Access,
     invalid,
 )
 
@@ -251,6 +252,7 @@ def parse_profile(name: str, path: Path, origin: str, doc: dict[str, Any]) -> Pr
     x11_value = sandbox_table.get("x11", False)
     if type(x11_value) is not bool and x11_value != "trusted":
         raise r.fail("sandbox.x11", f"found {_found(x11_value)}", X11_ALLOWED)
+    x11 = X11Access(x11_value)
     network_text = r.value(sandbox_table, "network", "sandbox.network", str,
                            '"host" or "none"', default=Network.NONE.value)
     try:
@@ -311,8 +313,7 @@ def parse_profile(name: str, path: Path, origin: str, doc: dict[str, Any]) -> Pr
         updates=UpdatePolicy(update_after_days=days, auto_update=auto_update),
         sandbox=SandboxSpec(
             stateless=flags["stateless"],
-            x11=x11_value is not False,
-            x11_trusted=x11_value == "trusted",
+            x11=x11,
             pulseaudio=flags["pulseaudio"],
             microphone=flags["microphone"],
             session_bus=flags["session_bus"],

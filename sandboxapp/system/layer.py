@@ -29,15 +29,6 @@ def layer_marker(rootfs: Path) -> str:
     })
 
 
-def _marked_keep(layer: Path) -> bool:
-    """Whether the layer is one that held a stateful profile's changes itself (as layers did
-    before those moved to a state directory of their own): never reused, never deleted."""
-    try:
-        return bool(json.loads((layer / LAYER_MARKER).read_text()).get("keep", False))
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
 def create_layer(layer: Path, rootfs: Path, *, state: Path | None) -> Path:
     """Mount a throw-away layer over rootfs at layer/merged; the merged tree's path.
 
@@ -51,9 +42,6 @@ def create_layer(layer: Path, rootfs: Path, *, state: Path | None) -> Path:
         # Left by a launch whose record is gone (a reboot empties the run directory); the
         # caller holds the profile's lock, so nothing uses it.
         remove_layer(layer, kill_leftovers=True)
-        if _marked_keep(layer):
-            # An older release kept a stateful run's changes here: set them aside, unused.
-            os.rename(layer, layer.with_name(f"{layer.name}.kept-{os.getpid()}"))
     layer.mkdir(mode=0o700)
     (layer / LAYER_MARKER).write_text(layer_marker(rootfs))
     try:
@@ -109,8 +97,6 @@ def remove_layer(layer: Path, *, kill_leftovers: bool) -> None:
             unmount(str(mount_point))
         except OSError as exc:
             raise SandboxError(f"cannot unmount {mount_point}: {exc.strerror}") from None
-    if _marked_keep(layer):
-        return
     if (layer / LAYER_MARKER).exists():
         remove_tree(layer, marker=LAYER_MARKER, check_users=kill_leftovers)
     elif not any(layer.iterdir()):

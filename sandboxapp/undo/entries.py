@@ -2,8 +2,7 @@
 
 An entry is written before its thing is made and dropped once that is undone; its undo copes
 with a thing that was never (fully) made, and `recovering` says it runs after a crash, for a
-launcher that is gone. The JSON form ("kind" and the fields) is the records' on-disk format:
-records written by an earlier release load as the same entries.
+launcher that is gone. The JSON form ("kind" and the fields) is the records' on-disk format.
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ from typing import Any, ClassVar
 from sandboxapp.errors import SandboxError
 from sandboxapp.fs import nofollow
 from sandboxapp.host.display import AUTH_FILE, Display, XAccess
-from sandboxapp.host.sound import SOUND_CONF, SOUND_SOCKET, SoundServerAddress, unload_socket_module
+from sandboxapp.host.sound import SOUND_CONF, SOUND_SOCKET
 from sandboxapp.system.layer import remove_layer
 from sandboxapp.system.procstat import is_alive
 
@@ -130,38 +129,17 @@ def remove_sound_dir(directory: Path) -> None:
 
 @dataclass
 class SoundEntry(Entry):
-    """The sandbox's sound directory, its socket served by the launcher; `index`: the socket
-    module an earlier release loaded into the user's server instead."""
+    """The sandbox's sound directory, its socket served by the launcher."""
 
     KIND: ClassVar[str] = "sound"
-    server: str
     socket: str
     dir: str
-    index: int | None = None
 
     def undo(self, *, recovering: bool) -> None:
-        if self.index is not None or recovering:
-            # Without an index, a crashed launch of an earlier release may still have loaded
-            # it: look for it.
-            unload_socket_module(SoundServerAddress(Path(self.server)), self.index,
-                                 Path(self.socket))
         remove_sound_dir(Path(self.dir))
 
     def grant_line(self) -> str:
-        # The sandbox's own socket, served by the proxy (or, from an earlier release, a module).
         return f"sound {self.socket}"
-
-
-@dataclass
-class EmptyDirEntry(Entry):
-    """A directory an earlier release made for the user, removed when it is still empty."""
-
-    KIND: ClassVar[str] = "empty-dir"
-    path: str
-    user: int
-
-    def undo(self, *, recovering: bool) -> None:
-        nofollow.remove_empty_dir(self.path, self.user)
 
 
 @dataclass
@@ -180,7 +158,7 @@ class UnknownEntry(Entry):
 
 KINDS: dict[str, type[Entry]] = {
     cls.KIND: cls for cls in (ContainerEntry, LayerEntry, TrustedX11Entry, X11AuthEntry,
-                              SoundEntry, EmptyDirEntry)
+                              SoundEntry)
 }
 
 

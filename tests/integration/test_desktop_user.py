@@ -463,11 +463,24 @@ def test_profile_names_with_dot_dot_are_refused(member: DesktopUser) -> None:
     _refused(result, "invalid profile name")
 
 
-def test_the_helper_will_not_read_a_file_the_user_cannot(member: DesktopUser) -> None:
-    shadow = Path("/etc/shadow.toml")
-    result = as_user(member, ["sudo", "-n", HELPER_PATH, "launch", "--profile-file",
-                              str(shadow), "--data-home", "/tmp", "shadow"])
-    _refused(result, "/etc/shadow.toml")
+def test_the_helper_will_not_read_a_file_that_is_not_the_users(member: DesktopUser) -> None:
+    """A valid profile that is root's alone, in a directory the user may pass: the helper,
+    root, refuses it; the same file made the user's gets past the read."""
+    directory = Path(tempfile.mkdtemp(prefix="sandboxapp-secret-", dir="/tmp"))
+    try:
+        directory.chmod(0o755)
+        secret = directory / "secret.toml"
+        secret.write_text('command = ["true"]\n')
+        secret.chmod(0o600)
+        request = ["sudo", "-n", HELPER_PATH, "launch", "--profile-file", str(secret),
+                   "--data-home", "/tmp", "secret"]
+        _refused(as_user(member, request), f"refusing to use {secret}", "belongs to UID 0")
+        os.chown(secret, member.uid, member.gid)
+        readable = as_user(member, request)
+        assert isinstance(readable, subprocess.CompletedProcess)
+        assert f"refusing to use {secret}" not in readable.stderr, readable.stderr
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def test_a_user_outside_the_group_is_refused_with_the_hint(outsider: DesktopUser) -> None:

@@ -186,7 +186,8 @@ def test_the_session_bus_starts_inside_the_gate_before_the_app(tmp_path: Path) -
     assert not spec.private_network
 
 
-def test_a_sound_entry_is_recorded_with_the_servers_socket(tmp_path: Path, sockets: Path) -> None:
+def test_a_sound_entry_is_recorded_before_its_directory_is_made(tmp_path: Path,
+                                                                sockets: Path) -> None:
     plan = make_plan(tmp_path, {"pulseaudio": True})
     launching = Launching(tmp_path, plan, _sound_env(sockets))
     with launching.stack:
@@ -195,7 +196,8 @@ def test_a_sound_entry_is_recorded_with_the_servers_socket(tmp_path: Path, socke
         assert record is not None
         (entry,) = record.entries
         assert isinstance(entry, SoundEntry)
-        assert entry.server == str(sockets / "pulse-native") and entry.index is None
+        assert Path(entry.dir).is_dir() and Path(entry.socket).parent == Path(entry.dir)
+    assert not Path(entry.dir).exists()  # undone with the launch
 
 
 def test_a_request_reads_back_as_it_was_written() -> None:

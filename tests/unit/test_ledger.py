@@ -1,6 +1,6 @@
 """The launch record (undo/ledger.py) and its typed entries (undo/entries.py), without root:
-what is written, what an earlier release's record loads as, what a damaged one becomes, and
-that undo runs newest first and keeps what it cannot undo."""
+what is written, what a record on disk loads as, what a damaged one becomes, and that undo
+runs newest first and keeps what it cannot undo."""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ from sandboxapp.launch.recovery import reconcile, undo_record
 from sandboxapp.launch.supervisor import Supervisor
 from sandboxapp.undo.entries import (
     ContainerEntry,
-    EmptyDirEntry,
     LayerEntry,
     SoundEntry,
     TrustedX11Entry,
@@ -26,17 +25,16 @@ from sandboxapp.undo.entries import (
 )
 from sandboxapp.undo.ledger import Record, RunDir
 
-# A launch record as release 1 wrote it, kinds and fields by name (the on-disk format).
+# A launch record as it is written, kinds and fields by name (the on-disk format).
 OLD_ENTRIES = [
     {"id": 1, "kind": "x11-auth", "display": 7, "xauthority": None, "authid": 33,
      "server": [412, 9000], "dir": "/run/user/1000/sandboxapp/.x11/app", "user": 1000},
-    {"id": 2, "kind": "sound", "server": "/run/user/1000/pulse/native", "index": None,
-     "socket": "/run/user/1000/sandboxapp/app/native", "dir": "/run/user/1000/sandboxapp/app"},
+    {"id": 2, "kind": "sound", "socket": "/run/user/1000/sandboxapp/app/native",
+     "dir": "/run/user/1000/sandboxapp/app"},
     {"id": 3, "kind": "layer", "path": "/var/lib/sandboxapp/images/.layers/app"},
     {"id": 4, "kind": "container", "machine": "sandboxapp-app", "pid": 4242,
      "started": 123.0, "uid": 0x70040000, "user": 1000, "profile_file": "/p/app.toml"},
     {"id": 5, "kind": "x11", "display": 7, "xauthority": "/home/u/.Xauthority", "uid": 5},
-    {"id": 6, "kind": "empty-dir", "path": "/home/u/.local/share/x", "user": 1000},
 ]
 
 
@@ -46,15 +44,15 @@ def _run_dir(tmp_path: Path) -> RunDir:
     return RunDir(root)
 
 
-def test_an_earlier_releases_record_loads_as_typed_entries_and_is_written_back_the_same(
+def test_a_record_loads_as_typed_entries_and_is_written_back_the_same(
         tmp_path: Path) -> None:
     path = tmp_path / "app.json"
     path.write_text(json.dumps({"version": 1, "profile": "app", "pid": 1, "started": 2.0,
-                                "next_id": 7, "entries": OLD_ENTRIES}))
+                                "next_id": 6, "entries": OLD_ENTRIES}))
     record = Record.load(path)
     assert record is not None
     assert [type(e) for e in record.entries] == [X11AuthEntry, SoundEntry, LayerEntry,
-                                                 ContainerEntry, TrustedX11Entry, EmptyDirEntry]
+                                                 ContainerEntry, TrustedX11Entry]
     auth = record.entries[0]
     assert isinstance(auth, X11AuthEntry) and auth.authid == 33 and auth.server == [412, 9000]
     assert record.containers()[0].pid == 4242
@@ -68,7 +66,7 @@ def test_an_earlier_releases_record_loads_as_typed_entries_and_is_written_back_t
     {"id": 1, "kind": "container", "machine": "m", "uid": "0", "user": 1, "profile_file": "p"},
     {"id": 1, "kind": "x11-auth", "display": 7, "xauthority": None, "dir": "/d", "user": 1,
      "server": [1]},
-    {"id": 1, "kind": "layer", "path": "/x", "extra": 1},  # a field no release wrote
+    {"id": 1, "kind": "layer", "path": "/x", "extra": 1},  # a field no entry has
     {"id": 1, "kind": "tunnel", "path": "/x"},  # a kind this release does not know
 ])
 def test_an_entry_that_is_not_what_its_kind_says_is_kept_and_never_undone(
@@ -90,7 +88,7 @@ def test_undo_runs_newest_first_and_keeps_what_it_cannot_undo(tmp_path: Path) ->
     x11_dir.mkdir()
     (x11_dir / "Xauthority").write_bytes(b"cookie")
     record.add(UnknownEntry("tunnel", {"path": "/x"}))
-    record.add(SoundEntry(str(tmp_path / "no-server"), str(sound / "native"), str(sound)))
+    record.add(SoundEntry(str(sound / "native"), str(sound)))
     record.add(X11AuthEntry(7, None, str(x11_dir), os.getuid()))
     assert [e.id for e in record.entries] == [1, 2, 3]
     problems = undo_record(record, recovering=False)
@@ -102,13 +100,13 @@ def test_undo_runs_newest_first_and_keeps_what_it_cannot_undo(tmp_path: Path) ->
 
 def test_reconcile_undoes_the_record_of_a_launcher_that_is_gone(tmp_path: Path) -> None:
     run_dir = _run_dir(tmp_path)
-    empty = tmp_path / "made-for-the-user"
+    empty = tmp_path / "sound"
     empty.mkdir()
     # pid 1, recorded with a start no process has: a launcher long gone, its pid reused.
     record = Record(run_dir.record_path("app"), "app", 1, -1.0)
-    record.add(EmptyDirEntry(str(empty), os.getuid()))
+    record.add(SoundEntry(str(empty / "native"), str(empty)))
     messages = reconcile(run_dir)
-    assert messages == ["cleaned up after app (launcher pid 1 is gone): empty-dir"]
+    assert messages == ["cleaned up after app (launcher pid 1 is gone): sound"]
     assert not empty.exists() and not record.path.exists()
 
 
@@ -125,12 +123,12 @@ def test_a_grant_recorded_through_the_supervisor_is_undone_when_the_launch_ends(
         assert supervisor.record is not None
         on_disk = json.loads(supervisor.record.path.read_text())
         assert on_disk["entries"] == []
-        mine = supervisor.add(stack, EmptyDirEntry(str(taken), os.getuid()))
-        theirs = supervisor.add(stack, EmptyDirEntry(str(kept), os.getuid()))
+        mine = supervisor.add(stack, SoundEntry(str(taken / "native"), str(taken)))
+        theirs = supervisor.add(stack, SoundEntry(str(kept / "native"), str(kept)))
         # Recorded before it is made, on disk at once.
         on_disk = json.loads(supervisor.record.path.read_text())
-        assert [e["path"] for e in on_disk["entries"]] == [str(taken), str(kept)]
-        supervisor.record.update(mine, path=str(taken))
+        assert [e["dir"] for e in on_disk["entries"]] == [str(taken), str(kept)]
+        supervisor.record.update(mine, dir=str(taken))
         # A grant that turned out to be the user's own is dropped, and stays.
         supervisor.record.drop(theirs)
         with pytest.raises(AttributeError):

@@ -7,7 +7,7 @@ import pytest
 from sandboxapp.errors import SandboxError
 from sandboxapp.paths import SHIPPED_PROFILE_DIR, Locations
 from sandboxapp.profile.find import find_profile, iter_profile_files, load_profile_file
-from sandboxapp.profile.model import Network, ReadOnlyBind
+from sandboxapp.profile.model import Network, ReadOnlyBind, X11Access
 
 FULL = """\
 description = "A browser"
@@ -65,7 +65,7 @@ def test_full_profile_is_read_into_typed_values(tmp_path: Path) -> None:
 
 def test_defaults_grant_nothing(tmp_path: Path) -> None:
     profile = load_profile_file(write(tmp_path, "bare", 'command = ["true"]\n'))
-    assert profile.sandbox.x11 is False
+    assert profile.sandbox.x11 is X11Access.NONE
     assert profile.sandbox.pulseaudio is False
     assert profile.sandbox.network is Network.NONE
     assert profile.sandbox.stateless is True
@@ -103,7 +103,7 @@ def test_a_broken_user_profile_is_reported_not_skipped(tmp_path: Path) -> None:
 def test_shipped_profiles_are_valid(path: Path) -> None:
     profile = load_profile_file(path, "shipped")
     assert profile.command
-    assert profile.sandbox.x11
+    assert profile.sandbox.x11 is X11Access.UNTRUSTED
 
 
 def test_shipped_profiles_include_firefox_and_a_small_x11_program() -> None:
@@ -111,10 +111,10 @@ def test_shipped_profiles_include_firefox_and_a_small_x11_program() -> None:
     assert {"firefox", "xeyes"} <= names
 
 
-@pytest.mark.parametrize(("value", "x11", "trusted"), [
-    ("true", True, False), ("false", False, False), ('"trusted"', True, True)])
-def test_x11_is_untrusted_unless_the_profile_says_trusted(tmp_path: Path, value: str, x11: bool,
-                                                           trusted: bool) -> None:
+@pytest.mark.parametrize(("value", "x11"), [
+    ("true", X11Access.UNTRUSTED), ("false", X11Access.NONE), ('"trusted"', X11Access.TRUSTED)])
+def test_x11_is_untrusted_unless_the_profile_says_trusted(tmp_path: Path, value: str,
+                                                           x11: X11Access) -> None:
     text = f'command = ["x"]\n[sandbox]\nx11 = {value}\n'
     profile = load_profile_file(write(tmp_path, "x", text))
-    assert (profile.sandbox.x11, profile.sandbox.x11_trusted) == (x11, trusted)
+    assert profile.sandbox.x11 is x11

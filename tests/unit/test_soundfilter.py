@@ -17,7 +17,6 @@ from sandboxapp.host.pulsewire import (
     ErrorCode,
     FormatInfo,
     SampleSpec,
-    SourceInfo,
     Value,
     control_packet,
     decode,
@@ -28,6 +27,7 @@ from sandboxapp.host.soundfilter import (
     Outcome,
     Refused,
     SoundFilter,
+    SourceInfo,
 )
 
 COOKIE = bytes(range(256))
