@@ -6,6 +6,7 @@ its image, its layer, the directories it keeps, the display and the command.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -44,6 +45,12 @@ class LaunchPlan:
     def extra_args(self) -> tuple[str, ...]:
         """The arguments given after the profile's command (or after --command's PROG)."""
         return self.command[1:] if self.program else self.command[len(self.profile.command):]
+
+    def with_current_image(self) -> LaunchPlan:
+        """The same plan, with the image the store holds now (once it was built or updated
+        meanwhile)."""
+        return dataclasses.replace(self, image=ImageStore(self.image_path.parent).get(
+            self.profile.name))
 
     @property
     def machine(self) -> str:

@@ -151,7 +151,7 @@ def _run(args: argparse.Namespace, locations: Locations, helper: PendingHelper |
         if log:
             log.stream.write(f"# sandboxapp run {shlex.join([profile.name, *extra])}\n")
         if _prepare_image(profile, locations, warn):
-            plan = plan_launch(profile, extra, locations, program=args.program)
+            plan = plan.with_current_image()
         launch = Launch(plan, locations, os.environ, warn=warn, stderr=out, helper=helper)
         started = time.monotonic()
         status = launch.run()

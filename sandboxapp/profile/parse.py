@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 
@@ -148,179 +149,302 @@ def _no_overlap(reader: _Reader, entries: list[tuple[str, PurePosixPath]]) -> No
         seen.append((label, path))
 
 
+# -- the keys ----------------------------------------------------------------------------
+#
+# Each key of a profile, once: its section, its reader (the value, checked, or its default
+# when the key is absent; a mistake is one line from r.fail) and its lines in the README's
+# example profile. The known keys of each section, the unknown-key errors and the README's
+# list all come from this table.
+
+Reader = Callable[[_Reader, dict[str, Any], str], Any]
+
+
+@dataclass(frozen=True)
+class Key:
+    section: str  # "" for the top level; "image", "image.repositories", "sandbox"
+    name: str
+    read: Reader
+    readme: str  # its lines in the README's example profile
+
+
+def _description(r: _Reader, table: dict[str, Any], label: str) -> str:
+    text = r.value(table, "description", label, str, "a string", default="")
+    if "\n" in text:
+        raise r.fail(label, "found a line break", "a single line of text")
+    return text
+
+
+def _command(r: _Reader, table: dict[str, Any], label: str) -> tuple[str, ...]:
+    def word(text: str, where: str) -> None:
+        if not text or "\0" in text:
+            raise r.fail(where, f"found {text!r}", "non-empty strings without NUL")
+
+    return r.string_list(
+        table, "command", label,
+        'a non-empty array of strings, the program and its arguments, e.g. ["xeyes"]',
+        word, required=True)
+
+
+def _suite(r: _Reader, table: dict[str, Any], label: str) -> str:
+    allowed = 'a Debian suite or codename, e.g. "bookworm"'
+    suite = r.value(table, "suite", label, str, allowed, default="bookworm")
+    if not SUITE_NAME.fullmatch(suite):
+        raise r.fail(label, f"found {suite!r}", allowed)
+    return suite
+
+
+def _packages(r: _Reader, table: dict[str, Any], label: str) -> tuple[str, ...]:
+    def package(word: str, where: str) -> None:
+        if not PACKAGE_NAME.fullmatch(word):
+            raise r.fail(where, f"found {word!r}",
+                         "Debian package names (a-z, 0-9, '+', '-', '.'; two characters or more)")
+
+    return r.string_list(table, "packages", label, "an array of Debian package names", package)
+
+
+def _mirror(r: _Reader, table: dict[str, Any], label: str) -> str | None:
+    if "mirror" not in table:
+        return None
+    mirror = r.value(table, "mirror", label, str, "an http, https or file URL")
+    if not MIRROR_URL.fullmatch(mirror):
+        raise r.fail(label, f"found {mirror!r}",
+                     "an http://, https:// or file:/// URL of a Debian archive")
+    return mirror
+
+
+def _days(r: _Reader, table: dict[str, Any], label: str) -> int:
+    allowed = "a whole number of days from 1 to 365"
+    days = r.value(table, "update_after_days", label, int, allowed, default=7)
+    if not 1 <= days <= 365:
+        raise r.fail(label, f"found {days}", allowed)
+    return days
+
+
+def _flag(default: bool) -> Reader:
+    def read(r: _Reader, table: dict[str, Any], label: str) -> bool:
+        return r.value(table, label.rpartition(".")[2], label, bool, "true or false",
+                       default=default)
+    return read
+
+
 REPOSITORY_URI = re.compile(r"https?://[^\s\[\]]+")
-
-
 COMPONENT = re.compile(r"[a-z0-9][a-z0-9/-]*")
 
 
-def _repositories(r: _Reader, image_table: dict[str, Any]) -> tuple[Repository, ...]:
+def _uri(r: _Reader, table: dict[str, Any], label: str) -> str:
+    uri = r.value(table, "uri", label, str, "an http:// or https:// URL")
+    if not REPOSITORY_URI.fullmatch(uri):
+        raise r.fail(label, f"found {uri!r}", "an http:// or https:// URL")
+    return uri
+
+
+def _repository_suite(r: _Reader, table: dict[str, Any], label: str) -> str:
+    suite = r.value(table, "suite", label, str,
+                    'a suite name, or a flat repository\'s path ending in "/" (e.g. "./")')
+    if not (SUITE_NAME.fullmatch(suite) or re.fullmatch(r"[a-z0-9./-]*/", suite)):
+        raise r.fail(label, f"found {suite!r}", 'a suite name, or a path ending in "/" (e.g. "./")')
+    return suite
+
+
+def _components(r: _Reader, table: dict[str, Any], label: str) -> tuple[str, ...]:
+    def component(word: str, where: str) -> None:
+        if not COMPONENT.fullmatch(word):
+            raise r.fail(where, f"found {word!r}", "component names such as main")
+
+    return r.string_list(table, "components", label, "an array of component names", component)
+
+
+def _signing_key(r: _Reader, table: dict[str, Any], label: str) -> PurePosixPath:
+    return r.container_path(r.value(table, "key", label, str, "an absolute host path"), label,
+                            side="host")
+
+
+def _repositories(r: _Reader, table: dict[str, Any], label: str) -> tuple[Repository, ...]:
     allowed = 'an array of tables {uri = "http://…", suite = "…", key = "/path/to/key"}'
-    items = r.value(image_table, "repositories", "image.repositories", list, allowed,
-                    default=[])
     repositories = []
-    for index, item in enumerate(items):
-        label = f"image.repositories[{index}]"
+    for index, item in enumerate(r.value(table, "repositories", label, list, allowed,
+                                         default=[])):
+        where = f"{label}[{index}]"
         if not isinstance(item, dict):
-            raise r.fail(label, f"found {_found(item)}", allowed)
-        r.no_unknown_keys(item, ("uri", "suite", "components", "key"), prefix=f"{label}.")
-        uri = r.value(item, "uri", f"{label}.uri", str, "an http:// or https:// URL")
-        if not REPOSITORY_URI.fullmatch(uri):
-            raise r.fail(f"{label}.uri", f"found {uri!r}", "an http:// or https:// URL")
-        suite = r.value(item, "suite", f"{label}.suite", str,
-                        'a suite name, or a flat repository\'s path ending in "/" (e.g. "./")')
-        if not (SUITE_NAME.fullmatch(suite) or re.fullmatch(r"[a-z0-9./-]*/", suite)):
-            raise r.fail(f"{label}.suite", f"found {suite!r}",
-                         'a suite name, or a path ending in "/" (e.g. "./")')
-
-        def component(word: str, where: str) -> None:
-            if not COMPONENT.fullmatch(word):
-                raise r.fail(where, f"found {word!r}", "component names such as main")
-
-        default = () if suite.endswith("/") else ("main",)
-        components = r.string_list(item, "components", f"{label}.components",
-                                   "an array of component names", component) or default
+            raise r.fail(where, f"found {_found(item)}", allowed)
+        values = _section(r, item, "image.repositories", f"{where}.")
+        suite, components = values["suite"], values["components"]
         if suite.endswith("/") and components:
-            raise r.fail(f"{label}.components", "components given for a flat repository",
+            raise r.fail(f"{where}.components", "components given for a flat repository",
                          "no components when the suite ends in '/'")
-        key_text = r.value(item, "key", f"{label}.key", str, "an absolute host path")
-        key = r.container_path(key_text, f"{label}.key", side="host")
-        repositories.append(Repository(uri, suite, tuple(components), key))
+        repositories.append(Repository(values["uri"], suite,
+                                       components or (() if suite.endswith("/") else ("main",)),
+                                       values["key"]))
     return tuple(repositories)
+
+
+def _x11(r: _Reader, table: dict[str, Any], label: str) -> X11Access:
+    value = table.get("x11", False)
+    if type(value) is not bool and value != "trusted":
+        raise r.fail(label, f"found {_found(value)}", X11_ALLOWED)
+    return X11Access(value)
+
+
+def _network(r: _Reader, table: dict[str, Any], label: str) -> Network:
+    text = r.value(table, "network", label, str, '"host" or "none"', default=Network.NONE.value)
+    try:
+        return Network(text)
+    except ValueError:
+        raise r.fail(label, f"found {text!r}", '"host" or "none"') from None
+
+
+def _persist(r: _Reader, table: dict[str, Any], label: str) -> tuple[PurePosixPath, ...]:
+    texts = r.string_list(table, "persist", label, "an array of absolute container directories",
+                          lambda text, where: None)
+    return tuple(r.container_path(text, f"{label}[{i}]") for i, text in enumerate(texts))
+
+
+def _env(r: _Reader, table: dict[str, Any], label: str) -> tuple[tuple[str, str], ...]:
+    env_table = r.value(table, "env", label, dict, "a table of NAME = \"value\" strings",
+                        default={})
+    env: list[tuple[str, str]] = []
+    for env_name, env_value in env_table.items():
+        where = f"{label}.{env_name}"
+        if not ENV_NAME.fullmatch(env_name):
+            raise r.fail(where, f"found name {env_name!r}",
+                         "names of letters, digits and '_', not starting with a digit")
+        if env_name in RESERVED_ENV:
+            raise r.fail(where, "set by sandboxapp itself",
+                         f"any name but {', '.join(sorted(RESERVED_ENV))}")
+        if not isinstance(env_value, str) or "\0" in env_value:
+            raise r.fail(where, f"found {_found(env_value)}", "a string without NUL")
+        env.append((env_name, env_value))
+    return tuple(env)
+
+
+def _bind_ro(r: _Reader, table: dict[str, Any], label: str) -> tuple[ReadOnlyBind, ...]:
+    texts = r.string_list(table, "bind_ro", label,
+                          'an array of "/host/path:/container/path" strings',
+                          lambda text, where: None)
+    binds: list[ReadOnlyBind] = []
+    for index, text in enumerate(texts):
+        where = f"{label}[{index}]"
+        host_text, _, container_text = text.partition(":")
+        container_text = container_text or host_text
+        if not host_text.startswith("/"):
+            raise r.fail(where, f"found {text!r}",
+                         '"/host/path:/container/path" with absolute paths')
+        host = r.container_path(host_text, where, side="host")
+        binds.append(ReadOnlyBind(host, r.container_path(container_text, where)))
+    return tuple(binds)
+
+
+def _table(section: str) -> Reader:
+    def read(r: _Reader, table: dict[str, Any], label: str) -> dict[str, Any]:
+        value = table.get(section, {})
+        if not isinstance(value, dict):
+            raise r.fail(label, f"found {_found(value)}", f"a table [{section}]")
+        return _section(r, value, section, f"{section}.")
+    return read
+
+
+# The README's headings of the sections, in its example profile.
+SECTION_HEADINGS = {
+    "image": "[image]",
+    "image.repositories": "[[image.repositories]]    # optional extra apt repositories, each "
+                          "checked against its own key",
+    "sandbox": "[sandbox]",
+}
+
+KEYS: tuple[Key, ...] = (
+    Key("", "description", _description,
+        'description = "Firefox ESR web browser"   # optional, one line'),
+    Key("", "command", _command,
+        'command = ["firefox-esr"]                  # argv in the container; `run P -- ARGS` '
+        "appends ARGS"),
+    Key("", "image", _table("image"), ""),
+    Key("", "sandbox", _table("sandbox"), ""),
+    Key("image", "suite", _suite,
+        'suite = "bookworm"                         # Debian suite or codename (default '
+        '"bookworm")'),
+    Key("image", "packages", _packages,
+        'packages = ["firefox-esr", "libpulse0"]    # installed with --no-install-recommends'),
+    Key("image", "mirror", _mirror,
+        'mirror = "http://…/debian"                 # optional; default: the one debootstrap '
+        "uses"),
+    Key("image", "repositories", _repositories, ""),
+    Key("image", "update_after_days", _days,
+        "update_after_days = 7     # an image older than this is updated before a launch, or "
+        "named"),
+    Key("image", "auto_update", _flag(False),
+        "auto_update = true        # update it first (default false: a warning with the "
+        "command)"),
+    Key("image.repositories", "uri", _uri, 'uri = "http://127.0.0.1:8000/"'),
+    Key("image.repositories", "suite", _repository_suite,
+        'suite = "./"              # a suite name, or a flat repository\'s path ending in "/"'),
+    Key("image.repositories", "components", _components,
+        "components = []           # default [\"main\"]; none for a flat repository"),
+    Key("image.repositories", "key", _signing_key,
+        'key = "/etc/sandboxapp/keys/example.asc"   # the repository\'s signing key, on the '
+        "host"),
+    Key("sandbox", "stateless", _flag(True),
+        "stateless = true          # every run starts from the pristine image (default true); "
+        "false\n"
+        "                          # keeps the app's changes for that user's next run, in "
+        ".state/ of the store"),
+    Key("sandbox", "x11", _x11,
+        "x11 = true                # may use the X display as an untrusted client (default "
+        "false);\n"
+        '                          # "trusted": as a trusted one (see below)'),
+    Key("sandbox", "pulseaudio", _flag(False),
+        "pulseaudio = true         # may play sound (default false)"),
+    Key("sandbox", "microphone", _flag(False),
+        "microphone = false        # may also record from a microphone, never the desktop's "
+        "sound\n"
+        "                          # (default false)"),
+    Key("sandbox", "session_bus", _flag(False),
+        "session_bus = true        # a D-Bus session bus of the sandbox's own (default false)"),
+    Key("sandbox", "network", _network,
+        'network = "host"          # "host": the host\'s network; "none": loopback only '
+        '(default "none")'),
+    Key("sandbox", "persist", _persist,
+        'persist = ["/root/.config/mozilla"]        # container directories kept between runs'),
+    Key("sandbox", "env", _env,
+        'env = { MOZ_ENABLE_WAYLAND = "0" }         # extra environment in the container'),
+    Key("sandbox", "bind_ro", _bind_ro,
+        'bind_ro = ["/usr/share/fonts:/usr/local/share/fonts"]  # host path:container path, '
+        "read-only"),
+)
+
+
+def _section(r: _Reader, table: dict[str, Any], section: str, prefix: str) -> dict[str, Any]:
+    """Every key of a section, read from its table (no other key is allowed there)."""
+    keys = [key for key in KEYS if key.section == section]
+    r.no_unknown_keys(table, tuple(key.name for key in keys), prefix=prefix)
+    return {key.name: key.read(r, table, f"{prefix}{key.name}") for key in keys}
+
+
+def readme_example() -> str:
+    """The README's example profile, every key in it."""
+    blocks = []
+    for section in ("", *SECTION_HEADINGS):
+        lines = [SECTION_HEADINGS[section]] if section else []
+        lines += [key.readme for key in KEYS if key.section == section and key.readme]
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks) + "\n"
 
 
 def parse_profile(name: str, path: Path, origin: str, doc: dict[str, Any]) -> Profile:
     """Validate a parsed TOML document into a Profile (pure: no file system access)."""
     r = _Reader(path)
-    r.no_unknown_keys(doc, ("description", "command", "image", "sandbox"), prefix="")
-
-    description = r.value(doc, "description", "description", str, "a string", default="")
-    if "\n" in description:
-        raise r.fail("description", "found a line break", "a single line of text")
-
-    def command_word(word: str, label: str) -> None:
-        if not word or "\0" in word:
-            raise r.fail(label, f"found {word!r}", "non-empty strings without NUL")
-
-    command = r.string_list(
-        doc, "command", "command",
-        'a non-empty array of strings, the program and its arguments, e.g. ["xeyes"]',
-        command_word, required=True,
-    )
-
-    image_table = r.table(doc, "image", ("suite", "packages", "mirror", "repositories",
-                                         "update_after_days", "auto_update"))
-    suite = r.value(image_table, "suite", "image.suite", str,
-                    'a Debian suite or codename, e.g. "bookworm"', default="bookworm")
-    if not SUITE_NAME.fullmatch(suite):
-        raise r.fail("image.suite", f"found {suite!r}",
-                     'a Debian suite or codename, e.g. "bookworm"')
-
-    def package(word: str, label: str) -> None:
-        if not PACKAGE_NAME.fullmatch(word):
-            raise r.fail(label, f"found {word!r}",
-                         "Debian package names (a-z, 0-9, '+', '-', '.'; two characters or more)")
-
-    packages = r.string_list(image_table, "packages", "image.packages",
-                             "an array of Debian package names", package)
-    mirror: str | None = None
-    if "mirror" in image_table:
-        mirror = r.value(image_table, "mirror", "image.mirror", str, "an http, https or file URL")
-        if not MIRROR_URL.fullmatch(mirror):
-            raise r.fail("image.mirror", f"found {mirror!r}",
-                         "an http://, https:// or file:/// URL of a Debian archive")
-
-    repositories = _repositories(r, image_table)
-    days = r.value(image_table, "update_after_days", "image.update_after_days", int,
-                   "a whole number of days from 1 to 365", default=7)
-    if not 1 <= days <= 365:
-        raise r.fail("image.update_after_days", f"found {days}",
-                     "a whole number of days from 1 to 365")
-    auto_update = r.value(image_table, "auto_update", "image.auto_update", bool,
-                          "true or false", default=False)
-
-    sandbox_table = r.table(
-        doc, "sandbox",
-        ("stateless", "x11", "pulseaudio", "microphone", "session_bus", "network", "persist",
-         "env", "bind_ro"),
-    )
-    flags = {
-        key: r.value(sandbox_table, key, f"sandbox.{key}", bool, "true or false", default=default)
-        for key, default in (("stateless", True), ("pulseaudio", False), ("microphone", False),
-                             ("session_bus", False))
-    }
-    x11_value = sandbox_table.get("x11", False)
-    if type(x11_value) is not bool and x11_value != "trusted":
-        raise r.fail("sandbox.x11", f"found {_found(x11_value)}", X11_ALLOWED)
-    x11 = X11Access(x11_value)
-    network_text = r.value(sandbox_table, "network", "sandbox.network", str,
-                           '"host" or "none"', default=Network.NONE.value)
-    try:
-        network = Network(network_text)
-    except ValueError:
-        raise r.fail("sandbox.network", f"found {network_text!r}", '"host" or "none"') from None
-
-    persist_allowed = "an array of absolute container directories"
-    persist_texts = r.string_list(sandbox_table, "persist", "sandbox.persist", persist_allowed,
-                                  lambda text, label: None)
-    persist = tuple(
-        r.container_path(text, f"sandbox.persist[{i}]") for i, text in enumerate(persist_texts)
-    )
-
-    env_table = r.value(sandbox_table, "env", "sandbox.env", dict,
-                        "a table of NAME = \"value\" strings", default={})
-    env: list[tuple[str, str]] = []
-    for env_name, env_value in env_table.items():
-        label = f"sandbox.env.{env_name}"
-        if not ENV_NAME.fullmatch(env_name):
-            raise r.fail(label, f"found name {env_name!r}",
-                         "names of letters, digits and '_', not starting with a digit")
-        if env_name in RESERVED_ENV:
-            raise r.fail(label, "set by sandboxapp itself",
-                         f"any name but {', '.join(sorted(RESERVED_ENV))}")
-        if not isinstance(env_value, str) or "\0" in env_value:
-            raise r.fail(label, f"found {_found(env_value)}", "a string without NUL")
-        env.append((env_name, env_value))
-
-    bind_texts = r.string_list(sandbox_table, "bind_ro", "sandbox.bind_ro",
-                               'an array of "/host/path:/container/path" strings',
-                               lambda text, label: None)
-    binds: list[ReadOnlyBind] = []
-    for index, text in enumerate(bind_texts):
-        label = f"sandbox.bind_ro[{index}]"
-        host_text, _, container_text = text.partition(":")
-        container_text = container_text or host_text
-        if not host_text.startswith("/"):
-            raise r.fail(label, f"found {text!r}",
-                         '"/host/path:/container/path" with absolute paths')
-        host = r.container_path(host_text, label, side="host")
-        binds.append(ReadOnlyBind(host, r.container_path(container_text, label)))
-
+    top = _section(r, doc, "", "")
+    image, sandbox = top["image"], top["sandbox"]
     _no_overlap(
         r,
-        [(f"sandbox.persist[{i}]", p) for i, p in enumerate(persist)]
-        + [(f"sandbox.bind_ro[{i}]", b.container) for i, b in enumerate(binds)],
+        [(f"sandbox.persist[{i}]", p) for i, p in enumerate(sandbox["persist"])]
+        + [(f"sandbox.bind_ro[{i}]", b.container) for i, b in enumerate(sandbox["bind_ro"])],
     )
-
     return Profile(
-        name=name,
-        path=path,
-        origin=origin,
-        command=command,
-        description=description,
-        image=ImageSpec(suite=suite, packages=packages, mirror=mirror,
-                        repositories=repositories),
-        updates=UpdatePolicy(update_after_days=days, auto_update=auto_update),
-        sandbox=SandboxSpec(
-            stateless=flags["stateless"],
-            x11=x11,
-            pulseaudio=flags["pulseaudio"],
-            microphone=flags["microphone"],
-            session_bus=flags["session_bus"],
-            network=network,
-            persist=persist,
-            env=tuple(env),
-            bind_ro=tuple(binds),
-        ),
+        name=name, path=path, origin=origin, command=top["command"],
+        description=top["description"],
+        image=ImageSpec(suite=image["suite"], packages=image["packages"],
+                        mirror=image["mirror"], repositories=image["repositories"]),
+        updates=UpdatePolicy(update_after_days=image["update_after_days"],
+                             auto_update=image["auto_update"]),
+        sandbox=SandboxSpec(**sandbox),
     )
-

@@ -8,6 +8,7 @@ from sandboxapp.errors import SandboxError
 from sandboxapp.paths import SHIPPED_PROFILE_DIR, Locations
 from sandboxapp.profile.find import find_profile, iter_profile_files, load_profile_file
 from sandboxapp.profile.model import Network, ReadOnlyBind, X11Access
+from sandboxapp.profile.parse import KEYS, readme_example
 
 FULL = """\
 description = "A browser"
@@ -118,3 +119,14 @@ def test_x11_is_untrusted_unless_the_profile_says_trusted(tmp_path: Path, value:
     text = f'command = ["x"]\n[sandbox]\nx11 = {value}\n'
     profile = load_profile_file(write(tmp_path, "x", text))
     assert profile.sandbox.x11 is x11
+
+
+def test_the_readmes_example_profile_is_the_table_of_keys() -> None:
+    """Every key a profile may have is in the README's example, as the table of keys says it,
+    and no other."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert f"```toml\n{readme_example()}```" in readme
+    written = {line.split("=")[0].strip() for line in readme_example().splitlines()
+               if "=" in line and not line.startswith(" ")}
+    assert written == {key.name for key in KEYS if key.readme}
+    assert {key.name for key in KEYS if not key.readme} == {"image", "sandbox", "repositories"}
