@@ -56,11 +56,11 @@ def _rework_existing(
     produce: Callable[[Build, Image], ImageMeta | None],
 ) -> Image | None:
     """Work on a copy of the profile's built image and swap it in (see _commit_staged)."""
-    check_build_tools()
     store.ensure()
     with store.lock(f"image-{profile.name}", wait=False):
+        existing = store.require(profile.name)  # "not built" says more than a missing tool
+        check_build_tools()
         clean_debris(store, progress)
-        existing = store.require(profile.name)
         return commit_staged(profile, store, progress, existing, existing.meta.uid_range, what,
                               lambda build: produce(build, existing))
 

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -231,22 +232,20 @@ def test_cleanup_command_undoes_a_killed_launch(session: Session) -> None:
     session.assert_nothing_left(grants_before, modules_before)
 
 
-def test_cleanup_finds_a_sound_socket_loaded_just_before_its_launcher_died(
-        session: Session) -> None:
-    """Killed between loading the sandbox's socket module and writing its index down: the
-    record knows the socket path only, and cleanup finds the module by it."""
+def test_cleanup_removes_a_sound_socket_its_killed_launcher_served(session: Session) -> None:
+    """The launcher, killed while it served the sandbox's sound socket, leaves the socket and
+    its record: cleanup removes both and leaves the user's sound server as it was."""
     assert session.sound is not None
     modules_before = session.socket_modules()
     sound_dir = session.run_dir / "sound" / NAME
     sound_dir.mkdir(parents=True)
-    socket = sound_dir / "native"
-    subprocess.run(["pactl", "load-module", "module-native-protocol-unix", f"socket={socket}",
-                    "auth-anonymous=1"], env=session.sound.client_env(), check=True,
-                   capture_output=True)
-    assert (session.run_dir / "sound" / NAME).exists()
+    socket_path = sound_dir / "native"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(socket_path))
+    listener.close()  # as a killed launcher leaves it: bound, no one listening
     record = {"version": 1, "profile": NAME, "pid": 999999999, "started": 1.0, "next_id": 2,
-              "entries": [{"id": 1, "kind": "sound", "server": str(session.sound.socket),
-                           "index": None, "socket": str(socket), "dir": str(sound_dir)}]}
+              "entries": [{"id": 1, "kind": "sound", "socket": str(socket_path),
+                           "dir": str(sound_dir)}]}
     (session.run_dir / f"{NAME}.json").write_text(json.dumps(record))
     result = session.sandboxapp("cleanup")
     assert result.returncode == 0, result.stderr

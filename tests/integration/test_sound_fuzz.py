@@ -64,6 +64,10 @@ SESSION_SECONDS = 10.0
 ANSWER_WAIT = 0.3
 ALLOWED_COMMANDS = {Command.AUTH, *_PLAYBACK, *_RECORDING}
 ALLOWED_KEYS = CLIENT_PROPERTIES | STREAM_PROPERTIES | {IDENTITY, RESTORE_ID}
+# The proxy's own connection, on which it asks which source a record stream names: it asks,
+# and changes nothing.
+LOOKUP_NAME = b"sandboxapp\0"
+LOOKUP_COMMANDS = {Command.AUTH, Command.SET_CLIENT_NAME, Command.GET_SOURCE_INFO}
 DANGEROUS = pulsewire.proplist({
     "filter.apply": "ladspa-sink",
     "filter.apply.ladspa-sink.parameters": "plugin=/nonexistent/evil.so label=x",
@@ -321,10 +325,33 @@ def replay(path: Path, packets: list[Packet]) -> float:
     return time.monotonic() - started
 
 
-def check_what_reached_the_server(sessions: list[list[Packet]]) -> int:
-    """Every packet the proxy sent is in the allowed set; how many there were."""
-    count = 0
+def _is_lookup(session: list[Packet]) -> bool:
+    """The proxy's own connection names itself "sandboxapp" and carries no sandbox's
+    identity; one it relays for a sandbox always does."""
+    for head, payload in session:
+        if DESCRIPTOR.unpack(head)[1] != CONTROL_CHANNEL:
+            continue
+        with contextlib.suppress(PulseError):
+            values = pulsewire.decode(payload)
+            if values[0] == Command.SET_CLIENT_NAME and isinstance(values[2], tuple):
+                properties = dict(values[2])
+                return (properties.get("application.name") == LOOKUP_NAME
+                        and IDENTITY not in properties)
+    return False
+
+
+def check_what_reached_the_server(sessions: list[list[Packet]]) -> tuple[int, int]:
+    """Every packet the proxy sent for a sandbox is in the allowed set, and its own lookups
+    only ask; how many packets it relayed, and how many lookups it asked."""
+    count = lookups = 0
     for session in sessions:
+        if _is_lookup(session):
+            for head, payload in session:
+                assert DESCRIPTOR.unpack(head)[1] == CONTROL_CHANNEL, head
+                command = pulsewire.decode(payload)[0]
+                assert command in LOOKUP_COMMANDS, command
+                lookups += command == Command.GET_SOURCE_INFO
+            continue
         for head, payload in session:
             count += 1
             _, channel, offset_high, offset_low, flags = DESCRIPTOR.unpack(head)
@@ -339,18 +366,26 @@ def check_what_reached_the_server(sessions: list[list[Packet]]) -> int:
                 if isinstance(value, FormatInfo):
                     assert value.encoding == PCM
                     assert {key for key, _ in value.properties} <= FORMAT_PROPERTIES
-    return count
+    return count, lookups
 
 
 @contextlib.contextmanager
-def proxy_process(socket_path: Path, server: Path, cookie: bytes,
+def proxy_process(socket_path: Path, server: Path, sound: SoundServer,
                   workdir: Path) -> Iterator[psutil.Process]:
+    """The proxy in a process of its own, serving socket_path for the server at server (the
+    tap), a client of the user's sound server as the launcher is."""
     cookie_file = workdir / "cookie"
-    cookie_file.write_bytes(cookie)
+    cookie_file.write_bytes(pulsewire.read_cookie(sound.client_env()))
+    # The tap passes bytes, not descriptors: the proxy's own libpulse connection shares no
+    # memory with the server here.
+    client_config = workdir / "client.conf"
+    client_config.write_text("enable-shm = no\nenable-memfd = no\n")
+    environment = {**sound.client_env(), "PULSE_CLIENTCONFIG": str(client_config)}
+    del environment["PULSE_SERVER"]
     process = subprocess.Popen(
         [sys.executable, "-m", "tests.integration.proxy_process", str(socket_path),
          str(server), str(cookie_file)],
-        cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=environment)
     try:
         assert process.stdout is not None and process.stdout.readline() == "ready\n"
         yield psutil.Process(process.pid)
@@ -377,8 +412,7 @@ def test_thousands_of_mutated_sessions_reach_the_server_only_as_allowed(
     rng = random.Random(SEED)
     durations = []
     with ServerWatch(server) as watch, proxy_process(
-            proxy_socket, tap.path, pulsewire.read_cookie(server.client_env()),
-            tmp_path) as proxy:
+            proxy_socket, tap.path, server, tmp_path) as proxy:
         threads_at_start = proxy.num_threads()
         for number in range(SESSIONS):
             durations.append(replay(proxy_socket, mutated(rng, rng.choice(seeds))))
@@ -400,6 +434,7 @@ def test_thousands_of_mutated_sessions_reach_the_server_only_as_allowed(
     assert server.process.poll() is None and server.answers()
     assert watch.modules_loaded() == []
     assert sorted((name, argument) for _, name, argument in server.modules()) == modules_before
-    reached = check_what_reached_the_server(tap.sessions)
+    reached, lookups = check_what_reached_the_server(tap.sessions)
     assert reached > SESSIONS, reached  # the fuzzing got past the handshake
+    assert lookups > 0  # and to the recording streams' sources
     tap.close()
