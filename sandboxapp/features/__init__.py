@@ -2,52 +2,45 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
-from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sandboxapp.features.base import Feature, Session
 from sandboxapp.features.container import NetworkAccess, SessionBus
 from sandboxapp.features.display import DisplayAccess
 from sandboxapp.features.files import PersistentDirs, ReadOnlyBinds
+from sandboxapp.features.request import refused
 from sandboxapp.features.sound import SoundAccess
-from sandboxapp.host.sound import SoundPaths
-from sandboxapp.profile.model import X11Access
 
 if TYPE_CHECKING:
     from sandboxapp.plan import LaunchPlan
 
-__all__ = ["Feature", "Session", "features_for", "prepare_features"]
+__all__ = ["REGISTRY", "Feature", "Session", "features_for", "grants_of", "prepare_features"]
+
+# Every grant a sandbox may get, one class each, in the order of their binds and environment:
+# both sides of a launch, the dry run and a join iterate this.
+REGISTRY: tuple[type[Feature], ...] = (PersistentDirs, ReadOnlyBinds, DisplayAccess,
+                                       SoundAccess, SessionBus, NetworkAccess)
 
 
-def _inside(plan: LaunchPlan) -> list[Feature]:
-    features: list[Feature] = [SessionBus()] if plan.profile.sandbox.session_bus else []
-    return [*features, NetworkAccess(plan.profile.sandbox.network)]
-
-
-def features_for(plan: LaunchPlan, *, x11_dir: Path | None,
-                 sound_dir: Path | None) -> tuple[Feature, ...]:
-    """A launch's features as the root side sees them: from the plan and the directories the
-    session side made (the helper's request names them)."""
-    sandbox = plan.profile.sandbox
-    features: list[Feature] = [PersistentDirs(plan.persist), ReadOnlyBinds(sandbox.bind_ro)]
-    if plan.display is not None:
-        trusted = sandbox.x11 is X11Access.TRUSTED
-        features.append(DisplayAccess(plan.display, trusted, None if trusted else x11_dir,
-                                      plan.image.meta.uid_base if plan.image else None))
-    if sound_dir is not None:
-        features.append(SoundAccess(SoundPaths(sound_dir), sandbox.microphone))
-    return (*features, *_inside(plan))
+def features_for(plan: LaunchPlan, grants: Mapping[str, Any]) -> tuple[Feature, ...]:
+    """A launch's features as the root side sees them: from the profile (in the plan) and
+    each feature's part of the helper's request."""
+    unknown = set(grants) - {cls.KEY for cls in REGISTRY if cls.KEY}
+    if unknown:
+        raise refused(f"no grant is called {', '.join(sorted(unknown))}")
+    found = (cls.from_part(plan, grants.get(cls.KEY)) for cls in REGISTRY)
+    return tuple(feature for feature in found if feature is not None)
 
 
 def prepare_features(session: Session, stack: ExitStack) -> tuple[Feature, ...]:
-    """The session side's first step, before nspawn starts: what the container binds is made
-    (each recorded with its undo first); the same features, in the same order, as
-    features_for gives the root side."""
-    features: list[Feature | None] = [
-        PersistentDirs.prepare(session, stack),
-        ReadOnlyBinds.prepare(session, stack),
-        DisplayAccess.prepare(session, stack),
-        SoundAccess.prepare(session, stack),
-    ]
-    return (*(f for f in features if f is not None), *_inside(session.plan))
+    """The session side's first step, before nspawn starts: the same features, in the same
+    order, as features_for gives the root side."""
+    found = (cls.prepare(session, stack) for cls in REGISTRY)
+    return tuple(feature for feature in found if feature is not None)
+
+
+def grants_of(features: Sequence[Feature]) -> dict[str, Any]:
+    """The helper's request's part of each feature that has one."""
+    return {feature.KEY: part for feature in features if (part := feature.part()) is not None}

@@ -14,13 +14,12 @@ from collections.abc import Callable, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 from sandboxapp.system.nspawn import Bind
 from sandboxapp.undo.entries import Entry
 
 if TYPE_CHECKING:
-    from sandboxapp.features.request import HelperRequest
     from sandboxapp.fs.safepath import DesktopUser
     from sandboxapp.plan import LaunchPlan
     from sandboxapp.undo.ledger import Record
@@ -92,10 +91,25 @@ class Feature:
     def private_network(self) -> bool:
         return False
 
-    def request(self, request: HelperRequest) -> HelperRequest:
-        """The privileged helper's request, with what it says of this feature (features/request.py):
-        the helper rebuilds the feature from it (features_for)."""
-        return request
+    # Its part's key in the helper's request (features/request.py); "" for a feature whose
+    # part is the profile's alone.
+    KEY: ClassVar[str] = ""
+
+    @classmethod
+    def prepare(cls, session: Session, stack: ExitStack) -> Feature | None:
+        """The session side's, before nspawn starts (what the container binds is made, each
+        with its undo first); None where the launch does not get it."""
+        return cls.from_part(session.plan, None)
+
+    def part(self) -> Any:
+        """What the helper's request carries of it (JSON), read back by from_part."""
+        return None
+
+    @classmethod
+    def from_part(cls, plan: LaunchPlan, part: Any) -> Feature | None:
+        """The root side's, from the profile and the request's part (checked here: it comes
+        from the user); None where the launch does not get it."""
+        raise NotImplementedError
 
     def describe(self) -> list[str]:
         """Its lines in `run --dry-run`."""

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from sandboxapp.features.base import Feature
 from sandboxapp.profile.model import Network
+
+if TYPE_CHECKING:
+    from sandboxapp.plan import LaunchPlan
 
 # The sandbox's own session bus, started before the app (dbus-daemon --fork returns once the
 # bus is ready) and gone with the container.
@@ -22,6 +26,10 @@ SESSION_BUS_WRAPPER = (
 class SessionBus(Feature):
     """session_bus = true: a bus inside, never the user's."""
 
+    @classmethod
+    def from_part(cls, plan: LaunchPlan, part: Any) -> SessionBus | None:
+        return cls() if plan.profile.sandbox.session_bus else None
+
     def env(self) -> list[tuple[str, str]]:
         return [("DBUS_SESSION_BUS_ADDRESS", SESSION_BUS)]
 
@@ -35,6 +43,10 @@ class SessionBus(Feature):
 @dataclass(frozen=True)
 class NetworkAccess(Feature):
     mode: Network
+
+    @classmethod
+    def from_part(cls, plan: LaunchPlan, part: Any) -> NetworkAccess:
+        return cls(plan.profile.sandbox.network)
 
     def private_network(self) -> bool:
         return self.mode is Network.NONE

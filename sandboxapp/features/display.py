@@ -4,16 +4,16 @@ first UID on the host list (x11 = "trusted"), and the display's socket, read-onl
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import stat
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sandboxapp.errors import ExitStatus, SandboxError
 from sandboxapp.features.base import CheckedPath, Feature, Session, Source
+from sandboxapp.features.request import absolute_path, refused
 from sandboxapp.fs.safepath import ensure_user_dir
 from sandboxapp.host.display import AUTH_FILE, Display, XAccess
 from sandboxapp.profile.model import X11Access
@@ -21,7 +21,7 @@ from sandboxapp.system.nspawn import Bind
 from sandboxapp.undo.entries import TrustedX11Entry, X11AuthEntry
 
 if TYPE_CHECKING:
-    from sandboxapp.features.request import HelperRequest
+    from sandboxapp.plan import LaunchPlan
 
 # The X clients (host/x11.py, host/x11auth.py and python-xlib) are imported by grant, once
 # nspawn is starting: their load is hidden behind the container's start.
@@ -98,8 +98,38 @@ class DisplayAccess(Feature):
             env.append(("XAUTHORITY", str(X11_CONTAINER_DIR / AUTH_FILE)))
         return env
 
-    def request(self, request: HelperRequest) -> HelperRequest:
-        return dataclasses.replace(request, display=self.display.number, x11_dir=self.x11_dir)
+    KEY = "display"
+
+    def part(self) -> dict[str, Any]:
+        return {"display": self.display.number,
+                "x11_dir": None if self.x11_dir is None else str(self.x11_dir)}
+
+    @staticmethod
+    def number_in(part: Any) -> int | None:
+        """The display a request's part names (the plan's display comes from it)."""
+        if part is None:
+            return None
+        if not isinstance(part, dict) or set(part) != {"display", "x11_dir"}:
+            raise refused("the display's part is not {display, x11_dir}")
+        number = part["display"]
+        if not isinstance(number, int) or isinstance(number, bool) or not 0 <= number < 1 << 16:
+            raise refused("the display is not a display's number")
+        return number
+
+    @classmethod
+    def from_part(cls, plan: LaunchPlan, part: Any) -> DisplayAccess | None:
+        if plan.display is None:
+            return None
+        if part is None or cls.number_in(part) != plan.display.number:
+            raise SandboxError("the profile needs the X display, and none was given",
+                               status=ExitStatus.LAUNCHER)
+        trusted = plan.profile.sandbox.x11 is X11Access.TRUSTED
+        x11_dir = None if part["x11_dir"] is None else absolute_path(part["x11_dir"], "x11_dir")
+        if x11_dir is not None and trusted:
+            raise SandboxError("an X directory was given, but the profile's display access is "
+                               "not x11 = true", status=ExitStatus.LAUNCHER)
+        return cls(plan.display, trusted, x11_dir,
+                   plan.image.meta.uid_base if plan.image else None)
 
     def describe(self) -> list[str]:
         if self.trusted:

@@ -7,7 +7,7 @@ import stat
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sandboxapp.errors import ExitStatus, SandboxError
 from sandboxapp.features.base import CheckedPath, Feature, Session, Source
@@ -15,7 +15,7 @@ from sandboxapp.fs.safepath import ensure_user_dir
 from sandboxapp.system.nspawn import Bind
 
 if TYPE_CHECKING:
-    from sandboxapp.plan import PersistDir
+    from sandboxapp.plan import LaunchPlan, PersistDir
     from sandboxapp.profile.model import ReadOnlyBind
 
 
@@ -30,6 +30,10 @@ class PersistentDirs(Feature):
         for persist in session.plan.persist:
             ensure_user_dir(persist.host, session.user)
         return cls(session.plan.persist)
+
+    @classmethod
+    def from_part(cls, plan: LaunchPlan, part: Any) -> PersistentDirs:
+        return cls(plan.persist)
 
     def checked_paths(self, trusted_profile: bool) -> list[CheckedPath]:
         return [CheckedPath(p.host, False, "persistent directory", stat.S_IFDIR)
@@ -60,6 +64,10 @@ class ReadOnlyBinds(Feature):
                     status=ExitStatus.LAUNCHER,
                 )
         return cls(profile.sandbox.bind_ro)
+
+    @classmethod
+    def from_part(cls, plan: LaunchPlan, part: Any) -> ReadOnlyBinds:
+        return cls(plan.profile.sandbox.bind_ro)
 
     def checked_paths(self, trusted_profile: bool) -> list[CheckedPath]:
         # A user's own profile may bind only the user's own files; a trusted one, any.

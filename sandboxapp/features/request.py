@@ -1,18 +1,26 @@
-"""What a desktop user's launcher asks the privileged helper: one schema for both sides.
+"""What a desktop user's launcher asks the privileged helper: one JSON object, described here.
 
-The launcher writes a request as command-line words (client.py sends them as one JSON line, or
-they are the helper's arguments); the helper parses them back here and trusts none of it beyond
-its form: every path is absolute and without '..', and the rest is checked against the profile
-it reads again (privileged.py).
+    {"action": "launch", "profile": NAME, "profile_file": PATH, "data_home": PATH,
+     "program": null or PROG, "args": [ARG, ...], "grants": {KEY: PART, ...}}
+
+The helper gets it as its one argument, or as the first message of its control channel
+(system/control.py, launch/helperclient.py), and trusts none of it beyond its form: every path is absolute and
+without '..', every value of the kind it must be, no key unknown. Each grant's part is the one
+its feature wrote (Feature.part) and is read back, and checked against the profile the helper
+reads again, by that feature itself (Feature.from_part).
 """
 
 from __future__ import annotations
 
-import argparse
 import enum
-from collections.abc import Sequence
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from sandboxapp.errors import ExitStatus, SandboxError
+
+MAX_REQUEST = 1 << 16  # bytes: a profile name, a few paths and a command's arguments
 
 
 class Action(enum.StrEnum):
@@ -22,11 +30,17 @@ class Action(enum.StrEnum):
     UPDATE = "update"  # the same, for an auto-update
 
 
-def _absolute(text: str) -> Path:
-    path = Path(text)
-    if not path.is_absolute() or ".." in path.parts:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an absolute path without '..'")
-    return path
+def refused(what: str) -> SandboxError:
+    """A request that is not in its form (only a launcher gone wrong, or a person, sends one)."""
+    return SandboxError(f"the request to the privileged helper is malformed: {what}",
+                        status=ExitStatus.USAGE)
+
+
+def absolute_path(value: object, name: str) -> Path:
+    """A path of the request: absolute, without '..'."""
+    if not isinstance(value, str) or not value.startswith("/") or ".." in Path(value).parts:
+        raise refused(f"{name} is not an absolute path without '..'")
+    return Path(value)
 
 
 @dataclass(frozen=True)
@@ -35,48 +49,47 @@ class HelperRequest:
     profile: str
     profile_file: Path
     data_home: Path
-    display: int | None = None
-    # The directories the user's launcher made for the sandbox's X authorization and sound.
-    x11_dir: Path | None = None
-    sound_dir: Path | None = None
     program: str | None = None  # `run --command PROG`
     args: tuple[str, ...] = ()
+    # Each granting feature's part, under its key (the features' registry: features/).
+    grants: dict[str, Any] = field(default_factory=dict)
 
-    def words(self) -> list[str]:
-        words = [self.action.value, "--profile-file", str(self.profile_file),
-                 "--data-home", str(self.data_home)]
-        if self.display is not None:
-            words += ["--display", str(self.display)]
-        if self.x11_dir is not None:
-            words += ["--x11-dir", str(self.x11_dir)]
-        if self.sound_dir is not None:
-            words += ["--sound-dir", str(self.sound_dir)]
-        if self.program is not None:
-            words += ["--command", self.program]
-        return [*words, self.profile, "--", *self.args]
+    def to_json(self) -> str:
+        return json.dumps({"action": self.action.value, "profile": self.profile,
+                           "profile_file": str(self.profile_file),
+                           "data_home": str(self.data_home), "program": self.program,
+                           "args": list(self.args), "grants": self.grants})
 
     @classmethod
-    def parse(cls, words: Sequence[str]) -> HelperRequest:
-        """The request the words say; a malformed one exits with argparse's usage error."""
-        args = _parser().parse_args(list(words))
-        extra = list(args.args)
-        if extra and extra[0] == "--":
-            extra = extra[1:]
-        return cls(Action(args.action), args.profile, args.profile_file, args.data_home,
-                   args.display, args.x11_dir, args.sound_dir, args.program, tuple(extra))
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sandboxapp-privileged")
-    actions = parser.add_subparsers(dest="action", required=True)
-    for action in Action:
-        sub = actions.add_parser(action.value)
-        sub.add_argument("--profile-file", type=_absolute, required=True)
-        sub.add_argument("--data-home", type=_absolute, required=True)
-        sub.add_argument("--display", type=int)
-        sub.add_argument("--x11-dir", type=_absolute)
-        sub.add_argument("--sound-dir", type=_absolute)
-        sub.add_argument("--command", dest="program")
-        sub.add_argument("profile")
-        sub.add_argument("args", nargs=argparse.REMAINDER)
-    return parser
+    def from_json(cls, text: str) -> HelperRequest:
+        if len(text.encode()) > MAX_REQUEST:
+            raise refused(f"it is longer than {MAX_REQUEST} bytes")
+        try:
+            data = json.loads(text)
+        except (ValueError, RecursionError):  # RecursionError: nested deeper than any request
+            raise refused("it is not JSON") from None
+        if not isinstance(data, dict):
+            raise refused("it is not a JSON object")
+        unknown = set(data) - {"action", "profile", "profile_file", "data_home", "program",
+                               "args", "grants"}
+        if unknown:
+            raise refused(f"unknown keys {', '.join(sorted(unknown))}")
+        try:
+            action = Action(str(data.get("action")))
+        except ValueError:
+            raise refused(f"no action {data.get('action')!r}; allowed: "
+                          f"{', '.join(a.value for a in Action)}") from None
+        profile, program = data.get("profile"), data.get("program")
+        if not isinstance(profile, str):
+            raise refused("profile is not a name")
+        if program is not None and not isinstance(program, str):
+            raise refused("program is not a string")
+        args = data.get("args", [])
+        if not isinstance(args, list) or not all(isinstance(arg, str) for arg in args):
+            raise refused("args is not a list of strings")
+        grants = data.get("grants", {})
+        if not isinstance(grants, dict):
+            raise refused("grants is not an object")
+        return cls(action, profile, absolute_path(data.get("profile_file"), "profile_file"),
+                   absolute_path(data.get("data_home"), "data_home"), program, tuple(args),
+                   grants)

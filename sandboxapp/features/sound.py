@@ -3,23 +3,23 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import stat
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sandboxapp.errors import ExitStatus, SandboxError
 from sandboxapp.features.base import CheckedPath, Feature, Session, Source
+from sandboxapp.features.request import absolute_path, refused
 from sandboxapp.fs.safepath import ensure_user_dir, write_file_no_follow
 from sandboxapp.host.sound import SOUND_DIR_MODE, SoundPaths, SoundServerAddress, server_reachable
 from sandboxapp.system.nspawn import Bind
 from sandboxapp.undo.entries import SoundEntry
 
 if TYPE_CHECKING:
-    from sandboxapp.features.request import HelperRequest
+    from sandboxapp.plan import LaunchPlan
 
 # Where the per-sandbox sound socket and its client configuration appear in the container.
 PULSE_DIR = PurePosixPath("/run/sandboxapp/pulse")
@@ -71,8 +71,23 @@ class SoundAccess(Feature):
         return [("PULSE_SERVER", f"unix:{PULSE_SOCKET}"),
                 ("PULSE_CLIENTCONFIG", str(PULSE_CLIENT_CONF))]
 
-    def request(self, request: HelperRequest) -> HelperRequest:
-        return dataclasses.replace(request, sound_dir=self.paths.dir)
+    KEY = "sound"
+
+    def part(self) -> dict[str, Any]:
+        return {"dir": str(self.paths.dir)}
+
+    @classmethod
+    def from_part(cls, plan: LaunchPlan, part: Any) -> SoundAccess | None:
+        """None where the session side found no server to reach."""
+        if part is None:
+            return None
+        if not plan.profile.sandbox.pulseaudio:
+            raise SandboxError("sound was asked for, but the profile has none",
+                               status=ExitStatus.LAUNCHER)
+        if not isinstance(part, dict) or set(part) != {"dir"}:
+            raise refused("the sound's part is not {dir}")
+        return cls(SoundPaths(absolute_path(part["dir"], "the sound directory")),
+                   plan.profile.sandbox.microphone)
 
     def describe(self) -> list[str]:
         return [f"sound:    a socket of its own at {PULSE_SOCKET} inside, served by the "

@@ -5,13 +5,14 @@ number, the sound socket the session side made, the app's arguments), trusts non
 does only what needs root: the writable layer, the checked binds and systemd-nspawn. The user is
 the one sudo names (SUDO_UID); the profile is read again, from a descriptor opened without
 following symlinks; a profile that is not in a root-owned profile directory may only bind and
-keep the user's own files. Its input is a control channel: a line, or its end (the user's
-launcher is gone), stops the app gracefully. Every launch is logged to a root-owned file.
+keep the user's own files. A helper started ahead of its request gets it on its input, the
+launcher's control channel (system/control.py), which then opens the app's gate, and stops the
+app gracefully when it asks to or ends (the user's launcher is gone). Every launch is logged
+to a root-owned file.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from collections.abc import Sequence
@@ -21,7 +22,8 @@ from pathlib import Path
 
 from sandboxapp.errors import ExitStatus, SandboxError, finish
 from sandboxapp.features import Feature, features_for
-from sandboxapp.features.request import Action, HelperRequest
+from sandboxapp.features.display import DisplayAccess
+from sandboxapp.features.request import Action, HelperRequest, refused
 from sandboxapp.fs.rootfs import check_command
 from sandboxapp.fs.safepath import DesktopUser, read_user_file
 from sandboxapp.image.store import ImageStore
@@ -46,6 +48,7 @@ from sandboxapp.profile.model import (
     check_profile_name,
     invalid,
 )
+from sandboxapp.system.control import ControlChannel, Word
 from sandboxapp.undo.ledger import RunDir
 
 TRUSTED_PROFILE_DIRS = (SYSTEM_PROFILE_DIR, SHIPPED_PROFILE_DIR)
@@ -133,15 +136,13 @@ def _checked_plan(request: HelperRequest, user: DesktopUser,
     sound directories are checked against the profile too."""
     profile, trusted = _read_profile(request, user)
     name = profile.name
-    environ = {"DISPLAY": f":{request.display}"} if request.display is not None else {}
-    if profile.sandbox.x11 is not X11Access.NONE and request.display is None:
+    # The display the request names makes the plan's (each grant's part is checked by its
+    # feature, features_for); a profile without x11 gets none, whatever the request says.
+    number = DisplayAccess.number_in(request.grants.get(DisplayAccess.KEY))
+    shown = profile.sandbox.x11 is not X11Access.NONE and number is not None
+    environ = {"DISPLAY": f":{number}"} if shown else {}
+    if profile.sandbox.x11 is not X11Access.NONE and number is None:
         raise SandboxError("the profile needs the X display, and none was given",
-                           status=ExitStatus.LAUNCHER)
-    if request.x11_dir is not None and profile.sandbox.x11 is not X11Access.UNTRUSTED:
-        raise SandboxError("an X directory was given, but the profile's display access is not "
-                           "x11 = true", status=ExitStatus.LAUNCHER)
-    if request.sound_dir is not None and not profile.sandbox.pulseaudio:
-        raise SandboxError("sound was asked for, but the profile has none",
                            status=ExitStatus.LAUNCHER)
     if request.program is not None and not request.program:
         raise invalid("--command needs a program")
@@ -149,7 +150,7 @@ def _checked_plan(request: HelperRequest, user: DesktopUser,
                        program=request.program)
     image = ImageStore(locations.image_dir).require(name)
     check_command(image.rootfs, plan.command[0])
-    return plan, trusted, features_for(plan, x11_dir=request.x11_dir, sound_dir=request.sound_dir)
+    return plan, trusted, features_for(plan, request.grants)
 
 
 def join_running(request: HelperRequest, user: DesktopUser, locations: Locations) -> int:
@@ -165,15 +166,15 @@ STOPPING_WAIT = STOP_TIMEOUT + 5.0
 
 
 def launch(request: HelperRequest, user: DesktopUser, locations: Locations,
-           from_input: bool) -> int:
-    """A new sandbox. A request read from the input (the launcher's, launch/helperclient.py) comes
-    before the grants are made: the app's gate opens on the input's "open"; a request on the
-    command line opens it at once."""
+           control: ControlChannel | None) -> int:
+    """A new sandbox. A request from the control channel (the launcher's,
+    launch/helperclient.py) comes before the grants are made: the app's gate opens on the
+    channel's "open"; a request on the command line opens it at once."""
     plan, trusted, features = _checked_plan(request, user, locations)
     name, path, extra = plan.profile.name, plan.profile.path, plan.command
     store = ImageStore(locations.image_dir)
     _log(store, f"uid={user.uid} profile={name} file={path} trusted={trusted} "
-                f"display={request.display} sound={request.sound_dir is not None} "
+                f"grants={','.join(sorted(request.grants))} "
                 f"args={extra!r}")
     run_dir = RunDir(locations.run_dir)
     supervisor = Supervisor(run_dir, warn=warn)
@@ -185,32 +186,22 @@ def launch(request: HelperRequest, user: DesktopUser, locations: Locations,
         if not supervisor.begin(stack, name, wait=wait):
             raise supervisor.run_dir.already_running(name)
         side = ContainerRequest(plan, user, trusted_profile=trusted, features=features)
-        status = ContainerSide(supervisor, side, sys.stderr, control_fd=sys.stdin.fileno(),
-                               wait_for_open=from_input).run(stack)
+        status = ContainerSide(supervisor, side, sys.stderr, control=control).run(stack)
     _log(store, f"uid={user.uid} profile={name} exit={status}")
     if supervisor.signalled is not None:
         return 128 + supervisor.signalled
     return status
 
 
-def _read_request(limit: int = 1 << 16) -> list[str] | None:
-    """One line from the input: a JSON list of words; None when the input ends first. Read a
-    byte at a time, so that nothing after the line (the stop channel) is taken from it."""
-    data = bytearray()
-    while (byte := os.read(0, 1)) != b"\n":
-        if not byte:
-            return None
-        data += byte
-        if len(data) > limit:
-            raise SystemExit("sandboxapp-privileged: the request is too long")
-    try:
-        words = json.loads(data)
-    except ValueError:
-        words = None
-    if not isinstance(words, list) or not all(isinstance(w, str) for w in words) or (
-            words[:1] == [PENDING]):
-        raise SystemExit("sandboxapp-privileged: the request is not a list of words")
-    return words
+def _read_request(control: ControlChannel) -> str | None:
+    """The channel's first message, which must be the request; None when the channel ends
+    first (the launcher gave up)."""
+    message = control.receive()
+    if message is None:
+        return None
+    if message.word is not Word.REQUEST:
+        raise refused(f"it came as {message.word.value!r}")
+    return message.text
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -218,27 +209,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write("sandboxapp-privileged: run it through sudo\n")
         return int(ExitStatus.LAUNCHER)
     words = sys.argv[1:] if argv is None else list(argv)
-    from_input = words == [PENDING]
-    if from_input:
-        # Started ahead of its request (see launch/helperclient.py): it is the input's first line.
-        sent = _read_request()
-        if sent is None:
-            return int(ExitStatus.LAUNCHER)  # the launcher gave up before asking anything
-        words = sent
-    request = HelperRequest.parse(words)
-    # Nothing from the caller's environment counts but the identity sudo vouches for; the
-    # store and run directories are the ones `sandboxapp setup` wrote into the wrapper.
-    user = DesktopUser.from_environment(os.environ)
-    image_dir = os.environ.get("SANDBOXAPP_IMAGE_DIR", str(DEFAULT_IMAGE_DIR))
-    run_dir = os.environ.get("SANDBOXAPP_RUN_DIR", str(DEFAULT_RUN_DIR))
-    # Each user's launches have a run directory of their own below root's: their own locks
-    # and records, so two users' sandboxes of one profile never meet.
-    locations = Locations(image_dir=Path(image_dir),
-                          run_dir=RunDir(Path(run_dir)).for_user(user.uid).root,
-                          config_home=Path("/nonexistent"), data_home=request.data_home)
+    control = None
     try:
+        if words == [PENDING]:
+            # Started ahead of its request (see launch/helperclient.py): the channel's first
+            # message.
+            control = ControlChannel.from_fd(0)
+            text = _read_request(control)
+            if text is None:
+                return int(ExitStatus.LAUNCHER)  # the launcher gave up before asking anything
+        elif len(words) == 1:
+            text = words[0]
+        else:
+            raise refused("give it as the one argument (or \"pending\", and then on the input)")
+        request = HelperRequest.from_json(text)
+        # Nothing from the caller's environment counts but the identity sudo vouches for; the
+        # store and run directories are the ones `sandboxapp setup` wrote into the wrapper.
+        user = DesktopUser.from_environment(os.environ)
+        image_dir = os.environ.get("SANDBOXAPP_IMAGE_DIR", str(DEFAULT_IMAGE_DIR))
+        run_dir = os.environ.get("SANDBOXAPP_RUN_DIR", str(DEFAULT_RUN_DIR))
+        # Each user's launches have a run directory of their own below root's: their own
+        # locks and records, so two users' sandboxes of one profile never meet.
+        locations = Locations(image_dir=Path(image_dir),
+                              run_dir=RunDir(Path(run_dir)).for_user(user.uid).root,
+                              config_home=Path("/nonexistent"), data_home=request.data_home)
         if request.action is Action.LAUNCH:
-            return launch(request, user, locations, from_input)
+            return launch(request, user, locations, control)
         if request.action is Action.JOIN:
             return join_running(request, user, locations)
         return image_work(request, user, locations)

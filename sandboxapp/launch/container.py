@@ -29,6 +29,7 @@ from sandboxapp.launch.spec import launch_spec
 from sandboxapp.launch.supervisor import Relay, Supervisor
 from sandboxapp.output import TextSink
 from sandboxapp.plan import LaunchPlan
+from sandboxapp.system.control import ControlChannel
 from sandboxapp.system.hostfacts import host_facts
 from sandboxapp.system.layer import create_layer
 from sandboxapp.system.nspawn import NOISE_PREFIX, LaunchSpec, launch_argv
@@ -138,13 +139,11 @@ def stop_app(spawned_pid: int) -> None:
 
 class ContainerSide:
     def __init__(self, supervisor: Supervisor, request: ContainerRequest, stderr: TextSink,
-                 control_fd: int | None = None, relay: Relay | None = None,
-                 wait_for_open: bool = False) -> None:
+                 control: ControlChannel | None = None, relay: Relay | None = None) -> None:
         self.supervisor = supervisor
-        self.wait_for_open = wait_for_open
         self.request = request
         self.stderr = stderr
-        self.control_fd = control_fd
+        self.control = control  # the launcher's, whose "open" opens the gate
         self.relay = relay or Relay()
 
     def _layer(self, stack: ExitStack) -> Path:
@@ -194,14 +193,13 @@ class ContainerSide:
         self.relay.lines(io.TextIOWrapper(stderr, errors="replace"), self.stderr, NSPAWN_NOISE)
 
     def run(self, stack: ExitStack) -> int:
-        """The helper's launch: start the container, open its gate (wait_for_open: when the
-        control input says the user's launcher has made the grants, "open"), supervise it.
-        An input that ends or asks to stop first: the app never starts (status LAUNCHER, said
+        """The helper's launch: start the container, open its gate (with a control channel:
+        when it says the user's launcher has made the grants, "open"), supervise it. A
+        channel that ends or asks to stop first: the app never starts (status LAUNCHER, said
         by the user's launcher, which gave up)."""
         started = self.start(stack)
-        control = self.control_fd
-        if self.wait_for_open and control is not None and not self.supervisor.wait_for_open(
-                started.process, control):
+        if self.control is not None and not self.supervisor.wait_for_open(
+                started.process, self.control):
             if started.process.poll() is None:
                 return ExitStatus.LAUNCHER
             return self.supervise(started)  # nspawn failed: its status, and what it said
@@ -236,6 +234,6 @@ class ContainerSide:
     def supervise(self, started: Started) -> int:
         process = started.process
         status = self.supervisor.wait(process, on_stop=lambda: stop_app(process.pid),
-                                      on_timeout=process.kill, control_fd=self.control_fd)
+                                      on_timeout=process.kill, control=self.control)
         self.relay.join()
         return status

@@ -2,24 +2,24 @@
 the launcher does anything else, so that the helper's interpreter loads while the launcher reads
 the profile and makes the grants (there are two processes to start, and usually two cores).
 
-The helper then waits for its request (request.py): one line, the JSON list of its command-line
-words, the same words it would otherwise get as arguments and trusts no more than those. After
-that line, its input is the stop channel ("stop", or its end). A launcher that gives up before
-sending a request closes the input, and the helper leaves without doing anything.
+Its input is the launch's control channel (system/control.py), on which it waits for its request
+(features/request.py, the same JSON it would otherwise get as its argument, trusted no more
+than that); then the launcher says "open" and "stop" on it, or closes it. A launcher that gives
+up before sending a request closes it, and the helper leaves without doing anything.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import pwd
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 from sandboxapp.command import base_env, program_exists, spawn
 from sandboxapp.errors import ExitStatus, SandboxError
 from sandboxapp.paths import HELPER_PATH
+from sandboxapp.system.control import ControlChannel, Word
 from sandboxapp.system.membership import membership_problem
 
 PENDING = "pending"  # the helper's action: read the request from the input
@@ -38,8 +38,9 @@ def check_helper_access() -> None:
         raise SandboxError(what, hint=f"run: {fix}", status=ExitStatus.LAUNCHER)
 
 
-def helper_argv(words: Sequence[str]) -> list[str]:
-    return ["sudo", "--non-interactive", HELPER_PATH, *words]
+def helper_argv(argument: str) -> list[str]:
+    """The helper through sudo, with its one argument: a request, or PENDING."""
+    return ["sudo", "--non-interactive", HELPER_PATH, argument]
 
 
 class PendingHelper:
@@ -47,29 +48,38 @@ class PendingHelper:
 
     def __init__(self, environ: Mapping[str, str]) -> None:
         check_helper_access()
-        self.process = spawn(
-            helper_argv([PENDING]), env=base_env({"TERM": environ.get("TERM", "dumb")}),
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.control, theirs = ControlChannel.pair()
+        try:
+            self.process = spawn(
+                helper_argv(PENDING), env=base_env({"TERM": environ.get("TERM", "dumb")}),
+                stdin=theirs.fileno(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                text=True)
+        except BaseException:
+            self.control.close()
+            raise
+        finally:
+            theirs.close()  # the helper's now: its end closing is the channel's end
         self.sent = False
 
-    def send(self, words: Sequence[str]) -> subprocess.Popen[str]:
-        """Hand the helper its request; the process, whose input is now the stop channel."""
-        assert self.process.stdin is not None
+    def send(self, request: str) -> subprocess.Popen[str]:
+        """Hand the helper its request; the process (which then listens on self.control)."""
         self.sent = True
         # A helper that is gone already (sudo refused) says why on its error output, which the
         # caller forwards; its exit status is the launch's.
-        with contextlib.suppress(BrokenPipeError):
-            self.process.stdin.write(json.dumps(list(words)) + "\n")
-            self.process.stdin.flush()
+        with contextlib.suppress(OSError):
+            self.control.send(Word.REQUEST, request)
         return self.process
 
+    def say(self, word: Word, text: str = "") -> None:
+        """Say "open" or "stop" to the helper; one that is gone has nothing to hear."""
+        with contextlib.suppress(OSError):
+            self.control.send(word, text)
+
     def abandon(self) -> None:
-        """No request after all: the helper leaves when its input ends."""
+        """No request after all: the helper leaves when the channel ends."""
         if self.sent:
             return
-        with contextlib.suppress(OSError):
-            assert self.process.stdin is not None
-            self.process.stdin.close()
+        self.control.close()
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(timeout=10)
         for stream in (self.process.stdout, self.process.stderr):

@@ -12,13 +12,13 @@ import subprocess
 import sys
 import threading
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import IO
 
 from sandboxapp.command import base_env, spawn
 from sandboxapp.errors import ExitStatus, SandboxError
 from sandboxapp.features import features_for
-from sandboxapp.features.sound import PULSE_DIR
+from sandboxapp.features.display import DisplayAccess
+from sandboxapp.features.sound import PULSE_DIR, SoundAccess
 from sandboxapp.fs.safepath import DesktopUser
 from sandboxapp.launch.container import container_init
 from sandboxapp.launch.spec import container_env
@@ -49,8 +49,12 @@ def running_init(run_dir: RunDir, profile: str, user: DesktopUser) -> int:
 
 def join_argv(init_pid: int, plan: LaunchPlan, command: Sequence[str]) -> list[str]:
     # The running launch's directories are bound already: only the environment is used.
-    features = features_for(plan, x11_dir=None, sound_dir=Path(str(PULSE_DIR))
-                            if plan.profile.sandbox.pulseaudio else None)
+    grants: dict[str, object] = {}
+    if plan.display is not None:
+        grants[DisplayAccess.KEY] = {"display": plan.display.number, "x11_dir": None}
+    if plan.profile.sandbox.pulseaudio:
+        grants[SoundAccess.KEY] = {"dir": str(PULSE_DIR)}
+    features = features_for(plan, grants)
     env = [("PATH", ":".join(ROOT_PATH)), ("HOME", "/root"), ("USER", "root"),
            *container_env(plan, features)]
     return [

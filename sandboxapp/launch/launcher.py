@@ -12,7 +12,6 @@ made; the undo copes with a thing that was never made.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import subprocess
 import sys
@@ -23,7 +22,8 @@ from typing import TYPE_CHECKING
 
 from sandboxapp.command import base_env, run_attached
 from sandboxapp.errors import ExitStatus, SandboxError
-from sandboxapp.features import Feature, Session, prepare_features
+from sandboxapp.features import Feature, Session, grants_of, prepare_features
+from sandboxapp.features.display import DisplayAccess
 from sandboxapp.features.request import Action, HelperRequest
 from sandboxapp.fs.rootfs import check_command
 from sandboxapp.fs.safepath import DesktopUser
@@ -34,6 +34,7 @@ from sandboxapp.output import TextSink
 from sandboxapp.paths import Locations
 from sandboxapp.plan import LaunchPlan
 from sandboxapp.profile.model import Profile
+from sandboxapp.system.control import Word
 from sandboxapp.undo.ledger import RunDir
 
 if TYPE_CHECKING:
@@ -85,23 +86,21 @@ class Launch:
 
     def _request(self, action: Action, features: tuple[Feature, ...] = ()) -> HelperRequest:
         plan = self.plan
-        request = HelperRequest(action, plan.profile.name, plan.profile.path.absolute(),
-                                self.locations.data_home, program=plan.program,
-                                args=plan.extra_args)
+        grants = grants_of(features)
         if action is Action.JOIN and plan.display is not None:
             # A join makes no grant: the display is only named, for the command's environment.
-            request = dataclasses.replace(request, display=plan.display.number)
-        for feature in features:
-            request = feature.request(request)
-        return request
+            grants[DisplayAccess.KEY] = {"display": plan.display.number, "x11_dir": None}
+        return HelperRequest(action, plan.profile.name, plan.profile.path.absolute(),
+                             self.locations.data_home, program=plan.program,
+                             args=plan.extra_args, grants=grants)
 
     def _start_through_helper(self, stack: ExitStack,
                               features: tuple[Feature, ...]) -> subprocess.Popen[str]:
         """Hand the helper its request: it starts the container, its app at the gate, and
-        opens the gate when this launcher says "open" on its input."""
+        opens the gate when this launcher says "open" on the control channel."""
         self.supervisor.check_interrupted()
         assert self.helper is not None
-        process = self.helper.send(self._request(Action.LAUNCH, features).words())
+        process = self.helper.send(self._request(Action.LAUNCH, features).to_json())
         assert process.stderr is not None and process.stdout is not None
         self.relay.raw(process.stdout, sys.stdout.fileno())
         self.relay.lines(process.stderr, self.stderr)
@@ -109,33 +108,27 @@ class Launch:
         return process
 
     def _end_helper(self, process: subprocess.Popen[str]) -> None:
-        """Should this launch give up before the app runs (a grant failed), the helper's
-        input ends: it takes back the container side, and is waited for."""
-        assert process.stdin is not None
-        with contextlib.suppress(OSError):
-            process.stdin.close()
+        """Should this launch give up before the app runs (a grant failed), the control
+        channel ends: the helper takes back the container side, and is waited for."""
+        assert self.helper is not None
+        self.helper.control.close()
         with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout=30)
 
     def _supervise_helper(self, process: subprocess.Popen[str]) -> int:
-        assert process.stdin is not None
-        stdin = process.stdin
+        helper = self.helper
+        assert helper is not None
 
         def ask_to_stop() -> None:
-            # The helper stops the app gracefully when its input says so or ends, giving it
+            # The helper stops the app gracefully when the channel says so or ends, giving it
             # the grace this launcher was asked for.
-            with contextlib.suppress(OSError):
-                stdin.write(f"stop {self.supervisor.grace}\n")
-                stdin.flush()
-
-        def end_input() -> None:
-            with contextlib.suppress(OSError):
-                stdin.close()
+            helper.say(Word.STOP, str(self.supervisor.grace))
 
         try:
-            return self.supervisor.wait(process, on_stop=ask_to_stop, on_timeout=end_input)
+            return self.supervisor.wait(process, on_stop=ask_to_stop,
+                                        on_timeout=helper.control.close)
         finally:
-            end_input()
+            helper.control.close()
             self.relay.join()
 
     def _join(self, as_root: bool) -> int:
@@ -146,7 +139,7 @@ class Launch:
         # A fresh helper: the joined command gets the launcher's own input, through a pipe.
         from sandboxapp.launch.join import run_without_terminal
 
-        argv = helper_argv(self._request(Action.JOIN).words())
+        argv = helper_argv(self._request(Action.JOIN).to_json())
         return run_without_terminal(argv, base_env({"TERM": self.environ.get("TERM", "dumb")}))
 
     # -- the whole launch --------------------------------------------------------------------
@@ -183,19 +176,17 @@ class Launch:
                 open_gate(started)
                 status = side.supervise(started)
             else:
-                self._open_helper_gate(process)
+                self._open_helper_gate()
                 status = self._supervise_helper(process)
         if self.supervisor.signalled is not None:
             return 128 + self.supervisor.signalled
         return status
 
-    def _open_helper_gate(self, process: subprocess.Popen[str]) -> None:
-        assert process.stdin is not None
+    def _open_helper_gate(self) -> None:
         # A helper that is gone already (sudo refused, nspawn failed) said why on its error
         # output; its exit status is the launch's.
-        with contextlib.suppress(OSError):
-            process.stdin.write("open\n")
-            process.stdin.flush()
+        assert self.helper is not None
+        self.helper.say(Word.OPEN)
 
 
 def helper_image_work(action: str, profile: Profile) -> None:
@@ -203,7 +194,7 @@ def helper_image_work(action: str, profile: Profile) -> None:
     privileged helper; it does so for trusted profiles only."""
     request = HelperRequest(Action(action), profile.name, profile.path.absolute(),
                             Path("/nonexistent"))
-    status = run_attached(helper_argv(request.words()), env=base_env())
+    status = run_attached(helper_argv(request.to_json()), env=base_env())
     if status != 0:
         done = {"build": "built", "update": "updated"}[action]
         raise SandboxError(f"the image for {profile.name} could not be {done} here",

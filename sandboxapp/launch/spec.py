@@ -8,9 +8,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from sandboxapp.features import Feature, features_for
-from sandboxapp.features.display import X11_DIR
+from sandboxapp.features.display import X11_DIR, DisplayAccess
+from sandboxapp.features.sound import SoundAccess
 from sandboxapp.image.store import not_built
 from sandboxapp.plan import LaunchPlan
+from sandboxapp.profile.model import X11Access
 from sandboxapp.system.hostfacts import HostFacts
 from sandboxapp.system.nspawn import Bind, LaunchSpec, launch_argv
 
@@ -111,9 +113,15 @@ def describe_plan(plan: LaunchPlan, facts: HostFacts) -> str:
         lines.append(f"layer:    an overlay whose changes are kept for your next run in "
                      f"{plan.state_root}, a directory per user (stateless = false)")
     # The directories a launch would make, where it would make them.
-    features = features_for(
-        plan, x11_dir=plan.layer_root / X11_DIR,
-        sound_dir=plan.layer_root / "sound" if profile.sandbox.pulseaudio else None)
+    grants: dict[str, object] = {}
+    if plan.display is not None:
+        untrusted = profile.sandbox.x11 is X11Access.UNTRUSTED
+        grants[DisplayAccess.KEY] = {
+            "display": plan.display.number,
+            "x11_dir": str(plan.layer_root / X11_DIR) if untrusted else None}
+    if profile.sandbox.pulseaudio:
+        grants[SoundAccess.KEY] = {"dir": str(plan.layer_root / "sound")}
+    features = features_for(plan, grants)
     if plan.display is None:
         lines.append("X11:      none")
     if not profile.sandbox.pulseaudio:

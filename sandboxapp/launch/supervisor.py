@@ -18,6 +18,7 @@ from typing import IO, Any, Protocol, TypeVar
 from sandboxapp.errors import SandboxError
 from sandboxapp.launch.recovery import reconcile
 from sandboxapp.output import TextSink
+from sandboxapp.system.control import ControlChannel, Message, Word
 from sandboxapp.undo.entries import Entry
 from sandboxapp.undo.ledger import MAX_STOP_GRACE, Record, RunDir
 
@@ -172,55 +173,63 @@ class Supervisor:
 
     # -- waiting -----------------------------------------------------------------------------
 
-    def wait_for_open(self, process: ChildProcess, control_fd: int) -> bool:
-        """Wait for the line "open" on control_fd: True once it came; False when the input
+    def wait_for_open(self, process: ChildProcess, control: ControlChannel) -> bool:
+        """Wait for "open" on the control channel: True once it came; False when the channel
         ends or says anything else first (the launcher gave up), or the process ended. A
-        signal meanwhile raises, as check_interrupted does. Read a byte at a time, so that
-        what follows the line (the stop channel) stays there for wait."""
+        signal meanwhile raises, as check_interrupted does."""
         pidfd = os.pidfd_open(process.pid)
-        line = bytearray()
         try:
             while True:
-                ready, _, _ = select.select([pidfd, self.wake_read.fileno(), control_fd], [], [])
+                ready, _, _ = select.select(
+                    [pidfd, self.wake_read.fileno(), control.fileno()], [], [])
                 if self.wake_read.fileno() in ready:
                     with contextlib.suppress(BlockingIOError):
                         self.wake_read.recv(64)
                 self.check_interrupted()
                 if pidfd in ready:
                     return False
-                if control_fd not in ready:
+                if control.fileno() not in ready:
                     continue
-                try:
-                    byte = os.read(control_fd, 1)
-                except OSError:
-                    byte = b""
-                if not byte or (byte == b"\n" and line != b"open") or len(line) > 64:
-                    self.stop_requested = True
+                message = self._receive(control)
+                if message is None or message.word is not Word.OPEN:
+                    self._take_stop(message)
                     return False
-                if byte == b"\n":
-                    return True
-                line += byte
+                return True
         finally:
             os.close(pidfd)
 
-    def _grace_from_control(self, data: bytes) -> None:
-        """ "stop SECONDS" on the control input: the grace the launcher was asked for."""
-        words = data.split()
-        if len(words) == 2 and words[0] == b"stop":
+    def _receive(self, control: ControlChannel) -> Message | None:
+        """The next message; None for the end of the channel, or one refused (a launcher that
+        says what it may not has given up all the same)."""
+        try:
+            return control.receive()
+        except SandboxError as error:
+            self.warn(f"stopping: {error.message}")
+        except OSError:
+            pass
+        return None
+
+    def _take_stop(self, message: Message | None) -> None:
+        """A message that asks to stop (anything but "stop SECONDS" asks with the default
+        grace), or the end of the channel."""
+        if message is not None and message.word is Word.STOP:
             with contextlib.suppress(ValueError):
-                grace = float(words[1])
+                grace = float(message.text)
                 if 0 < grace <= MAX_STOP_GRACE:
                     self.grace = grace
+        if self.stop_requested:
+            self.escalations += 1
+        self.stop_requested = True
 
     def wait(
         self,
         process: ChildProcess,
         on_stop: Callable[[], None],
         on_timeout: Callable[[], None],
-        control_fd: int | None = None,
+        control: ControlChannel | None = None,
     ) -> int:
-        """Wait for process. A signal, or a line or end of input on control_fd (the launcher
-        that feeds it asks to stop, or is gone), calls on_stop; on_timeout follows after the
+        """Wait for process. A signal, or a message or the end of the control channel (the
+        launcher asks to stop, or is gone), calls on_stop; on_timeout follows after the
         grace (STOP_TIMEOUT unless a stop asked for another), or at once on a second signal or
         control event, and again every STOP_TIMEOUT seconds until the process is gone."""
         pidfd = os.pidfd_open(process.pid)
@@ -229,8 +238,8 @@ class Supervisor:
         try:
             while True:
                 waitables = [pidfd, self.wake_read.fileno()]
-                if control_fd is not None:
-                    waitables.append(control_fd)
+                if control is not None:
+                    waitables.append(control.fileno())
                 timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
                 ready, _, _ = select.select(waitables, [], [], timeout)
                 if pidfd in ready:
@@ -238,17 +247,11 @@ class Supervisor:
                 if self.wake_read.fileno() in ready:
                     with contextlib.suppress(BlockingIOError):
                         self.wake_read.recv(64)
-                if control_fd is not None and control_fd in ready:
-                    try:
-                        data = os.read(control_fd, 64)
-                    except OSError:
-                        data = b""
-                    if not data:
-                        control_fd = None  # the launcher is gone: nothing more will come
-                    self._grace_from_control(data)
-                    if self.stop_requested:
-                        self.escalations += 1
-                    self.stop_requested = True
+                if control is not None and control.fileno() in ready:
+                    message = self._receive(control)
+                    if message is None:
+                        control = None  # the launcher is gone: nothing more will come
+                    self._take_stop(message)
                 if self.stopping and deadline is None:
                     if self.record is not None:
                         asked = self.run_dir.take_stop_grace(self.record.profile, os.getpid())

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import array
+import contextlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -290,8 +293,8 @@ def test_a_profile_path_with_a_newline_cannot_forge_a_line_of_the_helpers_log(
     os.chown(path, member.uid, member.gid)
     log_file = test_image_dir / ".logs" / "privileged.log"
     before = log_file.stat().st_size if log_file.exists() else 0
-    result = as_user(member, ["sudo", "-n", HELPER_PATH, "launch", "--profile-file", str(path),
-                              "--data-home", str(member.home / ".local" / "share"), NAME])
+    result = as_user(member, helper_request("launch", path, member.home / ".local" / "share",
+                                            NAME))
     assert isinstance(result, subprocess.CompletedProcess)
     assert result.returncode == 0, result.stderr
     with log_file.open(encoding="utf-8") as stream:
@@ -344,10 +347,9 @@ def test_a_persist_directory_that_is_a_symlink_to_etc_is_refused(
                      session_env(xserver, user_x, user_sound))
     _refused(result, "symlink")
     # ... and straight to the helper, as a user bypassing the launcher could.
-    direct = as_user(member, ["sudo", "-n", HELPER_PATH, "launch", "--profile-file",
-                              str(member.profiles / f"{NAME}.toml"), "--data-home",
-                              str(member.home / ".local" / "share"), "--display",
-                              xserver.display.lstrip(":"), NAME])
+    direct = as_user(member, helper_request(
+        "launch", member.profiles / f"{NAME}.toml", member.home / ".local" / "share", NAME,
+        {"display": {"display": int(xserver.display.lstrip(":")), "x11_dir": None}}))
     _refused(direct, "persistent directory", "symlink")
     assert "passwd" not in direct.stdout
     assert etc_state() == before
@@ -387,10 +389,9 @@ def test_a_data_directory_swapped_for_a_symlink_meanwhile_never_exposes_etc(
     outcomes = []
     try:
         for _ in range(15):
-            direct = as_user(member, ["sudo", "-n", HELPER_PATH, "launch",
-                                      "--profile-file", str(member.profiles / f"{NAME}.toml"),
-                                      "--data-home", str(member.home / ".local" / "share"),
-                                      NAME])
+            direct = as_user(member, helper_request(
+                "launch", member.profiles / f"{NAME}.toml", member.home / ".local" / "share",
+                NAME))
             assert isinstance(direct, subprocess.CompletedProcess)
             assert "LEAK" not in direct.stdout
             assert "Traceback" not in direct.stderr
@@ -432,8 +433,7 @@ def test_a_user_may_not_have_an_image_updated_again_within_ten_minutes(
     meta["updated_at"] = (datetime.now(UTC) - timedelta(minutes=1)).isoformat(timespec="seconds")
     meta_path.write_text(json.dumps(meta))
     before = meta_path.read_text()
-    request = ["sudo", "-n", HELPER_PATH, "update", "--profile-file", str(trusted_test_profile),
-               "--data-home", "/nonexistent", NAME]
+    request = helper_request("update", trusted_test_profile, Path("/nonexistent"), NAME)
     for _ in range(3):
         refused = as_user(member, request)
         _refused(refused, "got its packages", "once in 10 minutes")
@@ -450,12 +450,11 @@ def test_a_user_may_not_have_an_image_updated_again_within_ten_minutes(
 
 
 def test_profile_names_with_dot_dot_are_refused(member: DesktopUser) -> None:
-    result = as_user(member, ["sudo", "-n", HELPER_PATH, "launch", "--profile-file",
-                              "/etc/x.toml", "--data-home", "/tmp", "../../etc/x"])
+    result = as_user(member, helper_request("launch", Path("/etc/x.toml"), Path("/tmp"),
+                                            "../../etc/x"))
     _refused(result, "invalid profile name")
-    result = as_user(member, ["sudo", "-n", HELPER_PATH, "launch", "--profile-file",
-                              f"/etc/sandboxapp/../shadow/{NAME}.toml", "--data-home", "/tmp",
-                              NAME])
+    result = as_user(member, helper_request(
+        "launch", Path(f"/etc/sandboxapp/../shadow/{NAME}.toml"), Path("/tmp"), NAME))
     assert isinstance(result, subprocess.CompletedProcess)
     assert result.returncode == 2
     assert "'..'" in result.stderr
@@ -472,8 +471,7 @@ def test_the_helper_will_not_read_a_file_that_is_not_the_users(member: DesktopUs
         secret = directory / "secret.toml"
         secret.write_text('command = ["true"]\n')
         secret.chmod(0o600)
-        request = ["sudo", "-n", HELPER_PATH, "launch", "--profile-file", str(secret),
-                   "--data-home", "/tmp", "secret"]
+        request = helper_request("launch", secret, Path("/tmp"), "secret")
         _refused(as_user(member, request), f"refusing to use {secret}", "belongs to UID 0")
         os.chown(secret, member.uid, member.gid)
         readable = as_user(member, request)
@@ -488,7 +486,8 @@ def test_a_user_outside_the_group_is_refused_with_the_hint(outsider: DesktopUser
     _refused(result, "you are not in the sandboxapp group")
     assert f"hint: run: sudo sandboxapp setup --add-user {outsider.name}" in result.stderr
     # Going around the launcher does not help: sudo itself refuses.
-    direct = as_user(outsider, ["sudo", "-n", HELPER_PATH, "launch", "xeyes"])
+    direct = as_user(outsider, helper_request("launch", Path("/etc/x.toml"), Path("/tmp"),
+                                              "xeyes"))
     assert isinstance(direct, subprocess.CompletedProcess)
     assert direct.returncode == 1
     assert "password is required" in direct.stderr
@@ -515,29 +514,62 @@ def test_a_second_launch_by_the_user_joins_through_the_helper(
 
 
 
-def _pending(user: DesktopUser, request: str) -> subprocess.CompletedProcess[str]:
-    """The helper started ahead of its request, as the launcher starts it, then given request
-    on its input (which then ends)."""
+def helper_request(action: str, profile_file: Path, data_home: Path, profile: str,
+                   grants: dict[str, object] | None = None) -> list[str]:
+    """The privileged helper called straight through sudo with a request, as a user going
+    around the launcher could."""
+    return ["sudo", "-n", HELPER_PATH, json.dumps({
+        "action": action, "profile": profile, "profile_file": str(profile_file),
+        "data_home": str(data_home), "grants": grants or {}})]
+
+
+def _pending(user: DesktopUser, *messages: bytes, fd: int | None = None,
+             stdin: int | None = None) -> subprocess.CompletedProcess[str]:
+    """The helper started ahead of its request, as the launcher starts it, then given these
+    messages (the first with fd beside it) on its control channel, which then ends; or with
+    stdin as its input instead."""
     command = ["setpriv", f"--reuid={user.uid}", f"--regid={user.gid}", "--init-groups", "--",
                "sudo", "-n", HELPER_PATH, "pending"]
-    return subprocess.run(command, env={"PATH": "/usr/bin:/bin", "HOME": str(user.home)},
-                          input=request, capture_output=True, text=True, timeout=60,
-                          check=False)
+    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with mine:
+        with theirs:
+            process = subprocess.Popen(
+                command, env={"PATH": "/usr/bin:/bin", "HOME": str(user.home)},
+                stdin=theirs.fileno() if stdin is None else stdin, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, text=True)
+        for number, message in enumerate(messages):
+            ancillary = ([(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))]
+                         if fd is not None and number == 0 else [])
+            with contextlib.suppress(OSError):
+                mine.sendmsg([message], ancillary)
+    out, err = process.communicate(timeout=60)
+    return subprocess.CompletedProcess(command, process.returncode, out, err)
 
 
 def test_a_helper_started_ahead_checks_its_request_like_its_arguments(
         member: DesktopUser) -> None:
     # No request: the launcher gave up; the helper leaves, saying and doing nothing.
-    result = _pending(member, "")
+    result = _pending(member)
     assert (result.returncode, result.stderr) == (125, "")
-    # Not a list of words, or a request to wait again: refused.
-    for request in ("launch xeyes\n", '{"launch": 1}\n', '["pending"]\n', "[1, 2]\n"):
-        result = _pending(member, request)
-        assert result.returncode == 1, (request, result)
-        assert "not a list of words" in result.stderr
-    # The words get the same checks as arguments do.
-    result = _pending(member, '["launch", "--profile-file", "/etc/x.toml", "--data-home", '
-                              '"/tmp", "../../etc/x"]\n')
+    # Not a request, or a request to wait again: refused.
+    for request in (b'{"launch": 1}', b'"pending"', b"[1, 2]"):
+        _refused(_pending(member, b"request " + request),
+                 "the request to the privileged helper is malformed")
+    # Not a message of the channel, a gate opened before any request, a descriptor beside
+    # a request, an input that is not a channel: refused too.
+    for messages, fd, why in (((b"launch xeyes",), None, "unknown word"),
+                              ((b"request \xff",), None, "not UTF-8"),
+                              ((b"open",), None, "it came as 'open'"),
+                              ((b"request {}",), 1, "carries no file descriptors")):
+        _refused(_pending(member, *messages, fd=fd), "malformed", why)
+    read_end, write_end = os.pipe()
+    os.write(write_end, b"request {}\n")
+    os.close(write_end)
+    _refused(_pending(member, stdin=read_end), "malformed", "not a socket")
+    os.close(read_end)
+    # The request gets the same checks as an argument does.
+    result = _pending(member, b"request " + helper_request(
+        "launch", Path("/etc/x.toml"), Path("/tmp"), "../../etc/x")[-1].encode())
     _refused(result, "invalid profile name")
 
 

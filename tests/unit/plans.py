@@ -32,3 +32,16 @@ def make_plan(tmp_path: Path, sandbox: dict[str, object], *, extra: tuple[str, .
                        program=program)
     assert plan.image == Image(ImageStore(store).image_path("app"), meta)
     return plan
+
+
+def grants(plan: LaunchPlan, *, x11_dir: Path | None = None,
+           sound_dir: Path | None = None) -> dict[str, object]:
+    """The helper's request's grants for a plan, as a launcher that made these directories
+    writes them."""
+    found: dict[str, object] = {}
+    if plan.display is not None:
+        found["display"] = {"display": plan.display.number,
+                            "x11_dir": None if x11_dir is None else str(x11_dir)}
+    if sound_dir is not None:
+        found["sound"] = {"dir": str(sound_dir)}
+    return found

@@ -4,6 +4,7 @@ features, rebuilt from that request, give the container the very same binds and 
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import stat
@@ -13,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from sandboxapp.errors import SandboxError
-from sandboxapp.features import Feature, Session, features_for, prepare_features
+from sandboxapp.errors import ExitStatus, SandboxError
+from sandboxapp.features import Feature, Session, features_for, grants_of, prepare_features
 from sandboxapp.features.container import SESSION_BUS, SessionBus
 from sandboxapp.features.display import DisplayAccess
 from sandboxapp.features.files import ReadOnlyBinds
@@ -28,7 +29,7 @@ from sandboxapp.plan import LaunchPlan
 from sandboxapp.system.hostfacts import HostFacts
 from sandboxapp.undo.entries import SoundEntry, X11AuthEntry
 from sandboxapp.undo.ledger import RunDir
-from tests.unit.plans import BASE, make_plan
+from tests.unit.plans import BASE, grants, make_plan
 
 FULL = {"x11": True, "pulseaudio": True, "persist": ["/root/.app"], "network": "none"}
 
@@ -91,12 +92,12 @@ def test_the_helper_rebuilds_from_the_request_what_the_session_side_prepared(
         assert [type(f).__name__ for f in prepared] == [
             "PersistentDirs", "ReadOnlyBinds", "DisplayAccess", "SoundAccess", "SessionBus",
             "NetworkAccess"]
-        request = HelperRequest(Action.LAUNCH, "app", Path("/p/app.toml"), Path("/d"))
-        for feature in prepared:
-            request = feature.request(request)
-        parsed = HelperRequest.parse(request.words())
-        assert parsed == request and parsed.display == 7
-        rebuilt = features_for(plan, x11_dir=parsed.x11_dir, sound_dir=parsed.sound_dir)
+        request = HelperRequest(Action.LAUNCH, "app", Path("/p/app.toml"), Path("/d"),
+                                grants=grants_of(prepared))
+        parsed = HelperRequest.from_json(request.to_json())
+        assert parsed == request and parsed.grants["display"]["display"] == 7
+        assert set(parsed.grants) == {"display", "sound"}
+        rebuilt = features_for(plan, parsed.grants)
         assert _view(rebuilt, plan) == _view(prepared, plan)
 
 
@@ -154,7 +155,7 @@ def test_a_missing_read_only_bind_names_the_profile_and_the_path(tmp_path: Path)
 def test_a_users_own_profile_binds_only_what_is_the_users(tmp_path: Path) -> None:
     (tmp_path / "data").mkdir()
     plan = make_plan(tmp_path, {"x11": True, "bind_ro": [f"{tmp_path / 'data'}:/opt/data"]})
-    features = features_for(plan, x11_dir=tmp_path / "x", sound_dir=None)
+    features = features_for(plan, grants(plan, x11_dir=tmp_path / "x"))
     for trusted_profile in (False, True):
         checked = {p.what: p.trusted for f in features for p in f.checked_paths(trusted_profile)}
         # The display's socket is root's; the X directory is always the user's own.
@@ -176,7 +177,7 @@ def test_each_feature_describes_itself_for_a_dry_run(tmp_path: Path) -> None:
 
 def test_the_session_bus_starts_inside_the_gate_before_the_app(tmp_path: Path) -> None:
     plan = make_plan(tmp_path, {"session_bus": True, "network": "host"})
-    features = features_for(plan, x11_dir=None, sound_dir=None)
+    features = features_for(plan, {})
     assert any(isinstance(f, SessionBus) for f in features)
     spec = launch_spec(plan, Path("/m"), features, gate=Path("/g"))
     assert spec.command[:len(GATE_WRAPPER)] == GATE_WRAPPER
@@ -202,21 +203,51 @@ def test_a_sound_entry_is_recorded_before_its_directory_is_made(tmp_path: Path,
 
 def test_a_request_reads_back_as_it_was_written() -> None:
     request = HelperRequest(Action.LAUNCH, "app", Path("/p/app.toml"), Path("/home/u/.local"),
-                            display=3, sound_dir=Path("/run/user/1/sandboxapp/app"),
-                            program="/bin/sh", args=("-c", "--", "--x11-dir=/etc"))
-    assert HelperRequest.parse(request.words()) == request
+                            program="/bin/sh", args=("-c", "--", "--x11-dir=/etc"),
+                            grants={"display": {"display": 3, "x11_dir": None},
+                                    "sound": {"dir": "/run/user/1/sandboxapp/app"}})
+    assert HelperRequest.from_json(request.to_json()) == request
 
 
-@pytest.mark.parametrize("words", [
-    ["launch", "--profile-file", "app.toml", "--data-home", "/d", "app"],
-    ["launch", "--profile-file", "/p/app.toml", "--data-home", "/d/../etc", "app"],
-    ["launch", "--profile-file", "/p/app.toml", "--data-home", "/d", "--x11-dir", "x", "app"],
-    ["shell", "--profile-file", "/p/app.toml", "--data-home", "/d", "app"],
-    ["launch", "--data-home", "/d", "app"],
+GOOD = {"action": "launch", "profile": "app", "profile_file": "/p/app.toml", "data_home": "/d"}
+
+
+@pytest.mark.parametrize(("change", "said"), [
+    ({"profile_file": "app.toml"}, "profile_file is not an absolute path"),
+    ({"data_home": "/d/../etc"}, "data_home is not an absolute path without '..'"),
+    ({"action": "shell"}, "no action 'shell'"),
+    ({"data_home": None}, "data_home is not an absolute path"),
+    ({"args": "-c"}, "args is not a list of strings"),
+    ({"grants": []}, "grants is not an object"),
+    ({"extra": 1}, "unknown keys extra"),
 ])
-def test_a_request_with_a_relative_path_or_an_unknown_action_is_refused(
-        words: list[str], capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as exited:
-        HelperRequest.parse(words)
-    assert exited.value.code == 2
-    assert "sandboxapp-privileged" in capsys.readouterr().err
+def test_a_malformed_request_is_refused_in_a_line(change: dict[str, object], said: str) -> None:
+    with pytest.raises(SandboxError) as raised:
+        HelperRequest.from_json(json.dumps({**GOOD, **change}))
+    assert said in raised.value.message and raised.value.status == ExitStatus.USAGE
+
+
+@pytest.mark.parametrize("text", ["[" * 30000, "x" * 70000, "launch app", '"pending"'])
+def test_a_request_that_is_no_json_object_is_refused_in_a_line(text: str) -> None:
+    with pytest.raises(SandboxError) as raised:
+        HelperRequest.from_json(text)
+    assert "malformed" in raised.value.message and raised.value.status == ExitStatus.USAGE
+
+
+@pytest.mark.parametrize(("sandbox", "given", "said"), [
+    ({"x11": True}, {"display": {"display": 7, "x11_dir": "x"}}, "x11_dir is not an absolute"),
+    ({"x11": True}, {"display": {"display": 7}}, "not {display, x11_dir}"),
+    ({"x11": True}, {}, "needs the X display"),
+    ({"x11": "trusted"}, {"display": {"display": 7, "x11_dir": "/x"}}, "not x11 = true"),
+    ({}, {"sound": {"dir": "/s"}}, "sound was asked for"),
+    ({"pulseaudio": True}, {"sound": {"dir": "/s", "more": 1}}, "not {dir}"),
+    ({}, {"tunnel": {}}, "no grant is called tunnel"),
+])
+def test_a_grant_the_profile_does_not_give_or_in_the_wrong_form_is_refused(
+        tmp_path: Path, sandbox: dict[str, object], given: dict[str, object],
+        said: str) -> None:
+    """Each feature checks its own part of the request against the profile."""
+    plan = make_plan(tmp_path, sandbox)
+    with pytest.raises(SandboxError) as raised:
+        features_for(plan, given)
+    assert said in raised.value.message

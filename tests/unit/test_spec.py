@@ -15,14 +15,15 @@ from sandboxapp.launch.spec import GATE, launch_spec
 from sandboxapp.plan import LaunchPlan
 from sandboxapp.system.hostfacts import HostFacts
 from sandboxapp.system.nspawn import LaunchSpec, launch_argv
-from tests.unit.plans import BASE
+from tests.unit.plans import BASE, grants
 from tests.unit.plans import make_plan as _plan
 
 
 def _spec(plan: LaunchPlan, *, sound: SoundPaths | None = None, x11_dir: Path | None = None,
           staged: dict[Path, Path] | None = None, rootfs: Path = Path("/layer/merged"),
           gate: Path = Path("/layer/gate")) -> LaunchSpec:
-    features = features_for(plan, x11_dir=x11_dir, sound_dir=sound.dir if sound else None)
+    features = features_for(plan, grants(plan, x11_dir=x11_dir,
+                                         sound_dir=sound.dir if sound else None))
     return launch_spec(plan, rootfs, features, gate=gate, staged=staged)
 
 
