@@ -75,10 +75,13 @@ def plan_launch(
 ) -> LaunchPlan:
     """program: run it, with extra_args, in place of the profile's command."""
     environ = os.environ if environ is None else environ
-    store = ImageStore(locations.image_dir)
+    display = None
+    if profile.sandbox.x11 is not X11Access.NONE:
+        display = parse_display(environ.get("DISPLAY"))
     data_root = locations.data_home / "sandboxapp" / profile.name
-    shown = profile.sandbox.x11 is not X11Access.NONE
-    display = parse_display(environ.get("DISPLAY")) if shown else None
+    persist = tuple(PersistDir(path, persist_host_dir(data_root, path))
+                    for path in profile.sandbox.persist)
+    store = ImageStore(locations.image_dir)
     return LaunchPlan(
         profile=profile,
         image=store.get(profile.name),
@@ -87,9 +90,7 @@ def plan_launch(
         layer_root=store.root / ".layers" / (f"{profile.name}@{instance}" if instance
                                              else profile.name),
         state_root=None if profile.sandbox.stateless else store.root / ".state" / profile.name,
-        persist=tuple(
-            PersistDir(path, persist_host_dir(data_root, path)) for path in profile.sandbox.persist
-        ),
+        persist=persist,
         display=display,
         command=(program, *extra_args) if program else (*profile.command, *extra_args),
         instance=instance,

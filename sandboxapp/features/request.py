@@ -4,10 +4,10 @@
      "program": null or PROG, "args": [ARG, ...], "grants": {KEY: PART, ...}}
 
 The helper gets it as its one argument, or as the first message of its control channel
-(system/control.py, launch/helperclient.py), and trusts none of it beyond its form: every path is absolute and
-without '..', every value of the kind it must be, no key unknown. Each grant's part is the one
-its feature wrote (Feature.part) and is read back, and checked against the profile the helper
-reads again, by that feature itself (Feature.from_part).
+(system/control.py, launch/helperclient.py), and trusts none of it beyond its form: every path
+is absolute and without '..', every value of the kind it must be, no key unknown. Each grant's
+part is the one its feature wrote (Feature.part) and is read back, and checked against the
+profile the helper reads again, by that feature itself (Feature.from_part).
 """
 
 from __future__ import annotations
