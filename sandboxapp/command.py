@@ -110,25 +110,26 @@ _Stream = int | IO[Any] | None
 @overload
 def spawn(argv: Sequence[str], *, env: Mapping[str, str], stdin: _Stream = ...,
           stdout: _Stream = ..., stderr: _Stream = ..., text: Literal[False] = ...,
-          new_session: bool = ...) -> subprocess.Popen[bytes]: ...
+          new_session: bool = ..., pass_fds: Sequence[int] = ...) -> subprocess.Popen[bytes]: ...
 
 
 @overload
 def spawn(argv: Sequence[str], *, env: Mapping[str, str], stdin: _Stream = ...,
           stdout: _Stream = ..., stderr: _Stream = ..., text: Literal[True],
-          new_session: bool = ...) -> subprocess.Popen[str]: ...
+          new_session: bool = ..., pass_fds: Sequence[int] = ...) -> subprocess.Popen[str]: ...
 
 
 def spawn(argv: Sequence[str], *, env: Mapping[str, str], stdin: _Stream = subprocess.DEVNULL,
           stdout: _Stream = None, stderr: _Stream = None, text: bool = False,
-          new_session: bool = False) -> subprocess.Popen[Any]:
+          new_session: bool = False, pass_fds: Sequence[int] = ()) -> subprocess.Popen[Any]:
     """Start argv, with exactly env, and return at once. new_session: in a session of its own,
     so that no terminal of the caller's is the child's controlling one and a signal to the
-    caller's process group does not reach it. A missing program is a SandboxError."""
+    caller's process group does not reach it. pass_fds: descriptors it inherits (no other
+    does). A missing program is a SandboxError."""
     try:
         return subprocess.Popen(list(argv), env=dict(env), stdin=stdin, stdout=stdout,
                                 stderr=stderr, text=text, errors="replace" if text else None,
-                                start_new_session=new_session)
+                                start_new_session=new_session, pass_fds=tuple(pass_fds))
     except FileNotFoundError as exc:
         raise SandboxError(
             f"{argv[0]}: command not found ({shlex.join(argv)})",

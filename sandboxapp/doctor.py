@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sandboxapp.command import program_exists
 from sandboxapp.errors import SandboxError
 
 if TYPE_CHECKING:
@@ -100,22 +101,20 @@ def _display(environ: Mapping[str, str]) -> list[Check]:
     else:
         checks.append(Check("X access control", Status.OK,
                             "only authorised clients and granted UIDs get in"))
-    checks.append(_security_extension(access))
+    checks.append(_nested_display(access))
     return checks
 
 
-def _security_extension(access: XAccess) -> Check:
-    from sandboxapp.host import x11auth
-
-    try:
-        x11auth.check_security(access)
-    except SandboxError as exc:
-        return Check("X isolation", Status.WARN, exc.message,
-                     'only profiles with x11 = "trusted" can use this display, and those '
-                     "programs can read and type into every window")
+def _nested_display(access: XAccess) -> Check:
+    missing = [program for program in ("Xephyr", "xkbcomp") if not program_exists(program)]
+    if missing:
+        return Check("X isolation", Status.FAIL,
+                     f"missing {', '.join(missing)}: x11 = true sandboxes cannot get an X "
+                     "server of their own", "apt-get install xserver-xephyr x11-xkb-utils")
     return Check("X isolation", Status.OK,
-                 "the SECURITY extension is there: x11 = true sandboxes are untrusted clients; "
-                 'profiles with x11 = "trusted" are not')
+                 "x11 = true sandboxes get an X server of their own (Xephyr) in a window on "
+                 f"{access.display.name}; profiles with x11 = \"trusted\" are let into "
+                 f"{access.display.name} itself")
 
 
 def _sound(environ: Mapping[str, str]) -> Check:

@@ -128,6 +128,10 @@ def _run(args: argparse.Namespace, locations: Locations, helper: PendingHelper |
     if args.dry_run:
         say(describe_plan(plan, host_facts()))
         return ExitStatus.OK
+    if profile.sandbox.x11 is X11Access.ISOLATED:
+        from sandboxapp.host.nested import check_installed
+
+        check_installed()  # before an image is built for it
     from sandboxapp.fs.safepath import DesktopUser
     from sandboxapp.host.notify import RunLog, Tee
     from sandboxapp.launch.launcher import Launch

@@ -1,9 +1,9 @@
-"""The X display: an untrusted authorization of the sandbox's own (x11 = true), or the image's
-first UID on the host list (x11 = "trusted"), and the display's socket, read-only."""
+"""The X display: an X server of the sandbox's own, nested in the user's display (x11 = true,
+host/nested.py), or the image's first UID on the user's display's host list (x11 = "trusted");
+the socket of the display the sandbox uses, read-only."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import stat
 from contextlib import ExitStack
@@ -18,39 +18,49 @@ from sandboxapp.fs.safepath import ensure_user_dir
 from sandboxapp.host.display import AUTH_FILE, Display, XAccess
 from sandboxapp.profile.model import X11Access
 from sandboxapp.system.nspawn import Bind
-from sandboxapp.undo.entries import TrustedX11Entry, X11AuthEntry
+from sandboxapp.undo.entries import NestedX11Entry, TrustedX11Entry
 
 if TYPE_CHECKING:
     from sandboxapp.plan import LaunchPlan
 
-# The X clients (host/x11.py, host/x11auth.py and python-xlib) are imported by grant, once
-# nspawn is starting: their load is hidden behind the container's start.
+# The X clients (host/x11.py, host/nested.py and python-xlib) are imported only where they are
+# used: a profile without a display never loads them.
 
-# The sandbox's X directory (its Xauthority file, host/x11auth.py): named X11_DIR beside the sound
-# directories on the host (no profile is named so), bound read-only here inside.
+# The sandbox's X directory (its nested server's Xauthority file): named X11_DIR beside the
+# sound directories on the host (no profile is named so), bound read-only here inside.
 X11_DIR = ".x11"
 X11_CONTAINER_DIR = PurePosixPath("/run/sandboxapp/x11")
-# The container has its own IPC namespace, so MIT-SHM to the host's X server cannot work:
+# The container has its own IPC namespace, so MIT-SHM to an X server outside cannot work:
 # these tell Qt and other toolkits not to try (the same variables x11docker sets).
 NO_MITSHM_ENV = (("QT_X11_NO_MITSHM", "1"), ("_X11_NO_MITSHM", "1"), ("_MITSHM", "0"))
 
 
+def window_look(profile_name: str) -> Any:
+    """What the desktop sees of a sandbox's window: its title and class, from the profile's
+    name (the menu entry's StartupWMClass is the same class)."""
+    from sandboxapp.host.nested import WindowLook, wm_class
+
+    return WindowLook(title=f"{profile_name} (sandbox)", instance=wm_class(profile_name),
+                      klass=wm_class(profile_name))
+
+
 @dataclass(frozen=True)
 class DisplayAccess(Feature):
+    # The display the sandbox uses: its own nested one (x11 = true), or the user's (trusted).
     display: Display
     trusted: bool
-    # The user's directory holding the untrusted authorization's Xauthority file.
+    # The user's directory holding the nested server's Xauthority file.
     x11_dir: Path | None
     # The image's first UID, the host-list entry of a trusted display (None: no image yet).
     uid_base: int | None
-    # The session side's: how the user reaches the server, and the authorization's entry.
+    # The session side's: how the user reaches the user's server.
     access: XAccess | None = None
-    entry: X11AuthEntry | None = None
 
     @classmethod
     def prepare(cls, session: Session, stack: ExitStack) -> DisplayAccess | None:
-        """The display's socket checked, and the X directory made, recorded with its undo
-        first; the authorization itself is made while the container starts (grant)."""
+        """The user's display's socket checked; for x11 = true, the X directory made and the
+        nested server started in it, recorded with their undo first (the server's start, a
+        tenth of a second, overlaps the privileged helper's)."""
         plan = session.plan
         display = plan.display
         if display is None:
@@ -71,14 +81,31 @@ class DisplayAccess(Feature):
         uid_base = plan.image.meta.uid_base
         if trusted:
             return cls(display, True, None, uid_base, access)
+        from sandboxapp.host.clipboard import Directions
+        from sandboxapp.host.nested import nested_display
+        from sandboxapp.system.procstat import start_ticks
+
         directory = session.host_dir(X11_DIR)
-        entry = session.supervisor.add(stack, X11AuthEntry(
-            display.number, access.xauthority, str(directory), session.user.uid))
+        entry = session.supervisor.add(stack, NestedX11Entry(str(directory), session.user.uid))
         ensure_user_dir(directory, session.user, 0o700, exact_mode=True)
-        return cls(display, False, directory, uid_base, access, entry)
+        # Root launching for a desktop user runs the nested server as that user; the cookie
+        # file is the user's either way (bound with rootidmap: the container root's own there).
+        user = session.user
+        nested = stack.enter_context(nested_display(
+            access, directory, window_look(plan.profile.name),
+            Directions.of(plan.profile.sandbox.clipboard),
+            user if os.geteuid() == 0 and user.uid != 0 else None))
+        record = session.supervisor.record
+        assert record is not None
+        started = start_ticks(nested.process.pid)
+        record.update(entry, display=nested.display.number,
+                      server=[nested.process.pid, started] if started is not None else None)
+        return cls(nested.display, False, directory, uid_base, access)
 
     def checked_paths(self, trusted_profile: bool) -> list[CheckedPath]:
-        paths = [CheckedPath(self.display.socket, True, "X display socket", stat.S_IFSOCK)]
+        # The user's display's socket may be root's (Xorg's); a nested server's is the user's.
+        paths = [CheckedPath(self.display.socket, self.trusted, "X display socket",
+                             stat.S_IFSOCK)]
         if self.x11_dir is not None:
             paths.append(CheckedPath(self.x11_dir, False, "X directory", stat.S_IFDIR))
         return paths
@@ -137,18 +164,15 @@ class DisplayAccess(Feature):
             return [f"X11:      TRUSTED (x11 = \"trusted\"): grant localuser:#{uid} on "
                     f"{self.display.name} while it runs, as a client that can read and type "
                     f"into every window; bind {self.display.socket} read-only"]
-        return [f"X11:      an untrusted authorization on {self.display.name} while it runs "
-                "(kept from other windows, no XTEST), revoked at exit; bind "
-                f"{self.display.socket} read-only"]
+        return [f"X11:      a display of its own (Xephyr) in a window on {self.display.name}, "
+                "its socket and cookie the sandbox's alone, ended at exit; the sandbox never "
+                f"connects to {self.display.name} (the nested display's number is taken at "
+                "launch: the command below names the socket of the display it is taken for)"]
 
     def grant(self, session: Session, stack: ExitStack) -> None:
+        if not self.trusted:
+            return  # the nested server runs already (prepare)
         assert self.access is not None
-        if self.trusted:
-            self._grant_trusted(session, stack, self.access)
-        else:
-            self._grant_untrusted(session, stack, self.access)
-
-    def _grant_trusted(self, session: Session, stack: ExitStack, access: XAccess) -> None:
         from sandboxapp.host import x11
 
         session.warn(f'{session.plan.profile.name} has x11 = "trusted": it can read and type '
@@ -156,33 +180,7 @@ class DisplayAccess(Feature):
         record = session.supervisor.record
         assert record is not None and self.uid_base is not None
         entry = session.supervisor.add(stack, TrustedX11Entry(
-            self.display.number, access.xauthority, self.uid_base))
-        if not x11.grant(access, self.uid_base):
+            self.display.number, self.access.xauthority, self.uid_base))
+        if not x11.grant(self.access, self.uid_base):
             # The user had made this grant: it is theirs, and stays after we exit.
             record.drop(entry)
-
-    def _grant_untrusted(self, session: Session, stack: ExitStack, access: XAccess) -> None:
-        from sandboxapp.host import x11auth
-
-        record = session.supervisor.record
-        entry = self.entry
-        assert record is not None and entry is not None and self.x11_dir is not None
-        # The connection that makes the authorization stays open to revoke it at exit.
-        display = stack.enter_context(x11auth.connection(access))
-        authorization = x11auth.generate(display, access)
-        record.update(entry, authid=authorization.authid,
-                      server=list(authorization.server) if authorization.server else None)
-
-        def revoke() -> None:
-            # Revoked here, the entry's own undo only removes the directory; failing here,
-            # that undo tries again over a new connection.
-            with contextlib.suppress(SandboxError):
-                x11auth.revoke_on(display, authorization.authid)
-                if record.holds(entry):
-                    record.update(entry, authid=None)
-
-        stack.callback(revoke)
-        path = x11auth.write_file(self.x11_dir, self.display.number, authorization.cookie)
-        if os.geteuid() == 0:
-            # Bound with rootidmap: the user's file is the container root's own there.
-            os.chown(path, session.user.uid, session.user.gid)

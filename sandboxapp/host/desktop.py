@@ -20,8 +20,9 @@ from sandboxapp.errors import ExitStatus, SandboxError
 from sandboxapp.fs.rootfs import resolve_in_root
 from sandboxapp.fs.safepath import DesktopUser, ensure_user_dir
 from sandboxapp.fs.util import put_in_place
+from sandboxapp.host.nested import wm_class
 from sandboxapp.paths import SHIPPED_PROFILE_DIR, USER_COMMAND
-from sandboxapp.profile.model import Profile
+from sandboxapp.profile.model import Profile, X11Access
 
 TEMPLATE_DIR = SHIPPED_PROFILE_DIR.parent / "desktop-entries"
 PREFIX = "sandboxapp-"
@@ -188,8 +189,13 @@ class DesktopEntries:
         keys = [("Type", "Application"), ("Name", f"{name} (sandboxed)")]
         keys += [(key, f"{value} (sandboxed)") for key, value in values.items()
                  if key.startswith("Name[")]
+        nested = profile.sandbox.x11 is X11Access.ISOLATED
         keys += [(key, value) for key, value in values.items()
-                 if key.split("[", 1)[0] in COPIED_KEYS and value]
+                 if key.split("[", 1)[0] in COPIED_KEYS and value
+                 and not (nested and key == "StartupWMClass")]
+        if nested:
+            # Its windows are in the window of its own X server, whose class is the profile's.
+            keys.append(("StartupWMClass", wm_class(profile.name)))
         if "Comment" not in values and profile.description:
             keys.append(("Comment", profile.description))
         keys.append(("Exec", line))

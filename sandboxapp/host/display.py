@@ -1,5 +1,5 @@
 """DISPLAY values: which local X server a profile's sandbox should reach, and how the user
-reaches it (the grants themselves: x11.py, trusted; x11auth.py, untrusted)."""
+reaches it (the grants themselves: x11.py, trusted; nested.py, a server of the sandbox's own)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 from sandboxapp.errors import ExitStatus, SandboxError
 
 X11_SOCKET_DIR = Path("/tmp/.X11-unix")
-# The sandbox's own Xauthority file, in its X directory (x11auth.py writes it).
+# The sandbox's own Xauthority file, in its X directory (nested.py writes it).
 AUTH_FILE = "Xauthority"
 _DISPLAY = re.compile(r"(?P<host>[^:]*):(?P<number>\d+)(?:\.(?P<screen>\d+))?")
 

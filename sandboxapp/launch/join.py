@@ -5,6 +5,7 @@ again opens a new window in the running browser. The first launch keeps owning t
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import select
 import signal
@@ -20,11 +21,13 @@ from sandboxapp.features import features_for
 from sandboxapp.features.display import DisplayAccess
 from sandboxapp.features.sound import PULSE_DIR, SoundAccess
 from sandboxapp.fs.safepath import DesktopUser
+from sandboxapp.host.display import Display
 from sandboxapp.launch.container import container_init
 from sandboxapp.launch.spec import container_env
 from sandboxapp.launch.supervisor import Relay
 from sandboxapp.paths import ROOT_PATH
 from sandboxapp.plan import LaunchPlan
+from sandboxapp.undo.entries import NestedX11Entry
 from sandboxapp.undo.ledger import Record, RunDir
 
 
@@ -66,8 +69,19 @@ def join_argv(init_pid: int, plan: LaunchPlan, command: Sequence[str]) -> list[s
     ]
 
 
+def running_display(run_dir: RunDir, plan: LaunchPlan) -> Display | None:
+    """The display the running launch's sandbox uses: its own nested server's, as that
+    launch's record says; else the plan's (a trusted display is the user's)."""
+    record = Record.load(run_dir.record_path(plan.profile.name))
+    for entry in record.entries if record is not None else []:
+        if isinstance(entry, NestedX11Entry) and entry.display is not None:
+            return Display(entry.display)
+    return plan.display
+
+
 def join(run_dir: RunDir, plan: LaunchPlan, user: DesktopUser) -> int:
     init = running_init(run_dir, plan.profile.name, user)
+    plan = dataclasses.replace(plan, display=running_display(run_dir, plan))
     return run_without_terminal(join_argv(init, plan, plan.command), base_env())
 
 

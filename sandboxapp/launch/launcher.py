@@ -88,8 +88,13 @@ class Launch:
         plan = self.plan
         grants = grants_of(features)
         if action is Action.JOIN and plan.display is not None:
-            # A join makes no grant: the display is only named, for the command's environment.
-            grants[DisplayAccess.KEY] = {"display": plan.display.number, "x11_dir": None}
+            # A join makes no grant: the display the sandbox uses is only named, for the
+            # command's environment.
+            from sandboxapp.launch.join import running_display
+
+            display = running_display(self.supervisor.run_dir, plan)
+            assert display is not None
+            grants[DisplayAccess.KEY] = {"display": display.number, "x11_dir": None}
         return HelperRequest(action, plan.profile.name, plan.profile.path.absolute(),
                              self.locations.data_home, program=plan.program,
                              args=plan.extra_args, grants=grants)

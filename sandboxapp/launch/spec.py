@@ -115,10 +115,10 @@ def describe_plan(plan: LaunchPlan, facts: HostFacts) -> str:
     # The directories a launch would make, where it would make them.
     grants: dict[str, object] = {}
     if plan.display is not None:
-        untrusted = profile.sandbox.x11 is X11Access.UNTRUSTED
+        nested = profile.sandbox.x11 is X11Access.ISOLATED
         grants[DisplayAccess.KEY] = {
             "display": plan.display.number,
-            "x11_dir": str(plan.layer_root / X11_DIR) if untrusted else None}
+            "x11_dir": str(plan.layer_root / X11_DIR) if nested else None}
     if profile.sandbox.pulseaudio:
         grants[SoundAccess.KEY] = {"dir": str(plan.layer_root / "sound")}
     features = features_for(plan, grants)

@@ -56,8 +56,18 @@ class X11Access(enum.Enum):
     """The profile's x11 key: false, true or "trusted"."""
 
     NONE = False  # no display
-    UNTRUSTED = True  # an untrusted client, kept from other windows
+    ISOLATED = True  # an X server of its own, nested in the user's display
     TRUSTED = "trusted"  # a trusted client: it can read and type into every window
+
+
+class Clipboard(enum.StrEnum):
+    """The profile's clipboard key: when text crosses between the user's clipboard and the
+    sandbox's nested display (host/clipboard.py), always in answer to the user."""
+
+    FOCUS = "focus"  # both ways: in when the user focuses its window, out when copied there
+    IN = "in"  # the user's clipboard into the sandbox only
+    OUT = "out"  # the sandbox's copies out to the desktop only
+    NONE = "none"  # never
 
 
 class Network(enum.StrEnum):
@@ -101,9 +111,11 @@ class ReadOnlyBind:
 @dataclass(frozen=True)
 class SandboxSpec:
     stateless: bool = True
-    # x11: the app may use the X display, as an untrusted client (x11 = true), or, where the
-    # profile says x11 = "trusted", as a trusted one that can read and type into every window.
+    # x11: the app shows windows, on an X server of its own nested in the user's display
+    # (x11 = true), or, where the profile says x11 = "trusted", on the user's display itself,
+    # as a client that can read and type into every window.
     x11: X11Access = X11Access.NONE
+    clipboard: Clipboard = Clipboard.FOCUS
     pulseaudio: bool = False
     # Recording through the sound server (a microphone); playback needs only pulseaudio.
     microphone: bool = False

@@ -21,6 +21,7 @@ from sandboxapp.profile.model import (
     RESERVED_ENV,
     SUITE_NAME,
     X11_ALLOWED,
+    Clipboard,
     ImageSpec,
     Network,
     Profile,
@@ -285,6 +286,15 @@ def _x11(r: _Reader, table: dict[str, Any], label: str) -> X11Access:
     return X11Access(value)
 
 
+def _clipboard(r: _Reader, table: dict[str, Any], label: str) -> Clipboard:
+    allowed = ", ".join(f'"{value}"' for value in Clipboard)
+    text = r.value(table, "clipboard", label, str, allowed, default=Clipboard.FOCUS.value)
+    try:
+        return Clipboard(text)
+    except ValueError:
+        raise r.fail(label, f"found {text!r}", allowed) from None
+
+
 def _network(r: _Reader, table: dict[str, Any], label: str) -> Network:
     text = r.value(table, "network", label, str, '"host" or "none"', default=Network.NONE.value)
     try:
@@ -388,9 +398,16 @@ KEYS: tuple[Key, ...] = (
         "                          # keeps the app's changes for that user's next run, in "
         ".state/ of the store"),
     Key("sandbox", "x11", _x11,
-        "x11 = true                # may use the X display as an untrusted client (default "
-        "false);\n"
-        '                          # "trusted": as a trusted one (see below)'),
+        "x11 = true                # shows windows, on an X server of its own nested in the "
+        "display\n"
+        '                          # (default false); "trusted": on the display itself (see '
+        "below)"),
+    Key("sandbox", "clipboard", _clipboard,
+        'clipboard = "focus"       # with x11 = true, text crosses only in answer to you: '
+        '"focus"\n'
+        "                          # (in when you focus its window, out when you copy there), "
+        '"in",\n'
+        '                          # "out" or "none" (default "focus")'),
     Key("sandbox", "pulseaudio", _flag(False),
         "pulseaudio = true         # may play sound (default false)"),
     Key("sandbox", "microphone", _flag(False),

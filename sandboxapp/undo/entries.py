@@ -94,29 +94,27 @@ class TrustedX11Entry(Entry):
 
 
 @dataclass
-class X11AuthEntry(Entry):
-    """An untrusted authorization (authid, None until made or once revoked) and the user's
-    directory holding its Xauthority file."""
+class NestedX11Entry(Entry):
+    """x11 = true: the sandbox's own X server (host/nested.py), the process (pid, start ticks;
+    None until it started) and the user's directory holding its Xauthority file."""
 
-    KIND: ClassVar[str] = "x11-auth"
-    display: int
-    xauthority: str | None
+    KIND: ClassVar[str] = "x11-nested"
     dir: str
     user: int
-    authid: int | None = None
-    # The X server process that holds it (pid, start ticks): x11auth.revoke.
+    display: int | None = None
     server: list[int] | None = None
 
     def undo(self, *, recovering: bool) -> None:
-        if self.authid is not None:
-            from sandboxapp.host import x11auth
-
-            x11auth.revoke(XAccess(Display(self.display), self.xauthority), self.authid,
-                           (self.server[0], self.server[1]) if self.server else None)
+        # A launcher that is gone took its server with it (its parent-death signal); should it
+        # still run, it is ended here, and only if it is the very process that was recorded.
+        if self.server is not None and is_alive(self.server[0], self.server[1]):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.server[0], signal.SIGTERM)
         nofollow.remove_user_dir(self.dir, self.user, (AUTH_FILE,))
 
     def grant_line(self) -> str:
-        return f"x11 :{self.display} untrusted authorization {self.authid}"
+        return f"x11 :{self.display} a display of its own (Xephyr)" if self.display else (
+            "x11 a display of its own (Xephyr), starting")
 
 
 def remove_sound_dir(directory: Path) -> None:
@@ -157,7 +155,7 @@ class UnknownEntry(Entry):
 
 
 KINDS: dict[str, type[Entry]] = {
-    cls.KIND: cls for cls in (ContainerEntry, LayerEntry, TrustedX11Entry, X11AuthEntry,
+    cls.KIND: cls for cls in (ContainerEntry, LayerEntry, TrustedX11Entry, NestedX11Entry,
                               SoundEntry)
 }
 

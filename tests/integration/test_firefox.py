@@ -242,7 +242,7 @@ def test_firefox_loads_a_page_typed_into_its_url_bar_and_plays_its_sound(
     tmp_path: Path, firefox_image_dir: Path, xserver: XServer, soundserver: SoundServer,
     web_page: str,
 ) -> None:
-    """As an untrusted X client, with its sound through the filtering proxy: the user types
+    """On an X server of its own, with its sound through the filtering proxy: the user types
     an address, the page loads, a click plays its <audio>, and the host's sink hears it."""
     require_programs("xdotool", "parec")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)

@@ -33,7 +33,10 @@ def test_xdpyinfo_runs_in_the_sandbox(session: Session) -> None:
     profile = write_variant(session.profiles, ["xdpyinfo"], FULL_SANDBOX)
     result = session.run(str(profile))
     assert result.returncode == 0, result.stderr
-    assert f"name of display:    {session.xserver.display}" in result.stdout  # type: ignore[union-attr]
+    # Its own display, nested in the user's: not the user's.
+    shown = result.stdout.splitlines()[0]
+    assert shown.startswith("name of display:    :"), result.stdout[:200]
+    assert shown != f"name of display:    {session.xserver.display}"  # type: ignore[union-attr]
     assert "Attempted to remove" not in result.stderr
 
 
@@ -292,13 +295,16 @@ def test_without_x11_there_is_no_socket_and_no_grant(session: Session) -> None:
 def test_the_display_socket_alone_is_bound_read_only(session: Session) -> None:
     profile = write_variant(
         session.profiles,
-        ["/bin/sh", "-c", "ls -A /tmp/.X11-unix; grep ' /tmp/.X11-unix/' /proc/self/mountinfo"],
+        ["/bin/sh", "-c", "ls -A /tmp/.X11-unix; grep ' /tmp/.X11-unix/' /proc/self/mountinfo; "
+                          "echo $DISPLAY"],
         'x11 = true\n',
     )
     result = session.run(str(profile))
     assert result.returncode == 0, result.stderr
-    number = session.xserver.display.lstrip(":")  # type: ignore[union-attr]
+    # The nested display's socket, the one DISPLAY names: never the user's.
+    number = result.stdout.splitlines()[-1].lstrip(":")
     assert result.stdout.splitlines()[0] == f"X{number}"
+    assert number != session.xserver.display.lstrip(":")  # type: ignore[union-attr]
     assert " ro," in result.stdout.splitlines()[1] or " ro " in result.stdout.splitlines()[1]
 
 
@@ -336,7 +342,7 @@ def test_dry_run_prints_the_command_and_changes_nothing(session: Session) -> Non
     assert result.returncode == 0, result.stderr
     uid = image_uid(session)
     assert f"--private-users={uid}:65536" in result.stdout
-    assert "X11:      an untrusted authorization" in result.stdout
+    assert "X11:      a display of its own (Xephyr)" in result.stdout
     assert "XAUTHORITY=/run/sandboxapp/x11/Xauthority" in result.stdout
     trusted = write_variant(session.profiles, ["xdpyinfo"], TRUSTED_SANDBOX)
     result = session.run("--dry-run", str(trusted))

@@ -7,7 +7,9 @@ import json
 import signal
 import subprocess
 import time
+from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.integration.launching import (
@@ -80,19 +82,26 @@ def test_a_killed_launch_is_cleaned_up(session: Session) -> None:
     try:
         wait_for_file(session.persist_dir() / "ready", launch)
         # Its record: the X and sound directories, made first, then the layer and the
-        # container; the authorization was made while nspawn started, into the first.
+        # container; the nested X server, in the first, with its display and process.
         record = json.loads((session.run_dir / "sandboxapp-test.json").read_text())
         kinds = [entry["kind"] for entry in record["entries"]]
-        assert kinds == ["x11-auth", "sound", "layer", "container"]
-        assert record["entries"][0]["authid"] is not None
+        assert kinds == ["x11-nested", "sound", "layer", "container"]
+        nested = record["entries"][0]
+        assert nested["display"] is not None and nested["server"] is not None
+        server = psutil.Process(nested["server"][0])
+        assert server.name() == "Xephyr"
     finally:
         launch.kill()
         launch.wait()
     assert wait_for_no_sandbox_processes(image_uid(session), timeout=5) == []
+    # The nested server went with its launcher (its parent-death signal).
+    server.wait(timeout=5)
     result = session.sandboxapp("cleanup")
     assert result.returncode == 0, result.stderr
     assert "cleaned up after sandboxapp-test" in result.stdout
     session.assert_nothing_left(grants_before, modules_before)
+    assert not Path(nested["dir"]).exists()
+
 
 def test_the_command_install_host_writes_launches(session: Session) -> None:
     """`.venv/bin/sandboxapp`, the README's command: started with -IS, its own sys.path."""

@@ -85,7 +85,8 @@ def test_menu_entry_for_firefox_from_its_real_image(session: Session,
     validate(entry)
     values = entry_values(entry)
     assert values["Name"] == "Firefox ESR (sandboxed)"
-    assert values["StartupWMClass"] == "firefox-esr"
+    # Its windows are in its nested display's window, whose class is the profile's.
+    assert values["StartupWMClass"] == "sandboxapp-firefox"
     assert "x-scheme-handler/https" in values["MimeType"]
     assert values["Exec"].endswith("run firefox -- %u")
     assert values["Icon"] == "sandboxapp-firefox"
@@ -156,7 +157,7 @@ def test_ps_shows_the_running_sandbox(session: Session) -> None:
         assert isinstance(sandbox["container_pid"], int)
         assert sandbox["memory_bytes"] > 0
         grants = " ".join(sandbox["grants"])
-        assert "x11 :" in grants and "untrusted authorization" in grants and "sound" in grants
+        assert "x11 :" in grants and "a display of its own" in grants and "sound" in grants
         table = session.sandboxapp("ps")
         assert table.stdout.splitlines()[0].split()[:3] == ["PROFILE", "LAUNCHER", "CONTAINER"]
         assert table.stdout.splitlines()[1].startswith(NAME)
@@ -181,8 +182,8 @@ def test_a_second_run_joins_the_running_sandbox(session: Session) -> None:
         ns_joined, x_ok, ns_first = joined.stdout.split()
         assert ns_joined == ns_first and ns_joined.startswith("pid:[")
         assert x_ok == "x-ok"
-        # The joined command reached the display through the sandbox's untrusted
-        # authorization: no host-list entry, and no grant of its own.
+        # The joined command reached the sandbox's own display (the running launch's nested
+        # one): no host-list entry, and no grant of its own.
         assert session.x_grants() == grants_before
         assert launch.poll() is None
     # The first launch cleaned up, once.
@@ -198,7 +199,7 @@ def test_doctor_passes_here_and_names_each_missing_piece(session: Session) -> No
     lines = ok.stdout.splitlines()
     assert all(line.startswith(("ok", "warn")) for line in lines), ok.stdout
     assert any("systemd-nspawn" in line and "rootidmap" in line for line in lines)
-    assert any(line.startswith("ok") and "X isolation" in line and "SECURITY" in line
+    assert any(line.startswith("ok") and "X isolation" in line and "of their own" in line
                for line in lines), ok.stdout
 
     no_display = session.env()

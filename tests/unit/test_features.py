@@ -27,11 +27,14 @@ from sandboxapp.launch.spec import GATE_WRAPPER, describe_plan, launch_spec
 from sandboxapp.launch.supervisor import Supervisor
 from sandboxapp.plan import LaunchPlan
 from sandboxapp.system.hostfacts import HostFacts
-from sandboxapp.undo.entries import SoundEntry, X11AuthEntry
+from sandboxapp.undo.entries import SoundEntry
 from sandboxapp.undo.ledger import RunDir
 from tests.unit.plans import BASE, grants, make_plan
 
 FULL = {"x11": True, "pulseaudio": True, "persist": ["/root/.app"], "network": "none"}
+# The session side's display, prepared without an X server (x11 = true starts a nested one:
+# tests/integration/test_nested_display.py and the launches).
+PREPARED = {**FULL, "x11": "trusted"}
 
 
 @pytest.fixture
@@ -85,7 +88,7 @@ def _view(features: tuple[Feature, ...], plan: LaunchPlan) -> tuple[object, ...]
 
 def test_the_helper_rebuilds_from_the_request_what_the_session_side_prepared(
         tmp_path: Path, sockets: Path) -> None:
-    plan = make_plan(tmp_path, {**FULL, "session_bus": True})
+    plan = make_plan(tmp_path, {**PREPARED, "session_bus": True})
     launching = Launching(tmp_path, plan, _sound_env(sockets))
     with launching.stack:
         prepared = prepare_features(launching.session, launching.stack)
@@ -103,21 +106,16 @@ def test_the_helper_rebuilds_from_the_request_what_the_session_side_prepared(
 
 def test_what_the_container_binds_is_made_and_recorded_before_nspawn_starts(
         tmp_path: Path, sockets: Path) -> None:
-    plan = make_plan(tmp_path, FULL)
+    plan = make_plan(tmp_path, PREPARED)
     launching = Launching(tmp_path, plan, _sound_env(sockets))
     with launching.stack:
         features = prepare_features(launching.session, launching.stack)
-        display = next(f for f in features if isinstance(f, DisplayAccess))
         sound = next(f for f in features if isinstance(f, SoundAccess))
-        # The authorization is made later (grant), into a directory that is there already.
-        assert isinstance(display.entry, X11AuthEntry) and display.entry.authid is None
-        assert display.x11_dir is not None
-        assert stat.S_IMODE(display.x11_dir.stat().st_mode) == 0o700
-        assert launching.kinds() == ["x11-auth", "sound"]
+        assert launching.kinds() == ["sound"]  # the trusted grant is made later (grant)
         assert stat.S_IMODE(sound.paths.dir.stat().st_mode) == 0o711
         assert sound.paths.conf.read_text() == PULSE_CLIENT_CONF_TEXT
         assert plan.persist[0].host.is_dir()
-        made = (display.x11_dir, sound.paths.dir)
+        made = (sound.paths.dir,)
     # Given up before any grant: what was made is gone, and the record with it.
     assert not any(path.exists() for path in made)
     assert launching.kinds() == []
@@ -158,14 +156,18 @@ def test_a_users_own_profile_binds_only_what_is_the_users(tmp_path: Path) -> Non
     features = features_for(plan, grants(plan, x11_dir=tmp_path / "x"))
     for trusted_profile in (False, True):
         checked = {p.what: p.trusted for f in features for p in f.checked_paths(trusted_profile)}
-        # The display's socket is root's; the X directory is always the user's own.
-        assert checked == {"sandbox.bind_ro": trusted_profile, "X display socket": True,
+        # The nested display's socket and the X directory are always the user's own.
+        assert checked == {"sandbox.bind_ro": trusted_profile, "X display socket": False,
                            "X directory": False}
+    trusted = make_plan(tmp_path / "t", {"x11": "trusted"})
+    checked = {p.what: p.trusted for f in features_for(trusted, grants(trusted))
+               for p in f.checked_paths(False)}
+    assert checked == {"X display socket": True}  # the user's display's may be root's
 
 
 def test_each_feature_describes_itself_for_a_dry_run(tmp_path: Path) -> None:
     untrusted = describe_plan(make_plan(tmp_path / "u", FULL), HostFacts(systemd_running=False))
-    assert "X11:      an untrusted authorization on :7" in untrusted
+    assert "X11:      a display of its own (Xephyr) in a window on :7" in untrusted
     assert "sound:    a socket of its own at /run/sandboxapp/pulse/native" in untrusted
     assert "network:  none" in untrusted and "D-Bus:" not in untrusted
     trusted = describe_plan(make_plan(tmp_path / "t", {"x11": "trusted", "session_bus": True}),

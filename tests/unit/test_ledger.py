@@ -17,18 +17,18 @@ from sandboxapp.launch.supervisor import Supervisor
 from sandboxapp.undo.entries import (
     ContainerEntry,
     LayerEntry,
+    NestedX11Entry,
     SoundEntry,
     TrustedX11Entry,
     UnknownEntry,
-    X11AuthEntry,
     entry_from_json,
 )
 from sandboxapp.undo.ledger import Record, RunDir
 
 # A launch record as it is written, kinds and fields by name (the on-disk format).
 OLD_ENTRIES = [
-    {"id": 1, "kind": "x11-auth", "display": 7, "xauthority": None, "authid": 33,
-     "server": [412, 9000], "dir": "/run/user/1000/sandboxapp/.x11/app", "user": 1000},
+    {"id": 1, "kind": "x11-nested", "dir": "/run/user/1000/sandboxapp/.x11/app", "user": 1000,
+     "display": 20, "server": [412, 9000]},
     {"id": 2, "kind": "sound", "socket": "/run/user/1000/sandboxapp/app/native",
      "dir": "/run/user/1000/sandboxapp/app"},
     {"id": 3, "kind": "layer", "path": "/var/lib/sandboxapp/images/.layers/app"},
@@ -51,10 +51,11 @@ def test_a_record_loads_as_typed_entries_and_is_written_back_the_same(
                                 "next_id": 6, "entries": OLD_ENTRIES}))
     record = Record.load(path)
     assert record is not None
-    assert [type(e) for e in record.entries] == [X11AuthEntry, SoundEntry, LayerEntry,
+    assert [type(e) for e in record.entries] == [NestedX11Entry, SoundEntry, LayerEntry,
                                                  ContainerEntry, TrustedX11Entry]
-    auth = record.entries[0]
-    assert isinstance(auth, X11AuthEntry) and auth.authid == 33 and auth.server == [412, 9000]
+    nested = record.entries[0]
+    assert isinstance(nested, NestedX11Entry) and nested.display == 20
+    assert nested.server == [412, 9000]
     assert record.containers()[0].pid == 4242
     record.save()
     assert json.loads(path.read_text())["entries"] == OLD_ENTRIES
@@ -64,8 +65,7 @@ def test_a_record_loads_as_typed_entries_and_is_written_back_the_same(
     {"id": 1, "kind": "layer"},  # a field missing
     {"id": 1, "kind": "layer", "path": 5},  # of the wrong type
     {"id": 1, "kind": "container", "machine": "m", "uid": "0", "user": 1, "profile_file": "p"},
-    {"id": 1, "kind": "x11-auth", "display": 7, "xauthority": None, "dir": "/d", "user": 1,
-     "server": [1]},
+    {"id": 1, "kind": "x11-nested", "dir": "/d", "user": 1, "display": "7"},
     {"id": 1, "kind": "layer", "path": "/x", "extra": 1},  # a field no entry has
     {"id": 1, "kind": "tunnel", "path": "/x"},  # a kind this release does not know
 ])
@@ -89,7 +89,7 @@ def test_undo_runs_newest_first_and_keeps_what_it_cannot_undo(tmp_path: Path) ->
     (x11_dir / "Xauthority").write_bytes(b"cookie")
     record.add(UnknownEntry("tunnel", {"path": "/x"}))
     record.add(SoundEntry(str(sound / "native"), str(sound)))
-    record.add(X11AuthEntry(7, None, str(x11_dir), os.getuid()))
+    record.add(NestedX11Entry(str(x11_dir), os.getuid(), 20))
     assert [e.id for e in record.entries] == [1, 2, 3]
     problems = undo_record(record, recovering=False)
     assert not sound.exists() and not x11_dir.exists()

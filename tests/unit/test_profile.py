@@ -104,7 +104,7 @@ def test_a_broken_user_profile_is_reported_not_skipped(tmp_path: Path) -> None:
 def test_shipped_profiles_are_valid(path: Path) -> None:
     profile = load_profile_file(path, "shipped")
     assert profile.command
-    assert profile.sandbox.x11 is X11Access.UNTRUSTED
+    assert profile.sandbox.x11 is X11Access.ISOLATED
 
 
 def test_shipped_profiles_include_firefox_and_a_small_x11_program() -> None:
@@ -113,7 +113,7 @@ def test_shipped_profiles_include_firefox_and_a_small_x11_program() -> None:
 
 
 @pytest.mark.parametrize(("value", "x11"), [
-    ("true", X11Access.UNTRUSTED), ("false", X11Access.NONE), ('"trusted"', X11Access.TRUSTED)])
+    ("true", X11Access.ISOLATED), ("false", X11Access.NONE), ('"trusted"', X11Access.TRUSTED)])
 def test_x11_is_untrusted_unless_the_profile_says_trusted(tmp_path: Path, value: str,
                                                            x11: X11Access) -> None:
     text = f'command = ["x"]\n[sandbox]\nx11 = {value}\n'

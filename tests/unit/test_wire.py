@@ -94,14 +94,18 @@ def test_the_cookie_is_read_where_libpulse_looks(tmp_path: Path) -> None:
 
 
 def test_the_sandboxs_xauthority_file_reads_back_with_python_xlib(tmp_path: Path) -> None:
-    """The file the sandbox's clients read (libXau's format): python-xlib's own reader parses
-    it into the one entry, for any host (FamilyWild, which libXau matches to every host)."""
+    """The nested server's cookie file (libXau's format): python-xlib's own reader parses it
+    into two entries for any display number, one for any host (FamilyWild, which libXau in the
+    container matches) and one for this host (which python-xlib, the launcher's, matches)."""
     from Xlib import xauth
 
-    from sandboxapp.host import x11auth
+    from sandboxapp.host import nested
 
     cookie = bytes(range(16))
-    path = x11auth.write_file(tmp_path, 7, cookie)
-    assert path.stat().st_mode & 0o777 == 0o600
-    [entry] = list(xauth.Xauthority(str(path)))
-    assert entry == (x11auth.FAMILY_WILD, b"", b"7", b"MIT-MAGIC-COOKIE-1", cookie)
+    path = tmp_path / "Xauthority"
+    path.write_bytes(nested.cookie_entries(cookie, b"myhost"))
+    assert list(xauth.Xauthority(str(path))) == [
+        (nested.FAMILY_WILD, b"", b"", b"MIT-MAGIC-COOKIE-1", cookie),
+        (nested.FAMILY_LOCAL, b"myhost", b"", b"MIT-MAGIC-COOKIE-1", cookie)]
+    assert xauth.Xauthority(str(path)).get_best_auth(nested.FAMILY_LOCAL, b"myhost", 23) == (
+        b"MIT-MAGIC-COOKIE-1", cookie)

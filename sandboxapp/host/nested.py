@@ -1,0 +1,468 @@
+"""An X server of the sandbox's own, nested in the user's display: Xephyr, drawing into a
+window of the launcher's.
+
+The sandbox's clients reach only this server. What the SECURITY extension cannot stop on a
+shared server (a keyboard grab that reads what the user types elsewhere, the clipboard and cut
+buffers read at any time, other windows' titles, input settings changed for the whole desktop,
+one sandbox reaching another) has nothing to reach here: the user's other windows are on
+another server, and every sandbox has a server of its own. Xwayland, which has no SECURITY
+extension, serves Xephyr like any client.
+
+Xephyr is the one client of the user's display in this path, and it parses the sandbox's
+hostile protocol, so it gets as little as it needs:
+  :N, -displayfd      a display number that no server holds, by its socket, its lock file or
+                      its abstract socket (one in another mount namespace, a service's private
+                      /tmp, has only the last in common with us: clients try it first), and
+                      Xephyr says when it listens;
+  -auth FILE          a cookie of the sandbox's own (a file in the sandbox's X directory);
+  -nolisten tcp, -nolisten local
+                      its filesystem socket only: no TCP, and no abstract socket, which any
+                      process in the host's network namespace (a sandbox with network =
+                      "host") could reach without the bind;
+  -no-host-grab       Ctrl+Shift never grabs the user's keyboard and pointer;
+  -parent WINDOW      it draws into the launcher's window, whose title, class and mapping the
+                      launcher sets (from the profile, never from inside), and whose size it
+                      follows (-resizeable: its screen changes size with RandR);
+  -extension XTEST, -extension RECORD
+                      nothing in a sandbox has to fake input or record what other clients
+                      (the launcher) say, even on its own server;
+  -extension GLX, -extension XVideo (and its motion compensation)
+                      no GL through the socket (software rendering only) and no video
+                      overlays: code the sandbox's requests would reach, for nothing it needs;
+  -noreset            the last client leaving does not reset it;
+  -dpi                the user's, so text is the size it is on the user's other windows;
+and it runs as the desktop user, never as root, even for a launch root makes for that user.
+
+The launcher's connections to both servers (python-xlib) make the window behave like the
+app's: it is mapped when the app's first window maps, carries the app's title behind the
+sandbox's name, follows resizes with the app's main window filling the nested screen, and
+gives the keyboard to the nested server whenever the user gives it the focus. The user's
+keyboard layout is copied into the nested server (xkbcomp). The clipboard crosses by the rule
+of host/clipboard.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import socket
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sandboxapp.command import base_env, program_exists, run, spawn
+from sandboxapp.errors import ExitStatus, SandboxError
+from sandboxapp.fs.safepath import DesktopUser, read_user_file
+from sandboxapp.host.clipboard import ClipboardBridge, Directions
+from sandboxapp.host.display import AUTH_FILE, X11_SOCKET_DIR, Display, XAccess
+from sandboxapp.host.xconnection import COOKIE_NAME, FAMILY_WILD, connection
+
+if TYPE_CHECKING:
+    import subprocess
+
+    from Xlib.display import Display as XDisplay
+
+XEPHYR = "Xephyr"
+OPTIONS = ("-nolisten", "tcp", "-nolisten", "local", "-no-host-grab", "-resizeable",
+           "-extension", "XTEST", "-extension", "RECORD", "-extension", "GLX",
+           "-extension", "XVideo", "-extension", "XVideo-MotionCompensation", "-noreset")
+# Xephyr answers its first client 0.14 s after it starts here; one that has not said its
+# display number by then is not coming.
+START_TIMEOUT = 10.0
+# Display numbers tried for the nested server, from the first: above those desktops take.
+FIRST_NUMBER = 20
+LAST_NUMBER = 1000
+# libXau's FamilyLocal: the entry python-xlib (the launcher's own connection) looks for.
+FAMILY_LOCAL = 256
+# How long after its window is mapped a focus it gets is the mapping's, not the user's.
+MAPPING_FOCUS = 1.0
+# The most of a title read from inside (bytes), and shown (characters).
+TITLE_BYTES = 1024
+TITLE_CHARS = 200
+
+
+def check_installed() -> None:
+    """Before anything is built or started: the nested server is there to be started."""
+    if not program_exists(XEPHYR):
+        raise SandboxError("x11 = true gives the sandbox an X server of its own, and Xephyr "
+                           "is not installed", hint="apt-get install xserver-xephyr "
+                           "x11-xkb-utils (or run the README's install command)",
+                           status=ExitStatus.LAUNCHER)
+
+
+def wm_class(profile_name: str) -> str:
+    """The class of a sandbox's window (WM_CLASS), which its menu entry's StartupWMClass names:
+    the profile's, never one from inside."""
+    return f"sandboxapp-{profile_name}"
+
+
+@dataclass(frozen=True)
+class WindowLook:
+    """What the user's desktop sees of the sandbox's window: all of it from the profile."""
+
+    title: str  # e.g. "firefox (sandbox)": always first in the window's title
+    instance: str  # WM_CLASS, which menu entries' StartupWMClass names
+    klass: str
+    width: int = 1024
+    height: int = 768
+
+
+def cookie_entries(cookie: bytes, hostname: bytes) -> bytes:
+    """The sandbox's Xauthority file: the cookie for any display number, for any host (libXau,
+    inside the container, whose host name is not the host's) and for this host (python-xlib,
+    which knows no wildcard)."""
+
+    def field(data: bytes) -> bytes:
+        return struct.pack(">H", len(data)) + data
+
+    return b"".join(struct.pack(">H", family) + field(address) + field(b"") + field(COOKIE_NAME)
+                    + field(cookie) for family, address in ((FAMILY_WILD, b""),
+                                                            (FAMILY_LOCAL, hostname)))
+
+
+def shown_title(look: WindowLook, inside: bytes | None) -> str:
+    """The window's title: the sandbox's name first, then what the app calls its window (a
+    string from inside: cut short, its control characters dropped)."""
+    if not inside:
+        return look.title
+    text = inside[:TITLE_BYTES].decode("utf-8", errors="replace")
+    text = "".join(c for c in text if c.isprintable()).strip()[:TITLE_CHARS]
+    return f"{look.title}: {text}" if text else look.title
+
+
+def _write_cookie(directory: Path, owner: tuple[int, int] | None) -> Path:
+    path = directory / AUTH_FILE
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o600)
+    with os.fdopen(fd, "wb") as stream:
+        stream.write(cookie_entries(os.urandom(16), socket.gethostname().encode()))
+        if owner is not None:
+            os.fchown(stream.fileno(), *owner)
+    return path
+
+
+def free_number(start: int = FIRST_NUMBER) -> int:
+    """The first display number from start that no server holds in any way a client (in this
+    network namespace) could be led to."""
+    abstract = {line.rsplit(None, 1)[-1] for line in
+                Path("/proc/net/unix").read_text(errors="replace").splitlines()[1:]
+                if line.rstrip().endswith(tuple("0123456789"))}
+    for number in range(start, LAST_NUMBER):
+        if (f"@{X11_SOCKET_DIR}/X{number}" not in abstract
+                and not (X11_SOCKET_DIR / f"X{number}").exists()
+                and not Path(f"/tmp/.X{number}-lock").exists()):
+            return number
+    raise SandboxError(f"no free X display number between {start} and {LAST_NUMBER}",
+                       status=ExitStatus.LAUNCHER)
+
+
+def _read_number(fd: int, process: subprocess.Popen[bytes]) -> int:
+    """The display number Xephyr writes to -displayfd once it listens."""
+    deadline = time.monotonic() + START_TIMEOUT
+    data = b""
+    while not data.endswith(b"\n") and len(data) < 16:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            raise SandboxError(f"the sandbox's X server did not start in {START_TIMEOUT:.0f} s",
+                               status=ExitStatus.LAUNCHER)
+        chunk = os.read(fd, 16)
+        if not chunk:
+            status = process.poll()
+            raise SandboxError(
+                "the sandbox's X server (Xephyr) ended as it started"
+                + (f" (exit status {status})" if status is not None else ""),
+                hint="its messages are in the run log", status=ExitStatus.LAUNCHER)
+        data += chunk
+    try:
+        return int(data.strip())
+    except ValueError:
+        raise SandboxError(f"the sandbox's X server said {data!r}, not a display number",
+                           status=ExitStatus.LAUNCHER) from None
+
+
+class NestedDisplay:
+    """A running nested server: its display inside, and the launcher's side of its window."""
+
+    def __init__(self, host: XDisplay, window: Any, process: subprocess.Popen[bytes],
+                 display: Display, access: XAccess, look: WindowLook, user: XAccess,
+                 clipboard: Directions) -> None:
+        self.host = host
+        self.clipboard = clipboard
+        self.user = user  # the user's display, as the launcher reaches it
+        self.window = window
+        self.process = process
+        self.display = display
+        self.access = access  # the nested server, as the launcher reaches it
+        self.look = look
+        self.mapped = threading.Event()  # the window is on the user's screen
+        # Until then, a focus the window gets came with its mapping, not from the user.
+        self.mapping_focus_until = 0.0
+        self.bridge: ClipboardBridge | None = None
+        self.wake_read, self.wake_write = os.pipe()
+        self.thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+
+    # -- the window's behaviour, on the launcher's thread of it ---------------------------
+
+    def serve(self, nested: XDisplay) -> None:
+        """Follow both servers until close(): runs on a thread of its own."""
+        from Xlib import X
+
+        try:
+            root = nested.screen().root
+            # The launcher's own window inside, never mapped: it owns what the user's
+            # clipboard offers there.
+            owner = root.create_window(0, 0, 1, 1, 0, 0, X.InputOnly, X.CopyFromParent)
+            self.bridge = ClipboardBridge(self.clipboard, self.host, self.window, nested, owner)
+            self.bridge.start()
+            nested.flush()
+            with contextlib.suppress(SandboxError):
+                _copy_keymap(self.user, self.access)
+            main: Any = None  # the app's window whose title the user's window carries
+            while True:
+                # What python-xlib has read already (a reply's round trip reads the events
+                # before it) is handled before waiting for more.
+                while self.host.pending_events() or nested.pending_events():
+                    while self.host.pending_events():
+                        self._host_event(self.host.next_event())
+                    while nested.pending_events():
+                        main = self._nested_event(nested, nested.next_event(), root, main)
+                self.host.flush()
+                nested.flush()
+                if self.host.pending_events() or nested.pending_events():
+                    continue  # a flush reads what has come meanwhile too
+                ready, _, _ = select.select([self.wake_read, self.host.fileno(),
+                                             nested.fileno()], [], [])
+                if self.wake_read in ready:
+                    return
+        except Exception as error:  # the servers' end (the sandbox's, or the user's)
+            self.error = error
+
+    def _host_event(self, event: Any) -> None:
+        from Xlib import X
+
+        assert self.bridge is not None
+        if self.bridge.host_event(event):
+            return
+        if event.type == X.ConfigureNotify and event.window == self.window:
+            # The user resized the window: Xephyr's window in it fills it, and Xephyr's
+            # screen follows (RandR).
+            for child in self.window.query_tree().children:
+                child.configure(width=event.width, height=event.height)
+        elif event.type == X.FocusIn and event.detail not in (X.NotifyInferior,
+                                                               X.NotifyPointer):
+            self.bridge.focused(by_user=time.monotonic() > self.mapping_focus_until)
+            if event.detail in (X.NotifyAncestor, X.NotifyNonlinear):
+                # The desktop gave the window itself the focus: the keyboard goes on to
+                # Xephyr's window in it (its moving there is a FocusOut of detail Inferior).
+                for child in self.window.query_tree().children:
+                    child.set_input_focus(X.RevertToParent, X.CurrentTime)
+        elif event.type == X.FocusOut and event.detail not in (X.NotifyInferior,
+                                                                X.NotifyPointer):
+            self.bridge.unfocused()
+
+    def _nested_event(self, nested: XDisplay, event: Any, root: Any, main: Any) -> Any:
+        from Xlib import X
+
+        assert self.bridge is not None
+        if self.bridge.nested_event(event):
+            return main
+        if event.type == X.MapNotify and event.event == root and not event.override:
+            window = event.window
+            with contextlib.suppress(Exception):
+                window.change_attributes(event_mask=X.PropertyChangeMask)
+                if window.get_wm_transient_for() is None:
+                    self._fill(window, root)
+                    main = window
+                window.set_input_focus(X.RevertToPointerRoot, X.CurrentTime)
+            if main is window:
+                self._set_title(nested, window)
+            if not self.mapped.is_set():
+                self.mapping_focus_until = time.monotonic() + MAPPING_FOCUS
+                self.window.map()
+                self.mapped.set()
+        elif event.type == X.PropertyNotify and event.window == main:
+            self._set_title(nested, main)
+        elif event.type == X.DestroyNotify and event.window == main:
+            main = None
+        elif event.type == X.ConfigureNotify and event.window == root and main is not None:
+            with contextlib.suppress(Exception):
+                self._fill(main, root)
+        return main
+
+    @staticmethod
+    def _fill(window: Any, root: Any) -> None:
+        geometry = root.get_geometry()
+        window.configure(x=0, y=0, width=geometry.width, height=geometry.height)
+
+    def _set_title(self, nested: XDisplay, window: Any) -> None:
+        from Xlib import X
+
+        inside = None
+        for name in ("_NET_WM_NAME", "WM_NAME"):
+            with contextlib.suppress(Exception):
+                found = window.get_property(nested.intern_atom(name), X.AnyPropertyType, 0,
+                                            TITLE_BYTES // 4)
+                if found is not None and found.format == 8 and found.value:
+                    value = found.value
+                    inside = value if isinstance(value, bytes) else str(value).encode()
+                    break
+        self._title(shown_title(self.look, inside))
+
+    def _title(self, title: str) -> None:
+        host = self.host
+        self.window.set_wm_name(title.encode("latin-1", errors="replace").decode("latin-1"))
+        self.window.change_property(host.intern_atom("_NET_WM_NAME"),
+                                    host.intern_atom("UTF8_STRING"), 8, title.encode())
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.write(self.wake_write, b"x")
+        if self.thread is not None:
+            self.thread.join(timeout=5)
+        for fd in (self.wake_read, self.wake_write):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def _dpi(host: XDisplay) -> int:
+    screen = host.screen()
+    pixels, millimetres = int(screen.width_in_pixels), int(screen.width_in_mms)
+    if millimetres <= 0:
+        return 96
+    return max(48, min(480, round(pixels * 25.4 / millimetres)))
+
+
+def _parent_window(host: XDisplay, look: WindowLook) -> Any:
+    """The window Xephyr draws into: the launcher's, unmapped until the app maps its first."""
+    from Xlib import X, Xatom
+
+    window = host.screen().root.create_window(
+        0, 0, look.width, look.height, 0, X.CopyFromParent, X.InputOutput, X.CopyFromParent,
+        background_pixel=host.screen().black_pixel,
+        event_mask=X.StructureNotifyMask | X.FocusChangeMask)
+    window.set_wm_class(look.instance, look.klass)
+    window.set_wm_name(look.title)
+    window.change_property(host.intern_atom("_NET_WM_NAME"), host.intern_atom("UTF8_STRING"),
+                           8, look.title.encode())
+    window.change_property(host.intern_atom("_NET_WM_PID"), Xatom.CARDINAL, 32, [os.getpid()])
+    host.sync()  # it exists before Xephyr looks for it
+    return window
+
+
+def _copy_keymap(user: XAccess, nested: XAccess) -> None:
+    """The user's keyboard layout, into the nested server (what Xephyr starts with is a US
+    layout)."""
+    def env(access: XAccess) -> dict[str, str]:
+        cookie = access.cookie_file()
+        return base_env({"DISPLAY": access.display.name,
+                         **({"XAUTHORITY": str(cookie)} if cookie else {})})
+
+    import tempfile
+
+    keymap = run(["xkbcomp", "-xkb", user.display.name, "-"], env=env(user), capture=True,
+                 what="reading the keyboard layout").output
+    with tempfile.TemporaryFile() as stream:
+        stream.write(keymap.encode())
+        stream.seek(0)
+        run(["xkbcomp", "-w", "0", "-", nested.display.name], env=env(nested),
+            stdin=stream.fileno(), what="setting the keyboard layout")
+
+
+@contextlib.contextmanager
+def nested_display(access: XAccess, directory: Path, look: WindowLook,
+                   clipboard: Directions,
+                   user: DesktopUser | None = None) -> Iterator[NestedDisplay]:
+    """Xephyr in a window of the launcher's on the user's display (access), its cookie in
+    directory (the sandbox's X directory, the user's own, 0700), the clipboard crossing as
+    clipboard says, until the context ends. user: the desktop user's (uid, gid), where root
+    launches for that user: Xephyr runs as the user, and the cookie file is the user's."""
+    from Xlib import X
+
+    with contextlib.ExitStack() as stack:
+        host = stack.enter_context(connection(access))
+        window = _parent_window(host, look)
+        stack.callback(_quietly, window.destroy, host)
+        cookie_file = _write_cookie(directory, (user.uid, user.gid) if user else None)
+        process, number = _start_server(stack, access, window.id, cookie_file, _dpi(host), user)
+        nested = NestedDisplay(host, window, process, Display(number),
+                               XAccess(Display(number), str(cookie_file)), look, access,
+                               clipboard)
+        inside = stack.enter_context(connection(nested.access))
+        # Listening for the app's windows before any client can map one.
+        inside.screen().root.change_attributes(
+            event_mask=X.SubstructureNotifyMask | X.StructureNotifyMask)
+        inside.sync()
+        stack.callback(nested.close)  # the thread ends before the connections close
+        nested.thread = threading.Thread(target=nested.serve, args=(inside,), daemon=True,
+                                         name="nested-display")
+        nested.thread.start()
+        yield nested
+
+
+# Attempts at a free display number: another server may take the one found before Xephyr does.
+ATTEMPTS = 3
+
+
+def _start_server(stack: contextlib.ExitStack, access: XAccess, window: int, cookie_file: Path,
+                  dpi: int, user: DesktopUser | None) -> tuple[subprocess.Popen[bytes], int]:
+    """Xephyr, listening: its process (stopped when stack unwinds) and display number."""
+    as_user = [f"--reuid={user.uid}", f"--regid={user.gid}", "--clear-groups"] if user else []
+    user_cookie = access.cookie_file()
+    cookie = str(user_cookie) if user_cookie else None
+    inherited: tuple[int, ...] = ()
+    if user is not None and user_cookie is not None:
+        # Xephyr, the user's process, reads the cookie for the user's display from a copy of
+        # the file root read for it (never a file it could not read itself, nor one in the
+        # directory the sandbox sees).
+        copy = os.memfd_create("xauthority")
+        stack.callback(os.close, copy)
+        os.write(copy, read_user_file(user_cookie, user, trusted=True, limit=1 << 20))
+        inherited, cookie = (copy,), f"/proc/self/fd/{copy}"
+    env = base_env({"DISPLAY": access.display.name, **({"XAUTHORITY": cookie} if cookie else {})})
+    number = FIRST_NUMBER - 1
+    for attempt in range(ATTEMPTS):
+        number = free_number(number + 1)
+        read_end, write_end = os.pipe()
+        try:
+            # Should the launcher die, its server goes with it.
+            process = spawn(["setpriv", *as_user, "--pdeathsig", "TERM", "--", XEPHYR,
+                             f":{number}",
+                             "-displayfd", str(write_end), "-auth",
+                             str(cookie_file), "-parent", str(window), "-dpi", str(dpi),
+                             *OPTIONS], env=env, pass_fds=(write_end, *inherited),
+                            new_session=True)
+        finally:
+            os.close(write_end)
+        stack.callback(_stop, process)
+        try:
+            if _read_number(read_end, process) != number:
+                raise SandboxError(f"the sandbox's X server did not take display :{number}",
+                                   status=ExitStatus.LAUNCHER)
+            return process, number
+        except SandboxError:
+            if process.poll() is None or attempt == ATTEMPTS - 1:
+                raise
+        finally:
+            os.close(read_end)
+    raise AssertionError("unreachable")
+
+
+def _quietly(action: Any, host: XDisplay) -> None:
+    with contextlib.suppress(Exception):
+        action()
+        host.sync()
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=5)
+    except Exception:
+        process.kill()
+        process.wait()

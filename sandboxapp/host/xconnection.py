@@ -1,0 +1,92 @@
+"""The launcher's own connection to an X server (python-xlib), with a cookie file of its
+choosing: the user's display, or a sandbox's nested one (host/nested.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from sandboxapp.errors import ExitStatus, SandboxError
+from sandboxapp.host import unixsocket
+from sandboxapp.host.display import XAccess
+
+if TYPE_CHECKING:
+    from Xlib.display import Display as XDisplay
+
+COOKIE_NAME = b"MIT-MAGIC-COOKIE-1"
+# libXau's FamilyWild: the entry matches any host, as it must in a container whose host name is
+# not the host's.
+FAMILY_WILD = 0xFFFF
+
+
+_TABLES = threading.Lock()
+
+
+def _own_tables(make: Any, name: str) -> XDisplay:
+    """A python-xlib Display with tables of its own: its extensions' major opcodes, and their
+    event and error classes. python-xlib keeps these on its class, shared by every connection,
+    and fills them in with each server's extensions: beside a second server whose extensions
+    sit at other codes (a nested server beside the user's), requests would go to the wrong
+    extension and events be read as the wrong kind."""
+    from Xlib import error
+    from Xlib.protocol import display as protocol
+    from Xlib.protocol import event
+
+    names = ("extension_major_opcodes", "event_classes", "error_classes")
+    with _TABLES:
+        shared = [getattr(protocol.Display, attribute) for attribute in names]
+        protocol.Display.extension_major_opcodes = {}
+        protocol.Display.event_classes = event.event_class.copy()
+        protocol.Display.error_classes = error.xerror_class.copy()
+        try:
+            display = make(name)
+            for attribute in names:
+                setattr(display.display, attribute, getattr(protocol.Display, attribute))
+        finally:
+            # Other connections (made elsewhere) keep the class's tables as they were.
+            for attribute, table in zip(names, shared, strict=True):
+                setattr(protocol.Display, attribute, table)
+    return display
+
+
+@contextlib.contextmanager
+def connection(access: XAccess) -> Iterator[XDisplay]:
+    """A connection to the display access names, with its cookie file (the user's, or a
+    nested server's). Every read has unixsocket's patience: a server that stops answering is
+    an error, not a hang."""
+    from Xlib import error
+    from Xlib.display import Display
+
+    cookie_file = access.cookie_file()
+    previous = os.environ.get("XAUTHORITY"), socket.getdefaulttimeout()
+    try:
+        # python-xlib reads the cookie file named in the environment, and makes its socket
+        # with the default timeout.
+        if cookie_file is not None:
+            os.environ["XAUTHORITY"] = str(cookie_file)
+        socket.setdefaulttimeout(unixsocket.TIMEOUT)
+        display = _own_tables(Display, access.display.name)
+    except (error.DisplayError, error.XauthError, error.ConnectionClosedError, OSError) as exc:
+        raise SandboxError(
+            f"cannot open the X display {access.display.name}: {exc}",
+            hint="check DISPLAY and XAUTHORITY: they must name your running X session",
+            status=ExitStatus.LAUNCHER) from None
+    finally:
+        if previous[0] is None:
+            os.environ.pop("XAUTHORITY", None)
+        else:
+            os.environ["XAUTHORITY"] = previous[0]
+        socket.setdefaulttimeout(previous[1])
+    try:
+        yield display
+    except (error.XError, error.ConnectionClosedError, OSError) as exc:
+        raise SandboxError(f"the X display {access.display.name} failed: {exc}",
+                           status=ExitStatus.LAUNCHER) from None
+    finally:
+        with contextlib.suppress(Exception):
+            display.close()

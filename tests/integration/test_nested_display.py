@@ -1,0 +1,379 @@
+"""The sandbox's own X server (host/nested.py), nested in the user's display (Xvfb, as a
+desktop's X server runs), attacked from inside as a sandboxed client would, and looked at as the
+user sees its window.
+
+The clients "inside" here connect to the nested display with its cookie, as a sandbox's do
+through the bound socket; what they can reach is what the nested server lets them reach.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from Xlib import XK, X, error
+
+from sandboxapp.host.clipboard import Directions
+from sandboxapp.host.display import XAccess, parse_display
+from sandboxapp.host.nested import NestedDisplay, WindowLook, nested_display
+from sandboxapp.host.xconnection import connection
+from tests.harness import XServer, require_programs, x_client, x_server
+from tests.integration.test_x11_isolation import key_presses, type_keys, victim_window
+
+LOOK = WindowLook(title="demo (sandbox)", instance="sandboxapp-demo", klass="Sandboxapp-demo",
+                  width=640, height=480)
+
+
+@pytest.fixture
+def xserver(tmp_path: Path) -> Iterator[XServer]:
+    require_programs("Xephyr", "xkbcomp", "setxkbmap", "xdotool", "xclip", "xlogo", "xdpyinfo")
+    with x_server(tmp_path) as server:
+        yield server
+
+
+BOTH_WAYS = Directions(inward=True, outward=True)
+
+
+@contextlib.contextmanager
+def nested(server: XServer, directory: Path,
+           clipboard: Directions = BOTH_WAYS) -> Iterator[NestedDisplay]:
+    directory.mkdir(mode=0o700)
+    user = XAccess(parse_display(server.display), str(server.xauthority))
+    with nested_display(user, directory, LOOK, clipboard) as display:
+        yield display
+
+
+def inside_env(display: NestedDisplay) -> dict[str, str]:
+    return {"PATH": "/usr/bin:/bin", "DISPLAY": display.display.name,
+            "XAUTHORITY": str(display.access.cookie_file())}
+
+
+def inside(display: NestedDisplay, *argv: str,
+           timeout: float = 10) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, env=inside_env(display), capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+@contextlib.contextmanager
+def running_app(display: NestedDisplay, title: str) -> Iterator[subprocess.Popen[str]]:
+    """An app with a window inside (xlogo), until the context ends."""
+    app = subprocess.Popen(["xlogo", "-title", title, "-geometry", "200x150"],
+                           env=inside_env(display), text=True)
+    try:
+        yield app
+    finally:
+        app.kill()
+        app.wait()
+
+
+def wait_until(predicate: Any, what: str, seconds: float = 10) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"not in {seconds} s: {what}")
+
+
+def host_window(host: Any, display: NestedDisplay) -> Any:
+    return host.create_resource_object("window", display.window.id)
+
+
+def test_only_its_cookie_opens_it_and_it_listens_on_no_abstract_or_tcp_socket(
+        xserver: XServer, tmp_path: Path) -> None:
+    with nested(xserver, tmp_path / "x11") as display:
+        assert inside(display, "xdpyinfo").returncode == 0
+        # The user's cookie, or none, does not open it; nor does its cookie open the user's.
+        for cookie in (str(xserver.xauthority), "/nonexistent"):
+            other = subprocess.run(["xdpyinfo"], capture_output=True, text=True, timeout=10,
+                                   env={**inside_env(display), "XAUTHORITY": cookie})
+            assert other.returncode != 0, other.stdout[:200]
+        to_user = subprocess.run(["xdpyinfo"], capture_output=True, text=True, timeout=10,
+                                 env={**inside_env(display), "DISPLAY": xserver.display})
+        assert to_user.returncode != 0
+        sockets = Path("/proc/net/unix").read_text()
+        assert f"@/tmp/.X11-unix/X{display.display.number}" not in sockets
+        assert f"/tmp/.X11-unix/X{display.display.number}" in sockets
+        port = f":{6000 + display.display.number:04X}"
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            assert port not in Path(table).read_text()
+        extensions = inside(display, "xdpyinfo", "-queryExtensions").stdout
+        assert "XTEST" not in extensions and "GLX" not in extensions
+
+
+def test_a_keyboard_grab_inside_gets_none_of_what_the_user_types_elsewhere(
+        xserver: XServer, tmp_path: Path) -> None:
+    with nested(xserver, tmp_path / "x11") as display, x_client(xserver) as host, \
+            connection(display.access) as attacker:
+        victim = victim_window(host)
+        key_presses(host, victim)
+        grab = attacker.screen().root.grab_keyboard(True, X.GrabModeAsync, X.GrabModeAsync,
+                                                    X.CurrentTime)
+        attacker.sync()
+        type_keys(host, "secret")
+        time.sleep(0.3)
+        host.sync()
+        assert key_presses(host, victim) == len("secret")
+        logged = 0
+        while attacker.pending_events():
+            logged += attacker.next_event().type == X.KeyPress
+    assert grab == X.GrabSuccess and logged == 0
+
+
+def test_the_users_clipboard_cut_buffer_and_windows_are_out_of_reach(
+        xserver: XServer, tmp_path: Path) -> None:
+    with nested(xserver, tmp_path / "x11") as display, x_client(xserver) as host:
+        victim = victim_window(host)
+        copied = subprocess.Popen(["xclip", "-selection", "clipboard"], stdin=subprocess.PIPE,
+                                  env=xserver.client_env(), text=True)
+        assert copied.stdin is not None
+        copied.stdin.write("hunter2")
+        copied.stdin.close()
+        host.screen().root.change_property(host.intern_atom("CUT_BUFFER0"), 31, 8, b"hunter2")
+        host.sync()
+        time.sleep(0.3)
+        assert subprocess.run(["xclip", "-o", "-selection", "clipboard"], env=xserver.client_env(),
+                              capture_output=True, text=True, timeout=10).stdout == "hunter2"
+        for selection in ("clipboard", "primary"):
+            read = inside(display, "xclip", "-o", "-selection", selection)
+            assert "hunter2" not in read.stdout
+        buffer = inside(display, "xprop", "-root", "CUT_BUFFER0").stdout
+        assert "hunter2" not in buffer
+        assert inside(display, "xdotool", "search", "--name", "host terminal").stdout == ""
+        assert str(victim.id) not in inside(display, "xwininfo", "-root", "-tree").stdout
+        copied.kill()
+        copied.wait()
+
+
+def test_two_sandboxes_cannot_reach_each_other(xserver: XServer, tmp_path: Path) -> None:
+    with nested(xserver, tmp_path / "a") as first, nested(xserver, tmp_path / "b") as second, \
+            x_client(xserver) as host, connection(first.access) as attacker:
+        assert first.display.number != second.display.number
+        crossed = subprocess.run(["xdpyinfo"], capture_output=True, text=True, timeout=10,
+                                 env={**inside_env(first), "DISPLAY": second.display.name})
+        assert crossed.returncode != 0
+        # The second sandbox's app has the user's focus, and the user types into it; a grab
+        # in the first gets none of it.
+        with running_app(second, "victim"):
+            wait_until(second.mapped.is_set, "the second sandbox's window mapped")
+            attacker.screen().root.grab_keyboard(True, X.GrabModeAsync, X.GrabModeAsync,
+                                                 X.CurrentTime)
+            attacker.sync()
+            host_window(host, second).set_input_focus(X.RevertToParent, X.CurrentTime)
+            host.sync()
+            time.sleep(0.3)
+            type_keys(host, "secret")
+            time.sleep(0.3)
+            logged = 0
+            while attacker.pending_events():
+                logged += attacker.next_event().type == X.KeyPress
+            assert logged == 0
+
+
+def test_its_window_appears_with_the_apps_and_carries_the_profiles_class_and_the_apps_title(
+        xserver: XServer, tmp_path: Path) -> None:
+    with nested(xserver, tmp_path / "x11") as display, x_client(xserver) as host:
+        window = host_window(host, display)
+        time.sleep(0.5)
+        assert window.get_attributes().map_state == X.IsUnmapped  # nothing to show yet
+        with running_app(display, "page one"):
+            wait_until(lambda: window.get_attributes().map_state == X.IsViewable,
+                       "the window mapped with the app's")
+            assert window.get_wm_class() == (LOOK.instance, LOOK.klass)
+            wait_until(lambda: window.get_wm_name() == "demo (sandbox): page one",
+                       "the app's title behind the sandbox's name")
+            # The app renames its window, and claims to be another program: the title
+            # follows, the class stays the profile's.
+            assert inside(display, "xdotool", "search", "--name", "page one", "set_window",
+                          "--name", "Password manager\x1b[2J", "--class", "keepassxc",
+                          "--classname", "keepassxc").returncode == 0
+            wait_until(lambda: window.get_wm_name() == "demo (sandbox): Password manager[2J",
+                       "the new title, its control character dropped")
+            assert window.get_wm_class() == (LOOK.instance, LOOK.klass)
+
+
+def test_the_apps_window_fills_the_window_and_follows_its_size(
+        xserver: XServer, tmp_path: Path) -> None:
+    with nested(xserver, tmp_path / "x11") as display, x_client(xserver) as host, \
+            connection(display.access) as viewer, running_app(display, "resizable"):
+        wait_until(display.mapped.is_set, "the window mapped")
+
+        def app_size() -> tuple[int, int]:
+            for child in viewer.screen().root.query_tree().children:
+                attributes = child.get_attributes()
+                if attributes.map_state == X.IsViewable:
+                    geometry = child.get_geometry()
+                    return geometry.width, geometry.height
+            return (0, 0)
+
+        wait_until(lambda: app_size() == (LOOK.width, LOOK.height), "the app fills it")
+        host_window(host, display).configure(width=900, height=700)
+        host.sync()
+        wait_until(lambda: app_size() == (900, 700), "the app follows the resize")
+
+
+def test_the_user_types_into_the_app_once_its_window_has_the_focus(
+        xserver: XServer, tmp_path: Path) -> None:
+    with nested(xserver, tmp_path / "x11") as display, x_client(xserver) as host, \
+            connection(display.access) as app:
+        screen = app.screen()
+        window = screen.root.create_window(0, 0, 200, 100, 0, screen.root_depth,
+                                           event_mask=X.KeyPressMask)
+        window.map()
+        app.sync()
+        wait_until(display.mapped.is_set, "the window mapped")
+        host_window(host, display).set_input_focus(X.RevertToParent, X.CurrentTime)
+        host.sync()
+        time.sleep(0.3)
+        type_keys(host, "hello")
+        time.sleep(0.3)
+        assert key_presses(app, window) == len("hello")
+
+
+def test_the_users_keyboard_layout_is_the_apps(xserver: XServer, tmp_path: Path) -> None:
+    # The key right of T is Y on a US keyboard, Z on a German one (keycode 29, evdev).
+    assert subprocess.run(["setxkbmap", "-layout", "de"], env=xserver.client_env(),
+                          timeout=10).returncode == 0
+    with nested(xserver, tmp_path / "x11") as display:
+        # Copied as the nested server starts, beside the app's own start.
+        def german() -> bool:
+            with connection(display.access) as app:
+                return bool(app.keycode_to_keysym(29, 0) == XK.XK_z)
+
+        wait_until(german, "the German layout inside", seconds=5)
+
+
+def test_it_ends_with_its_launch(xserver: XServer, tmp_path: Path) -> None:
+    with x_client(xserver) as host:
+        with nested(xserver, tmp_path / "x11") as display:
+            process, number, window = display.process, display.display.number, display.window.id
+        assert process.poll() is not None
+        assert not Path(f"/tmp/.X11-unix/X{number}").exists()
+        alive = subprocess.run(["xdpyinfo"], env={**os.environ, "DISPLAY": f":{number}"},
+                               capture_output=True, timeout=10)
+        assert alive.returncode != 0
+        with pytest.raises(error.BadDrawable):
+            host.create_resource_object("window", window).get_geometry()
+
+
+@contextlib.contextmanager
+def host_copies(server: XServer, text: str) -> Iterator[None]:
+    """The user copies text in a program of the desktop's (xclip, which owns the clipboard
+    until the context ends)."""
+    owner = subprocess.Popen(["xclip", "-selection", "clipboard", "-i", "-quiet"],
+                             env=server.client_env(), stdin=subprocess.PIPE,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
+    assert owner.stdin is not None
+    owner.stdin.write(text)
+    owner.stdin.close()
+    try:
+        wait_until(lambda: host_paste(server) == text, "the copy on the desktop")
+        yield
+    finally:
+        owner.kill()
+        owner.wait()
+
+
+def inside_paste(display: NestedDisplay) -> str:
+    return inside(display, "timeout", "3", "xclip", "-o", "-selection", "clipboard").stdout
+
+
+def host_paste(server: XServer) -> str:
+    return subprocess.run(["timeout", "3", "xclip", "-o", "-selection", "clipboard"],
+                          env=server.client_env(), capture_output=True, text=True,
+                          timeout=10).stdout
+
+
+def inside_copies(display: NestedDisplay, text: str) -> subprocess.Popen[str]:
+    """A program inside copies text (xclip, in the foreground: it owns the clipboard until
+    killed); once it does."""
+    owner = subprocess.Popen(["xclip", "-selection", "clipboard", "-i", "-quiet"],
+                             env=inside_env(display), stdin=subprocess.PIPE,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
+    assert owner.stdin is not None
+    owner.stdin.write(text)
+    owner.stdin.close()
+    wait_until(lambda: inside_paste(display) == text, "the copy inside")
+    return owner
+
+
+@contextlib.contextmanager
+def shown(display: NestedDisplay, wait_out_mapping: bool = True) -> Iterator[None]:
+    """An app's window inside, mapped; then (wait_out_mapping) long enough that a focus is
+    no longer the mapping's."""
+    with running_app(display, "app"):
+        wait_until(display.mapped.is_set, "the window mapped")
+        if wait_out_mapping:
+            time.sleep(1.2)
+        yield
+
+
+def focus(host: Any, window: Any) -> None:
+    window.set_input_focus(X.RevertToParent, X.CurrentTime)
+    host.sync()
+    time.sleep(0.3)
+
+
+def test_the_users_clipboard_crosses_in_only_when_the_user_focuses_the_sandbox(
+        xserver: XServer, tmp_path: Path) -> None:
+    with nested(xserver, tmp_path / "x11") as display, x_client(xserver) as host, \
+            shown(display):
+        victim = victim_window(host)  # the user works in another window
+        with host_copies(xserver, "hunter2"):
+            assert inside_paste(display) == ""
+            focus(host, host_window(host, display))
+            wait_until(lambda: inside_paste(display) == "hunter2", "the paste inside")
+        focus(host, victim)
+        with host_copies(xserver, "copied later"):
+            time.sleep(0.5)
+            # Copied while the sandbox had no focus: still the text from before.
+            assert inside_paste(display) == "hunter2"
+
+
+def test_a_focus_the_sandbox_got_by_mapping_its_window_brings_it_nothing(
+        xserver: XServer, tmp_path: Path) -> None:
+    with nested(xserver, tmp_path / "x11") as display, x_client(xserver) as host, \
+            host_copies(xserver, "hunter2"), shown(display, wait_out_mapping=False):
+        focus(host, host_window(host, display))  # as a desktop focuses a new window
+        time.sleep(0.5)
+        assert inside_paste(display) == ""
+
+
+def test_what_is_copied_inside_reaches_the_desktop_only_while_the_sandbox_has_the_focus(
+        xserver: XServer, tmp_path: Path) -> None:
+    with nested(xserver, tmp_path / "x11") as display, x_client(xserver) as host, \
+            shown(display), host_copies(xserver, "the user's"):
+        victim = victim_window(host)
+        focus(host, victim)
+        sneaked = inside_copies(display, "copied behind the user's back")
+        time.sleep(0.8)
+        assert host_paste(xserver) == "the user's"
+        sneaked.kill()
+        sneaked.wait()
+        focus(host, host_window(host, display))
+        copied = inside_copies(display, "copied inside")
+        try:
+            wait_until(lambda: host_paste(xserver) == "copied inside", "the paste outside")
+        finally:
+            copied.kill()
+            copied.wait()
+
+
+def test_a_profile_can_keep_the_clipboard_from_crossing(
+        xserver: XServer, tmp_path: Path) -> None:
+    none = Directions(inward=False, outward=False)
+    with nested(xserver, tmp_path / "x11", none) as display, x_client(xserver) as host, \
+            shown(display), host_copies(xserver, "hunter2"):
+        focus(host, host_window(host, display))
+        assert inside_paste(display) == ""
+        copied = inside_copies(display, "copied inside")
+        time.sleep(0.8)
+        copied.kill()
+        copied.wait()
+        assert host_paste(xserver) == "hunter2"
