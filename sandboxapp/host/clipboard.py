@@ -15,6 +15,8 @@ to the other. Runs on the nested display's thread (host/nested.py), which hands 
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +27,9 @@ if TYPE_CHECKING:
 
 # The most text that crosses, in bytes: it fits one X request without BIG-REQUESTS.
 MAX_TEXT = 192 * 1024
+# Pastes answered per second and side (and as many at once): a program that asks for the text
+# over and over makes the launcher copy it no faster than this; the rest are refused.
+ANSWERS_PER_SECOND = 10.0
 PROPERTY = "SANDBOXAPP_CLIPBOARD"
 
 
@@ -57,18 +62,23 @@ class _Side:
         self.property = display.intern_atom(PROPERTY)
         self.string = Xatom.STRING
         self.offered: bytes | None = None  # what this side is offered while we own CLIPBOARD
+        self.asked = False  # an answer to our ask is awaited: only then is one taken
+        self.allowance = ANSWERS_PER_SECOND
+        self.counted = time.monotonic()
 
     def ask(self) -> None:
         """Ask this side's clipboard owner for its text (the answer: SelectionNotify)."""
         from Xlib import X
 
+        self.asked = True
         self.window.convert_selection(self.clipboard, self.utf8, self.property, X.CurrentTime)
 
     def received(self, event: Any) -> bytes | None:
         """The text a SelectionNotify brought, when it is text of a size that may cross."""
         from Xlib import X
 
-        if event.property == X.NONE or event.selection != self.clipboard:
+        asked, self.asked = self.asked, False
+        if not asked or event.property == X.NONE or event.selection != self.clipboard:
             return None
         # Read at most MAX_TEXT (and a word): a larger text stays where it is.
         found = self.window.get_property(self.property, X.AnyPropertyType, 0,
@@ -120,6 +130,14 @@ class _Side:
         target, prop = event.target, event.property or event.target
         ignore = error.CatchError()
         text = self.offered if event.selection == self.clipboard else None
+        now = time.monotonic()
+        self.allowance = min(ANSWERS_PER_SECOND,
+                             self.allowance + (now - self.counted) * ANSWERS_PER_SECOND)
+        self.counted = now
+        if self.allowance < 1:
+            text = None
+        else:
+            self.allowance -= 1
         if text is None or target not in (self.utf8, self.string, self.text_atom, self.targets):
             prop = X.NONE
         elif target == self.targets:
@@ -145,8 +163,11 @@ class ClipboardBridge:
     """The two ends, and the rule between them."""
 
     def __init__(self, directions: Directions, host: XDisplay, host_window: Any,
-                 nested: XDisplay, nested_window: Any) -> None:
+                 nested: XDisplay, nested_window: Any, refresh: Callable[[], object]) -> None:
         self.directions = directions
+        # Handles what the user's server has sent (its focus events): called before text
+        # crosses, so that a focus the user has moved away meanwhile is known.
+        self.refresh = refresh
         self.host = _Side(host, host_window)
         self.nested = _Side(nested, nested_window)
         self.user_focus = False  # the user has given the sandbox's window the focus
@@ -200,7 +221,9 @@ class ClipboardBridge:
             return True
         if event.type == X.SelectionNotify and event.requestor == self.nested.window:
             text = self.nested.received(event)
-            if text is not None and self.user_focus:
-                self.host.offer(text)
+            if text is not None:
+                self.refresh()
+                if self.user_focus:
+                    self.host.offer(text)
             return True
         return self.nested.serve(event)

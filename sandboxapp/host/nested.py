@@ -79,6 +79,8 @@ FIRST_NUMBER = 20
 LAST_NUMBER = 1000
 # libXau's FamilyLocal: the entry python-xlib (the launcher's own connection) looks for.
 FAMILY_LOCAL = 256
+# Events of the sandbox's server queued unhandled, at most.
+MAX_QUEUED = 10_000
 # How long after its window is mapped a focus it gets is the mapping's, not the user's.
 MAPPING_FOCUS = 1.0
 # The most of a title read from inside (bytes), and shown (characters).
@@ -200,6 +202,11 @@ class NestedDisplay:
         self.access = access  # the nested server, as the launcher reaches it
         self.look = look
         self.mapped = threading.Event()  # the window is on the user's screen
+        self.main: Any = None  # the app's window whose title the user's window carries
+        self.title_stale = False
+        self.errors = 0  # events whose handling an X error ended (see _guarded)
+        self.dropped = 0  # times the sandbox's backlog of events was dropped (_bound_queue)
+        self.last_problem = ""
         # Until then, a focus the window gets came with its mapping, not from the user.
         self.mapping_focus_until = 0.0
         self.bridge: ClipboardBridge | None = None
@@ -218,20 +225,26 @@ class NestedDisplay:
             # The launcher's own window inside, never mapped: it owns what the user's
             # clipboard offers there.
             owner = root.create_window(0, 0, 1, 1, 0, 0, X.InputOnly, X.CopyFromParent)
-            self.bridge = ClipboardBridge(self.clipboard, self.host, self.window, nested, owner)
+            self.bridge = ClipboardBridge(self.clipboard, self.host, self.window, nested, owner,
+                                          refresh=self._host_events)
+            # What the sandbox's clients make the server answer with an error is counted,
+            # not printed (python-xlib's default) into the user's log.
+            nested.set_error_handler(self._count_error)
             self.bridge.start()
             nested.flush()
             with contextlib.suppress(SandboxError):
                 _copy_keymap(self.user, self.access)
-            main: Any = None  # the app's window whose title the user's window carries
+            self.main = None
             while True:
-                # What python-xlib has read already (a reply's round trip reads the events
-                # before it) is handled before waiting for more.
-                while self.host.pending_events() or nested.pending_events():
-                    while self.host.pending_events():
-                        self._host_event(self.host.next_event())
-                    while nested.pending_events():
-                        main = self._nested_event(nested, nested.next_event(), root, main)
+                # The user's server first, and between every event of the sandbox's: the
+                # focus is known as it is before anything inside is acted on, however much
+                # the sandbox sends. What python-xlib has read already (a round trip reads
+                # the events before its reply) is handled before waiting for more.
+                while self._host_events() or nested.pending_events():
+                    self._bound_queue(nested)
+                    if nested.pending_events():
+                        self._guarded(self._nested_event, nested, nested.next_event(), root)
+                self._apply_title(nested)
                 self.host.flush()
                 nested.flush()
                 if self.host.pending_events() or nested.pending_events():
@@ -242,6 +255,60 @@ class NestedDisplay:
                     return
         except Exception as error:  # the servers' end (the sandbox's, or the user's)
             self.error = error
+
+    def _bound_queue(self, nested: XDisplay) -> None:
+        """A sandbox that makes events faster than they are handled (renaming its window in a
+        loop) has what python-xlib queued of them dropped, past MAX_QUEUED: the launcher's
+        memory stays bounded. The title and the window's mapping are then read afresh."""
+        queue = nested.display.event_queue
+        if len(queue) <= MAX_QUEUED:
+            return
+        del queue[:]
+        self.dropped += 1
+        self.title_stale = True
+        if not self.mapped.is_set() or self.main is None:
+            self._adopt_mapped(nested)
+
+    def _adopt_mapped(self, nested: XDisplay) -> None:
+        """What a dropped MapNotify would have said: the app's mapped top-level window."""
+        from Xlib import X
+
+        root = nested.screen().root
+        for child in root.query_tree().children:
+            attributes = child.get_attributes()
+            if attributes.map_state == X.IsViewable and not attributes.override_redirect:
+                self.main = child
+                self.title_stale = True
+                if not self.mapped.is_set():
+                    self.window.map()
+                    self.host.flush()
+                    self.mapping_focus_until = time.monotonic() + MAPPING_FOCUS
+                    self.mapped.set()
+                return
+
+    def _count_error(self, problem: Any, request: Any) -> None:
+        self.errors += 1
+        self.last_problem = repr(problem)
+
+    def _host_events(self) -> bool:
+        """Handle what the user's server has sent; whether there was anything."""
+        handled = False
+        while self.host.pending_events():
+            self._guarded(self._host_event, self.host.next_event())
+            handled = True
+        return handled
+
+    def _guarded(self, handle: Any, *args: Any) -> None:
+        """One event handled: an X error from it (a window the sandbox destroyed meanwhile,
+        an event it forged) ends that event's handling, not the thread."""
+        from Xlib import error
+
+        try:
+            handle(*args)
+        except (error.XError, error.BadValue, KeyError, AttributeError, TypeError,
+                ValueError) as problem:
+            self.errors += 1
+            self.last_problem = repr(problem)
 
     def _host_event(self, event: Any) -> None:
         from Xlib import X
@@ -266,34 +333,41 @@ class NestedDisplay:
                                                                 X.NotifyPointer):
             self.bridge.unfocused()
 
-    def _nested_event(self, nested: XDisplay, event: Any, root: Any, main: Any) -> Any:
+    def _nested_event(self, nested: XDisplay, event: Any, root: Any) -> None:
         from Xlib import X
 
         assert self.bridge is not None
         if self.bridge.nested_event(event):
-            return main
+            return
+        if event.send_event:
+            return  # what another client of the nested server forged: not the server's word
+        main = self.main
         if event.type == X.MapNotify and event.event == root and not event.override:
             window = event.window
-            with contextlib.suppress(Exception):
-                window.change_attributes(event_mask=X.PropertyChangeMask)
-                if window.get_wm_transient_for() is None:
-                    self._fill(window, root)
-                    main = window
-                window.set_input_focus(X.RevertToPointerRoot, X.CurrentTime)
-            if main is window:
-                self._set_title(nested, window)
+            window.change_attributes(event_mask=X.PropertyChangeMask)
+            if window.get_wm_transient_for() is None:
+                self._fill(window, root)
+                self.main = window
+                self.title_stale = True
+            window.set_input_focus(X.RevertToPointerRoot, X.CurrentTime)
             if not self.mapped.is_set():
-                self.mapping_focus_until = time.monotonic() + MAPPING_FOCUS
                 self.window.map()
+                self.host.flush()  # at once: its mapping's focus is stamped from now
+                self.mapping_focus_until = time.monotonic() + MAPPING_FOCUS
                 self.mapped.set()
         elif event.type == X.PropertyNotify and event.window == main:
-            self._set_title(nested, main)
+            self.title_stale = True  # applied once the queue is handled (_apply_title)
         elif event.type == X.DestroyNotify and event.window == main:
-            main = None
+            self.main = None
         elif event.type == X.ConfigureNotify and event.window == root and main is not None:
-            with contextlib.suppress(Exception):
-                self._fill(main, root)
-        return main
+            self._fill(main, root)
+
+    def _apply_title(self, nested: XDisplay) -> None:
+        """The main window's title, once for however many changes came at once."""
+        if not self.title_stale or self.main is None:
+            return
+        self.title_stale = False
+        self._guarded(self._set_title, nested, self.main)
 
     @staticmethod
     def _fill(window: Any, root: Any) -> None:

@@ -47,6 +47,12 @@ def _own_tables(make: Any, name: str) -> XDisplay:
             display = make(name)
             for attribute in names:
                 setattr(display.display, attribute, getattr(protocol.Display, attribute))
+            # An event of an extension's sub-kind python-xlib has no class for (one a client
+            # forged and sent us) is read as any event, not a KeyError out of its reader.
+            for table in display.display.event_classes.values():
+                if type(table) is dict:
+                    for subcode in range(256):
+                        table.setdefault(subcode, event.AnyEvent)
         finally:
             # Other connections (made elsewhere) keep the class's tables as they were.
             for attribute, table in zip(names, shared, strict=True):

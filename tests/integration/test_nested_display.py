@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import struct
 import subprocess
 import time
 from collections.abc import Iterator
@@ -377,3 +378,58 @@ def test_a_profile_can_keep_the_clipboard_from_crossing(
         copied.kill()
         copied.wait()
         assert host_paste(xserver) == "hunter2"
+
+
+def _launchers_window_inside(app: Any) -> Any:
+    """The launcher's own window on the nested server (unmapped, 1x1, input only): the one
+    that owns the clipboard's offers there."""
+    for child in app.screen().root.query_tree().children:
+        attributes, geometry = child.get_attributes(), child.get_geometry()
+        if (attributes.win_class, geometry.width, attributes.map_state) == (
+                X.InputOnly, 1, X.IsUnmapped):
+            return child
+    raise AssertionError("no window of the launcher's inside")
+
+
+def _forge(app: Any, destination: Any, raw: bytes) -> None:
+    """A SendEvent of 32 bytes of the sandbox's choosing, to the creator of destination."""
+    from Xlib.protocol import event, request
+
+    request.SendEvent(display=app.display, onerror=error.CatchError(), propagate=False,
+                      destination=destination.id, event_mask=0,
+                      event=event.AnyEvent(binarydata=raw.ljust(32, b"\0")))
+    app.sync()
+
+
+def test_forged_events_and_a_destroyed_window_end_neither_the_launchers_thread_nor_a_paste(
+        xserver: XServer, tmp_path: Path) -> None:
+    with nested(xserver, tmp_path / "x11") as display, x_client(xserver) as host, \
+            connection(display.access) as app, shown(display), \
+            host_copies(xserver, "the user's"):
+        window = host_window(host, display)
+        owner = _launchers_window_inside(app)
+        xfixes = app.query_extension("XFIXES").first_event
+        # An XFIXES event of a kind python-xlib has no class for; a MapNotify naming no window.
+        _forge(app, owner, struct.pack("=BBH", xfixes, 77, 0))
+        _forge(app, owner, struct.pack("=BxHIII", X.MapNotify, 0, 0x7ffffff, 0x7ffffff, 0))
+        # A text of the sandbox's on the launcher's window, and an answer nobody asked for.
+        atom = app.intern_atom("SANDBOXAPP_CLIPBOARD")
+        owner.change_property(atom, app.intern_atom("UTF8_STRING"), 8, b"forged")
+        clipboard = app.intern_atom("CLIPBOARD")
+        focus(host, window)
+        _forge(app, owner, struct.pack("=BxHIIIII", X.SelectionNotify, 0, 0, owner.id,
+                                       clipboard, app.intern_atom("UTF8_STRING"), atom))
+        time.sleep(0.5)
+        assert host_paste(xserver) != "forged"
+        # Its window destroyed, then an answer naming it.
+        owner.destroy()
+        app.sync()
+        _forge(app, app.screen().root, struct.pack("=BxHIIIII", X.SelectionNotify, 0, 0,
+                                                    owner.id, clipboard, 0, atom))
+        time.sleep(0.5)
+        assert display.thread is not None and display.thread.is_alive(), display.error
+        # The launcher still follows the app: a new title shows.
+        assert inside(display, "xdotool", "search", "--name", "app", "set_window", "--name",
+                      "still followed").returncode == 0
+        wait_until(lambda: window.get_wm_name() == "demo (sandbox): still followed",
+                   "the title followed after the attacks")
