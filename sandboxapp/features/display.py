@@ -95,6 +95,12 @@ class DisplayAccess(Feature):
             access, directory, window_look(plan.profile.name),
             Directions.of(plan.profile.sandbox.clipboard),
             user if os.geteuid() == 0 and user.uid != 0 else None))
+
+        def report() -> None:
+            for line in nested.report():
+                session.warn(line)
+
+        stack.callback(report)
         record = session.supervisor.record
         assert record is not None
         started = start_ticks(nested.process.pid)

@@ -79,6 +79,8 @@ FIRST_NUMBER = 20
 LAST_NUMBER = 1000
 # libXau's FamilyLocal: the entry python-xlib (the launcher's own connection) looks for.
 FAMILY_LOCAL = 256
+# Events whose handling ended in an error, of one launch, past which the user is told.
+NOISY_ERRORS = 100
 # Events of the sandbox's server queued unhandled, at most.
 MAX_QUEUED = 10_000
 # How long after its window is mapped a focus it gets is the mapping's, not the user's.
@@ -206,6 +208,7 @@ class NestedDisplay:
         self.title_stale = False
         self.errors = 0  # events whose handling an X error ended (see _guarded)
         self.dropped = 0  # times the sandbox's backlog of events was dropped (_bound_queue)
+        self.problems: list[str] = []
         self.last_problem = ""
         # Until then, a focus the window gets came with its mapping, not from the user.
         self.mapping_focus_until = 0.0
@@ -232,8 +235,10 @@ class NestedDisplay:
             nested.set_error_handler(self._count_error)
             self.bridge.start()
             nested.flush()
-            with contextlib.suppress(SandboxError):
+            try:
                 _copy_keymap(self.user, self.access)
+            except SandboxError as problem:
+                self.problems.append(f"the keyboard layout was not copied in: {problem.message}")
             self.main = None
             while True:
                 # The user's server first, and between every event of the sandbox's: the
@@ -254,7 +259,7 @@ class NestedDisplay:
                 if self.wake_read in ready:
                     return
         except Exception as error:  # the servers' end (the sandbox's, or the user's)
-            self.error = error
+            self.error = error  # said by report()
 
     def _bound_queue(self, nested: XDisplay) -> None:
         """A sandbox that makes events faster than they are handled (renaming its window in a
@@ -279,11 +284,7 @@ class NestedDisplay:
             if attributes.map_state == X.IsViewable and not attributes.override_redirect:
                 self.main = child
                 self.title_stale = True
-                if not self.mapped.is_set():
-                    self.window.map()
-                    self.host.flush()
-                    self.mapping_focus_until = time.monotonic() + MAPPING_FOCUS
-                    self.mapped.set()
+                self._show()
                 return
 
     def _count_error(self, problem: Any, request: Any) -> None:
@@ -350,17 +351,22 @@ class NestedDisplay:
                 self.main = window
                 self.title_stale = True
             window.set_input_focus(X.RevertToPointerRoot, X.CurrentTime)
-            if not self.mapped.is_set():
-                self.window.map()
-                self.host.flush()  # at once: its mapping's focus is stamped from now
-                self.mapping_focus_until = time.monotonic() + MAPPING_FOCUS
-                self.mapped.set()
+            self._show()
         elif event.type == X.PropertyNotify and event.window == main:
             self.title_stale = True  # applied once the queue is handled (_apply_title)
         elif event.type == X.DestroyNotify and event.window == main:
             self.main = None
         elif event.type == X.ConfigureNotify and event.window == root and main is not None:
             self._fill(main, root)
+
+    def _show(self) -> None:
+        """The user's window, mapped with the app's first window (once)."""
+        if self.mapped.is_set():
+            return
+        self.window.map()
+        self.host.flush()  # at once: its mapping's focus is stamped from now
+        self.mapping_focus_until = time.monotonic() + MAPPING_FOCUS
+        self.mapped.set()
 
     def _apply_title(self, nested: XDisplay) -> None:
         """The main window's title, once for however many changes came at once."""
@@ -379,13 +385,13 @@ class NestedDisplay:
 
         inside = None
         for name in ("_NET_WM_NAME", "WM_NAME"):
-            with contextlib.suppress(Exception):
-                found = window.get_property(nested.intern_atom(name), X.AnyPropertyType, 0,
-                                            TITLE_BYTES // 4)
-                if found is not None and found.format == 8 and found.value:
-                    value = found.value
-                    inside = value if isinstance(value, bytes) else str(value).encode()
-                    break
+            # An error here (the window gone) ends the title's reading (_guarded).
+            found = window.get_property(nested.intern_atom(name), X.AnyPropertyType, 0,
+                                        TITLE_BYTES // 4)
+            if found is not None and found.format == 8 and found.value:
+                value = found.value
+                inside = value if isinstance(value, bytes) else str(value).encode()
+                break
         self._title(shown_title(self.look, inside))
 
     def _title(self, title: str) -> None:
@@ -393,6 +399,20 @@ class NestedDisplay:
         self.window.set_wm_name(title.encode("latin-1", errors="replace").decode("latin-1"))
         self.window.change_property(host.intern_atom("_NET_WM_NAME"),
                                     host.intern_atom("UTF8_STRING"), 8, title.encode())
+
+    def report(self) -> list[str]:
+        """What the launch should tell the user: the window stopped following the program, or
+        the sandbox's events were dropped or made errors (a program that misbehaves)."""
+        lines = list(self.problems)
+        if self.error is not None:
+            lines.append(f"the sandbox's window stopped following its program: {self.error!r}")
+        # A window gone before its event is handled is an error now and then; many, or a
+        # dropped backlog, is a program that floods or forges.
+        if self.errors >= NOISY_ERRORS or self.dropped:
+            lines.append(f"the sandbox's X server had {self.errors} requests of the launcher's "
+                         f"end in errors and {self.dropped} backlogs of events dropped "
+                         f"(last: {self.last_problem or 'none'})")
+        return lines
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -528,7 +548,10 @@ def _start_server(stack: contextlib.ExitStack, access: XAccess, window: int, coo
 
 
 def _quietly(action: Any, host: XDisplay) -> None:
-    with contextlib.suppress(Exception):
+    """An undo on the user's display that may find the display gone already."""
+    from Xlib import error
+
+    with contextlib.suppress(error.XError, error.ConnectionClosedError, OSError):
         action()
         host.sync()
 
@@ -537,6 +560,6 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
     process.terminate()
     try:
         process.wait(timeout=5)
-    except Exception:
+    except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
