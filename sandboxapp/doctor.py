@@ -88,33 +88,41 @@ def _display(environ: Mapping[str, str]) -> list[Check]:
     try:
         display = parse_display(environ.get("DISPLAY"))
         access = XAccess.from_environment(display, environ)
-        everyone = x11.admits_everyone_local(access)
+        everyone = x11.cookieless_admission(access)
     except SandboxError as exc:
         return [Check("X display", Status.FAIL, exc.message, exc.hint)]
     checks = [Check("X display", Status.OK, f"{display.name} reachable")]
-    if everyone:
+    if everyone is not None:
         checks.append(Check(
             "X access control", Status.FAIL,
-            "the X server admits every local user (xhost shows LOCAL:, or access control is "
-            "off): any sandbox could reach your display, whatever sandboxapp grants",
-            "xhost -local: ; xhost -"))
+            f"the X server admits every local program without a cookie ({everyone}): "
+            'sandboxes with network = "host" are refused, since they would reach your '
+            "display through its abstract socket", "xhost -local: ; xhost -"))
     else:
         checks.append(Check("X access control", Status.OK,
-                            "only authorised clients and granted UIDs get in"))
+                            "only clients with your cookie get in"))
     checks.append(_nested_display(access))
     return checks
 
 
 def _nested_display(access: XAccess) -> Check:
+    from sandboxapp.host import xtrust
+
     missing = [program for program in ("Xephyr", "xkbcomp") if not program_exists(program)]
     if missing:
         return Check("X isolation", Status.FAIL,
                      f"missing {', '.join(missing)}: x11 = true sandboxes cannot get an X "
                      "server of their own", "apt-get install xserver-xephyr x11-xkb-utils")
+    try:
+        xtrust.check_possible(access)
+        trusted = (f'profiles with x11 = "trusted" get an authorization of their own on '
+                   f"{access.display.name} itself")
+    except SandboxError:
+        trusted = (f'{access.display.name} has no SECURITY extension (Xwayland), so profiles '
+                   'with x11 = "trusted" are refused')
     return Check("X isolation", Status.OK,
                  "x11 = true sandboxes get an X server of their own (Xephyr) in a window on "
-                 f"{access.display.name}; profiles with x11 = \"trusted\" are let into "
-                 f"{access.display.name} itself")
+                 f"{access.display.name}; {trusted}")
 
 
 def _sound(environ: Mapping[str, str]) -> Check:

@@ -54,6 +54,17 @@ def stop(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
+def stop_group(process: subprocess.Popen[bytes]) -> None:
+    """End a server started in a process group of its own, with the helpers it started."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
 @dataclass
 class XServer:
     display: str  # ":N"
@@ -236,13 +247,7 @@ def pipewire_server(workdir: Path) -> Iterator[SoundServer]:
             10, "PipeWire's null sink as the default")
         yield server
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(group.pid, signal.SIGTERM)
-        try:
-            group.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(group.pid, signal.SIGKILL)
-            group.wait()
+        stop_group(group)
 
 
 def _has_sink(server: SoundServer, name: str) -> bool:
@@ -278,6 +283,48 @@ def host_user(prefix: str) -> Iterator[HostUser]:
         time.sleep(0.2)
         subprocess.run(["userdel", "--remove", name], check=False, capture_output=True)
         shutil.rmtree(runtime, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def gnome_xwayland(workdir: Path) -> Iterator[XServer]:
+    """GNOME's compositor (mutter) run headless, as a plain user as a GNOME session runs it,
+    and its Xwayland (no SECURITY extension): the X server X programs on a default Debian 12
+    desktop talk to. Its display number and cookie file are the ones mutter chose."""
+    require_programs("mutter", "Xwayland", "dbus-run-session", "setpriv", "xdpyinfo")
+    with host_user("gnome") as user:
+        log = workdir / "mutter.log"
+        with log.open("wb") as stream:
+            process = subprocess.Popen(
+                ["setpriv", f"--reuid={user.uid}", f"--regid={user.gid}", "--init-groups",
+                 "env", "-i", "PATH=/usr/bin:/bin", f"HOME={user.home}",
+                 f"XDG_RUNTIME_DIR={user.runtime}", "dbus-run-session", "--",
+                 "mutter", "--headless", "--wayland", "--virtual-monitor", "1280x800",
+                 "--wayland-display=wayland-m"],
+                stdout=stream, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            found: list[int] = []
+
+            def started() -> bool:
+                if process.poll() is not None:
+                    raise HarnessError(f"mutter ended: {log.read_text(errors='replace')}")
+                for line in log.read_text(errors="replace").splitlines():
+                    if "Using public X11 display :" in line:
+                        found.append(int(line.split("display :")[1].split(",")[0]))
+                        return True
+                return False
+
+            _wait_for(started, 30, "mutter's Xwayland display")
+            number = found[0]
+            cookies = list(user.runtime.glob(".mutter-Xwaylandauth.*"))
+            if len(cookies) != 1:
+                raise HarnessError(f"mutter's Xwayland cookie file: found {cookies}")
+            server = XServer(f":{number}", number, cookies[0], process)  # type: ignore[arg-type]
+            _wait_for(lambda: subprocess.run(
+                ["xdpyinfo"], env=server.client_env(), capture_output=True,
+                check=False).returncode == 0, 30, "Xwayland to answer")
+            yield server
+        finally:
+            stop_group(process)
 
 
 def give_cookie(user: HostUser, xauthority: Path) -> Path:
@@ -335,13 +382,16 @@ def peak_level(raw_s16le: bytes) -> int:
 @contextlib.contextmanager
 def x_client(server: XServer) -> Iterator[Any]:
     """A trusted client of the session's, as the user's own programs are: python-xlib with the
-    session's cookie (which it reads from the environment)."""
+    session's cookie (which it reads from the environment), its extension tables its own (a
+    test may speak to two servers, whose extensions sit at other codes)."""
     from Xlib.display import Display
+
+    from sandboxapp.host.xconnection import own_tables
 
     saved = os.environ.get("XAUTHORITY")
     os.environ["XAUTHORITY"] = str(server.xauthority)
     try:
-        display = Display(server.display)
+        display = own_tables(Display, server.display)
     finally:
         if saved is None:
             del os.environ["XAUTHORITY"]

@@ -128,10 +128,16 @@ def _run(args: argparse.Namespace, locations: Locations, helper: PendingHelper |
     if args.dry_run:
         say(describe_plan(plan, host_facts()))
         return ExitStatus.OK
+    # Before an image is built for it: the display path this desktop gives the profile.
     if profile.sandbox.x11 is X11Access.ISOLATED:
         from sandboxapp.host.nested import check_installed
 
-        check_installed()  # before an image is built for it
+        check_installed()
+    elif profile.sandbox.x11 is X11Access.TRUSTED and plan.display is not None:
+        from sandboxapp.host import xtrust
+        from sandboxapp.host.display import XAccess
+
+        xtrust.check_possible(XAccess.from_environment(plan.display, os.environ))
     from sandboxapp.fs.safepath import DesktopUser
     from sandboxapp.host.notify import RunLog, Tee
     from sandboxapp.launch.launcher import Launch

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sandboxapp.features.base import Feature
+from sandboxapp.errors import ExitStatus, SandboxError
+from sandboxapp.features.base import Feature, Session
 from sandboxapp.profile.model import Network
 
 if TYPE_CHECKING:
@@ -42,6 +44,10 @@ class SessionBus(Feature):
 
 @dataclass(frozen=True)
 class NetworkAccess(Feature):
+    """network = "host" or "none". The host's network namespace holds the abstract sockets of
+    the user's X server: a sandbox in it reaches that server without any bind, so its launch
+    is refused where the server lets such a client in without a cookie (host/x11.py)."""
+
     mode: Network
 
     @classmethod
@@ -53,3 +59,29 @@ class NetworkAccess(Feature):
 
     def describe(self) -> list[str]:
         return [f"network:  {self.mode.value}"]
+
+    def grant(self, session: Session, stack: ExitStack) -> None:
+        if self.mode is not Network.HOST or session.plan.image is None:
+            return
+        from sandboxapp.host import x11
+        from sandboxapp.host.display import XAccess, parse_display
+
+        try:
+            display = parse_display(session.environ.get("DISPLAY"))
+        except SandboxError:
+            return  # no display of the user's to check (one named badly is refused elsewhere)
+        ids = session.plan.image.meta.uid_range
+        try:
+            admission = x11.cookieless_admission(
+                XAccess.from_environment(display, session.environ), range(ids.base, ids.last + 1))
+        except SandboxError:
+            if session.plan.display is not None:
+                raise
+            return  # a DISPLAY left from another session: a program without a display goes on
+        if admission is not None:
+            raise SandboxError(
+                f"your X display {display.name} lets programs in without a cookie "
+                f"({admission}), and {session.plan.profile.name} has network = \"host\": it "
+                "would reach your display through its abstract socket",
+                hint="remove that entry (xhost -local: or xhost -si:localuser:NAME), or give "
+                     'the profile network = "none"', status=ExitStatus.LAUNCHER)

@@ -1,6 +1,7 @@
 """The X display: an X server of the sandbox's own, nested in the user's display (x11 = true,
-host/nested.py), or the image's first UID on the user's display's host list (x11 = "trusted");
-the socket of the display the sandbox uses, read-only."""
+host/nested.py), or a trusted authorization of its own on the user's display (x11 = "trusted",
+host/xtrust.py); the socket of the display the sandbox uses, read-only, and its X directory
+with the cookie."""
 
 from __future__ import annotations
 
@@ -49,16 +50,17 @@ class DisplayAccess(Feature):
     # The display the sandbox uses: its own nested one (x11 = true), or the user's (trusted).
     display: Display
     trusted: bool
-    # The user's directory holding the nested server's Xauthority file.
-    x11_dir: Path | None
-    # The image's first UID, the host-list entry of a trusted display (None: no image yet).
-    uid_base: int | None
-    # The session side's: how the user reaches the user's server.
+    # The user's directory holding the sandbox's Xauthority file (its nested server's cookie,
+    # or its trusted authorization).
+    x11_dir: Path
+    # The session side's: how the user reaches the user's server, and the undo entry of a
+    # trusted authorization (made in grant).
     access: XAccess | None = None
+    entry: TrustedX11Entry | None = None
 
     @classmethod
     def prepare(cls, session: Session, stack: ExitStack) -> DisplayAccess | None:
-        """The user's display's socket checked; for x11 = true, the X directory made and the
+        """The user's display's socket checked and the X directory made; for x11 = true the
         nested server started in it, recorded with their undo first (the server's start, a
         tenth of a second, overlaps the privileged helper's)."""
         plan = session.plan
@@ -77,15 +79,16 @@ class DisplayAccess(Feature):
                 status=ExitStatus.LAUNCHER,
             )
         access = XAccess.from_environment(display, session.environ)
-        trusted = plan.profile.sandbox.x11 is X11Access.TRUSTED
-        uid_base = plan.image.meta.uid_base
-        if trusted:
-            return cls(display, True, None, uid_base, access)
+        directory = session.host_dir(X11_DIR)
+        if plan.profile.sandbox.x11 is X11Access.TRUSTED:
+            trusted = session.supervisor.add(stack, TrustedX11Entry(
+                str(directory), session.user.uid, display.number, access.xauthority))
+            ensure_user_dir(directory, session.user, 0o700, exact_mode=True)
+            return cls(display, True, directory, access, trusted)
         from sandboxapp.host.clipboard import Directions
         from sandboxapp.host.nested import nested_display
         from sandboxapp.system.procstat import start_ticks
 
-        directory = session.host_dir(X11_DIR)
         entry = session.supervisor.add(stack, NestedX11Entry(str(directory), session.user.uid))
         ensure_user_dir(directory, session.user, 0o700, exact_mode=True)
         # Root launching for a desktop user runs the nested server as that user; the cookie
@@ -106,36 +109,34 @@ class DisplayAccess(Feature):
         started = start_ticks(nested.process.pid)
         record.update(entry, display=nested.display.number,
                       server=[nested.process.pid, started] if started is not None else None)
-        return cls(nested.display, False, directory, uid_base, access)
+        return cls(nested.display, False, directory, access)
 
     def checked_paths(self, trusted_profile: bool) -> list[CheckedPath]:
         # The user's display's socket may be root's (Xorg's); a nested server's is the user's.
-        paths = [CheckedPath(self.display.socket, self.trusted, "X display socket",
-                             stat.S_IFSOCK)]
-        if self.x11_dir is not None:
-            paths.append(CheckedPath(self.x11_dir, False, "X directory", stat.S_IFDIR))
-        return paths
+        return [CheckedPath(self.display.socket, self.trusted, "X display socket", stat.S_IFSOCK),
+                CheckedPath(self.x11_dir, False, "X directory", stat.S_IFDIR)]
 
     def binds(self, source: Source) -> list[Bind]:
-        # Only the display's own socket, read-only: not the whole socket directory.
-        binds = [Bind(source(self.display.socket), str(self.display.socket))]
-        if self.x11_dir is not None:
-            # The user's directory, its files the container root's own (Firefox will not read
-            # an XAUTHORITY owned by nobody).
-            binds.append(Bind(source(self.x11_dir), str(X11_CONTAINER_DIR), root_idmap=True))
-        return binds
+        # Only the display's own socket, read-only: not the whole socket directory; and the
+        # user's X directory, its files the container root's own (Firefox will not read an
+        # XAUTHORITY owned by nobody).
+        return [Bind(source(self.display.socket), str(self.display.socket)),
+                Bind(source(self.x11_dir), str(X11_CONTAINER_DIR), root_idmap=True)]
 
     def env(self) -> list[tuple[str, str]]:
-        env = [("DISPLAY", self.display.name), *NO_MITSHM_ENV]
-        if not self.trusted:
-            env.append(("XAUTHORITY", str(X11_CONTAINER_DIR / AUTH_FILE)))
-        return env
+        return [("DISPLAY", self.display.name), *NO_MITSHM_ENV,
+                ("XAUTHORITY", str(X11_CONTAINER_DIR / AUTH_FILE))]
 
     KEY = "display"
 
     def part(self) -> dict[str, Any]:
-        return {"display": self.display.number,
-                "x11_dir": None if self.x11_dir is None else str(self.x11_dir)}
+        return {"display": self.display.number, "x11_dir": str(self.x11_dir)}
+
+    @staticmethod
+    def naming(number: int, x11_dir: PurePosixPath = X11_CONTAINER_DIR) -> dict[str, Any]:
+        """A part that only names the display (a dry run, a join into a running sandbox):
+        the environment comes from it, and nothing is made for it."""
+        return {"display": number, "x11_dir": str(x11_dir)}
 
     @staticmethod
     def number_in(part: Any) -> int | None:
@@ -156,20 +157,15 @@ class DisplayAccess(Feature):
         if part is None or cls.number_in(part) != plan.display.number:
             raise SandboxError("the profile needs the X display, and none was given",
                                status=ExitStatus.LAUNCHER)
-        trusted = plan.profile.sandbox.x11 is X11Access.TRUSTED
-        x11_dir = None if part["x11_dir"] is None else absolute_path(part["x11_dir"], "x11_dir")
-        if x11_dir is not None and trusted:
-            raise SandboxError("an X directory was given, but the profile's display access is "
-                               "not x11 = true", status=ExitStatus.LAUNCHER)
-        return cls(plan.display, trusted, x11_dir,
-                   plan.image.meta.uid_base if plan.image else None)
+        return cls(plan.display, plan.profile.sandbox.x11 is X11Access.TRUSTED,
+                   absolute_path(part["x11_dir"], "x11_dir"))
 
     def describe(self) -> list[str]:
         if self.trusted:
-            uid = "the image's first UID" if self.uid_base is None else str(self.uid_base)
-            return [f"X11:      TRUSTED (x11 = \"trusted\"): grant localuser:#{uid} on "
-                    f"{self.display.name} while it runs, as a client that can read and type "
-                    f"into every window; bind {self.display.socket} read-only"]
+            return [f"X11:      TRUSTED (x11 = \"trusted\"): an authorization of its own on "
+                    f"{self.display.name} (SECURITY extension; refused where there is none, "
+                    "as on Xwayland), revoked at exit, as a client that can read and type into "
+                    f"every window; bind {self.display.socket} read-only"]
         return [f"X11:      a display of its own (Xephyr) in a window on {self.display.name}, "
                 "its socket and cookie the sandbox's alone, ended at exit; the sandbox never "
                 f"connects to {self.display.name} (the nested display's number is taken at "
@@ -178,15 +174,17 @@ class DisplayAccess(Feature):
     def grant(self, session: Session, stack: ExitStack) -> None:
         if not self.trusted:
             return  # the nested server runs already (prepare)
-        assert self.access is not None
-        from sandboxapp.host import x11
+        assert self.access is not None and self.entry is not None
+        from sandboxapp.host import xtrust
+        from sandboxapp.host.xconnection import write_cookie_file
 
         session.warn(f'{session.plan.profile.name} has x11 = "trusted": it can read and type '
                      "into every window on your display while it runs")
         record = session.supervisor.record
-        assert record is not None and self.uid_base is not None
-        entry = session.supervisor.add(stack, TrustedX11Entry(
-            self.display.number, self.access.xauthority, self.uid_base))
-        if not x11.grant(self.access, self.uid_base):
-            # The user had made this grant: it is theirs, and stays after we exit.
-            record.drop(entry)
+        assert record is not None
+        made = xtrust.generate(self.access)
+        record.update(self.entry, authid=made.authid,
+                      server=list(made.server) if made.server is not None else None)
+        user = session.user
+        write_cookie_file(self.x11_dir, made.cookie, (user.uid, user.gid)
+                          if os.geteuid() == 0 and user.uid != 0 else None)

@@ -46,8 +46,6 @@ from __future__ import annotations
 import contextlib
 import os
 import select
-import socket
-import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -59,8 +57,8 @@ from sandboxapp.command import base_env, program_exists, run, spawn
 from sandboxapp.errors import ExitStatus, SandboxError
 from sandboxapp.fs.safepath import DesktopUser, read_user_file
 from sandboxapp.host.clipboard import ClipboardBridge, Directions
-from sandboxapp.host.display import AUTH_FILE, X11_SOCKET_DIR, Display, XAccess
-from sandboxapp.host.xconnection import COOKIE_NAME, FAMILY_WILD, connection
+from sandboxapp.host.display import X11_SOCKET_DIR, Display, XAccess
+from sandboxapp.host.xconnection import connection, write_cookie_file
 
 if TYPE_CHECKING:
     import subprocess
@@ -77,8 +75,6 @@ START_TIMEOUT = 10.0
 # Display numbers tried for the nested server, from the first: above those desktops take.
 FIRST_NUMBER = 20
 LAST_NUMBER = 1000
-# libXau's FamilyLocal: the entry python-xlib (the launcher's own connection) looks for.
-FAMILY_LOCAL = 256
 # Events whose handling ended in an error, of one launch, past which the user is told.
 NOISY_ERRORS = 100
 # Events of the sandbox's server queued unhandled, at most.
@@ -116,19 +112,6 @@ class WindowLook:
     height: int = 768
 
 
-def cookie_entries(cookie: bytes, hostname: bytes) -> bytes:
-    """The sandbox's Xauthority file: the cookie for any display number, for any host (libXau,
-    inside the container, whose host name is not the host's) and for this host (python-xlib,
-    which knows no wildcard)."""
-
-    def field(data: bytes) -> bytes:
-        return struct.pack(">H", len(data)) + data
-
-    return b"".join(struct.pack(">H", family) + field(address) + field(b"") + field(COOKIE_NAME)
-                    + field(cookie) for family, address in ((FAMILY_WILD, b""),
-                                                            (FAMILY_LOCAL, hostname)))
-
-
 def shown_title(look: WindowLook, inside: bytes | None) -> str:
     """The window's title: the sandbox's name first, then what the app calls its window (a
     string from inside: cut short, its control characters dropped)."""
@@ -137,17 +120,6 @@ def shown_title(look: WindowLook, inside: bytes | None) -> str:
     text = inside[:TITLE_BYTES].decode("utf-8", errors="replace")
     text = "".join(c for c in text if c.isprintable()).strip()[:TITLE_CHARS]
     return f"{look.title}: {text}" if text else look.title
-
-
-def _write_cookie(directory: Path, owner: tuple[int, int] | None) -> Path:
-    path = directory / AUTH_FILE
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
-                 0o600)
-    with os.fdopen(fd, "wb") as stream:
-        stream.write(cookie_entries(os.urandom(16), socket.gethostname().encode()))
-        if owner is not None:
-            os.fchown(stream.fileno(), *owner)
-    return path
 
 
 def free_number(start: int = FIRST_NUMBER) -> int:
@@ -482,7 +454,8 @@ def nested_display(access: XAccess, directory: Path, look: WindowLook,
         host = stack.enter_context(connection(access))
         window = _parent_window(host, look)
         stack.callback(_quietly, window.destroy, host)
-        cookie_file = _write_cookie(directory, (user.uid, user.gid) if user else None)
+        cookie_file = write_cookie_file(directory, os.urandom(16),
+                                        (user.uid, user.gid) if user else None)
         process, number = _start_server(stack, access, window.id, cookie_file, _dpi(host), user)
         nested = NestedDisplay(host, window, process, Display(number),
                                XAccess(Display(number), str(cookie_file)), look, access,

@@ -1,13 +1,16 @@
-"""The X display grant: one server-interpreted host entry for exactly one host UID.
+"""What the user's X server lets in without a cookie: its host list, read over the user's own
+connection (the core protocol's ListHosts).
 
-This is `xhost +si:localuser:#UID`, made over the user's own X connection: the X server then
-admits a local client only when the kernel says it runs as that UID, and nothing else is
-widened (never `+local:` or `+`).
+A sandbox with network = "host" shares the host's network namespace, so the user's server's
+abstract socket (@/tmp/.X11-unix/XN) is open to it, whatever is bound into it: it gets in
+wherever the host list admits a local client without a cookie (access control off, `xhost
++local:`, or a server-interpreted localuser or localgroup entry that names a UID or GID of the
+sandbox's). sandboxapp itself never changes the host list.
 
-A launch needs two requests of the core protocol (ChangeHosts, ListHosts), so they are spoken
-here directly over the display's socket: the connection set-up, the cookie from the user's
-Xauthority file, and the two requests, in about a millisecond. A full client library costs a
-launch tens of milliseconds in imports and in parsing the server's set-up reply.
+This one request is spoken here directly over the display's socket: the connection set-up, the
+cookie from the user's Xauthority file and one round trip, in about a millisecond, with a
+deadline on every read. A full client library (python-xlib, which the display paths load) costs
+a launch without a display tens of milliseconds.
 """
 
 from __future__ import annotations
@@ -26,10 +29,7 @@ from sandboxapp.host.display import XAccess
 
 FAMILY_SERVER_INTERPRETED = 5
 FAMILY_LOCALHOST = 252  # `xhost +local:`
-HOST_INSERT = 0
-HOST_DELETE = 1
 
-_CHANGE_HOSTS = 109
 _LIST_HOSTS = 110
 _COOKIE_NAME = b"MIT-MAGIC-COOKIE-1"
 # Xauthority families that match a local connection (libXau's FamilyLocal and FamilyWild).
@@ -41,17 +41,44 @@ _AUTH_FILE_LIMIT = 1 << 20
 _MAX_REPLY = 1 << 20
 
 
-def host_entry(uid: int) -> bytes:
-    return b"localuser\0#" + str(uid).encode()
-
-
 @dataclass(frozen=True)
 class HostList:
     access_enabled: bool
     hosts: frozenset[tuple[int, bytes]]  # (family, address)
 
-    def has(self, uid: int) -> bool:
-        return (FAMILY_SERVER_INTERPRETED, host_entry(uid)) in self.hosts
+    def cookieless(self, ids: range | None) -> str | None:
+        """What admits a local client without a cookie, as xhost would show it: to every local
+        client, or (ids: the sandbox's UIDs and GIDs) to one running as one of ids."""
+        if not self.access_enabled:
+            return "access control is off (xhost +)"
+        for family, address in sorted(self.hosts):
+            if family == FAMILY_LOCALHOST:
+                return "LOCAL: (xhost +local:)"
+            if family != FAMILY_SERVER_INTERPRETED or ids is None:
+                continue
+            kind, _, name = address.partition(b"\0")
+            number = _id_of(kind, name.decode(errors="replace"))
+            if number is not None and number in ids:
+                return f"SI:{kind.decode(errors='replace')}:{name.decode(errors='replace')}"
+        return None
+
+
+def _id_of(kind: bytes, name: str) -> int | None:
+    """The UID (localuser) or GID (localgroup) a server-interpreted entry names, as the
+    server resolves it: "#N", or a name in the host's user or group database."""
+    import grp
+    import pwd
+
+    if name.startswith("#"):
+        return int(name[1:]) if name[1:].isdigit() else None
+    try:
+        if kind == b"localuser":
+            return pwd.getpwnam(name).pw_uid
+        if kind == b"localgroup":
+            return grp.getgrnam(name).gr_gid
+    except KeyError:
+        return None
+    return None
 
 
 def _fields(data: bytes, offset: int, count: int) -> tuple[list[bytes], int]:
@@ -179,13 +206,6 @@ class _Connection:
             offset += 4 + length + (-length % 4)
         return HostList(access_enabled=reply[1] == 1, hosts=frozenset(hosts))
 
-    def change_hosts(self, mode: int, uid: int) -> None:
-        """Insert or delete the one kind of entry sandboxapp ever changes: localuser:#uid."""
-        address = host_entry(uid)
-        body = _pad(address)
-        self._send(struct.pack("<BBHBxH", _CHANGE_HOSTS, mode, 2 + len(body) // 4,
-                               FAMILY_SERVER_INTERPRETED, len(address)) + body)
-
     def close(self) -> None:
         self.sock.close()
 
@@ -209,30 +229,7 @@ def _connection(access: XAccess) -> Iterator[_Connection]:
         connection.close()
 
 
-def grant(access: XAccess, uid: int) -> bool:
-    """Admit uid; False when the entry was there already (the user's own: leave it at exit)."""
+def cookieless_admission(access: XAccess, ids: range | None = None) -> str | None:
+    """What the user's server admits without a cookie (HostList.cookieless), or None."""
     with _connection(access) as connection:
-        if connection.list_hosts().has(uid):
-            return False
-        connection.change_hosts(HOST_INSERT, uid)
-        # The host list is read again: a round trip that raises the request's error, if any,
-        # and shows the grant took.
-        if not connection.list_hosts().has(uid):
-            raise SandboxError(f"the X server did not take the grant for UID {uid}",
-                               status=ExitStatus.LAUNCHER)
-        return True
-
-
-def revoke(access: XAccess, uid: int) -> None:
-    with _connection(access) as connection:
-        if connection.list_hosts().has(uid):
-            connection.change_hosts(HOST_DELETE, uid)
-            connection.list_hosts()  # a round trip, so the request is done before we go
-
-
-def admits_everyone_local(access: XAccess) -> bool:
-    """True when the server lets every local user in (`xhost +local:` or access control off)."""
-    with _connection(access) as connection:
-        hosts = connection.list_hosts()
-        return not hosts.access_enabled or any(
-            family == FAMILY_LOCALHOST for family, _ in hosts.hosts)
+        return connection.list_hosts().cookieless(ids)

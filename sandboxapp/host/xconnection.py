@@ -7,13 +7,15 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import struct
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sandboxapp.errors import ExitStatus, SandboxError
 from sandboxapp.host import unixsocket
-from sandboxapp.host.display import XAccess
+from sandboxapp.host.display import AUTH_FILE, XAccess
 
 if TYPE_CHECKING:
     from Xlib.display import Display as XDisplay
@@ -22,12 +24,44 @@ COOKIE_NAME = b"MIT-MAGIC-COOKIE-1"
 # libXau's FamilyWild: the entry matches any host, as it must in a container whose host name is
 # not the host's.
 FAMILY_WILD = 0xFFFF
+# libXau's FamilyLocal: the entry python-xlib (the launcher's own connection) looks for.
+FAMILY_LOCAL = 256
 
+
+def cookie_entries(cookie: bytes, hostname: bytes) -> bytes:
+    """A sandbox's Xauthority file: the cookie for any display number, for any host (libXau,
+    inside the container, whose host name is not the host's) and for this host (python-xlib,
+    which knows no wildcard)."""
+
+    def field(data: bytes) -> bytes:
+        return struct.pack(">H", len(data)) + data
+
+    return b"".join(struct.pack(">H", family) + field(address) + field(b"") + field(COOKIE_NAME)
+                    + field(cookie) for family, address in ((FAMILY_WILD, b""),
+                                                            (FAMILY_LOCAL, hostname)))
+
+
+def write_cookie_file(directory: Path, cookie: bytes, owner: tuple[int, int] | None) -> Path:
+    """The sandbox's Xauthority file in its X directory (the user's, 0700), readable by its
+    owner only: owner (uid, gid), where root writes it for the desktop user."""
+    path = directory / AUTH_FILE
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o600)
+    with os.fdopen(fd, "wb") as stream:
+        stream.write(cookie_entries(cookie, socket.gethostname().encode()))
+        if owner is not None:
+            os.fchown(stream.fileno(), *owner)
+    return path
+
+
+# What python-xlib raises where a server's words are not the protocol (a server that is not
+# one, or not well): the display's error, not a traceback.
+_MALFORMED = (struct.error, ValueError, IndexError, KeyError)
 
 _TABLES = threading.Lock()
 
 
-def _own_tables(make: Any, name: str) -> XDisplay:
+def own_tables(make: Any, name: str) -> XDisplay:
     """A python-xlib Display with tables of its own: its extensions' major opcodes, and their
     event and error classes. python-xlib keeps these on its class, shared by every connection,
     and fills them in with each server's extensions: beside a second server whose extensions
@@ -76,8 +110,9 @@ def connection(access: XAccess) -> Iterator[XDisplay]:
         if cookie_file is not None:
             os.environ["XAUTHORITY"] = str(cookie_file)
         socket.setdefaulttimeout(unixsocket.TIMEOUT)
-        display = _own_tables(Display, access.display.name)
-    except (error.DisplayError, error.XauthError, error.ConnectionClosedError, OSError) as exc:
+        display = own_tables(Display, access.display.name)
+    except (error.DisplayError, error.XauthError, error.ConnectionClosedError, OSError,
+            *_MALFORMED) as exc:
         raise SandboxError(
             f"cannot open the X display {access.display.name}: {exc}",
             hint="check DISPLAY and XAUTHORITY: they must name your running X session",
@@ -90,7 +125,7 @@ def connection(access: XAccess) -> Iterator[XDisplay]:
         socket.setdefaulttimeout(previous[1])
     try:
         yield display
-    except (error.XError, error.ConnectionClosedError, OSError) as exc:
+    except (error.XError, error.ConnectionClosedError, OSError, *_MALFORMED) as exc:
         raise SandboxError(f"the X display {access.display.name} failed: {exc}",
                            status=ExitStatus.LAUNCHER) from None
     finally:

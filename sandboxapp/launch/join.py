@@ -54,7 +54,7 @@ def join_argv(init_pid: int, plan: LaunchPlan, command: Sequence[str]) -> list[s
     # The running launch's directories are bound already: only the environment is used.
     grants: dict[str, object] = {}
     if plan.display is not None:
-        grants[DisplayAccess.KEY] = {"display": plan.display.number, "x11_dir": None}
+        grants[DisplayAccess.KEY] = DisplayAccess.naming(plan.display.number)
     if plan.profile.sandbox.pulseaudio:
         grants[SoundAccess.KEY] = {"dir": str(PULSE_DIR)}
     features = features_for(plan, grants)

@@ -94,7 +94,7 @@ class Launch:
 
             display = running_display(self.supervisor.run_dir, plan)
             assert display is not None
-            grants[DisplayAccess.KEY] = {"display": display.number, "x11_dir": None}
+            grants[DisplayAccess.KEY] = DisplayAccess.naming(display.number)
         return HelperRequest(action, plan.profile.name, plan.profile.path.absolute(),
                              self.locations.data_home, program=plan.program,
                              args=plan.extra_args, grants=grants)

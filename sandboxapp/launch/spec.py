@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Mapping, Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from sandboxapp.features import Feature, features_for
 from sandboxapp.features.display import X11_DIR, DisplayAccess
 from sandboxapp.features.sound import SoundAccess
 from sandboxapp.image.store import not_built
 from sandboxapp.plan import LaunchPlan
-from sandboxapp.profile.model import X11Access
 from sandboxapp.system.hostfacts import HostFacts
 from sandboxapp.system.nspawn import Bind, LaunchSpec, launch_argv
 
@@ -115,10 +114,8 @@ def describe_plan(plan: LaunchPlan, facts: HostFacts) -> str:
     # The directories a launch would make, where it would make them.
     grants: dict[str, object] = {}
     if plan.display is not None:
-        nested = profile.sandbox.x11 is X11Access.ISOLATED
-        grants[DisplayAccess.KEY] = {
-            "display": plan.display.number,
-            "x11_dir": str(plan.layer_root / X11_DIR) if nested else None}
+        grants[DisplayAccess.KEY] = DisplayAccess.naming(
+            plan.display.number, PurePosixPath(plan.layer_root / X11_DIR))
     if profile.sandbox.pulseaudio:
         grants[SoundAccess.KEY] = {"dir": str(plan.layer_root / "sound")}
     features = features_for(plan, grants)

@@ -77,20 +77,32 @@ class LayerEntry(Entry):
 
 @dataclass
 class TrustedX11Entry(Entry):
-    """x11 = "trusted": the image's first UID on the display's host list."""
+    """x11 = "trusted": a trusted authorization of the sandbox's own on the user's display
+    (host/xtrust.py; authid None until it is made), the server process that holds it, and the
+    user's directory holding its Xauthority file."""
 
     KIND: ClassVar[str] = "x11"
+    dir: str
+    user: int
     display: int
     xauthority: str | None
-    uid: int
+    authid: int | None = None
+    server: list[int] | None = None
 
     def undo(self, *, recovering: bool) -> None:
-        from sandboxapp.host import x11  # the X clients load only when there is one to undo
+        # Root cleaning up after a user's launch that died does not talk to the display, a
+        # server the user may run: the authorization lapses by itself (its timeout) once its
+        # last client, gone with the container, has left.
+        by_root = recovering and os.geteuid() == 0 and self.user != 0
+        if self.authid is not None and not by_root:
+            from sandboxapp.host import xtrust  # the X clients load only when there is one
 
-        x11.revoke(XAccess(Display(self.display), self.xauthority), self.uid)
+            xtrust.revoke(XAccess(Display(self.display), self.xauthority), self.authid,
+                          (self.server[0], self.server[1]) if self.server else None)
+        nofollow.remove_user_dir(self.dir, self.user, (AUTH_FILE,))
 
     def grant_line(self) -> str:
-        return f"x11 :{self.display} localuser:#{self.uid} (trusted)"
+        return f"x11 :{self.display} an authorization of its own (trusted)"
 
 
 @dataclass

@@ -35,7 +35,7 @@ def write_variant(directory: Path, command: Sequence[str], sandbox: str = "",
 
 
 FULL_SANDBOX = 'x11 = true\npulseaudio = true\nnetwork = "none"\npersist = ["/root/data"]\n'
-# The same, with the display's trusted grant (a host-list entry for the image's UID).
+# The same, with the display's trusted grant (an authorization of its own on the user's display).
 TRUSTED_SANDBOX = FULL_SANDBOX.replace("x11 = true", 'x11 = "trusted"')
 
 
@@ -127,6 +127,19 @@ class Session:
         assert not (self.run_dir / "sound" / NAME).exists()
         assert not (self.run_dir / "sound" / ".x11" / NAME).exists()
         assert sandbox_processes(image_uid(self)) == []
+
+    def x_cookie(self) -> Path:
+        """The sandbox's Xauthority file, in its X directory (no XDG_RUNTIME_DIR here)."""
+        return self.run_dir / "sound" / ".x11" / NAME / "Xauthority"
+
+    def x_client_with(self, cookie: Path) -> subprocess.CompletedProcess[str]:
+        """A client of the user's display with only this cookie: the extensions it is
+        offered (a trusted client is offered XTEST, an untrusted one not), or its refusal."""
+        assert self.xserver is not None
+        return subprocess.run(["xdpyinfo", "-queryExtensions"],
+                              env={"PATH": "/usr/bin:/bin", "DISPLAY": self.xserver.display,
+                                   "XAUTHORITY": str(cookie)},
+                              capture_output=True, text=True, timeout=30, check=False)
 
     def x_grants(self) -> list[str]:
         assert self.xserver is not None

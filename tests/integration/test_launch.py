@@ -66,16 +66,23 @@ def test_on_pipewire_the_sandbox_gets_a_socket_of_its_own_too(
         session.assert_nothing_left(grants_before, modules_before)
 
 
-def test_trusted_grants_exist_exactly_while_the_app_runs(session: Session) -> None:
+def test_a_trusted_sandbox_has_a_cookie_of_its_own_exactly_while_it_runs(
+        session: Session, tmp_path: Path) -> None:
     grants_before = session.x_grants()
     modules_before = session.socket_modules()
     profile = write_variant(session.profiles, waiting_command("xdpyinfo >/dev/null"),
                             TRUSTED_SANDBOX)
+    copy = tmp_path / "cookie"
     with session.running(profile):
-        uid = image_uid(session)
-        # Exactly one new host entry, the container's UID; no module on the sound server
-        # (the sandbox's socket is the launcher's).
-        assert session.x_grants() == [*grants_before, f"SI:localuser:#{uid}"]
+        # No host-list entry: the sandbox holds a trusted authorization of its own, in its X
+        # directory, the user's file; no module on the sound server either.
+        assert session.x_grants() == grants_before
+        cookie = session.x_cookie()
+        assert (cookie.stat().st_mode & 0o777, cookie.parent.stat().st_mode & 0o777) == (
+            0o600, 0o700)
+        copy.write_bytes(cookie.read_bytes())
+        admitted = session.x_client_with(copy)
+        assert admitted.returncode == 0 and "XTEST" in admitted.stdout, admitted.stderr
         assert session.socket_modules() == modules_before
         assert (session.run_dir / "sound" / NAME / "native").is_socket()
         # Meanwhile a client with another UID (and no cookie) is still refused.
@@ -86,27 +93,32 @@ def test_trusted_grants_exist_exactly_while_the_app_runs(session: Session) -> No
         )
         assert other.returncode != 0
         assert "unable to open display" in other.stderr
+    # Revoked at exit: the cookie the sandbox had lets nobody in.
+    refused = session.x_client_with(copy)
+    assert refused.returncode != 0 and "unable to open display" in refused.stderr
     session.assert_nothing_left(grants_before, modules_before)
 
 
-def test_another_profile_sandbox_is_not_admitted_by_this_grant(session: Session) -> None:
+def test_another_sandbox_is_not_admitted_by_a_trusted_grant(session: Session) -> None:
+    """Another user's sandbox of the same image runs in the same UID block; with network =
+    "host" it reaches the display's abstract socket without any bind. Neither it nor another
+    profile's sandbox (another block, the socket bound) gets in without the cookie."""
     profile = write_variant(session.profiles, waiting_command(), TRUSTED_SANDBOX)
+    display = session.xserver.display  # type: ignore[union-attr]
     with session.running(profile):
         uid = image_uid(session)
         other_block = uid + 65536 if uid + 131072 < 0x7FFE0000 else uid - 65536
-        display = session.xserver.display  # type: ignore[union-attr]
-        number = display.lstrip(":")
-        # The same image in another UID block, as another profile's sandbox would be.
-        other = subprocess.run(
-            ["systemd-nspawn", "--quiet", "--register=no", "--keep-unit",
-             f"--directory={session.image_dir / NAME / 'rootfs'}", "--read-only",
-             f"--private-users={other_block}:65536", "--private-network",
-             f"--bind-ro=/tmp/.X11-unix/X{number}", f"--setenv=DISPLAY={display}",
-             "--console=pipe", "--as-pid2", "xdpyinfo"],
-            capture_output=True, text=True, timeout=60, check=False,
-        )
-        assert other.returncode != 0
-        assert "unable to open display" in other.stderr
+        for block, network in ((uid, []), (other_block, [
+                "--private-network", f"--bind-ro=/tmp/.X11-unix/X{display.lstrip(':')}"])):
+            other = subprocess.run(
+                ["systemd-nspawn", "--quiet", "--register=no", "--keep-unit",
+                 f"--directory={session.image_dir / NAME / 'rootfs'}", "--read-only",
+                 f"--private-users={block}:65536", *network, f"--setenv=DISPLAY={display}",
+                 "--console=pipe", "--as-pid2", "xdpyinfo"],
+                capture_output=True, text=True, timeout=60, check=False,
+            )
+            assert other.returncode != 0, (block, other.stdout)
+            assert "unable to open display" in other.stderr
 
 
 def test_only_persist_paths_survive_and_belong_to_the_launching_user(session: Session) -> None:
@@ -204,13 +216,15 @@ def test_sigkill_of_the_launcher_is_cleaned_up_by_the_next_run(session: Session)
     launch = session.start_ready(profile)
     uid = image_uid(session)
     assert sandbox_processes(uid), "the app should be running"
+    copy = session.run_dir.parent / "cookie-of-the-killed-launch"
+    copy.write_bytes(session.x_cookie().read_bytes())
     launch.kill()
     launch.wait()
     # The container died with its launcher, at once: nothing runs in the image's UID block ...
     assert wait_for_no_sandbox_processes(uid, timeout=5) == []
     layer = session.image_dir / ".layers" / NAME / "merged"
-    # ... but its grant, socket and layer are still there: SIGKILL runs no cleanup.
-    assert f"SI:localuser:#{uid}" in session.x_grants()
+    # ... but its authorization, socket and layer are still there: SIGKILL runs no cleanup.
+    assert session.x_client_with(copy).returncode == 0
     assert (session.run_dir / "sound" / NAME).exists()
     assert layer.exists()
 
@@ -218,6 +232,8 @@ def test_sigkill_of_the_launcher_is_cleaned_up_by_the_next_run(session: Session)
     again = session.run(str(profile))
     assert again.returncode == 0, again.stderr
     assert "cleaned up after sandboxapp-test" in again.stderr
+    # The authorization was revoked by the cleanup, not left to its timeout.
+    assert session.x_client_with(copy).returncode != 0
     session.assert_nothing_left(grants_before, modules_before)
 
 
@@ -322,17 +338,37 @@ def test_display_problems_are_launcher_errors(session: Session) -> None:
     assert "no socket at /tmp/.X11-unix/X987" in result.stderr
 
 
-def test_a_grant_the_user_made_is_left_in_place(session: Session) -> None:
+@pytest.mark.parametrize("entry", ["+local:", "+si:localuser:#{uid}", "+"])
+def test_a_host_network_sandbox_is_refused_where_the_display_admits_it_without_a_cookie(
+        session: Session, entry: str) -> None:
+    """The user's own host list (xhost +local:, an entry for the image's UID, access control
+    off) lets a process in the host's network namespace, running as the sandbox does, into the
+    display through its abstract socket: a launch with network = "host" is refused with what
+    to remove; with network = "none" the socket is out of its reach, and it runs."""
     uid = image_uid(session)
-    subprocess.run(["xhost", f"+si:localuser:#{uid}"], env=session.xserver.client_env(),  # type: ignore[union-attr]
-                   check=True, capture_output=True)
-    profile = write_variant(session.profiles, ["xdpyinfo", "-version"], 'x11 = "trusted"\n')
-    result = session.run(str(profile))
-    assert result.returncode == 0, result.stderr
-    assert f"SI:localuser:#{uid}" in session.x_grants()
-    # A trusted display grant is said at every launch.
-    assert ('warning: sandboxapp-test has x11 = "trusted": it can read and type into every '
-            "window") in result.stderr
+    client = session.xserver.client_env()  # type: ignore[union-attr]
+    grant = entry.format(uid=uid)
+    subprocess.run(["xhost", grant], env=client, check=True, capture_output=True)
+    try:
+        # The door: a process of the sandbox's UID, without a cookie, on the abstract socket.
+        door = subprocess.run(
+            ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "xdpyinfo"],
+            env={"PATH": "/usr/bin:/bin", "DISPLAY": session.xserver.display},  # type: ignore[union-attr]
+            capture_output=True, text=True, check=False)
+        assert door.returncode == 0, door.stderr
+        host = write_variant(session.profiles, ["/bin/true"],
+                             FULL_SANDBOX.replace('network = "none"', 'network = "host"'))
+        refused = session.run(str(host))
+        assert refused.returncode == 125, refused.stderr
+        said = [line for line in refused.stderr.splitlines() if line.startswith("sandboxapp:")]
+        assert len(said) == 1 and "lets programs in without a cookie" in said[0], refused.stderr
+        assert 'network = "host"' in said[0] and "Traceback" not in refused.stderr
+        assert not (session.image_dir / ".layers" / NAME).exists()
+        private = write_variant(session.profiles, ["/bin/true"], FULL_SANDBOX)
+        ran = session.run(str(private))
+        assert ran.returncode == 0, ran.stderr
+    finally:
+        subprocess.run(["xhost", "-" + grant[1:]], env=client, check=True, capture_output=True)
 
 
 def test_dry_run_prints_the_command_and_changes_nothing(session: Session) -> None:
@@ -346,7 +382,7 @@ def test_dry_run_prints_the_command_and_changes_nothing(session: Session) -> Non
     assert "XAUTHORITY=/run/sandboxapp/x11/Xauthority" in result.stdout
     trusted = write_variant(session.profiles, ["xdpyinfo"], TRUSTED_SANDBOX)
     result = session.run("--dry-run", str(trusted))
-    assert f"X11:      TRUSTED (x11 = \"trusted\"): grant localuser:#{uid}" in result.stdout
+    assert 'X11:      TRUSTED (x11 = "trusted"): an authorization of its own' in result.stdout
     assert "command:  systemd-nspawn" in result.stdout
     assert session.x_grants() == grants_before
     assert not session.run_dir.exists()

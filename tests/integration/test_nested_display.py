@@ -152,6 +152,28 @@ def test_the_users_clipboard_cut_buffer_and_windows_are_out_of_reach(
         copied.wait()
 
 
+def test_the_users_pointer_and_screen_saver_settings_are_out_of_reach(
+        xserver: XServer, tmp_path: Path) -> None:
+    """Pointer acceleration, button mapping and the screen-saver timeout (0 turns off the
+    blanking screen lockers use) set from inside change the sandbox's own server only."""
+    require_programs("xset", "xmodmap")
+    with nested(xserver, tmp_path / "x11") as display, x_client(xserver) as host, \
+            connection(display.access) as own:
+        def settings(connection: Any) -> tuple[Any, ...]:
+            control = connection.get_pointer_control()
+            saver = connection.get_screen_saver()
+            return (control.accel_num, control.accel_denom, control.threshold, saver.timeout,
+                    tuple(connection.get_pointer_mapping()))
+
+        before, own_before = settings(host), settings(own)
+        for argv in (("xset", "m", "17/2", "3"), ("xset", "s", "0"),
+                     ("xmodmap", "-e", "pointer = 3 2 1")):
+            done = inside(display, *argv)
+            assert done.returncode == 0, done.stderr
+        assert settings(own) != own_before  # they took, on the sandbox's own server
+        assert settings(host) == before
+
+
 def test_two_sandboxes_cannot_reach_each_other(xserver: XServer, tmp_path: Path) -> None:
     with nested(xserver, tmp_path / "a") as first, nested(xserver, tmp_path / "b") as second, \
             x_client(xserver) as host, connection(first.access) as attacker:

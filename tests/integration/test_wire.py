@@ -62,26 +62,23 @@ def test_the_source_lookup_asks_a_server_of_another_user_with_its_cookie(
             lookup.close()
 
 
-def xhost(xserver: XServer) -> list[str]:
-    out = subprocess.run(["xhost"], env=xserver.client_env(), capture_output=True, text=True,
-                         check=True).stdout
-    return [line.strip() for line in out.splitlines()[1:] if line.strip()]
-
-
-def test_the_x_grant_needs_the_cookie_and_is_exactly_one_entry(xserver: XServer) -> None:
+def test_the_host_list_is_read_with_the_users_cookie_as_xhost_shows_it(
+        xserver: XServer) -> None:
     display = parse_display(xserver.display)
     access = x11.XAccess(display, str(xserver.xauthority))
     uid = 1879048192 + 12345
-    before = xhost(xserver)
-    assert x11.grant(access, uid) is True
-    try:
-        assert xhost(xserver) == [*before, f"SI:localuser:#{uid}"]
-        assert x11.grant(access, uid) is False  # there already: left to whoever made it
-        assert not x11.admits_everyone_local(access)
-    finally:
-        x11.revoke(access, uid)
-    assert xhost(xserver) == before
-    x11.revoke(access, uid)  # a second revoke finds nothing to do
+    ids = range(1879048192, 1879048192 + 65536)
+    assert x11.cookieless_admission(access, ids) is None
+    for entry, said in ((f"si:localuser:#{uid}", f"SI:localuser:#{uid}"),
+                        ("local:", "LOCAL: (xhost +local:)")):
+        subprocess.run(["xhost", "+" + entry], env=xserver.client_env(), check=True,
+                       capture_output=True)
+        try:
+            assert x11.cookieless_admission(access, ids) == said
+        finally:
+            subprocess.run(["xhost", "-" + entry], env=xserver.client_env(), check=True,
+                           capture_output=True)
+    assert x11.cookieless_admission(access, ids) is None
     without = x11.XAccess(display, "/nonexistent/xauthority")
     with pytest.raises(SandboxError, match="cannot open the X display"):
-        x11.grant(without, uid)
+        x11.cookieless_admission(without, ids)

@@ -41,7 +41,7 @@ def grants(plan: LaunchPlan, *, x11_dir: Path | None = None,
     found: dict[str, object] = {}
     if plan.display is not None:
         found["display"] = {"display": plan.display.number,
-                            "x11_dir": None if x11_dir is None else str(x11_dir)}
+                            "x11_dir": str(x11_dir or "/run/user/1000/sandboxapp/.x11/app")}
     if sound_dir is not None:
         found["sound"] = {"dir": str(sound_dir)}
     return found

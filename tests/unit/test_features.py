@@ -29,7 +29,7 @@ from sandboxapp.plan import LaunchPlan
 from sandboxapp.system.hostfacts import HostFacts
 from sandboxapp.undo.entries import SoundEntry
 from sandboxapp.undo.ledger import RunDir
-from tests.unit.plans import BASE, grants, make_plan
+from tests.unit.plans import grants, make_plan
 
 FULL = {"x11": True, "pulseaudio": True, "persist": ["/root/.app"], "network": "none"}
 # The session side's display, prepared without an X server (x11 = true starts a nested one:
@@ -111,11 +111,15 @@ def test_what_the_container_binds_is_made_and_recorded_before_nspawn_starts(
     with launching.stack:
         features = prepare_features(launching.session, launching.stack)
         sound = next(f for f in features if isinstance(f, SoundAccess))
-        assert launching.kinds() == ["sound"]  # the trusted grant is made later (grant)
+        display = next(f for f in features if isinstance(f, DisplayAccess))
+        # The trusted authorization is made later (grant); its directory and undo now.
+        assert launching.kinds() == ["x11", "sound"]
+        assert stat.S_IMODE(display.x11_dir.stat().st_mode) == 0o700
+        assert not any(display.x11_dir.iterdir())
         assert stat.S_IMODE(sound.paths.dir.stat().st_mode) == 0o711
         assert sound.paths.conf.read_text() == PULSE_CLIENT_CONF_TEXT
         assert plan.persist[0].host.is_dir()
-        made = (sound.paths.dir,)
+        made = (sound.paths.dir, display.x11_dir)
     # Given up before any grant: what was made is gone, and the record with it.
     assert not any(path.exists() for path in made)
     assert launching.kinds() == []
@@ -162,7 +166,8 @@ def test_a_users_own_profile_binds_only_what_is_the_users(tmp_path: Path) -> Non
     trusted = make_plan(tmp_path / "t", {"x11": "trusted"})
     checked = {p.what: p.trusted for f in features_for(trusted, grants(trusted))
                for p in f.checked_paths(False)}
-    assert checked == {"X display socket": True}  # the user's display's may be root's
+    # The user's display's socket may be root's; the X directory is the user's own.
+    assert checked == {"X display socket": True, "X directory": False}
 
 
 def test_each_feature_describes_itself_for_a_dry_run(tmp_path: Path) -> None:
@@ -172,8 +177,9 @@ def test_each_feature_describes_itself_for_a_dry_run(tmp_path: Path) -> None:
     assert "network:  none" in untrusted and "D-Bus:" not in untrusted
     trusted = describe_plan(make_plan(tmp_path / "t", {"x11": "trusted", "session_bus": True}),
                             HostFacts(systemd_running=False))
-    assert f'X11:      TRUSTED (x11 = "trusted"): grant localuser:#{BASE}' in trusted
-    assert "XAUTHORITY" not in trusted and "sound:    none" in trusted
+    assert 'X11:      TRUSTED (x11 = "trusted"): an authorization of its own on :7' in trusted
+    assert "localuser" not in trusted and "sound:    none" in trusted
+    assert "XAUTHORITY=/run/sandboxapp/x11/Xauthority" in trusted
     assert "D-Bus:    a session bus of its own inside" in trusted
 
 
@@ -240,7 +246,8 @@ def test_a_request_that_is_no_json_object_is_refused_in_a_line(text: str) -> Non
     ({"x11": True}, {"display": {"display": 7, "x11_dir": "x"}}, "x11_dir is not an absolute"),
     ({"x11": True}, {"display": {"display": 7}}, "not {display, x11_dir}"),
     ({"x11": True}, {}, "needs the X display"),
-    ({"x11": "trusted"}, {"display": {"display": 7, "x11_dir": "/x"}}, "not x11 = true"),
+    ({"x11": "trusted"}, {"display": {"display": 7, "x11_dir": None}},
+     "x11_dir is not an absolute"),
     ({}, {"sound": {"dir": "/s"}}, "sound was asked for"),
     ({"pulseaudio": True}, {"sound": {"dir": "/s", "more": 1}}, "not {dir}"),
     ({}, {"tunnel": {}}, "no grant is called tunnel"),

@@ -34,7 +34,8 @@ OLD_ENTRIES = [
     {"id": 3, "kind": "layer", "path": "/var/lib/sandboxapp/images/.layers/app"},
     {"id": 4, "kind": "container", "machine": "sandboxapp-app", "pid": 4242,
      "started": 123.0, "uid": 0x70040000, "user": 1000, "profile_file": "/p/app.toml"},
-    {"id": 5, "kind": "x11", "display": 7, "xauthority": "/home/u/.Xauthority", "uid": 5},
+    {"id": 5, "kind": "x11", "dir": "/run/user/1000/sandboxapp/.x11/app", "user": 1000,
+     "display": 7, "xauthority": "/home/u/.Xauthority", "authid": 5, "server": [400, 8000]},
 ]
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from sandboxapp.host import pulsewire
-from sandboxapp.host.x11 import find_cookie, host_entry
+from sandboxapp.host.x11 import FAMILY_LOCALHOST, FAMILY_SERVER_INTERPRETED, HostList, find_cookie
 from tests.harness import require_programs
 
 COOKIE = "00112233445566778899aabbccddeeff"
@@ -47,8 +47,34 @@ def test_a_file_that_is_not_an_xauthority_gives_no_cookie(data: bytes) -> None:
     assert find_cookie(data, 0, socket.gethostname()) is None
 
 
-def test_the_host_entry_is_a_server_interpreted_localuser() -> None:
-    assert host_entry(1879048192) == b"localuser\0#1879048192"
+SANDBOX_IDS = range(1879048192, 1879048192 + 65536)
+
+
+@pytest.mark.parametrize(("enabled", "hosts", "admits"), [
+    (True, set(), None),
+    (False, set(), "access control is off (xhost +)"),
+    (True, {(FAMILY_LOCALHOST, b"")}, "LOCAL: (xhost +local:)"),
+    (True, {(FAMILY_SERVER_INTERPRETED, b"localuser\0#1879048200")},
+     "SI:localuser:#1879048200"),
+    (True, {(FAMILY_SERVER_INTERPRETED, b"localgroup\0#1879048192")},
+     "SI:localgroup:#1879048192"),
+    # The desktop's own entry for its user (GNOME and GDM make one): not a sandbox's UID.
+    (True, {(FAMILY_SERVER_INTERPRETED, b"localuser\0root")}, None),
+    (True, {(FAMILY_SERVER_INTERPRETED, b"localuser\0#1000")}, None),
+    (True, {(FAMILY_SERVER_INTERPRETED, b"localuser\0#1879048192x")}, None),
+    (True, {(FAMILY_SERVER_INTERPRETED, b"localuser\0no-such-user-here")}, None),
+    (True, {(0, b"\x7f\0\0\1")}, None),  # an Internet address: TCP, not the local socket
+], ids=["closed", "off", "local", "sandbox-uid", "sandbox-gid", "root-by-name", "desktop-uid",
+        "not-a-number", "unknown-name", "internet"])
+def test_what_lets_a_sandbox_in_without_a_cookie_is_named(
+        enabled: bool, hosts: set[tuple[int, bytes]], admits: str | None) -> None:
+    assert HostList(enabled, frozenset(hosts)).cookieless(SANDBOX_IDS) == admits
+
+
+def test_without_the_sandboxs_ids_only_what_admits_everyone_counts() -> None:
+    hosts = HostList(True, frozenset({(FAMILY_SERVER_INTERPRETED, b"localuser\0#1879048200")}))
+    assert hosts.cookieless(None) is None
+    assert hosts.cookieless(SANDBOX_IDS) is not None
 
 
 def test_a_tagstruct_decodes_to_typed_values_and_encodes_back_byte_for_byte() -> None:
@@ -99,13 +125,13 @@ def test_the_sandboxs_xauthority_file_reads_back_with_python_xlib(tmp_path: Path
     container matches) and one for this host (which python-xlib, the launcher's, matches)."""
     from Xlib import xauth
 
-    from sandboxapp.host import nested
+    from sandboxapp.host import xconnection
 
     cookie = bytes(range(16))
     path = tmp_path / "Xauthority"
-    path.write_bytes(nested.cookie_entries(cookie, b"myhost"))
+    path.write_bytes(xconnection.cookie_entries(cookie, b"myhost"))
     assert list(xauth.Xauthority(str(path))) == [
-        (nested.FAMILY_WILD, b"", b"", b"MIT-MAGIC-COOKIE-1", cookie),
-        (nested.FAMILY_LOCAL, b"myhost", b"", b"MIT-MAGIC-COOKIE-1", cookie)]
-    assert xauth.Xauthority(str(path)).get_best_auth(nested.FAMILY_LOCAL, b"myhost", 23) == (
-        b"MIT-MAGIC-COOKIE-1", cookie)
+        (xconnection.FAMILY_WILD, b"", b"", b"MIT-MAGIC-COOKIE-1", cookie),
+        (xconnection.FAMILY_LOCAL, b"myhost", b"", b"MIT-MAGIC-COOKIE-1", cookie)]
+    assert xauth.Xauthority(str(path)).get_best_auth(
+        xconnection.FAMILY_LOCAL, b"myhost", 23) == (b"MIT-MAGIC-COOKIE-1", cookie)
