@@ -29,6 +29,12 @@ hostile protocol, so it gets as little as it needs:
   -extension GLX, -extension XVideo (and its motion compensation)
                       no GL through the socket (software rendering only) and no video
                       overlays: code the sandbox's requests would reach, for nothing it needs;
+  -extension MIT-SHM  a segment id the sandbox names is one of Xephyr's IPC namespace, the
+                      host's, not the container's: Xephyr would attach another program's
+                      segment that its mode lets others read (or write), and hand the sandbox
+                      its contents. Images cross the socket instead (PutImage: Xephyr draws
+                      them into its screen and sends the user's server only what changed, as
+                      often as it catches up, so drawing is as fast as on the user's server);
   -noreset            the last client leaving does not reset it;
   -dpi                the user's, so text is the size it is on the user's other windows;
 and it runs as the desktop user, never as root, even for a launch root makes for that user.
@@ -68,7 +74,8 @@ if TYPE_CHECKING:
 XEPHYR = "Xephyr"
 OPTIONS = ("-nolisten", "tcp", "-nolisten", "local", "-no-host-grab", "-resizeable",
            "-extension", "XTEST", "-extension", "RECORD", "-extension", "GLX",
-           "-extension", "XVideo", "-extension", "XVideo-MotionCompensation", "-noreset")
+           "-extension", "XVideo", "-extension", "XVideo-MotionCompensation",
+           "-extension", "MIT-SHM", "-noreset")
 # Xephyr answers its first client 0.14 s after it starts here; one that has not said its
 # display number by then is not coming.
 START_TIMEOUT = 10.0
@@ -79,6 +86,8 @@ LAST_NUMBER = 1000
 NOISY_ERRORS = 100
 # Events of the sandbox's server queued unhandled, at most.
 MAX_QUEUED = 10_000
+# The app's top-level windows remembered for the keyboard to go back to, at most.
+MAX_SHOWN = 32
 # How long after its window is mapped a focus it gets is the mapping's, not the user's.
 MAPPING_FOCUS = 1.0
 # The most of a title read from inside (bytes), and shown (characters).
@@ -177,6 +186,9 @@ class NestedDisplay:
         self.look = look
         self.mapped = threading.Event()  # the window is on the user's screen
         self.main: Any = None  # the app's window whose title the user's window carries
+        # The app's top-level windows (no menus: override-redirect), as they were mapped: the
+        # last one still shown gets the keyboard when another goes.
+        self.shown: list[Any] = []
         self.title_stale = False
         self.errors = 0  # events whose handling an X error ended (see _guarded)
         self.dropped = 0  # times the sandbox's backlog of events was dropped (_bound_queue)
@@ -255,6 +267,7 @@ class NestedDisplay:
             attributes = child.get_attributes()
             if attributes.map_state == X.IsViewable and not attributes.override_redirect:
                 self.main = child
+                self.shown = [child]
                 self.title_stale = True
                 self._show()
                 return
@@ -323,11 +336,20 @@ class NestedDisplay:
                 self.main = window
                 self.title_stale = True
             window.set_input_focus(X.RevertToPointerRoot, X.CurrentTime)
+            self.shown = [*(shown for shown in self.shown if shown != window),
+                          window][-MAX_SHOWN:]
             self._show()
         elif event.type == X.PropertyNotify and event.window == main:
             self.title_stale = True  # applied once the queue is handled (_apply_title)
-        elif event.type == X.DestroyNotify and event.window == main:
-            self.main = None
+        elif event.type in (X.UnmapNotify, X.DestroyNotify) and event.event == root:
+            if event.type == X.DestroyNotify and event.window == main:
+                self.main = None
+            if event.window in self.shown:
+                # A dialog (or another window) went: the keyboard goes back to the one shown
+                # before it, as a window manager gives it back.
+                self.shown.remove(event.window)
+                if self.shown:
+                    self.shown[-1].set_input_focus(X.RevertToPointerRoot, X.CurrentTime)
         elif event.type == X.ConfigureNotify and event.window == root and main is not None:
             self._fill(main, root)
 

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import struct
 import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +24,7 @@ import pytest
 from Xlib import XK, X, error
 
 from sandboxapp.host.clipboard import Directions
-from sandboxapp.host.display import XAccess, parse_display
+from sandboxapp.host.display import X11_SOCKET_DIR, XAccess, parse_display
 from sandboxapp.host.nested import NestedDisplay, WindowLook, nested_display
 from sandboxapp.host.xconnection import connection
 from tests.harness import XServer, require_programs, x_client, x_server
@@ -174,6 +177,66 @@ def test_the_users_pointer_and_screen_saver_settings_are_out_of_reach(
         assert settings(host) == before
 
 
+@contextlib.contextmanager
+def world_readable_segment(secret: bytes) -> Iterator[int]:
+    """A System V shared memory segment of the host's, mode 0644, holding secret: as programs
+    that share images with their X server make them (some with modes that let others read)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.shmat.restype = ctypes.c_void_p
+    shmid = libc.shmget(0, 4096, 0o1000 | 0o644)  # IPC_PRIVATE, IPC_CREAT
+    assert shmid >= 0, ctypes.get_errno()
+    address = libc.shmat(shmid, None, 0)
+    try:
+        ctypes.memmove(address, secret, len(secret))
+        yield shmid
+    finally:
+        libc.shmdt(ctypes.c_void_p(address))
+        libc.shmctl(shmid, 0, None)  # IPC_RMID
+
+
+def shm_attack(env: dict[str, str], shmid: int, uid: int = 4242) -> str:
+    """tests/integration/xshm_attack.py as uid, by default 4242, a UID of nobody's (as a
+    sandbox's is); neither the segment's owner nor root."""
+    attack = subprocess.run(
+        ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", sys.executable,
+         str(Path(__file__).with_name("xshm_attack.py")), str(shmid)],
+        env={**env, "PYTHONPATH": os.pathsep.join(sys.path)}, capture_output=True, text=True,
+        timeout=30, check=False)
+    assert attack.returncode == 0, attack.stderr
+    return attack.stdout.strip()
+
+
+def test_the_host_s_shared_memory_is_out_of_reach_through_the_nested_server(
+        xserver: XServer, tmp_path: Path) -> None:
+    """Xephyr runs in the host's IPC namespace: a segment id the sandbox names through MIT-SHM
+    would be one of the host's. Against the user's own server (a client with the user's cookie)
+    the attack reads the segment; the nested server does not offer MIT-SHM."""
+    secret = b"the host's secret " * 3
+    # The attacker's copies of the cookies, where UID 4242 can read them.
+    cookies = Path(tempfile.mkdtemp(prefix="shm-attack-", dir="/tmp"))
+    try:
+        with world_readable_segment(secret) as shmid, \
+                nested(xserver, tmp_path / "x11") as display:
+            own, nested_cookie = cookies / "user", cookies / "nested"
+            own.write_bytes(xserver.xauthority.read_bytes())
+            nested_cookie.write_bytes(Path(str(display.access.cookie_file())).read_bytes())
+            # The user's server's socket may be the user's alone (Xwayland's, mode 0755): the
+            # control attack runs as its owner then, still not the segment's (root's).
+            owner = (X11_SOCKET_DIR / f"X{xserver.number}").stat().st_uid or 4242
+            os.chown(own, owner, owner)
+            for path in (cookies, nested_cookie):
+                os.chown(path, 4242, 4242)
+            cookies.chmod(0o755)
+            read = shm_attack({**xserver.client_env(), "XAUTHORITY": str(own)}, shmid, owner)
+            assert read.startswith("read ") and secret[:16].hex() in read, read
+            assert shm_attack({**inside_env(display), "XAUTHORITY": str(nested_cookie)},
+                              shmid) == "absent"
+    finally:
+        shutil.rmtree(cookies)
+
+
 def test_two_sandboxes_cannot_reach_each_other(xserver: XServer, tmp_path: Path) -> None:
     with nested(xserver, tmp_path / "a") as first, nested(xserver, tmp_path / "b") as second, \
             x_client(xserver) as host, connection(first.access) as attacker:
@@ -257,6 +320,42 @@ def test_the_user_types_into_the_app_once_its_window_has_the_focus(
         type_keys(host, "hello")
         time.sleep(0.3)
         assert key_presses(app, window) == len("hello")
+
+
+def test_a_dialog_keeps_its_size_takes_the_keys_and_gives_them_back_when_it_goes(
+        xserver: XServer, tmp_path: Path) -> None:
+    """Dialogs (windows transient for the main one) are placed and sized as the app asks, get
+    the keyboard when they map, and give it back to the main window when they go."""
+    with nested(xserver, tmp_path / "x11") as display, x_client(xserver) as host, \
+            connection(display.access) as app:
+        screen = app.screen()
+        main = screen.root.create_window(0, 0, 200, 100, 0, screen.root_depth,
+                                         event_mask=X.KeyPressMask)
+        main.map()
+        app.sync()
+        wait_until(display.mapped.is_set, "the main window mapped")
+        host_window(host, display).set_input_focus(X.RevertToParent, X.CurrentTime)
+        host.sync()
+        wait_until(lambda: main.get_geometry().width == LOOK.width, "the main window fills it")
+        dialog = screen.root.create_window(100, 80, 300, 120, 0, screen.root_depth,
+                                           event_mask=X.KeyPressMask)
+        dialog.set_wm_transient_for(main)
+        dialog.map()
+        app.sync()
+        wait_until(lambda: app.get_input_focus().focus == dialog, "the dialog has the keys")
+        time.sleep(0.3)
+        type_keys(host, "ok")
+        time.sleep(0.3)
+        assert key_presses(app, dialog) == 2
+        geometry = dialog.get_geometry()
+        assert (geometry.x, geometry.y, geometry.width, geometry.height) == (100, 80, 300, 120)
+        dialog.unmap()
+        app.sync()
+        wait_until(lambda: app.get_input_focus().focus == main, "the main window has them back")
+        key_presses(app, main)
+        type_keys(host, "back")
+        time.sleep(0.3)
+        assert key_presses(app, main) == len("back")
 
 
 def test_the_users_keyboard_layout_is_the_apps(xserver: XServer, tmp_path: Path) -> None:
