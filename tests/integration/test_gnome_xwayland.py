@@ -16,10 +16,10 @@ import pytest
 from tests.harness import XServer, gnome_xwayland, require_programs
 from tests.integration.launching import NAME, TRUSTED_SANDBOX, Session, write_variant
 from tests.integration.test_nested_display import (  # noqa: F401 (collected here again)
-    test_a_dialog_keeps_its_size_takes_the_keys_and_gives_them_back_when_it_goes,
     test_a_keyboard_grab_inside_gets_none_of_what_the_user_types_elsewhere,
     test_only_its_cookie_opens_it_and_it_listens_on_no_abstract_or_tcp_socket,
     test_the_host_s_shared_memory_is_out_of_reach_through_the_nested_server,
+    test_the_user_types_into_the_app_and_its_dialog_once_its_window_has_the_focus,
     test_the_users_clipboard_crosses_in_only_when_the_user_focuses_the_sandbox,
     test_the_users_clipboard_cut_buffer_and_windows_are_out_of_reach,
     test_the_users_pointer_and_screen_saver_settings_are_out_of_reach,

@@ -304,28 +304,11 @@ def test_the_apps_window_fills_the_window_and_follows_its_size(
         wait_until(lambda: app_size() == (900, 700), "the app follows the resize")
 
 
-def test_the_user_types_into_the_app_once_its_window_has_the_focus(
+def test_the_user_types_into_the_app_and_its_dialog_once_its_window_has_the_focus(
         xserver: XServer, tmp_path: Path) -> None:
-    with nested(xserver, tmp_path / "x11") as display, x_client(xserver) as host, \
-            connection(display.access) as app:
-        screen = app.screen()
-        window = screen.root.create_window(0, 0, 200, 100, 0, screen.root_depth,
-                                           event_mask=X.KeyPressMask)
-        window.map()
-        app.sync()
-        wait_until(display.mapped.is_set, "the window mapped")
-        host_window(host, display).set_input_focus(X.RevertToParent, X.CurrentTime)
-        host.sync()
-        time.sleep(0.3)
-        type_keys(host, "hello")
-        time.sleep(0.3)
-        assert key_presses(app, window) == len("hello")
-
-
-def test_a_dialog_keeps_its_size_takes_the_keys_and_gives_them_back_when_it_goes(
-        xserver: XServer, tmp_path: Path) -> None:
-    """Dialogs (windows transient for the main one) are placed and sized as the app asks, get
-    the keyboard when they map, and give it back to the main window when they go."""
+    """The user's typing reaches the app once the user focuses its window. Dialogs (windows
+    transient for the main one) are placed and sized as the app asks, get the keyboard when
+    they map, and give it back to the main window when they go."""
     with nested(xserver, tmp_path / "x11") as display, x_client(xserver) as host, \
             connection(display.access) as app:
         screen = app.screen()
@@ -337,6 +320,10 @@ def test_a_dialog_keeps_its_size_takes_the_keys_and_gives_them_back_when_it_goes
         host_window(host, display).set_input_focus(X.RevertToParent, X.CurrentTime)
         host.sync()
         wait_until(lambda: main.get_geometry().width == LOOK.width, "the main window fills it")
+        time.sleep(0.3)
+        type_keys(host, "hello")
+        time.sleep(0.3)
+        assert key_presses(app, main) == len("hello")
         dialog = screen.root.create_window(100, 80, 300, 120, 0, screen.root_depth,
                                            event_mask=X.KeyPressMask)
         dialog.set_wm_transient_for(main)
