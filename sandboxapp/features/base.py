@@ -38,6 +38,9 @@ class CheckedPath:
     trusted: bool  # may be another's than the user's (root's display socket, for one)
     what: str  # named in the error when it is refused
     file_type: int | None  # the stat.S_IF* it must be, if any
+    # Seconds it may take to appear (a server's socket, the server starting as the container
+    # does): waited for, then checked like any other.
+    appears_within: float = 0.0
 
 
 class Recorder(Protocol):
@@ -114,6 +117,11 @@ class Feature:
     def describe(self) -> list[str]:
         """Its lines in `run --dry-run`."""
         return []
+
+    def check_as_sandbox(self, uid: int) -> Callable[[], None] | None:
+        """The root side's: a check made as the sandbox's own UID (uid) while nspawn starts;
+        what it returns is called before the app's gate opens, and raises to keep it shut."""
+        return None
 
     def grant(self, session: Session, stack: ExitStack) -> None:
         """Made while nspawn starts, before the app's gate opens."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -60,7 +61,32 @@ class NetworkAccess(Feature):
     def describe(self) -> list[str]:
         return [f"network:  {self.mode.value}"]
 
+    def check_as_sandbox(self, uid: int) -> Callable[[], None] | None:
+        """Every X server listening on an abstract name, tried as the sandbox's UID without a
+        cookie (whatever its host list says, in whatever form: the server's word counts)."""
+        if self.mode is not Network.HOST:
+            return None
+        from sandboxapp.host import x11
+
+        probe = x11.start_probe(uid)
+        if probe is None:
+            return None
+
+        def verdict() -> None:
+            admitted = x11.probe_result(probe)
+            if admitted:
+                raise SandboxError(
+                    f"the X display {', '.join(admitted)} lets the sandbox in without a cookie, "
+                    f"and the profile has network = \"host\": it would reach that display "
+                    "through its abstract socket",
+                    hint="close that display's access (xhost -; xhost -local:; an entry for "
+                         'the sandbox\'s UID), or give the profile network = "none"',
+                    status=ExitStatus.LAUNCHER)
+        return verdict
+
     def grant(self, session: Session, stack: ExitStack) -> None:
+        # The user's display's host list, read with the user's cookie: an entry for any UID of
+        # the sandbox's block (the probe tries only the first).
         if self.mode is not Network.HOST or session.plan.image is None:
             return
         from sandboxapp.host import x11

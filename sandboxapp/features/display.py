@@ -16,7 +16,7 @@ from sandboxapp.errors import ExitStatus, SandboxError
 from sandboxapp.features.base import CheckedPath, Feature, Session, Source
 from sandboxapp.features.request import absolute_path, refused
 from sandboxapp.fs.safepath import ensure_user_dir
-from sandboxapp.host.display import AUTH_FILE, Display, XAccess
+from sandboxapp.host.display import AUTH_FILE, NESTED_START_TIMEOUT, Display, XAccess
 from sandboxapp.profile.model import X11Access
 from sandboxapp.system.nspawn import Bind
 from sandboxapp.undo.entries import NestedX11Entry, TrustedX11Entry
@@ -57,12 +57,14 @@ class DisplayAccess(Feature):
     # trusted authorization (made in grant).
     access: XAccess | None = None
     entry: TrustedX11Entry | None = None
+    # x11 = true: the nested server, started in prepare, waited for in grant.
+    nested: Any = None
 
     @classmethod
     def prepare(cls, session: Session, stack: ExitStack) -> DisplayAccess | None:
         """The user's display's socket checked and the X directory made; for x11 = true the
-        nested server started in it, recorded with their undo first (the server's start, a
-        tenth of a second, overlaps the privileged helper's)."""
+        nested server started in it, recorded with their undo first (its start, a tenth of a
+        second, overlaps the privileged helper's and nspawn's: grant waits for it)."""
         plan = session.plan
         display = plan.display
         if display is None:
@@ -109,12 +111,14 @@ class DisplayAccess(Feature):
         started = start_ticks(nested.process.pid)
         record.update(entry, display=nested.display.number,
                       server=[nested.process.pid, started] if started is not None else None)
-        return cls(nested.display, False, directory, access)
+        return cls(nested.display, False, directory, access, nested=nested)
 
     def checked_paths(self, trusted_profile: bool) -> list[CheckedPath]:
         # The user's display's socket may be root's (Xorg's); a nested server's is the user's.
-        return [CheckedPath(self.display.socket, self.trusted, "X display socket", stat.S_IFSOCK),
-                CheckedPath(self.x11_dir, False, "X directory", stat.S_IFDIR)]
+        # The nested server's socket appears as the server starts, while the container does.
+        return [CheckedPath(self.x11_dir, False, "X directory", stat.S_IFDIR),
+                CheckedPath(self.display.socket, self.trusted, "X display socket", stat.S_IFSOCK,
+                            appears_within=0.0 if self.trusted else NESTED_START_TIMEOUT)]
 
     def binds(self, source: Source) -> list[Bind]:
         # Only the display's own socket, read-only: not the whole socket directory; and the
@@ -173,7 +177,8 @@ class DisplayAccess(Feature):
 
     def grant(self, session: Session, stack: ExitStack) -> None:
         if not self.trusted:
-            return  # the nested server runs already (prepare)
+            self.nested.wait_ready()  # started in prepare: it came up as nspawn started
+            return
         assert self.access is not None and self.entry is not None
         from sandboxapp.host import xtrust
         from sandboxapp.host.xconnection import write_cookie_file

@@ -14,6 +14,9 @@ from sandboxapp.errors import ExitStatus, SandboxError
 X11_SOCKET_DIR = Path("/tmp/.X11-unix")
 # The sandbox's own Xauthority file, in its X directory (nested.py writes it).
 AUTH_FILE = "Xauthority"
+# Xephyr answers its first client 0.14 s after it starts here; one that has not said its
+# display number (nor made its socket) by then is not coming.
+NESTED_START_TIMEOUT = 10.0
 _DISPLAY = re.compile(r"(?P<host>[^:]*):(?P<number>\d+)(?:\.(?P<screen>\d+))?")
 
 

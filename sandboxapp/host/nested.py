@@ -11,9 +11,11 @@ extension, serves Xephyr like any client.
 Xephyr is the one client of the user's display in this path, and it parses the sandbox's
 hostile protocol, so it gets as little as it needs:
   :N, -displayfd      a display number that no server holds, by its socket, its lock file or
-                      its abstract socket (one in another mount namespace, a service's private
-                      /tmp, has only the last in common with us: clients try it first), and
-                      Xephyr says when it listens;
+                      its abstract name (one in another mount namespace, a service's private
+                      /tmp, has only the last in common with us: clients try it first); the
+                      launcher holds that name for as long as Xephyr runs (reserve_number), and
+                      Xephyr says when it listens, which is waited for while the container
+                      starts;
   -auth FILE          a cookie of the sandbox's own (a file in the sandbox's X directory);
   -nolisten tcp, -nolisten local
                       its filesystem socket only: no TCP, and no abstract socket, which any
@@ -52,6 +54,7 @@ from __future__ import annotations
 import contextlib
 import os
 import select
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -63,7 +66,7 @@ from sandboxapp.command import base_env, program_exists, run, spawn
 from sandboxapp.errors import ExitStatus, SandboxError
 from sandboxapp.fs.safepath import DesktopUser, read_user_file
 from sandboxapp.host.clipboard import ClipboardBridge, Directions
-from sandboxapp.host.display import X11_SOCKET_DIR, Display, XAccess
+from sandboxapp.host.display import NESTED_START_TIMEOUT, X11_SOCKET_DIR, Display, XAccess
 from sandboxapp.host.xconnection import connection, write_cookie_file
 
 if TYPE_CHECKING:
@@ -76,9 +79,6 @@ OPTIONS = ("-nolisten", "tcp", "-nolisten", "local", "-no-host-grab", "-resizeab
            "-extension", "XTEST", "-extension", "RECORD", "-extension", "GLX",
            "-extension", "XVideo", "-extension", "XVideo-MotionCompensation",
            "-extension", "MIT-SHM", "-noreset")
-# Xephyr answers its first client 0.14 s after it starts here; one that has not said its
-# display number by then is not coming.
-START_TIMEOUT = 10.0
 # Display numbers tried for the nested server, from the first: above those desktops take.
 FIRST_NUMBER = 20
 LAST_NUMBER = 1000
@@ -131,30 +131,39 @@ def shown_title(look: WindowLook, inside: bytes | None) -> str:
     return f"{look.title}: {text}" if text else look.title
 
 
-def free_number(start: int = FIRST_NUMBER) -> int:
-    """The first display number from start that no server holds in any way a client (in this
-    network namespace) could be led to."""
-    abstract = {line.rsplit(None, 1)[-1] for line in
-                Path("/proc/net/unix").read_text(errors="replace").splitlines()[1:]
-                if line.rstrip().endswith(tuple("0123456789"))}
+def reserve_number(stack: contextlib.ExitStack, start: int = FIRST_NUMBER) -> int:
+    """The first display number from start that no server holds, reserved until stack unwinds.
+
+    Xephyr listens on no abstract socket (-nolisten local), and a client inside tries the
+    abstract name @/tmp/.X11-unix/XN before the socket file it was given: in the host's network
+    namespace (network = "host") any local process that took that name would sit between the
+    sandbox and its server (its cookie, its every key and picture). The launcher holds the name
+    itself, bound and never listening: a client there is refused at once and goes on to the
+    file. Binding it is also what reserves the number, atomically, against another launch."""
     for number in range(start, LAST_NUMBER):
-        if (f"@{X11_SOCKET_DIR}/X{number}" not in abstract
-                and not (X11_SOCKET_DIR / f"X{number}").exists()
-                and not Path(f"/tmp/.X{number}-lock").exists()):
-            return number
+        if (X11_SOCKET_DIR / f"X{number}").exists() or Path(f"/tmp/.X{number}-lock").exists():
+            continue
+        holder = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            holder.bind(f"\0{X11_SOCKET_DIR}/X{number}")
+        except OSError:
+            holder.close()
+            continue  # a server (or a process in its place) holds it
+        stack.callback(holder.close)
+        return number
     raise SandboxError(f"no free X display number between {start} and {LAST_NUMBER}",
                        status=ExitStatus.LAUNCHER)
 
 
 def _read_number(fd: int, process: subprocess.Popen[bytes]) -> int:
     """The display number Xephyr writes to -displayfd once it listens."""
-    deadline = time.monotonic() + START_TIMEOUT
+    deadline = time.monotonic() + NESTED_START_TIMEOUT
     data = b""
     while not data.endswith(b"\n") and len(data) < 16:
         left = deadline - time.monotonic()
         if left <= 0 or not select.select([fd], [], [], left)[0]:
-            raise SandboxError(f"the sandbox's X server did not start in {START_TIMEOUT:.0f} s",
-                               status=ExitStatus.LAUNCHER)
+            raise SandboxError("the sandbox's X server did not start in "
+                               f"{NESTED_START_TIMEOUT:.0f} s", status=ExitStatus.LAUNCHER)
         chunk = os.read(fd, 16)
         if not chunk:
             status = process.poll()
@@ -200,6 +209,32 @@ class NestedDisplay:
         self.wake_read, self.wake_write = os.pipe()
         self.thread: threading.Thread | None = None
         self.error: BaseException | None = None
+        # Until wait_ready(): the stack its connection and thread go on, and the pipe Xephyr
+        # says its display number on once it listens.
+        self.starting: tuple[contextlib.ExitStack, int] | None = None
+
+    def wait_ready(self) -> None:
+        """Wait for the server to listen (what it says on -displayfd), then connect to it and
+        follow it on a thread of its own: before any client of the sandbox can map a
+        window (the app's gate opens after this)."""
+        from Xlib import X
+
+        if self.starting is None:
+            return
+        stack, said = self.starting
+        self.starting = None
+        if _read_number(said, self.process) != self.display.number:
+            raise SandboxError(f"the sandbox's X server did not take display "
+                               f"{self.display.name}", status=ExitStatus.LAUNCHER)
+        inside = stack.enter_context(connection(self.access))
+        # Listening for the app's windows before any client can map one.
+        inside.screen().root.change_attributes(
+            event_mask=X.SubstructureNotifyMask | X.StructureNotifyMask)
+        inside.sync()
+        stack.callback(self.close)  # the thread ends before the connections close
+        self.thread = threading.Thread(target=self.serve, args=(inside,), daemon=True,
+                                       name="nested-display")
+        self.thread.start()
 
     # -- the window's behaviour, on the launcher's thread of it ---------------------------
 
@@ -469,38 +504,31 @@ def nested_display(access: XAccess, directory: Path, look: WindowLook,
     """Xephyr in a window of the launcher's on the user's display (access), its cookie in
     directory (the sandbox's X directory, the user's own, 0700), the clipboard crossing as
     clipboard says, until the context ends. user: the desktop user's (uid, gid), where root
-    launches for that user: Xephyr runs as the user, and the cookie file is the user's."""
-    from Xlib import X
+    launches for that user: Xephyr runs as the user, and the cookie file is the user's.
 
+    The display is started, not yet ready: its number is known at once (for the container's
+    environment), and wait_ready() waits for the server while the container starts."""
     with contextlib.ExitStack() as stack:
         host = stack.enter_context(connection(access))
         window = _parent_window(host, look)
         stack.callback(_quietly, window.destroy, host)
         cookie_file = write_cookie_file(directory, os.urandom(16),
                                         (user.uid, user.gid) if user else None)
-        process, number = _start_server(stack, access, window.id, cookie_file, _dpi(host), user)
+        number = reserve_number(stack)
+        process, said = _start_server(stack, access, number, window.id, cookie_file, _dpi(host),
+                                      user)
         nested = NestedDisplay(host, window, process, Display(number),
                                XAccess(Display(number), str(cookie_file)), look, access,
                                clipboard)
-        inside = stack.enter_context(connection(nested.access))
-        # Listening for the app's windows before any client can map one.
-        inside.screen().root.change_attributes(
-            event_mask=X.SubstructureNotifyMask | X.StructureNotifyMask)
-        inside.sync()
-        stack.callback(nested.close)  # the thread ends before the connections close
-        nested.thread = threading.Thread(target=nested.serve, args=(inside,), daemon=True,
-                                         name="nested-display")
-        nested.thread.start()
+        nested.starting = (stack, said)
         yield nested
 
 
-# Attempts at a free display number: another server may take the one found before Xephyr does.
-ATTEMPTS = 3
-
-
-def _start_server(stack: contextlib.ExitStack, access: XAccess, window: int, cookie_file: Path,
-                  dpi: int, user: DesktopUser | None) -> tuple[subprocess.Popen[bytes], int]:
-    """Xephyr, listening: its process (stopped when stack unwinds) and display number."""
+def _start_server(stack: contextlib.ExitStack, access: XAccess, number: int, window: int,
+                  cookie_file: Path, dpi: int,
+                  user: DesktopUser | None) -> tuple[subprocess.Popen[bytes], int]:
+    """Xephyr on display number (stopped when stack unwinds), and the pipe it says it listens
+    on (-displayfd)."""
     as_user = [f"--reuid={user.uid}", f"--regid={user.gid}", "--clear-groups"] if user else []
     user_cookie = access.cookie_file()
     cookie = str(user_cookie) if user_cookie else None
@@ -514,32 +542,18 @@ def _start_server(stack: contextlib.ExitStack, access: XAccess, window: int, coo
         os.write(copy, read_user_file(user_cookie, user, trusted=True, limit=1 << 20))
         inherited, cookie = (copy,), f"/proc/self/fd/{copy}"
     env = base_env({"DISPLAY": access.display.name, **({"XAUTHORITY": cookie} if cookie else {})})
-    number = FIRST_NUMBER - 1
-    for attempt in range(ATTEMPTS):
-        number = free_number(number + 1)
-        read_end, write_end = os.pipe()
-        try:
-            # Should the launcher die, its server goes with it.
-            process = spawn(["setpriv", *as_user, "--pdeathsig", "TERM", "--", XEPHYR,
-                             f":{number}",
-                             "-displayfd", str(write_end), "-auth",
-                             str(cookie_file), "-parent", str(window), "-dpi", str(dpi),
-                             *OPTIONS], env=env, pass_fds=(write_end, *inherited),
-                            new_session=True)
-        finally:
-            os.close(write_end)
-        stack.callback(_stop, process)
-        try:
-            if _read_number(read_end, process) != number:
-                raise SandboxError(f"the sandbox's X server did not take display :{number}",
-                                   status=ExitStatus.LAUNCHER)
-            return process, number
-        except SandboxError:
-            if process.poll() is None or attempt == ATTEMPTS - 1:
-                raise
-        finally:
-            os.close(read_end)
-    raise AssertionError("unreachable")
+    read_end, write_end = os.pipe()
+    stack.callback(os.close, read_end)
+    try:
+        # Should the launcher die, its server goes with it.
+        process = spawn(["setpriv", *as_user, "--pdeathsig", "TERM", "--", XEPHYR, f":{number}",
+                         "-displayfd", str(write_end), "-auth", str(cookie_file), "-parent",
+                         str(window), "-dpi", str(dpi), *OPTIONS],
+                        env=env, pass_fds=(write_end, *inherited), new_session=True)
+    finally:
+        os.close(write_end)
+    stack.callback(_stop, process)
+    return process, read_end
 
 
 def _quietly(action: Any, host: XDisplay) -> None:

@@ -17,12 +17,17 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import socket
 import stat
 import struct
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
+from sandboxapp.command import base_env, spawn
 from sandboxapp.errors import ExitStatus, SandboxError
 from sandboxapp.host import unixsocket
 from sandboxapp.host.display import XAccess
@@ -39,6 +44,8 @@ _AUTH_FILE_LIMIT = 1 << 20
 # The largest reply taken: a host list of a few thousand entries is far smaller. A server
 # claiming more is not one (a reply's length field could ask for 16 GiB).
 _MAX_REPLY = 1 << 20
+# The probe tries a few servers, each with a second's patience.
+PROBE_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True)
@@ -47,38 +54,55 @@ class HostList:
     hosts: frozenset[tuple[int, bytes]]  # (family, address)
 
     def cookieless(self, ids: range | None) -> str | None:
-        """What admits a local client without a cookie, as xhost would show it: to every local
-        client, or (ids: the sandbox's UIDs and GIDs) to one running as one of ids."""
+        """What lets a local client in without a cookie, as xhost would show it. ids None: what
+        admits every local client. ids, the sandbox's UIDs and GIDs: any entry but a
+        server-interpreted localuser or localgroup that names, beyond doubt, an id outside ids
+        (an address entry admits a sandbox in the host's network over TCP, and, naming one of
+        the host's own addresses, over the local socket too)."""
         if not self.access_enabled:
             return "access control is off (xhost +)"
         for family, address in sorted(self.hosts):
             if family == FAMILY_LOCALHOST:
                 return "LOCAL: (xhost +local:)"
-            if family != FAMILY_SERVER_INTERPRETED or ids is None:
+            if ids is None:
                 continue
+            if family != FAMILY_SERVER_INTERPRETED:
+                return f"an address entry (family {family}: {address.hex() or 'empty'})"
             kind, _, name = address.partition(b"\0")
-            number = _id_of(kind, name.decode(errors="replace"))
-            if number is not None and number in ids:
-                return f"SI:{kind.decode(errors='replace')}:{name.decode(errors='replace')}"
+            number = _id_of(kind, name)
+            if number is None or number in ids:
+                shown = address.decode("ascii", errors="replace").replace("\0", ":")
+                return f"SI:{shown}"
         return None
 
 
-def _id_of(kind: bytes, name: str) -> int | None:
-    """The UID (localuser) or GID (localgroup) a server-interpreted entry names, as the
-    server resolves it: "#N", or a name in the host's user or group database."""
+# The numbers an entry may give as "#N": what the server reads the same way (it takes any
+# strtol() prefix, sign and base; the launcher takes only this, and suspects the rest).
+_PLAIN_ID = re.compile(rb"#(0|[1-9][0-9]{0,9})")
+_NOBODY = -1  # a name no account has: it admits no one
+
+
+def _id_of(kind: bytes, name: bytes) -> int | None:
+    """The UID (localuser) or GID (localgroup) a server-interpreted entry names beyond doubt;
+    None for anything else."""
     import grp
     import pwd
 
-    if name.startswith("#"):
-        return int(name[1:]) if name[1:].isdigit() else None
+    if kind not in (b"localuser", b"localgroup"):
+        return None
+    plain = _PLAIN_ID.fullmatch(name)
+    if plain is not None:
+        number = int(plain[1])
+        return number if number < 1 << 31 else None
+    if not name or not name.isascii() or not name.replace(b"-", b"").replace(
+            b"_", b"").replace(b".", b"").isalnum():
+        return None
     try:
         if kind == b"localuser":
-            return pwd.getpwnam(name).pw_uid
-        if kind == b"localgroup":
-            return grp.getgrnam(name).gr_gid
+            return pwd.getpwnam(name.decode()).pw_uid
+        return grp.getgrnam(name.decode()).gr_gid
     except KeyError:
-        return None
-    return None
+        return _NOBODY
 
 
 def _fields(data: bytes, offset: int, count: int) -> tuple[list[bytes], int]:
@@ -233,3 +257,61 @@ def cookieless_admission(access: XAccess, ids: range | None = None) -> str | Non
     """What the user's server admits without a cookie (HostList.cookieless), or None."""
     with _connection(access) as connection:
         return connection.list_hosts().cookieless(ids)
+
+
+# Run as a UID of the sandbox's (setpriv), standard library only, a deadline on every step:
+# which of the X servers' abstract names (arguments) let a client in without a cookie.
+_PROBE = r"""
+import socket, struct, sys
+for name in sys.argv[1:]:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(1.0)
+    try:
+        sock.connect("\0" + name)
+        sock.sendall(struct.pack("<BxHHHHxx", ord("l"), 11, 0, 0, 0))
+        status = sock.recv(1)
+    except OSError:
+        continue
+    finally:
+        sock.close()
+    if status == b"\x01":
+        print(name)
+"""
+
+
+def abstract_servers() -> list[str]:
+    """The abstract names X servers listen on in this network namespace (@/tmp/.X11-unix/XN),
+    which a sandbox sharing it reaches without any bind."""
+    listening = "00010000"  # __SO_ACCEPTCON: a listening socket
+    names = []
+    for line in Path("/proc/net/unix").read_text(errors="replace").splitlines()[1:]:
+        fields = line.split()
+        if (len(fields) == 8 and fields[3] == listening
+                and re.fullmatch(r"@/tmp/\.X11-unix/X[0-9]{1,5}", fields[7])):
+            names.append(fields[7][1:])
+    return sorted(set(names))
+
+
+def start_probe(uid: int) -> subprocess.Popen[str] | None:
+    """Try, as uid (with its own GID, no groups), every X server's abstract name without a
+    cookie, as a process of the sandbox's would; None where there is none. Root's (setpriv)."""
+    names = abstract_servers()
+    if not names:
+        return None
+    return spawn(["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--",
+                  os.path.realpath(sys.executable), "-I", "-S", "-c", _PROBE, *names],
+                 env=base_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+
+
+def probe_result(process: subprocess.Popen[str]) -> list[str]:
+    """The displays the probe got into (":N"); an error where it could not tell."""
+    try:
+        out, _ = process.communicate(timeout=PROBE_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        out = None
+    if process.returncode != 0 or out is None:
+        raise SandboxError("could not check whether the host's X servers let the sandbox in "
+                           "without a cookie", status=ExitStatus.LAUNCHER)
+    return [":" + line.rsplit("X", 1)[1] for line in out.split()]

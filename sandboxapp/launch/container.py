@@ -14,6 +14,8 @@ import os
 import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +56,8 @@ class Started:
 
     process: subprocess.Popen[bytes]
     gate_fd: int
+    # The features' checks as the sandbox (Feature.check_as_sandbox), made before it opens.
+    checks: tuple[Callable[[], None], ...] = ()
 
 
 def make_gate(path: Path) -> int:
@@ -67,6 +71,8 @@ def make_gate(path: Path) -> int:
 
 
 def open_gate(started: Started) -> None:
+    for check in started.checks:
+        check()  # raises: the gate stays shut, and the container is stopped
     os.write(started.gate_fd, b"go\n")
 
 
@@ -137,6 +143,13 @@ def stop_app(spawned_pid: int) -> None:
                 process.send_signal(signal.SIGTERM)
 
 
+def _wait_to_appear(path: Path, seconds: float) -> None:
+    """Until path exists (as anything: it is checked next, never followed), or seconds."""
+    deadline = time.monotonic() + seconds
+    while not os.path.lexists(path) and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+
 class ContainerSide:
     def __init__(self, supervisor: Supervisor, request: ContainerRequest, stderr: TextSink,
                  control: ControlChannel | None = None, relay: Relay | None = None) -> None:
@@ -160,8 +173,12 @@ class ContainerSide:
         user = self.request.user
         checked = [path for feature in self.request.features
                    for path in feature.checked_paths(self.request.trusted_profile)]
+        # What may take a moment to appear is staged last, when it has had the most time.
+        checked.sort(key=lambda path: path.appears_within)
         for index, path in enumerate(checked):
             target = staging / str(index)
+            if path.appears_within:
+                _wait_to_appear(path.path, path.appears_within)
             try:
                 stage_owned(str(path.path), user.uid, user.gid, str(target),
                             trusted=path.trusted, file_type=path.file_type)
@@ -214,6 +231,8 @@ class ContainerSide:
         staged = self._stage(plan.layer_root)
         gate, gate_fd = self._gate(stack)
         spec = launch_spec(plan, merged, self.request.features, gate=gate, staged=staged)
+        checks = tuple(check for feature in self.request.features
+                       if (check := feature.check_as_sandbox(spec.ids.base)) is not None)
         entry = self.supervisor.add(stack, ContainerEntry(
             plan.machine, spec.ids.base, self.request.user.uid, str(plan.profile.path)))
         self.supervisor.check_interrupted()
@@ -229,7 +248,7 @@ class ContainerSide:
         self.supervisor.record.update(entry, pid=pid, started=started)
         assert process.stdout is not None and process.stderr is not None
         self._relay(process.stdout, process.stderr)
-        return Started(process, gate_fd)
+        return Started(process, gate_fd, checks)
 
     def supervise(self, started: Started) -> int:
         process = started.process

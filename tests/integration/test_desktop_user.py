@@ -354,7 +354,8 @@ def test_a_persist_directory_that_is_a_symlink_to_etc_is_refused(
     # ... and straight to the helper, as a user bypassing the launcher could.
     direct = as_user(member, helper_request(
         "launch", member.profiles / f"{NAME}.toml", member.home / ".local" / "share", NAME,
-        {"display": {"display": int(xserver.display.lstrip(":")), "x11_dir": None}}))
+        {"display": {"display": int(xserver.display.lstrip(":")),
+                     "x11_dir": str(member.home / "x11")}}))
     _refused(direct, "persistent directory", "symlink")
     assert "passwd" not in direct.stdout
     assert etc_state() == before

@@ -17,6 +17,7 @@ from tests.harness import XServer, gnome_xwayland, require_programs
 from tests.integration.launching import NAME, TRUSTED_SANDBOX, Session, write_variant
 from tests.integration.test_nested_display import (  # noqa: F401 (collected here again)
     test_a_keyboard_grab_inside_gets_none_of_what_the_user_types_elsewhere,
+    test_no_process_can_take_its_abstract_name_to_sit_between_the_sandbox_and_it,
     test_only_its_cookie_opens_it_and_it_listens_on_no_abstract_or_tcp_socket,
     test_the_host_s_shared_memory_is_out_of_reach_through_the_nested_server,
     test_the_user_types_into_the_app_and_its_dialog_once_its_window_has_the_focus,

@@ -338,7 +338,8 @@ def test_display_problems_are_launcher_errors(session: Session) -> None:
     assert "no socket at /tmp/.X11-unix/X987" in result.stderr
 
 
-@pytest.mark.parametrize("entry", ["+local:", "+si:localuser:#{uid}", "+"])
+@pytest.mark.parametrize("entry", ["+local:", "+si:localuser:#{uid}", "+",
+                                   "+si:localuser:#{uid:#x}", "+si:localgroup:#0{uid:o}"])
 def test_a_host_network_sandbox_is_refused_where_the_display_admits_it_without_a_cookie(
         session: Session, entry: str) -> None:
     """The user's own host list (xhost +local:, an entry for the image's UID, access control
@@ -369,6 +370,33 @@ def test_a_host_network_sandbox_is_refused_where_the_display_admits_it_without_a
         assert ran.returncode == 0, ran.stderr
     finally:
         subprocess.run(["xhost", "-" + grant[1:]], env=client, check=True, capture_output=True)
+
+
+def test_a_host_network_sandbox_is_refused_whichever_display_the_user_names(
+        session: Session) -> None:
+    """The root side tries every X server's abstract name as the sandbox's UID, without a
+    cookie: a server that lets it in refuses the launch even where the user's DISPLAY names
+    another display, none, or a cookie that does not open it (the host list unread)."""
+    client = session.xserver.client_env()  # type: ignore[union-attr]
+    subprocess.run(["xhost", "+local:"], env=client, check=True, capture_output=True)
+    try:
+        host = write_variant(session.profiles, ["/bin/true"],
+                             'network = "host"\npersist = ["/root/data"]\n')
+        for changed in ({"DISPLAY": ""}, {"XAUTHORITY": "/nonexistent"}):
+            env = {**session.env(), **changed}
+            refused = session.sandboxapp("run", str(host), env=env)
+            assert refused.returncode == 125, refused.stderr
+            said = [line for line in refused.stderr.splitlines()
+                    if line.startswith("sandboxapp:")]
+            # The root side's probe, or (where the launcher's own connection gets in without
+            # a cookie, as LOCAL: lets it) the host list read by the user's side first.
+            assert len(said) == 1 and "without a cookie" in said[0], said
+            assert session.xserver.display in said[0]  # type: ignore[union-attr]
+            assert 'network = "host"' in said[0]
+    finally:
+        subprocess.run(["xhost", "-local:"], env=client, check=True, capture_output=True)
+    ran = session.run(str(host))
+    assert ran.returncode == 0, ran.stderr
 
 
 def test_dry_run_prints_the_command_and_changes_nothing(session: Session) -> None:

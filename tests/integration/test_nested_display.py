@@ -50,6 +50,7 @@ def nested(server: XServer, directory: Path,
     directory.mkdir(mode=0o700)
     user = XAccess(parse_display(server.display), str(server.xauthority))
     with nested_display(user, directory, LOOK, clipboard) as display:
+        display.wait_ready()
         yield display
 
 
@@ -102,13 +103,37 @@ def test_only_its_cookie_opens_it_and_it_listens_on_no_abstract_or_tcp_socket(
                                  env={**inside_env(display), "DISPLAY": xserver.display})
         assert to_user.returncode != 0
         sockets = Path("/proc/net/unix").read_text()
-        assert f"@/tmp/.X11-unix/X{display.display.number}" not in sockets
-        assert f"/tmp/.X11-unix/X{display.display.number}" in sockets
+        # Its abstract name is held, never listened on (the launcher's: see the next test).
+        listening = {line.split()[-1] for line in sockets.splitlines()[1:]
+                     if len(line.split()) == 8 and line.split()[3] == "00010000"}
+        assert f"@/tmp/.X11-unix/X{display.display.number}" not in listening
+        assert f"/tmp/.X11-unix/X{display.display.number}" in listening
         port = f":{6000 + display.display.number:04X}"
         for table in ("/proc/net/tcp", "/proc/net/tcp6"):
             assert port not in Path(table).read_text()
         extensions = inside(display, "xdpyinfo", "-queryExtensions").stdout
         assert "XTEST" not in extensions and "GLX" not in extensions
+
+
+def test_no_process_can_take_its_abstract_name_to_sit_between_the_sandbox_and_it(
+        xserver: XServer, tmp_path: Path) -> None:
+    """A client inside tries @/tmp/.X11-unix/XN before the socket file; with network = "host"
+    that name is the host's. Another user's process that bound it would relay the sandbox's
+    connections (its cookie, keys and pictures): the launcher holds the name, and a client is
+    refused there at once, and goes on to the file."""
+    import errno
+    import socket
+
+    with nested(xserver, tmp_path / "x11") as display:
+        name = f"\0/tmp/.X11-unix/X{display.display.number}"
+        squatter = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        with squatter, pytest.raises(OSError) as taken:
+            squatter.bind(name)
+        assert taken.value.errno == errno.EADDRINUSE
+        client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        with client, pytest.raises(ConnectionRefusedError):
+            client.connect(name)
+        assert inside(display, "xdpyinfo").returncode == 0  # libxcb: the name, then the file
 
 
 def test_a_keyboard_grab_inside_gets_none_of_what_the_user_types_elsewhere(

@@ -61,11 +61,28 @@ SANDBOX_IDS = range(1879048192, 1879048192 + 65536)
     # The desktop's own entry for its user (GNOME and GDM make one): not a sandbox's UID.
     (True, {(FAMILY_SERVER_INTERPRETED, b"localuser\0root")}, None),
     (True, {(FAMILY_SERVER_INTERPRETED, b"localuser\0#1000")}, None),
-    (True, {(FAMILY_SERVER_INTERPRETED, b"localuser\0#1879048192x")}, None),
     (True, {(FAMILY_SERVER_INTERPRETED, b"localuser\0no-such-user-here")}, None),
-    (True, {(0, b"\x7f\0\0\1")}, None),  # an Internet address: TCP, not the local socket
+    # What the server reads as a number in ways the launcher does not (strtol: any base,
+    # sign, blanks, a tail, wrapping to 32 bits), or a name with a NUL: suspect, so refused.
+    (True, {(FAMILY_SERVER_INTERPRETED, b"localuser\0#1879048192x")},
+     "SI:localuser:#1879048192x"),
+    (True, {(FAMILY_SERVER_INTERPRETED, b"localuser\0#0x70000000")}, "SI:localuser:#0x70000000"),
+    (True, {(FAMILY_SERVER_INTERPRETED, b"localuser\0#+1879048192")},
+     "SI:localuser:#+1879048192"),
+    (True, {(FAMILY_SERVER_INTERPRETED, b"localuser\0#6174015488")},
+     "SI:localuser:#6174015488"),
+    (True, {(FAMILY_SERVER_INTERPRETED, b"localuser\0#" + b"9" * 5000)},
+     "SI:localuser:#" + "9" * 5000),
+    (True, {(FAMILY_SERVER_INTERPRETED, "localuser\0#\u00b2".encode())},
+     "SI:localuser:#\ufffd\ufffd"),
+    (True, {(FAMILY_SERVER_INTERPRETED, b"localuser\0#1879048200\0junk")},
+     "SI:localuser:#1879048200:junk"),
+    (True, {(FAMILY_SERVER_INTERPRETED, b"hostname\0localhost")}, "SI:hostname:localhost"),
+    # An address: TCP from the host's network, and the local socket where it is the host's.
+    (True, {(0, b"\x7f\0\0\1")}, "an address entry (family 0: 7f000001)"),
 ], ids=["closed", "off", "local", "sandbox-uid", "sandbox-gid", "root-by-name", "desktop-uid",
-        "not-a-number", "unknown-name", "internet"])
+        "unknown-name", "tail", "hex", "sign", "wraps", "long", "not-ascii", "nul",
+        "hostname", "internet"])
 def test_what_lets_a_sandbox_in_without_a_cookie_is_named(
         enabled: bool, hosts: set[tuple[int, bytes]], admits: str | None) -> None:
     assert HostList(enabled, frozenset(hosts)).cookieless(SANDBOX_IDS) == admits
