@@ -221,8 +221,8 @@ def test_doctor_passes_here_and_names_each_missing_piece(session: Session) -> No
                    capture_output=True)
     result = session.sandboxapp("doctor")
     assert result.returncode == 1
-    assert any(line.startswith("FAIL") and "admits every local user" in line
-               for line in result.stdout.splitlines())
+    assert any(line.startswith("FAIL") and "admits every local program without a cookie"
+               in line and "LOCAL:" in line for line in result.stdout.splitlines())
 
 
 @pytest.fixture
