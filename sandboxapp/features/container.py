@@ -43,6 +43,12 @@ class SessionBus(Feature):
         return ["D-Bus:    a session bus of its own inside, not yours"]
 
 
+def _some(displays: list[str], shown: int = 3) -> str:
+    """A few displays by name, and how many more (a local program may hold thousands)."""
+    more = len(displays) - shown
+    return ", ".join(displays[:shown]) + (f" and {more} more" if more > 0 else "")
+
+
 @dataclass(frozen=True)
 class NetworkAccess(Feature):
     """network = "host" or "none". The host's network namespace holds the abstract sockets of
@@ -73,14 +79,23 @@ class NetworkAccess(Feature):
             return None
 
         def verdict() -> None:
-            admitted = x11.probe_result(probe)
-            if admitted:
+            found = x11.probe_result(probe)
+            if found.admitted:
                 raise SandboxError(
-                    f"the X display {', '.join(admitted)} lets the sandbox in without a cookie, "
-                    f"and the profile has network = \"host\": it would reach that display "
-                    "through its abstract socket",
+                    f"the X display {_some(found.admitted)} lets the sandbox in without a "
+                    "cookie, and the profile has network = \"host\": it would reach that "
+                    "display through its abstract socket",
                     hint="close that display's access (xhost -; xhost -local:; an entry for "
                          'the sandbox\'s UID), or give the profile network = "none"',
+                    status=ExitStatus.LAUNCHER)
+            if found.silent:
+                # Not answering is not saying no: a busy server may let it in later.
+                raise SandboxError(
+                    f"the X display {_some(found.silent)} did not answer within "
+                    f"{x11.PROBE_BUDGET:g} s, so whether it lets a sandbox with network = "
+                    '"host" in without a cookie cannot be told',
+                    hint="a program holds that display's abstract socket without serving it; "
+                         'try again once it answers, or give the profile network = "none"',
                     status=ExitStatus.LAUNCHER)
         return verdict
 

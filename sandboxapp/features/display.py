@@ -5,7 +5,6 @@ with the cookie."""
 
 from __future__ import annotations
 
-import os
 import stat
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -95,11 +94,9 @@ class DisplayAccess(Feature):
         ensure_user_dir(directory, session.user, 0o700, exact_mode=True)
         # Root launching for a desktop user runs the nested server as that user; the cookie
         # file is the user's either way (bound with rootidmap: the container root's own there).
-        user = session.user
         nested = stack.enter_context(nested_display(
             access, directory, window_look(plan.profile.name),
-            Directions.of(plan.profile.sandbox.clipboard),
-            user if os.geteuid() == 0 and user.uid != 0 else None))
+            Directions.of(plan.profile.sandbox.clipboard), session.user.acted_for()))
 
         def report() -> None:
             for line in nested.report():
@@ -190,6 +187,6 @@ class DisplayAccess(Feature):
         made = xtrust.generate(self.access)
         record.update(self.entry, authid=made.authid,
                       server=list(made.server) if made.server is not None else None)
-        user = session.user
-        write_cookie_file(self.x11_dir, made.cookie, (user.uid, user.gid)
-                          if os.geteuid() == 0 and user.uid != 0 else None)
+        owner = session.user.acted_for()
+        write_cookie_file(self.x11_dir, made.cookie,
+                          (owner.uid, owner.gid) if owner is not None else None)

@@ -29,6 +29,11 @@ class DesktopUser:
                 return cls(int(uid), int(gid))
         return cls(os.getuid(), os.getgid())
 
+    def acted_for(self) -> DesktopUser | None:
+        """This user where root acts for them (what root makes must become theirs); None
+        where the launcher runs as the user, or the user is root."""
+        return self if os.geteuid() == 0 and self.uid != 0 else None
+
 
 def refuse(path: str | Path, why: str, hint: str | None = None) -> SandboxError:
     return SandboxError(f"refusing to use {path}: {why}", status=ExitStatus.LAUNCHER, hint=hint)

@@ -178,12 +178,13 @@ def launch(request: HelperRequest, user: DesktopUser, locations: Locations,
                 f"args={extra!r}")
     run_dir = RunDir(locations.run_dir)
     supervisor = Supervisor(run_dir, warn=warn)
-    # The user's launcher joins a launch of its own that runs: a request to launch while the
-    # root side of the user's last one still holds the profile means that launcher is gone,
-    # and its app is being stopped. Wait for that, rather than refuse.
-    wait = STOPPING_WAIT if run_dir.stopping_for(name, user.uid) else 0
+    # The run directory is this user's, and the user's launcher asks for a launch only while
+    # it holds its own lock on the profile (else it joins the launch that runs): the root side
+    # holding the profile here is that of the user's last launch, whose launcher is gone, still
+    # stopping its app (it may not even have written its record yet). Wait for it, rather
+    # than refuse.
     with ExitStack() as stack:
-        if not supervisor.begin(stack, name, wait=wait):
+        if not supervisor.begin(stack, name, wait=STOPPING_WAIT):
             raise supervisor.run_dir.already_running(name)
         side = ContainerRequest(plan, user, trusted_profile=trusted, features=features)
         status = ContainerSide(supervisor, side, sys.stderr, control=control).run(stack)

@@ -44,8 +44,11 @@ _AUTH_FILE_LIMIT = 1 << 20
 # The largest reply taken: a host list of a few thousand entries is far smaller. A server
 # claiming more is not one (a reply's length field could ask for 16 GiB).
 _MAX_REPLY = 1 << 20
-# The probe tries a few servers, each with a second's patience.
-PROBE_TIMEOUT = 10.0
+# How long the probe waits for all the servers at once: a server answers a connection set-up
+# in about a millisecond; one that takes longer is busy or not a server.
+PROBE_BUDGET = 1.5
+# What the probe process may take beyond that: setpriv and Python's start.
+_PROBE_START = 3.0
 
 
 @dataclass(frozen=True)
@@ -259,23 +262,47 @@ def cookieless_admission(access: XAccess, ids: range | None = None) -> str | Non
         return connection.list_hosts().cookieless(ids)
 
 
-# Run as a UID of the sandbox's (setpriv), standard library only, a deadline on every step:
-# which of the X servers' abstract names (arguments) let a client in without a cookie.
+# Run as a UID of the sandbox's (setpriv), standard library only: every X server's abstract name
+# (arguments after the budget) tried at once, each connection set-up without a cookie sent and
+# its first byte awaited, all within one budget. It prints "admitted NAME" for a server that
+# let it in, and "silent NAME" for one that did not say within the budget or could not be
+# asked (its queue full, no descriptor left): neither a yes nor a no.
 _PROBE = r"""
-import socket, struct, sys
-for name in sys.argv[1:]:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(1.0)
+import errno, resource, select, socket, struct, sys, time
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+end = time.monotonic() + float(sys.argv[1])
+setup = struct.pack("<BxHHHHxx", ord("l"), 11, 0, 0, 0)
+asked, poller = {}, select.poll()
+for name in sys.argv[2:]:
+    try:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+    except OSError:
+        print("silent", name)
+        continue
     try:
         sock.connect("\0" + name)
-        sock.sendall(struct.pack("<BxHHHHxx", ord("l"), 11, 0, 0, 0))
-        status = sock.recv(1)
-    except OSError:
-        continue
-    finally:
+        sock.send(setup)
+    except OSError as exc:
         sock.close()
-    if status == b"\x01":
-        print(name)
+        if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT):
+            print("silent", name)
+        continue
+    asked[sock.fileno()] = (sock, name)
+    poller.register(sock, select.POLLIN)
+while asked and (left := end - time.monotonic()) > 0:
+    for fd, _ in poller.poll(left * 1000):
+        sock, name = asked.pop(fd)
+        poller.unregister(fd)
+        try:
+            status = sock.recv(1)
+        except OSError:
+            status = b""
+        sock.close()
+        if status == b"\x01":
+            print("admitted", name)
+for sock, name in asked.values():
+    print("silent", name)
 """
 
 
@@ -299,14 +326,21 @@ def start_probe(uid: int) -> subprocess.Popen[str] | None:
     if not names:
         return None
     return spawn(["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--",
-                  os.path.realpath(sys.executable), "-I", "-S", "-c", _PROBE, *names],
+                  os.path.realpath(sys.executable), "-I", "-S", "-c", _PROBE,
+                  str(PROBE_BUDGET), *names],
                  env=base_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
 
 
-def probe_result(process: subprocess.Popen[str]) -> list[str]:
-    """The displays the probe got into (":N"); an error where it could not tell."""
+@dataclass(frozen=True)
+class ProbeResult:
+    admitted: list[str]  # the displays (":N") that let the probe in
+    silent: list[str]  # those that said neither yes nor no within PROBE_BUDGET
+
+
+def probe_result(process: subprocess.Popen[str]) -> ProbeResult:
+    """What the probe found; an error where it could not tell at all."""
     try:
-        out, _ = process.communicate(timeout=PROBE_TIMEOUT)
+        out, _ = process.communicate(timeout=PROBE_BUDGET + _PROBE_START)
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
@@ -314,4 +348,8 @@ def probe_result(process: subprocess.Popen[str]) -> list[str]:
     if process.returncode != 0 or out is None:
         raise SandboxError("could not check whether the host's X servers let the sandbox in "
                            "without a cookie", status=ExitStatus.LAUNCHER)
-    return [":" + line.rsplit("X", 1)[1] for line in out.split()]
+    found: dict[str, list[str]] = {"admitted": [], "silent": []}
+    for line in out.splitlines():
+        verdict, _, name = line.partition(" ")
+        found[verdict].append(":" + name.rsplit("X", 1)[1])
+    return ProbeResult(**found)

@@ -194,12 +194,6 @@ class RunDir:
         finally:
             os.close(fd)
 
-    def stopping_for(self, profile: str, uid: int) -> bool:
-        """Whether the profile's record is of a launch for that user (the root side of a
-        launch whose user's launcher is gone, stopping its app, when that user asks again)."""
-        record = Record.load(self.record_path(profile))
-        return record is not None and any(entry.user == uid for entry in record.containers())
-
     def stop_request_path(self, profile: str) -> Path:
         return self.root / f"{profile}.stop"
 

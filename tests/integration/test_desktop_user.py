@@ -603,6 +603,30 @@ def test_a_users_stop_timeout_reaches_the_helper(
     assert mounts_under(test_image_dir) == []
 
 
+def test_a_launch_waits_for_the_root_side_of_the_users_last_one_still_starting(
+    member: DesktopUser, user_x: Path, user_sound: SoundServer, xserver: XServer,
+    installed: Path, test_image_dir: Path,
+) -> None:
+    """The user's launcher is killed just after it asked for its launch: the root side of it
+    holds the profile before it has written its record. The user's next launch waits for it
+    to finish, rather than fail as "already running"."""
+    from sandboxapp.undo.ledger import RunDir
+
+    user_profile(member, ["/bin/sh", "-c", "echo ran > /root/data/ran"])
+    env = session_env(xserver, user_x, user_sound)
+    root_side = RunDir(installed / f"user-{member.uid}")
+    with root_side.profile_lock(NAME) as held:
+        assert held
+        launch = as_user(member, [str(USER_COMMAND), "run", NAME], env, background=True)
+        assert isinstance(launch, subprocess.Popen)
+        time.sleep(3)
+        assert launch.poll() is None, launch.communicate()
+    _, err = launch.communicate(timeout=60)
+    assert launch.returncode == 0, err
+    assert (member.data / "ran").read_text() == "ran\n"
+    assert mounts_under(test_image_dir) == []
+
+
 def test_sigkill_of_a_users_launcher_at_any_moment_leaves_nothing(
     member: DesktopUser, user_x: Path, user_sound: SoundServer, xserver: XServer,
     installed: Path, test_image_dir: Path, tmp_path: Path,

@@ -193,6 +193,84 @@ def test_an_xauthority_that_is_a_fifo_does_not_hang_the_client(
     assert took < short_patience * 3
 
 
+@contextlib.contextmanager
+def _abstract_x_names(count: int) -> Iterator[tuple[list[socket.socket], list[int]]]:
+    """count X servers' abstract names nobody uses, each held by a listening socket that
+    accepts nothing (the listeners, and their display numbers)."""
+    taken = set(x11.abstract_servers())
+    numbers = [n for n in range(40000, 50000) if f"/tmp/.X11-unix/X{n}" not in taken][:count]
+    listeners = []
+    try:
+        for number in numbers:
+            listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            listener.bind(f"\0/tmp/.X11-unix/X{number}")
+            listener.listen(4)
+            listeners.append(listener)
+        yield listeners, numbers
+    finally:
+        for listener in listeners:
+            listener.close()
+
+
+def _answer_set_up(listener: socket.socket, status: int) -> None:
+    """Answer every connection's set-up with status (1: in, 0: refused)."""
+    def serve() -> None:
+        while True:
+            try:
+                connection, _ = listener.accept()
+            except OSError:
+                return
+            with connection, contextlib.suppress(OSError):
+                _recv(connection, 12)
+                connection.sendall(struct.pack("<BxHHH", status, 11, 0, 0))
+                time.sleep(0.1)
+    threading.Thread(target=serve, daemon=True).start()
+
+
+def test_the_probe_tells_every_x_server_apart_within_one_budget() -> None:
+    """Any local program may hold X servers' abstract names, as many as it likes, and serve
+    them or not. The root side's probe (a process of the sandbox's UID, without a cookie) asks
+    them all at once: it names the server that let it in and each one that said nothing, not
+    the one that refused, and it is done within its budget however many there are."""
+    from sandboxapp.features.container import NetworkAccess
+    from sandboxapp.profile.model import Network
+
+    with _abstract_x_names(300) as (listeners, numbers):
+        _answer_set_up(listeners[0], 1)
+        _answer_set_up(listeners[1], 0)
+        # One whose queue of connections is full: the probe cannot even ask it.
+        full = listeners[2]
+        full.listen(0)
+        waiting = []
+        for _ in range(4):
+            with contextlib.suppress(BlockingIOError):
+                client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+                waiting.append(client)
+                client.connect(f"\0/tmp/.X11-unix/X{numbers[2]}")
+        started = time.monotonic()
+        probe = x11.start_probe(65534)
+        assert probe is not None
+        found = x11.probe_result(probe)
+        took = time.monotonic() - started
+        for client in waiting:
+            client.close()
+        silent = {f":{n}" for n in numbers[2:]}
+        assert f":{numbers[0]}" in found.admitted, found.admitted
+        assert f":{numbers[1]}" not in found.admitted + found.silent
+        assert silent <= set(found.silent), sorted(silent - set(found.silent))[:5]
+        assert took < x11.PROBE_BUDGET + 1.5, took
+        # What the launch says: the display that lets it in, on one line.
+        check = NetworkAccess(Network.HOST).check_as_sandbox(65534)
+        assert check is not None
+        _one_line_error(check, f":{numbers[0]}", "lets the sandbox in without a cookie")
+        listeners[0].shutdown(socket.SHUT_RDWR)  # its thread's accept() ends
+        listeners[0].close()
+        # With none that lets it in, the silent ones are named: neither a yes nor a no.
+        check = NetworkAccess(Network.HOST).check_as_sandbox(65534)
+        assert check is not None
+        _one_line_error(check, f":{numbers[3]}", "did not answer within")
+
+
 # --- sound ----------------------------------------------------------------------------------
 
 def _pulse_packet(connection: socket.socket) -> tuple[int, int]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -73,6 +74,11 @@ def _environment(tmp_path: Path) -> dict[str, str]:
             "XDG_RUNTIME_DIR": str(tmp_path / "runtime"), "HOME": str(tmp_path / "home")}
 
 
+# The images' build time: a fixed age from now, as `image list` counts it (shown in the golden
+# file as <BUILT>, the age as it is).
+BUILT_AT = (datetime.now(UTC) - timedelta(days=336, hours=1)).replace(microsecond=0)
+
+
 def _built(name: str, images: Path, uid_base: int) -> None:
     """An image's record as `image build` leaves it (its root file system is not read by a
     dry run)."""
@@ -80,7 +86,7 @@ def _built(name: str, images: Path, uid_base: int) -> None:
     meta = ImageMeta(profile=name, uid_base=uid_base, uid_count=65536, suite="bookworm",
                      packages=profile.image.packages, mirror="http://deb.debian.org/debian",
                      security=None, spec_digest=spec_digest(profile.image),
-                     built_at="2026-01-02T03:04:05+00:00", size_bytes=1 << 30)
+                     built_at=BUILT_AT.isoformat(), size_bytes=1 << 30)
     (images / name / "rootfs").mkdir(parents=True)
     (images / name / META_FILE).write_text(meta.to_json())
 
@@ -99,6 +105,9 @@ def _outputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
         _built(name, tmp_path / "images", 0x10000000 + number * 0x10000)
     commands = [*COMMANDS, *[(f"bad profile {case}", ["run", "--dry-run", f"bad-{case}"], {})
                              for case, _, _ in MALFORMED]]
+    placeholders = {str(tmp_path): "<TMP>", str(REPOSITORY): "<REPOSITORY>",
+                    BUILT_AT.isoformat(): "<BUILT>",
+                    BUILT_AT.strftime("%Y-%m-%d %H:%M"): "<BUILT>"}
     sections = []
     for case, argv, changes in commands:
         with monkeypatch.context() as scoped:
@@ -116,8 +125,9 @@ def _outputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
         text = f"## {case}: sandboxapp {' '.join(argv)}\nstatus {status}\n"
         text += "".join(f"out| {line}\n" for line in out.getvalue().splitlines())
         text += "".join(f"err| {line}\n" for line in err.getvalue().splitlines())
-        sections.append(text.replace(str(tmp_path), "<TMP>").replace(str(REPOSITORY),
-                                                                      "<REPOSITORY>"))
+        for shown, placeholder in placeholders.items():
+            text = text.replace(shown, placeholder)
+        sections.append(text)
     return "\n".join(sections)
 
 

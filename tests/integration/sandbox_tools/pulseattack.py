@@ -24,6 +24,8 @@ judges by what the user's server did.
     pulseattack.py deaf SECONDS     a connection that asks for events and lists and never
                                     reads, while another makes and ends streams for SECONDS;
                                     whether the deaf one was closed
+    pulseattack.py hoard SECONDS    a connection that asks for the server's lists for SECONDS
+                                    and never reads an answer; whether it was closed
 """
 
 from __future__ import annotations
@@ -525,13 +527,15 @@ def deaf(seconds: float) -> dict[str, object]:
     worker = Client()
     deadline = time.monotonic() + seconds
     made = 0
+    worker_cut: str | None = None
     while time.monotonic() < deadline:
         try:
             own = worker.create_playback()
             if own is not None:
                 made += 1
                 worker.request(DELETE_PLAYBACK_STREAM, u32(own[0]))
-        except (OSError, Closed):
+        except (OSError, Closed) as exc:
+            worker_cut = f"after {deadline - time.monotonic():.1f} s left: {exc!r}"
             break
     listener.sock.settimeout(2)
     closed = False
@@ -542,7 +546,32 @@ def deaf(seconds: float) -> dict[str, object]:
         closed = True
     except OSError as exc:
         closed = not isinstance(exc, socket.timeout)
-    return {"made": made, "deaf_closed": closed, "server_alive_after": Client().alive()}
+    results: dict[str, object] = {"made": made, "worker_cut": worker_cut,
+                                  "deaf_closed": closed}
+    attempt(results, "server_alive_after", lambda: Client().alive())
+    return results
+
+
+def hoard(seconds: float) -> dict[str, object]:
+    """One connection asks for the server's lists for `seconds`, as fast as it is let, and
+    never reads an answer: each is held for it somewhere. Whether it was closed, and how many
+    it asked."""
+    listener = Client()
+    asked = 0
+    deadline = time.monotonic() + seconds
+    closed = False
+    while time.monotonic() < deadline:
+        try:
+            listener.send(GET_SINK_INFO_LIST, listener.next_tag())
+            asked += 1
+        except TimeoutError:
+            break  # the other side takes nothing, and does not close: not cut off
+        except OSError:
+            closed = True
+            break
+    results: dict[str, object] = {"asked": asked, "closed": closed}
+    attempt(results, "server_alive_after", lambda: Client().alive())
+    return results
 
 
 def main() -> None:
@@ -553,7 +582,8 @@ def main() -> None:
              "direct": lambda: direct(int(args[0])),
              "restore": lambda: restore(args[0]), "rate": rate,
              "streams": lambda: streams(int(args[0])), "stale": stale,
-             "deaf": lambda: deaf(float(args[0]))}[attack]()
+             "deaf": lambda: deaf(float(args[0])),
+             "hoard": lambda: hoard(float(args[0]))}[attack]()
     print(repr(found), flush=True)
 
 
