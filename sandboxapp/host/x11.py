@@ -314,7 +314,7 @@ def abstract_servers() -> list[str]:
     for line in Path("/proc/net/unix").read_text(errors="replace").splitlines()[1:]:
         fields = line.split()
         if (len(fields) == 8 and fields[3] == listening
-                and re.fullmatch(r"@/tmp/\.X11-unix/X[0-9]{1,5}", fields[7])):
+                and re.fullmatch(r"@/tmp/\.X11-unix/X[0-9]+", fields[7])):
             names.append(fields[7][1:])
     return sorted(set(names))
 

@@ -235,7 +235,14 @@ def test_the_probe_tells_every_x_server_apart_within_one_budget() -> None:
     from sandboxapp.features.container import NetworkAccess
     from sandboxapp.profile.model import Network
 
-    with _abstract_x_names(300) as (listeners, numbers):
+    with _abstract_x_names(300) as (listeners, numbers), \
+            socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as far:
+        # A display number of any length is a display (Xvfb :123456 is one).
+        far_number = next(n for n in range(900000, 901000)
+                          if f"/tmp/.X11-unix/X{n}" not in x11.abstract_servers())
+        far.bind(f"\0/tmp/.X11-unix/X{far_number}")
+        far.listen(4)
+        _answer_set_up(far, 1)
         _answer_set_up(listeners[0], 1)
         _answer_set_up(listeners[1], 0)
         # One whose queue of connections is full: the probe cannot even ask it.
@@ -256,6 +263,7 @@ def test_the_probe_tells_every_x_server_apart_within_one_budget() -> None:
             client.close()
         silent = {f":{n}" for n in numbers[2:]}
         assert f":{numbers[0]}" in found.admitted, found.admitted
+        assert f":{far_number}" in found.admitted, found.admitted
         assert f":{numbers[1]}" not in found.admitted + found.silent
         assert silent <= set(found.silent), sorted(silent - set(found.silent))[:5]
         assert took < x11.PROBE_BUDGET + 1.5, took
@@ -263,8 +271,9 @@ def test_the_probe_tells_every_x_server_apart_within_one_budget() -> None:
         check = NetworkAccess(Network.HOST).check_as_sandbox(65534)
         assert check is not None
         _one_line_error(check, f":{numbers[0]}", "lets the sandbox in without a cookie")
-        listeners[0].shutdown(socket.SHUT_RDWR)  # its thread's accept() ends
-        listeners[0].close()
+        for admitting in (listeners[0], far):
+            admitting.shutdown(socket.SHUT_RDWR)  # its thread's accept() ends
+            admitting.close()
         # With none that lets it in, the silent ones are named: neither a yes nor a no.
         check = NetworkAccess(Network.HOST).check_as_sandbox(65534)
         assert check is not None
