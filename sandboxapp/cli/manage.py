@@ -63,7 +63,8 @@ def cmd_cleanup(args: argparse.Namespace, locations: Locations) -> int:
 def cmd_setup(args: argparse.Namespace, locations: Locations) -> int:
     from sandboxapp.helper.install import setup, uninstall
 
-    report = uninstall() if args.uninstall else setup(locations, args.add_user)
+    report = uninstall() if args.uninstall else setup(locations, args.add_user,
+                                                      dict(os.environ))
     for line in report.lines:
         say(line)
     return ExitStatus.OK

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import grp
 import importlib
+import json
 import os
 import pwd
 import shutil
@@ -60,6 +61,47 @@ Defaults!{helper} env_reset, !use_pty
 @dataclass(frozen=True)
 class SetupReport:
     lines: tuple[str, ...]
+
+
+# What the first `setup` fixes in the helper, by the environment variable each is read from:
+# every user's images and the root side's records. A later `setup --add-user`, from whatever
+# shell, keeps them (moving the store would hide every image built so far).
+SETTINGS_FILE = INSTALLED_LIB / "settings.json"
+FIXED_SETTINGS = ("SANDBOXAPP_IMAGE_DIR", "SANDBOXAPP_RUN_DIR")
+
+
+def _fixed_settings() -> dict[str, str] | None:
+    """The settings setup fixed before; None where sandboxapp is not set up."""
+    try:
+        settings = json.loads(SETTINGS_FILE.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        settings = None
+    if (not isinstance(settings, dict) or set(settings) != set(FIXED_SETTINGS)
+            or not all(isinstance(v, str) and v.startswith("/") for v in settings.values())):
+        raise SandboxError(f"{SETTINGS_FILE} is damaged",
+                           hint="set sandboxapp up anew: sandboxapp setup --uninstall, then "
+                                "sandboxapp setup", status=ExitStatus.FAILURE)
+    return settings
+
+
+def settings_for(locations: Locations, environ: dict[str, str]) -> dict[str, str]:
+    """The helper's settings: the caller's (their environment, or the defaults) at the first
+    setup; what that one fixed at every later one, where the caller's environment names a
+    setting otherwise, an error naming both."""
+    fixed = _fixed_settings()
+    if fixed is None:
+        return {"SANDBOXAPP_IMAGE_DIR": str(locations.image_dir),
+                "SANDBOXAPP_RUN_DIR": str(locations.run_dir)}
+    for name in FIXED_SETTINGS:
+        given = environ.get(name, "")
+        if given.startswith("/") and Path(given) != Path(fixed[name]):
+            raise SandboxError(
+                f"{name} is {given} here, but sandboxapp is set up with {fixed[name]}",
+                hint=f"run setup without {name}, or with that value; to move it: sandboxapp "
+                     "setup --uninstall, then sandboxapp setup", status=ExitStatus.USAGE)
+    return fixed
 
 
 def _require_root() -> None:
@@ -160,7 +202,7 @@ def _ensure_group() -> None:
         run(["groupadd", "--system", SANDBOXAPP_GROUP], what="creating the group")
 
 
-def setup(locations: Locations, add_users: list[str]) -> SetupReport:
+def setup(locations: Locations, add_users: list[str], environ: dict[str, str]) -> SetupReport:
     _require_root()
     _check_python()
     for name in add_users:
@@ -169,14 +211,15 @@ def setup(locations: Locations, add_users: list[str]) -> SetupReport:
         except KeyError:
             raise SandboxError(f"there is no user named {name!r}",
                                status=ExitStatus.USAGE) from None
+    settings = settings_for(locations, environ)
     _ensure_group()
     _install_lib()
-    store = {"SANDBOXAPP_IMAGE_DIR": str(locations.image_dir)}
-    # The helper's store and run directories are fixed here, by root, once; the user command
-    # defaults to the same store, so that both sides agree on the image's UIDs.
+    _write_atomically(SETTINGS_FILE, json.dumps(settings, indent=1) + "\n", 0o644)
+    # The helper's store and run directories are fixed, by root; the user command defaults
+    # to the same store, so that both sides agree on the image's UIDs.
     _write_atomically(Path(HELPER_PATH), _wrapper(
-        "sandboxapp.helper.privileged",
-        fixed={**store, "SANDBOXAPP_RUN_DIR": str(locations.run_dir)}, defaults={}), 0o755)
+        "sandboxapp.helper.privileged", fixed=settings, defaults={}), 0o755)
+    store = {"SANDBOXAPP_IMAGE_DIR": settings["SANDBOXAPP_IMAGE_DIR"]}
     _write_atomically(USER_COMMAND, _wrapper("sandboxapp.cli", fixed={}, defaults=store), 0o755)
     _install_sudoers()
     lines = [f"installed {USER_COMMAND}, {HELPER_PATH} and {INSTALLED_LIB}",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import array
 import contextlib
+import grp
 import json
 import os
 import shutil
@@ -173,6 +174,32 @@ def _start_waiting(user: DesktopUser, env: dict[str, str], script: str, *,
         launch.kill()
         raise
     return launch
+
+
+def test_adding_a_user_from_a_plain_shell_keeps_the_store_the_first_setup_fixed(
+        installed: Path, test_image_dir: Path) -> None:
+    """The first setup fixed a store and run directory of its own in the helper; an admin
+    adds a user later from a shell without them: the helper keeps both. A setup that names
+    another store is refused, naming both, and changes nothing."""
+    helper_before = Path(HELPER_PATH).read_text()
+    assert str(test_image_dir) in helper_before and str(installed) in helper_before
+    plain = {"PATH": os.environ["PATH"], "HOME": "/root"}
+    for user in _make_user("k"):
+        added = subprocess.run([str(USER_COMMAND), "setup", "--add-user", user.name],
+                               env=plain, capture_output=True, text=True, check=False)
+        assert added.returncode == 0, added.stderr
+        assert user.name in grp.getgrnam("sandboxapp").gr_mem
+        assert Path(HELPER_PATH).read_text() == helper_before
+        elsewhere = "/var/tmp/sandboxapp-elsewhere"
+        refused = subprocess.run([str(USER_COMMAND), "setup", "--add-user", "root"],
+                                 env={**plain, "SANDBOXAPP_IMAGE_DIR": elsewhere},
+                                 capture_output=True, text=True, check=False)
+        assert refused.returncode == 2, refused.stderr
+        said = [line for line in refused.stderr.splitlines() if line.startswith("sandboxapp:")]
+        assert len(said) == 1 and elsewhere in said[0] and str(test_image_dir) in said[0], said
+        assert "Traceback" not in refused.stderr
+        assert Path(HELPER_PATH).read_text() == helper_before
+        assert "root" not in grp.getgrnam("sandboxapp").gr_mem
 
 
 def test_a_member_replaces_the_profiles_program_with_command(
