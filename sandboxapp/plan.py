@@ -89,7 +89,7 @@ def plan_launch(
         # '@' is in no profile name: an instance's layer is never another profile's.
         layer_root=store.root / ".layers" / (f"{profile.name}@{instance}" if instance
                                              else profile.name),
-        state_root=None if profile.sandbox.stateless else store.root / ".state" / profile.name,
+        state_root=None if profile.sandbox.stateless else store.state_root(profile.name),
         persist=persist,
         display=display,
         command=(program, *extra_args) if program else (*profile.command, *extra_args),

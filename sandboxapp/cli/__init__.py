@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 # Each command: the module of cli/ that adds it to the parser, and the function that does.
 COMMANDS: dict[str, tuple[str, str]] = {
     "list": ("manage", "add_list"), "run": ("run", "add_run"), "ps": ("manage", "add_ps"),
-    "stop": ("manage", "add_stop"), "doctor": ("manage", "add_doctor"),
+    "stop": ("manage", "add_stop"), "reset": ("manage", "add_reset"),
+    "doctor": ("manage", "add_doctor"),
     "shell": ("images", "add_shell"), "cleanup": ("manage", "add_cleanup"),
     "setup": ("manage", "add_setup"), "desktop": ("manage", "add_desktop"),
     "image": ("images", "add_image"),

@@ -117,8 +117,13 @@ def cmd_shell(args: argparse.Namespace, locations: Locations) -> int:
 def cmd_image_remove(args: argparse.Namespace, locations: Locations) -> int:
     from sandboxapp.image.store import ImageStore
 
-    path = ImageStore(locations.image_dir).remove(args.profile)
+    store = ImageStore(locations.image_dir)
+    path = store.remove(args.profile)
     say(f"removed {path}")
+    kept = store.state_root(args.profile)
+    if kept.exists():
+        say(f"kept {kept}: the changes {args.profile} keeps for its users, which its next image "
+            f"starts with too; each user drops theirs with: sandboxapp reset {args.profile}")
     return ExitStatus.OK
 
 

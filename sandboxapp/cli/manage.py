@@ -140,6 +140,18 @@ def cmd_stop(args: argparse.Namespace, locations: Locations) -> int:
     return ExitStatus.OK
 
 
+def cmd_reset(args: argparse.Namespace, locations: Locations) -> int:
+    from sandboxapp.cli.run import resolve_profile
+    from sandboxapp.fs.safepath import DesktopUser
+    from sandboxapp.launch.reset import reset
+
+    said = reset(resolve_profile(args.profile, locations), locations,
+                 DesktopUser.from_environment(os.environ))
+    if said is not None:
+        say(said)
+    return ExitStatus.OK
+
+
 def cmd_doctor(args: argparse.Namespace, locations: Locations) -> int:
     from sandboxapp.doctor import Status, run_checks
 
@@ -170,6 +182,13 @@ def add_stop(commands: Subparsers) -> None:
                    help="how long the app gets to exit before it is killed (default 10)")
     p.add_argument("profile", metavar="PROFILE")
     p.set_defaults(func=cmd_stop)
+
+
+def add_reset(commands: Subparsers) -> None:
+    p = commands.add_parser("reset", help="drop the changes a stateful profile kept for you "
+                            "(never its persistent directories)")
+    p.add_argument("profile", metavar="PROFILE")
+    p.set_defaults(func=cmd_reset)
 
 
 def add_doctor(commands: Subparsers) -> None:

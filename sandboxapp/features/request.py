@@ -28,6 +28,7 @@ class Action(enum.StrEnum):
     JOIN = "join"  # the command inside the user's running sandbox
     BUILD = "build"  # a trusted profile's image, for a user's first launch
     UPDATE = "update"  # the same, for an auto-update
+    RESET = "reset"  # drop what a stateful profile kept for the user (launch/reset.py)
 
 
 def refused(what: str) -> SandboxError:

@@ -70,6 +70,19 @@ def mount_points() -> list[Path]:
         return [Path(_unescape_mountinfo(line.split()[4])) for line in stream if line.strip()]
 
 
+def overlays_writing_to(upper: Path) -> list[Path]:
+    """The mount points of overlays whose upper directory is upper."""
+    found = []
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as stream:
+        for line in stream:
+            head, _, tail = line.partition(" - ")
+            fields = tail.split()
+            if len(fields) >= 3 and fields[0] == "overlay" and (
+                    f"upperdir={upper}" in _unescape_mountinfo(fields[2]).split(",")):
+                found.append(Path(_unescape_mountinfo(head.split()[4])))
+    return found
+
+
 def mounts_under(path: Path) -> list[Path]:
     """Mount points at or below path, deepest first."""
     below = f"{path}/"

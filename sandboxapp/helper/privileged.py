@@ -31,7 +31,7 @@ from sandboxapp.launch.container import ContainerRequest, ContainerSide
 from sandboxapp.launch.helperclient import PENDING
 from sandboxapp.launch.join import join
 from sandboxapp.launch.supervisor import STOP_TIMEOUT, Supervisor
-from sandboxapp.output import report, warn
+from sandboxapp.output import report, say, warn
 from sandboxapp.paths import (
     DEFAULT_IMAGE_DIR,
     DEFAULT_RUN_DIR,
@@ -153,6 +153,16 @@ def _checked_plan(request: HelperRequest, user: DesktopUser,
     return plan, trusted, features_for(plan, request.grants)
 
 
+def reset_state(request: HelperRequest, user: DesktopUser, locations: Locations) -> int:
+    """Drop what a stateful profile kept for the user sudo names, and nobody else."""
+    from sandboxapp.launch.reset import reset_here, said
+
+    profile, _ = _read_profile(request, user)
+    _log(ImageStore(locations.image_dir), f"uid={user.uid} profile={profile.name} reset")
+    say(said(profile, reset_here(profile, locations, user)))
+    return ExitStatus.OK
+
+
 def join_running(request: HelperRequest, user: DesktopUser, locations: Locations) -> int:
     plan, _, _ = _checked_plan(request, user, locations)
     _log(ImageStore(locations.image_dir),
@@ -238,6 +248,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return launch(request, user, locations, control)
         if request.action is Action.JOIN:
             return join_running(request, user, locations)
+        if request.action is Action.RESET:
+            return reset_state(request, user, locations)
         return image_work(request, user, locations)
     except SandboxError as error:
         report(error, sys.stderr)

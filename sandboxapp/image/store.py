@@ -8,6 +8,7 @@
       .old-PROFILE-XXXX/        an image replaced by a rebuild, deleted right after
       .logs/build-PROFILE.log   the full log of the last build
       .locks/                   lock files
+      .state/PROFILE/UID/       a stateful profile's changes, kept for one user (root's, 0700)
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import dataclasses
 import fcntl
 import json
 import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -24,7 +26,7 @@ from pathlib import Path
 
 from sandboxapp import __version__
 from sandboxapp.errors import ExitStatus, SandboxError
-from sandboxapp.fs.util import mount_points, remove_tree
+from sandboxapp.fs.util import mount_points, mounts_under, overlays_writing_to, remove_tree
 from sandboxapp.profile.model import ImageSpec, Profile, check_profile_name
 from sandboxapp.system.uidrange import UidRange
 
@@ -121,6 +123,44 @@ class ImageStore:
 
     def image_path(self, name: str) -> Path:
         return self.root / check_profile_name(name)
+
+    def state_root(self, name: str) -> Path:
+        """Where a stateful profile's changes are kept, a directory per user below."""
+        return self.root / ".state" / check_profile_name(name)
+
+    def remove_state(self, name: str, uid: int) -> Path | None:
+        """Drop the changes a stateful profile kept for one user; the directory it took them
+        from, or None where there were none. The caller holds the profile's launch lock for
+        that user (no launch uses them)."""
+        path = self.state_root(name) / str(uid)
+        # Every directory on the way is root's, made by the launch (system/layer.py): a path
+        # that is anything else was not made by sandboxapp, and is not deleted.
+        for directory in (self.root / ".state", self.state_root(name), path):
+            try:
+                st = directory.lstat()
+            except FileNotFoundError:
+                return None
+            if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+                raise SandboxError(f"refusing to delete {path}: {directory} is not a directory "
+                                   "of sandboxapp's", status=ExitStatus.FAILURE)
+        if mounts_under(path):
+            raise SandboxError(f"refusing to delete {path}: something is mounted below it",
+                               status=ExitStatus.FAILURE)
+        # A launch of the profile for this user under another lock than the caller's (root's
+        # `sudo sandboxapp run` for them, beside their own helper's), or one killed whose
+        # layer is still mounted, writes there.
+        if overlays_writing_to(path / "upper"):
+            raise SandboxError(f"{name} is running for this user: the changes it keeps cannot "
+                               "go now", hint=f"stop it first (sandboxapp stop {name}); after "
+                               "a crash: sandboxapp cleanup", status=ExitStatus.USAGE)
+        # Renamed out of the way first: the next launch never takes a half-deleted tree for
+        # the kept changes. rmtree never follows a symlink.
+        import shutil
+
+        trash = path.parent / f".old-{uid}-{os.getpid()}"
+        os.rename(path, trash)
+        shutil.rmtree(trash)
+        return path
 
     def log_path(self, name: str) -> Path:
         return self.log_dir / f"build-{name}.log"

@@ -202,6 +202,35 @@ def test_adding_a_user_from_a_plain_shell_keeps_the_store_the_first_setup_fixed(
         assert "root" not in grp.getgrnam("sandboxapp").gr_mem
 
 
+def test_a_user_resets_what_a_stateful_profile_kept_for_them_through_the_helper(
+        member: DesktopUser, test_image_dir: Path) -> None:
+    """A desktop user's kept changes are root's files: `sandboxapp reset` has the helper drop
+    them, theirs only, and the next run starts from the pristine image."""
+    user_profile(member, ["/bin/sh", "-c", "cat /var/tmp/mark 2>/dev/null || echo pristine; "
+                                           "echo run >> /var/tmp/mark"],
+                 'stateless = false\nnetwork = "none"\npersist = ["/root/data"]\n')
+    kept = test_image_dir / ".state" / NAME / str(member.uid)
+    shutil.rmtree(kept, ignore_errors=True)  # an earlier run's
+    other = test_image_dir / ".state" / NAME / "4321"
+    other.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+    def shown() -> list[str]:
+        result = as_user(member, [str(USER_COMMAND), "run", NAME])
+        assert isinstance(result, subprocess.CompletedProcess)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.split()
+
+    assert shown() == ["pristine"]
+    assert shown() == ["run"]
+    reset = as_user(member, [str(USER_COMMAND), "reset", NAME])
+    assert isinstance(reset, subprocess.CompletedProcess)
+    assert reset.returncode == 0, reset.stderr
+    assert "dropped what sandboxapp-test kept for you" in reset.stdout, reset.stdout
+    assert not kept.exists() and other.is_dir()
+    assert shown() == ["pristine"]
+    shutil.rmtree(other)
+
+
 def test_a_member_replaces_the_profiles_program_with_command(
     member: DesktopUser, user_x: Path, user_sound: SoundServer, xserver: XServer,
     installed: Path,

@@ -174,6 +174,63 @@ def test_a_stateful_profile_keeps_its_changes_and_a_stateless_one_never_sees_the
     assert other.stdout.split() == ["pristine"]
 
 
+def test_reset_drops_what_a_stateful_profile_kept_for_that_user_and_nothing_else(
+        session: Session) -> None:
+    """`sandboxapp reset` drops the changes a stateful profile kept for the user who asks:
+    the next run starts from the pristine image. Another user's changes and the persistent
+    directory stay; while the profile runs, nothing is dropped."""
+    show = "cat /var/tmp/mark 2>/dev/null || echo pristine"
+    stateful = write_variant(
+        session.profiles / "stateful",
+        ["/bin/sh", "-c", f"{show}; echo run >> /var/tmp/mark; echo mine > /root/data/file; "
+                          "while [ -e /root/data/hold ]; do sleep 0.05; done"],
+        'stateless = false\npersist = ["/root/data"]\n')
+    shutil.rmtree(session.image_dir / ".state" / NAME, ignore_errors=True)  # an earlier run's
+
+    def shown() -> list[str]:
+        result = session.run(str(stateful))
+        assert result.returncode == 0, result.stderr
+        return result.stdout.split()
+
+    other = session.image_dir / ".state" / NAME / "4321"  # another user's kept changes
+    other.mkdir(mode=0o700, parents=True)
+    (other / "upper").mkdir()
+    assert shown() == ["pristine"]
+    assert shown() == ["run"]
+    # While it runs, its changes stay.
+    (session.persist_dir() / "hold").touch()
+    launch = session.start(str(stateful))
+    try:
+        deadline = time.monotonic() + 60
+        while not (session.image_dir / ".layers" / NAME / "merged").is_dir():
+            assert launch.poll() is None and time.monotonic() < deadline, launch.communicate()
+            time.sleep(0.05)
+        # Through its lock, and (a launch under another run directory's lock, as root's
+        # for a user beside the user's own) through the overlay that writes there.
+        for env in (session.env(),
+                    {**session.env(), "SANDBOXAPP_RUN_DIR": str(session.tmp / "other-run")}):
+            refused = session.sandboxapp("reset", str(stateful), env=env)
+            assert refused.returncode == 2, refused.stderr
+            said = [line for line in refused.stderr.splitlines()
+                    if line.startswith("sandboxapp:")]
+            assert len(said) == 1 and "is running" in said[0], refused.stderr
+    finally:
+        (session.persist_dir() / "hold").unlink()
+        assert launch.wait(timeout=60) == 0, launch.communicate()
+    assert (session.image_dir / ".state" / NAME / "0").is_dir()
+    dropped = session.sandboxapp("reset", str(stateful))
+    assert dropped.returncode == 0, dropped.stderr
+    assert "dropped what sandboxapp-test kept for you" in dropped.stdout
+    assert not (session.image_dir / ".state" / NAME / "0").exists()
+    assert (session.persist_dir() / "file").read_text() == "mine\n"
+    assert shown() == ["pristine"]
+    assert (other / "upper").is_dir()
+    # A stateless profile has nothing to drop, and says so on one line.
+    plain = write_variant(session.profiles, ["/bin/true"], FULL_SANDBOX)
+    nothing = session.sandboxapp("reset", str(plain))
+    assert nothing.returncode == 2 and "stateless = true" in nothing.stderr, nothing.stderr
+
+
 @pytest.mark.parametrize(
     ("command", "status", "message"),
     [

@@ -55,6 +55,8 @@ COMMANDS: list[tuple[str, list[str], dict[str, str | None]]] = [
     ("run missing file", ["run", "--dry-run", "/nonexistent/x.toml"], {}),
     ("run bad option", ["run", "--bogus", "plain"], {}),
     ("stop unknown", ["stop", "nosuch"], {}),
+    ("reset unknown profile", ["reset", "nosuch"], {}),
+    ("reset stateless profile", ["reset", "plain"], {}),
     ("stop bad timeout", ["stop", "--timeout", "soon", "plain"], {}),
     ("stop negative timeout", ["stop", "--timeout", "-1", "plain"], {}),
     ("image no action", ["image"], {}),

@@ -162,8 +162,8 @@ def test_the_parser_for_one_command_parses_it_as_the_whole_one_does() -> None:
                   ["image", "update", "--all"], ["stop", "--timeout", "3", "xeyes"]):
         assert vars(build_parser(words[0]).parse_args(words)) == vars(
             build_parser().parse_args(words))
-    assert set(COMMANDS) == {"list", "run", "ps", "stop", "doctor", "shell", "cleanup",
-                             "setup", "desktop", "image"}
+    assert set(COMMANDS) == {"list", "run", "ps", "stop", "reset", "doctor", "shell",
+                             "cleanup", "setup", "desktop", "image"}
 
 
 @pytest.mark.parametrize(("words", "launches"), [
