@@ -254,6 +254,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SandboxError as error:
         report(error, sys.stderr)
         return int(error.status)
+    except KeyboardInterrupt:
+        # The user's Ctrl-C, passed on by sudo, where nothing waits to handle it (a launch
+        # handles its own): what was cut short is finished at the next time.
+        return 128 + 2
 
 
 def entry() -> None:

@@ -26,7 +26,13 @@ from pathlib import Path
 
 from sandboxapp import __version__
 from sandboxapp.errors import ExitStatus, SandboxError
-from sandboxapp.fs.util import mount_points, mounts_under, overlays_writing_to, remove_tree
+from sandboxapp.fs.util import (
+    delete_trees,
+    mount_points,
+    mounts_under,
+    overlays_writing_to,
+    remove_tree,
+)
 from sandboxapp.profile.model import ImageSpec, Profile, check_profile_name
 from sandboxapp.system.uidrange import UidRange
 
@@ -133,16 +139,26 @@ class ImageStore:
         from, or None where there were none. The caller holds the profile's launch lock for
         that user (no launch uses them)."""
         path = self.state_root(name) / str(uid)
-        # Every directory on the way is root's, made by the launch (system/layer.py): a path
-        # that is anything else was not made by sandboxapp, and is not deleted.
-        for directory in (self.root / ".state", self.state_root(name), path):
+
+        def made_here(directory: Path) -> bool:
+            # Every directory on the way is root's, made by a launch (system/layer.py): a path
+            # that is anything else was not made by sandboxapp, and nothing below is deleted.
             try:
                 st = directory.lstat()
             except FileNotFoundError:
-                return None
+                return False
             if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
                 raise SandboxError(f"refusing to delete {path}: {directory} is not a directory "
                                    "of sandboxapp's", status=ExitStatus.FAILURE)
+            return True
+
+        if not (made_here(self.root / ".state") and made_here(self.state_root(name))):
+            return None
+        # What an earlier reset for this user left, cut short (see below), goes first.
+        delete_trees([old for old in path.parent.glob(f".old-{uid}-*")
+                      if made_here(old)])
+        if not made_here(path):
+            return None
         if mounts_under(path):
             raise SandboxError(f"refusing to delete {path}: something is mounted below it",
                                status=ExitStatus.FAILURE)
@@ -154,12 +170,10 @@ class ImageStore:
                                "go now", hint=f"stop it first (sandboxapp stop {name}); after "
                                "a crash: sandboxapp cleanup", status=ExitStatus.USAGE)
         # Renamed out of the way first: the next launch never takes a half-deleted tree for
-        # the kept changes. rmtree never follows a symlink.
-        import shutil
-
+        # the kept changes.
         trash = path.parent / f".old-{uid}-{os.getpid()}"
         os.rename(path, trash)
-        shutil.rmtree(trash)
+        delete_trees([trash])
         return path
 
     def log_path(self, name: str) -> Path:

@@ -396,7 +396,8 @@ KEYS: tuple[Key, ...] = (
         "stateless = true          # every run starts from the pristine image (default true); "
         "false\n"
         "                          # keeps the app's changes for that user's next run, in "
-        ".state/ of the store"),
+        ".state/ of the store\n"
+        "                          # (sandboxapp reset PROFILE drops them)"),
     Key("sandbox", "x11", _x11,
         "x11 = true                # shows windows, on an X server of its own nested in the "
         "display\n"

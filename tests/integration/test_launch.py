@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -158,7 +157,8 @@ def test_a_stateful_profile_keeps_its_changes_and_a_stateless_one_never_sees_the
                              "stateless = false\n")
     stateless = write_variant(session.profiles / "stateless",
                               ["/bin/sh", "-c", f"{show}; echo stateless >> /var/tmp/mark"])
-    shutil.rmtree(session.image_dir / ".state" / NAME, ignore_errors=True)  # an earlier run's
+    # An earlier run's (rm: it may be deeper than Python's rmtree goes).
+    subprocess.run(["rm", "-rf", str(session.image_dir / ".state" / NAME)], check=True)
     outputs = []
     for profile in (stateful, stateful, stateless, stateful):
         result = session.run(str(profile))
@@ -174,6 +174,20 @@ def test_a_stateful_profile_keeps_its_changes_and_a_stateless_one_never_sees_the
     assert other.stdout.split() == ["pristine"]
 
 
+# Directories 1,100 deep (a path of 2,200 characters).
+DEEP = "mkdir -p /var/tmp/deep/$(printf 'd/%.0s' $(seq 1100))"
+
+
+def test_a_tree_nested_thousands_deep_in_the_layer_goes_with_it(session: Session) -> None:
+    """The app nests directories 1,100 deep in its throw-away layer (Python's rmtree gives up
+    past a thousand): the launch still ends with the app's status, and the layer is gone."""
+    profile = write_variant(session.profiles, ["/bin/sh", "-c", DEEP], FULL_SANDBOX)
+    result = session.run(str(profile))
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr and "could not" not in result.stderr, result.stderr
+    assert not (session.image_dir / ".layers" / NAME).exists()
+
+
 def test_reset_drops_what_a_stateful_profile_kept_for_that_user_and_nothing_else(
         session: Session) -> None:
     """`sandboxapp reset` drops the changes a stateful profile kept for the user who asks:
@@ -183,19 +197,20 @@ def test_reset_drops_what_a_stateful_profile_kept_for_that_user_and_nothing_else
     stateful = write_variant(
         session.profiles / "stateful",
         ["/bin/sh", "-c", f"{show}; echo run >> /var/tmp/mark; echo mine > /root/data/file; "
-                          "while [ -e /root/data/hold ]; do sleep 0.05; done"],
+                          f"while [ -e /root/data/hold ]; do sleep 0.05; done; {DEEP}"],
         'stateless = false\npersist = ["/root/data"]\n')
-    shutil.rmtree(session.image_dir / ".state" / NAME, ignore_errors=True)  # an earlier run's
+    # An earlier run's (rm: it may be deeper than Python's rmtree goes).
+    subprocess.run(["rm", "-rf", str(session.image_dir / ".state" / NAME)], check=True)
 
     def shown() -> list[str]:
         result = session.run(str(stateful))
         assert result.returncode == 0, result.stderr
         return result.stdout.split()
 
-    other = session.image_dir / ".state" / NAME / "4321"  # another user's kept changes
-    other.mkdir(mode=0o700, parents=True)
-    (other / "upper").mkdir()
     assert shown() == ["pristine"]
+    other = session.image_dir / ".state" / NAME / "4321"  # another user's kept changes
+    other.mkdir(mode=0o700)
+    (other / "upper").mkdir()
     assert shown() == ["run"]
     # While it runs, its changes stay.
     (session.persist_dir() / "hold").touch()
@@ -229,6 +244,8 @@ def test_reset_drops_what_a_stateful_profile_kept_for_that_user_and_nothing_else
     plain = write_variant(session.profiles, ["/bin/true"], FULL_SANDBOX)
     nothing = session.sandboxapp("reset", str(plain))
     assert nothing.returncode == 2 and "stateless = true" in nothing.stderr, nothing.stderr
+    assert session.sandboxapp("reset", str(stateful)).returncode == 0  # what the last run kept
+    subprocess.run(["rm", "-rf", str(other)], check=True)
 
 
 @pytest.mark.parametrize(
