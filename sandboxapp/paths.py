@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import pwd
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,7 +42,24 @@ def default_run_dir() -> Path:
     return Path(f"/tmp/sandboxapp-{os.getuid()}")
 
 
+def sudo_caller(environ: Mapping[str, str]) -> tuple[int, int] | None:
+    """The UID and GID of the user who called sudo, where root runs for them."""
+    if os.geteuid() != 0:
+        return None
+    uid, gid = environ.get("SUDO_UID", ""), environ.get("SUDO_GID", "")
+    return (int(uid), int(gid)) if uid.isdigit() and gid.isdigit() else None
+
+
 def home() -> Path:
+    """The home of the user a launch is for. Under sudo that is the caller's, from the user
+    database: sudo sets HOME to root's, and what root makes for the caller must not land in
+    root's home."""
+    caller = sudo_caller(os.environ)
+    if caller is not None and caller[0] != 0:
+        try:
+            return Path(pwd.getpwuid(caller[0]).pw_dir)
+        except KeyError:
+            pass  # no such user: HOME it is (nofollow refuses making theirs below /root)
     return Path(os.environ.get("HOME") or os.path.expanduser("~"))
 
 

@@ -13,9 +13,15 @@ from __future__ import annotations
 import os
 import stat
 
+# The system's own places: nothing in them is made the user's.
+SYSTEM_ROOTS = ("/etc", "/root", "/boot", "/usr", "/proc", "/sys", "/dev")
 # Places a user's profile may never bind or keep data in, whatever their ownership says.
-FORBIDDEN_ROOTS = ("/etc", "/root", "/boot", "/usr", "/proc", "/sys", "/dev",
-                   "/var/lib/sandboxapp", "/run/sandboxapp")
+FORBIDDEN_ROOTS = (*SYSTEM_ROOTS, "/var/lib/sandboxapp", "/run/sandboxapp")
+
+
+def below(path: str, roots: tuple[str, ...]) -> str | None:
+    """The one of roots that path is or is below, if any."""
+    return next((root for root in roots if path == root or path.startswith(root + "/")), None)
 
 
 class Refused(Exception):
@@ -64,6 +70,9 @@ def walk(path: str, uid: int, gid: int, *, create: bool, mode: int = 0o700) -> i
             except FileNotFoundError:
                 if not create:
                     raise Refused(current, "it does not exist") from None
+                system = below(current, SYSTEM_ROOTS) if uid != 0 else None
+                if system is not None:
+                    raise Refused(current, f"nothing below {system} is made a user's") from None
                 os.mkdir(name, mode, dir_fd=fd)
                 next_fd = os.open(name, flags | os.O_NOFOLLOW, dir_fd=fd)
                 # O_PATH descriptors cannot fchown: go through /proc/self/fd.
@@ -134,11 +143,9 @@ def open_owned(path: str, uid: int, gid: int, *, trusted: bool) -> int:
                 raise Refused(path, f"it belongs to UID {st.st_uid}, not to you (UID {uid})")
             # Root launching for itself (an admin, a test) keeps its data in /root like any
             # user keeps it at home; for everyone else these places are out of bounds.
-            real = os.readlink(f"/proc/self/fd/{fd}")
-            for forbidden in FORBIDDEN_ROOTS if uid != 0 else ():
-                if real == forbidden or real.startswith(forbidden + "/"):
-                    raise Refused(path, "a user's profile cannot use anything below "
-                                        f"{forbidden}")
+            forbidden = below(os.readlink(f"/proc/self/fd/{fd}"), FORBIDDEN_ROOTS)
+            if forbidden is not None and uid != 0:
+                raise Refused(path, f"a user's profile cannot use anything below {forbidden}")
         return fd
     except BaseException:
         os.close(fd)

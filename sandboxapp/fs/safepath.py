@@ -13,6 +13,7 @@ from pathlib import Path
 
 from sandboxapp.errors import ExitStatus, SandboxError
 from sandboxapp.fs import nofollow
+from sandboxapp.paths import sudo_caller
 
 
 @dataclass(frozen=True)
@@ -23,11 +24,8 @@ class DesktopUser:
     @classmethod
     def from_environment(cls, environ: Mapping[str, str]) -> DesktopUser:
         # Under sudo the desktop user is the one who called sudo, not root.
-        if os.geteuid() == 0:
-            uid, gid = environ.get("SUDO_UID", ""), environ.get("SUDO_GID", "")
-            if uid.isdigit() and gid.isdigit():
-                return cls(int(uid), int(gid))
-        return cls(os.getuid(), os.getgid())
+        caller = sudo_caller(environ)
+        return cls(*caller) if caller is not None else cls(os.getuid(), os.getgid())
 
     def acted_for(self) -> DesktopUser | None:
         """This user where root acts for them (what root makes must become theirs); None

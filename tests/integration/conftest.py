@@ -10,9 +10,11 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from sandboxapp.fs.util import mounts_under
 from sandboxapp.image.store import ImageStore, spec_digest
 from sandboxapp.paths import SHIPPED_PROFILE_DIR
 from sandboxapp.profile.find import load_profile_file
+from sandboxapp.system.layer import remove_layer
 from tests.harness import (
     SoundServer,
     XServer,
@@ -43,12 +45,24 @@ def sandboxapp(*args: str, env: dict[str, str] | None = None, timeout: float = 9
                           cwd=REPO)
 
 
+def _remove_layers_of_a_killed_run(store: Path) -> None:
+    """The store is kept between runs: a run killed mid-launch (SIGKILL to the whole session)
+    leaves a layer whose record was in that run's temporary directory. Remove it the way a
+    launch of the same name would, so that tests asserting "no mounts left" see this run's."""
+    layers = store / ".layers"
+    if layers.is_dir():
+        for layer in layers.iterdir():
+            remove_layer(layer, kill_leftovers=True)
+    assert mounts_under(store) == []
+
+
 @pytest.fixture(scope="session")
 def test_image_dir() -> Path:
     """The image store holding the test image, built with sandboxapp's own builder."""
     require_programs("debootstrap", "systemd-nspawn")
     if os.geteuid() != 0:
         pytest.fail("integration tests need root")
+    _remove_layers_of_a_killed_run(TEST_IMAGE_DIR)
     profile = load_profile_file(TEST_PROFILE)
     image = ImageStore(TEST_IMAGE_DIR).get(profile.name)
     if image is None or image.meta.spec_digest != spec_digest(profile.image):

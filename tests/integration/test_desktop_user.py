@@ -202,6 +202,30 @@ def test_adding_a_user_from_a_plain_shell_keeps_the_store_the_first_setup_fixed(
         assert "root" not in grp.getgrnam("sandboxapp").gr_mem
 
 
+def test_sudo_run_keeps_the_users_data_in_their_home_never_in_roots(
+        member: DesktopUser, test_image_dir: Path, tmp_path: Path) -> None:
+    """`sudo sandboxapp run` as sudo leaves it (HOME=/root, no XDG_*): root acts for the user
+    who called sudo, whose profiles, data and logs live in their own home; nothing of theirs
+    appears in root's."""
+    user_profile(member, ["/bin/sh", "-c", "echo mine > /root/data/file"],
+                 'network = "none"\npersist = ["/root/data"]\n')
+    env = {"PATH": os.environ["PATH"], "HOME": "/root", "LOGNAME": "root", "USER": "root",
+           "SUDO_UID": str(member.uid), "SUDO_GID": str(member.gid), "SUDO_USER": member.name,
+           "SANDBOXAPP_IMAGE_DIR": str(test_image_dir),
+           "SANDBOXAPP_RUN_DIR": str(tmp_path / "run")}
+    result = subprocess.run([sys.executable, "-m", "sandboxapp", "run", NAME], env=env,
+                            cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+    made_for_them_in_roots = subprocess.run(
+        ["find", "/root", "-xdev", "-uid", str(member.uid)], capture_output=True, text=True,
+        check=False).stdout.split()
+    assert made_for_them_in_roots == []
+    assert result.returncode == 0, result.stderr
+    for path in (member.data / "file", member.data):
+        assert (path.stat().st_uid, path.stat().st_gid) == (member.uid, member.gid)
+    logs = member.home / ".local" / "state" / "sandboxapp" / NAME
+    assert [log.stat().st_uid for log in logs.iterdir()] == [member.uid]
+
+
 def test_a_user_resets_what_a_stateful_profile_kept_for_them_through_the_helper(
         member: DesktopUser, test_image_dir: Path) -> None:
     """A desktop user's kept changes are root's files: `sandboxapp reset` has the helper drop

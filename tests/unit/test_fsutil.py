@@ -84,3 +84,15 @@ def test_debris_of_dead_builders_goes_live_builds_and_foreign_dirs_stay(tmp_path
     assert live.exists()
     assert (unmarked / "something").exists()
     assert any(".build-app-dead" in line for line in progress.lines)
+
+
+def test_nothing_below_roots_home_is_made_a_users() -> None:
+    """Root acting for a user makes the user's directories as theirs: never in root's home
+    or the system's places, whatever HOME or XDG_DATA_HOME said."""
+    from sandboxapp.fs.safepath import DesktopUser, ensure_user_dir
+
+    target = Path("/root/.sandboxapp-unit-test/data")
+    for path in (target, Path("/etc/sandboxapp-unit-test")):
+        with pytest.raises(SandboxError, match=f"nothing below /{path.parts[1]} is made a user's"):
+            ensure_user_dir(path, DesktopUser(4321, 4321))
+        assert not Path("/", *path.parts[1:3]).exists()
