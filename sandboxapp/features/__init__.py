@@ -10,6 +10,7 @@ from sandboxapp.features.base import Feature, Session
 from sandboxapp.features.container import NetworkAccess, SessionBus
 from sandboxapp.features.display import DisplayAccess
 from sandboxapp.features.files import PersistentDirs, ReadOnlyBinds
+from sandboxapp.features.quit import SessionManagement
 from sandboxapp.features.request import refused
 from sandboxapp.features.sound import SoundAccess
 
@@ -21,7 +22,8 @@ __all__ = ["REGISTRY", "Feature", "Session", "features_for", "grants_of", "prepa
 # Every grant a sandbox may get, one class each, in the order of their binds and environment:
 # both sides of a launch, the dry run and a join iterate this.
 REGISTRY: tuple[type[Feature], ...] = (PersistentDirs, ReadOnlyBinds, DisplayAccess,
-                                       SoundAccess, SessionBus, NetworkAccess)
+                                       SoundAccess, SessionManagement, SessionBus,
+                                       NetworkAccess)
 
 
 def features_for(plan: LaunchPlan, grants: Mapping[str, Any]) -> tuple[Feature, ...]:

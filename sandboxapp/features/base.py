@@ -125,3 +125,8 @@ class Feature:
 
     def grant(self, session: Session, stack: ExitStack) -> None:
         """Made while nspawn starts, before the app's gate opens."""
+
+    def ask_to_quit(self) -> bool:
+        """The session side's, when the sandbox is to stop: ask the app to quit the way a
+        desktop's logout does; True if it was asked."""
+        return False

@@ -187,7 +187,7 @@ def launch(request: HelperRequest, user: DesktopUser, locations: Locations,
                 f"grants={','.join(sorted(request.grants))} "
                 f"args={extra!r}")
     run_dir = RunDir(locations.run_dir)
-    supervisor = Supervisor(run_dir, warn=warn)
+    supervisor = Supervisor(run_dir, warn=warn, signals_stop=control is None)
     # The run directory is this user's, and the user's launcher asks for a launch only while
     # it holds its own lock on the profile (else it joins the launch that runs): the root side
     # holding the profile here is that of the user's last launch, whose launcher is gone, still

@@ -21,7 +21,6 @@ once.
 from __future__ import annotations
 
 import contextlib
-import os
 import select
 import socket
 import threading
@@ -211,13 +210,7 @@ class SoundProxy:
         self.cookie = cookie
         self.recording = recording
         self.identity = identity
-        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        self.listener.bind(str(path))
-        # The container's processes are nobody here: the directory (0711) is the barrier.
-        os.chmod(path, 0o666)
-        self.listener.listen(MAX_CONNECTIONS)
+        self.listener = unixsocket.sandbox_listener(path, MAX_CONNECTIONS)
         self.connections: list[_Connection] = []
         self.lock = threading.Lock()
         self.lookup = SourceLookup(server)
@@ -251,14 +244,10 @@ class SoundProxy:
         with self.lock:
             self.closed = True
             connections = list(self.connections)
-        with contextlib.suppress(OSError):
-            self.listener.shutdown(socket.SHUT_RDWR)
-        self.listener.close()
+        unixsocket.close_listener(self.listener, self.path)
         for connection in connections:
             connection.close()
         self.lookup.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
 
 
 @contextlib.contextmanager

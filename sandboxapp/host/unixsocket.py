@@ -7,6 +7,8 @@ a deadline, and every read a size the caller has bounded.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import socket
 import time
 from pathlib import Path
@@ -59,3 +61,24 @@ def recv_exactly(sock: socket.socket, size: int, by: float | None) -> bytes:
         if by is not None:
             sock.settimeout(TIMEOUT)  # for the requests that follow
     return b"".join(chunks)
+
+
+def sandbox_listener(path: Path, backlog: int) -> socket.socket:
+    """A listening socket the launcher serves a sandbox on, at path in the sandbox's own
+    directory (0711), which is the barrier: the container's processes are nobody here."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    listener.bind(str(path))
+    os.chmod(path, 0o666)
+    listener.listen(backlog)
+    return listener
+
+
+def close_listener(listener: socket.socket, path: Path) -> None:
+    """Stop serving: the accepting thread wakes, and the socket's name goes."""
+    with contextlib.suppress(OSError):
+        listener.shutdown(socket.SHUT_RDWR)
+    listener.close()
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)

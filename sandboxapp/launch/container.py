@@ -250,9 +250,11 @@ class ContainerSide:
         self._relay(process.stdout, process.stderr)
         return Started(process, gate_fd, checks)
 
-    def supervise(self, started: Started) -> int:
+    def supervise(self, started: Started, ask_to_quit: Callable[[], bool] | None = None) -> int:
+        """ask_to_quit: the session side's, where it runs in this process (root's launch)."""
         process = started.process
         status = self.supervisor.wait(process, on_stop=lambda: stop_app(process.pid),
-                                      on_timeout=process.kill, control=self.control)
+                                      on_timeout=process.kill, control=self.control,
+                                      ask_to_quit=ask_to_quit)
         self.relay.join()
         return status

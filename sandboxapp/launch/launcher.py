@@ -120,7 +120,8 @@ class Launch:
         with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout=30)
 
-    def _supervise_helper(self, process: subprocess.Popen[str]) -> int:
+    def _supervise_helper(self, process: subprocess.Popen[str],
+                          ask_to_quit: Callable[[], bool]) -> int:
         helper = self.helper
         assert helper is not None
 
@@ -131,7 +132,8 @@ class Launch:
 
         try:
             return self.supervisor.wait(process, on_stop=ask_to_stop,
-                                        on_timeout=helper.control.close)
+                                        on_timeout=helper.control.close,
+                                        ask_to_quit=ask_to_quit)
         finally:
             helper.control.close()
             self.relay.join()
@@ -175,14 +177,18 @@ class Launch:
             for feature in features:
                 feature.grant(session, stack)
             self.supervisor.check_interrupted()
+
+            def ask_to_quit() -> bool:
+                return any([feature.ask_to_quit() for feature in features])
+
             if as_root:
                 from sandboxapp.launch.container import open_gate
 
                 open_gate(started)
-                status = side.supervise(started)
+                status = side.supervise(started, ask_to_quit)
             else:
                 self._open_helper_gate()
-                status = self._supervise_helper(process)
+                status = self._supervise_helper(process, ask_to_quit)
         if self.supervisor.signalled is not None:
             return 128 + self.supervisor.signalled
         return status

@@ -124,9 +124,10 @@ STOP_MARGIN = 5.0
 
 def stop(locations: Locations, profile: str, timeout: float) -> float:
     """Stop a running sandbox gracefully; how long it took. Its launcher is told the timeout
-    and gets SIGTERM: the app then gets SIGTERM and `timeout` seconds to save before it is
-    killed; the launcher takes the grants back as on a normal exit. Should the launcher not be
-    gone soon after, a second SIGTERM tells it to kill the app at once."""
+    and gets SIGTERM: the app is then asked to quit (or gets SIGTERM where it cannot be asked)
+    and has `timeout` seconds to do so before it is signalled and killed; the launcher takes
+    the grants back as on a normal exit. Should the launcher not be gone soon after, a second
+    SIGTERM tells it to kill the app at once."""
     if not 0 < timeout <= MAX_STOP_GRACE:
         raise SandboxError(f"--timeout {timeout:g} is out of range; allowed: more than 0 and "
                            f"up to {MAX_STOP_GRACE:g} seconds", status=ExitStatus.USAGE)

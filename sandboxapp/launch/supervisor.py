@@ -89,9 +89,14 @@ class Relay:
 
 
 class Supervisor:
-    def __init__(self, run_dir: RunDir, warn: Callable[[str], None]) -> None:
+    def __init__(self, run_dir: RunDir, warn: Callable[[str], None], *,
+                 signals_stop: bool = True) -> None:
         self.run_dir = run_dir
         self.warn = warn
+        # False where a launcher says when to stop (the helper's side, on its control
+        # channel): the signals a terminal sends its whole process group are then ignored
+        # here, and the launcher, which got them too, first asks the app to quit.
+        self.signals_stop = signals_stop
         self.signalled: int | None = None
         # Set when the launch must stop for a reason other than a signal (its launcher is gone).
         self.stop_requested = False
@@ -114,8 +119,9 @@ class Supervisor:
         self.wake_write.setblocking(False)
         previous_fd = signal.set_wakeup_fd(self.wake_write.fileno(), warn_on_full_buffer=False)
         stack.callback(signal.set_wakeup_fd, previous_fd)
+        handler = self._on_signal if self.signals_stop else signal.SIG_IGN
         for signum in STOP_SIGNALS:
-            previous = signal.signal(signum, self._on_signal)
+            previous = signal.signal(signum, handler)
             stack.callback(signal.signal, signum, previous)
         stack.callback(self.wake_read.close)
         stack.callback(self.wake_write.close)
@@ -227,13 +233,18 @@ class Supervisor:
         on_stop: Callable[[], None],
         on_timeout: Callable[[], None],
         control: ControlChannel | None = None,
+        ask_to_quit: Callable[[], bool] | None = None,
     ) -> int:
         """Wait for process. A signal, or a message or the end of the control channel (the
-        launcher asks to stop, or is gone), calls on_stop; on_timeout follows after the
-        grace (STOP_TIMEOUT unless a stop asked for another), or at once on a second signal or
-        control event, and again every STOP_TIMEOUT seconds until the process is gone."""
+        launcher asks to stop, or is gone), first asks the app to quit as a desktop's logout
+        does (ask_to_quit: True when it could ask) and gives it the grace (STOP_TIMEOUT unless
+        a stop asked for another) to do so; then, or at once where it could not be asked,
+        on_stop, and on_timeout after the grace; a second signal or control event moves on to
+        the next step at once, and on_timeout comes again every STOP_TIMEOUT seconds until the
+        process is gone."""
         pidfd = os.pidfd_open(process.pid)
         deadline: float | None = None
+        quitting = False
         escalated = 0
         try:
             while True:
@@ -256,11 +267,21 @@ class Supervisor:
                     if self.record is not None:
                         asked = self.run_dir.take_stop_grace(self.record.profile, os.getpid())
                         self.grace = asked if asked is not None else self.grace
-                    on_stop()
+                    quitting = ask_to_quit is not None and ask_to_quit()
+                    if not quitting:
+                        on_stop()
                     deadline = time.monotonic() + self.grace
                 elif deadline is not None and (time.monotonic() >= deadline
                                                or self.escalations > escalated):
+                    at_once = self.escalations > escalated
                     escalated = self.escalations
+                    if quitting:
+                        # It did not quit in time, or the user would not wait: signal it.
+                        quitting = False
+                        on_stop()
+                        if not at_once:
+                            deadline = time.monotonic() + STOP_TIMEOUT
+                            continue
                     on_timeout()
                     deadline = time.monotonic() + STOP_TIMEOUT
         finally:

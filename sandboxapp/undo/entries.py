@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 from sandboxapp.errors import SandboxError
 from sandboxapp.fs import nofollow
 from sandboxapp.host.display import AUTH_FILE, Display, XAccess
+from sandboxapp.host.sessionmanager import SESSION_SOCKET
 from sandboxapp.host.sound import SOUND_CONF, SOUND_SOCKET
 from sandboxapp.system.layer import remove_layer
 from sandboxapp.system.procstat import is_alive
@@ -153,6 +154,22 @@ class SoundEntry(Entry):
 
 
 @dataclass
+class SessionManagerEntry(Entry):
+    """The user's directory holding the sandbox's session manager socket, served by the
+    launcher (host/sessionmanager.py)."""
+
+    KIND: ClassVar[str] = "session-manager"
+    dir: str
+    user: int
+
+    def undo(self, *, recovering: bool) -> None:
+        nofollow.remove_user_dir(self.dir, self.user, (SESSION_SOCKET,))
+
+    def grant_line(self) -> str:
+        return f"session manager {self.dir}/{SESSION_SOCKET}"
+
+
+@dataclass
 class UnknownEntry(Entry):
     """An entry this release cannot read: it stays recorded, and is reported."""
 
@@ -168,7 +185,7 @@ class UnknownEntry(Entry):
 
 KINDS: dict[str, type[Entry]] = {
     cls.KIND: cls for cls in (ContainerEntry, LayerEntry, TrustedX11Entry, NestedX11Entry,
-                              SoundEntry)
+                              SoundEntry, SessionManagerEntry)
 }
 
 

@@ -8,6 +8,7 @@ import grp
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -127,8 +128,10 @@ def as_user(user: DesktopUser, argv: list[str], env: dict[str, str] | None = Non
     command = ["setpriv", f"--reuid={user.uid}", f"--regid={user.gid}", "--init-groups",
                "--", *argv]
     if background:
+        # A process group of its own, as a terminal's foreground job has (sudo and the helper
+        # in it, as they are when the user presses Ctrl-C).
         return subprocess.Popen(command, env=full_env, cwd=user.home, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+                                stderr=subprocess.PIPE, text=True, process_group=0)
     # Input stays open until the command ends: the helper takes its end as "stop".
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         process = subprocess.Popen(command, env=full_env, cwd=user.home, stdin=subprocess.PIPE,
@@ -285,6 +288,33 @@ def _cmdline(process: psutil.Process) -> list[str]:
         return process.cmdline()
     except psutil.Error:
         return []
+
+
+def test_ctrl_c_to_a_users_launch_asks_the_app_to_quit_before_any_signal(
+    member: DesktopUser, user_x: Path, user_sound: SoundServer, xserver: XServer,
+    installed: Path,
+) -> None:
+    """The terminal's SIGINT reaches the whole group, the root helper too: the helper leaves
+    the stop to the launcher, which asks the app to quit through the session manager."""
+    tool = Path(__file__).parent / "sandbox_tools" / "xsmpapp.py"
+    member.data.mkdir(parents=True, exist_ok=True)
+    shutil.copy(tool, member.data / tool.name)
+    subprocess.run(["chown", "-R", f"{member.uid}:{member.gid}", str(member.home / ".local")],
+                   check=True)
+    user_profile(member, ["python3", f"/root/data/{tool.name}", "obey"])
+    launch = as_user(member, [str(USER_COMMAND), "run", NAME],
+                     session_env(xserver, user_x, user_sound), background=True)
+    assert isinstance(launch, subprocess.Popen)
+    try:
+        wait_for_file(member.data / "ready", launch)
+        os.killpg(launch.pid, signal.SIGINT)
+        assert launch.wait(timeout=60) == 130, launch.stderr.read() if launch.stderr else ""
+    finally:
+        if launch.poll() is None:
+            launch.kill()
+            launch.wait()
+    assert (member.data / "told-to-die").exists()
+    assert not (member.data / "termed").exists()
 
 
 def test_a_group_member_launches_an_x_profile_through_the_rule(

@@ -237,6 +237,96 @@ def test_firefox_opens_after_every_kind_of_interruption_and_keeps_its_bookmark(
     assert (TITLE, web_page) in bookmarks(firefox_profile(session))
 
 
+# What Firefox opens by itself on a profile's first runs: its privacy notice and welcome.
+FIREFOX_OWN_PAGES = ("https://www.mozilla.org/", "about:welcome")
+
+
+def session_windows(profile: Path) -> list[list[str]]:
+    """The windows Firefox saved at its last quit, each as the URLs of its tabs (but the
+    pages Firefox opens by itself)."""
+    import json
+
+    import lz4.block
+
+    data = (profile / "sessionstore.jsonlz4").read_bytes()
+    assert data[:8] == b"mozLz40\0"
+    state = json.loads(lz4.block.decompress(data[8:]))
+    urls = [[tab["entries"][tab["index"] - 1]["url"] for tab in window["tabs"]]
+            for window in state["windows"]]
+    return [[url for url in window if not url.startswith(FIREFOX_OWN_PAGES)] for window in urls]
+
+
+def shut_down_by_itself(profile: Path) -> bool:
+    """Whether Firefox's last run went through its own shutdown, to its last phase."""
+    import json
+
+    phases = json.loads((profile / "sessionCheckpoints.json").read_text())
+    return bool(phases.get("profile-before-change"))
+
+
+@pytest.mark.slow
+def test_every_way_of_stopping_is_firefoxs_own_quit_and_keeps_its_windows_and_tabs(
+    tmp_path: Path, firefox_image_dir: Path, xserver: XServer, soundserver: SoundServer,
+    web_page: str,
+) -> None:
+    """Eight cycles of launch, window, stop at once: Ctrl-C to the launcher's process group,
+    `sandboxapp stop`, SIGTERM and SIGHUP, twice each. Every stop is Firefox's own shutdown
+    (the session manager asks it to quit), never a crash: every launch shows the browser, never
+    the offer to troubleshoot, and the two windows of two tabs each opened in the first run,
+    with "open previous windows and tabs" set, are there in the last."""
+    require_programs("xdotool")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    session = Session(tmp_path, firefox_image_dir, xserver, soundserver, sudo_uid=4321)
+    second = web_page.replace("index.html", "second.html")
+    tabs = [[web_page, second], [f"{web_page}?2", f"{second}?2"]]
+    ways = ["SIGINT to the group", "stop", "SIGTERM", "SIGHUP"]
+    for cycle in range(8):
+        # The first run opens its windows; the next ones restore them.
+        launch = session.start("firefox", *(["--", *tabs[0]] if cycle == 0 else []),
+                               own_group=True)
+        try:
+            # Its title is that of the restored window's tab that was last in front.
+            wait_for_window(xserver, "sandboxapp (bookmark test|second page)", launch)
+            if cycle == 0:
+                for args in (["--new-window", tabs[1][0]], [tabs[1][1]]):
+                    joined = session.run("firefox", "--", *args, timeout=60)
+                    assert joined.returncode == 0, joined.stderr
+                    time.sleep(2)
+            time.sleep(1)
+            _, _, colours = screenshot(xserver, ARTIFACTS / f"firefox-stop-{cycle}.png")
+            assert colours > 20, f"cycle {cycle}: the screen is blank"
+            way = ways[cycle % len(ways)]
+            started = time.monotonic()
+            if way == "SIGINT to the group":
+                os.killpg(launch.pid, signal.SIGINT)
+                expected = 130
+            elif way == "stop":
+                stopped = session.sandboxapp("stop", "firefox")
+                assert stopped.returncode == 0, stopped.stderr
+                expected = 143
+            elif way == "SIGTERM":
+                launch.terminate()
+                expected = 143
+            else:
+                launch.send_signal(signal.SIGHUP)
+                expected = 129
+            status = launch.wait(timeout=60)
+            assert status == expected, launch.stderr.read() if launch.stderr else ""
+            took = time.monotonic() - started
+        finally:
+            if launch.poll() is None:
+                launch.kill()
+                launch.wait()
+        profile = firefox_profile(session)
+        assert shut_down_by_itself(profile), f"cycle {cycle} ({way}): Firefox crashed"
+        print(f"cycle {cycle}: {way} stopped Firefox in {took:.2f} s")
+        if cycle == 0:
+            assert session_windows(profile) == tabs
+            with (profile / "user.js").open("a") as prefs:
+                prefs.write('user_pref("browser.startup.page", 3);\n')
+    assert session_windows(firefox_profile(session)) == tabs
+
+
 @pytest.mark.slow
 def test_firefox_loads_a_page_typed_into_its_url_bar_and_plays_its_sound(
     tmp_path: Path, firefox_image_dir: Path, xserver: XServer, soundserver: SoundServer,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -581,6 +582,80 @@ def test_ctrl_c_to_the_launchers_process_group_stops_the_app_gracefully(
             launch.wait()
     assert (session.persist_dir() / "saved").read_text() == "saved\n"
     assert "terminated by signal KILL" not in (launch.stderr.read() if launch.stderr else "")
+
+
+XSMP_APP = Path(__file__).parent / "sandbox_tools" / "xsmpapp.py"
+
+
+def start_xsmp_app(session: Session, mode: str) -> subprocess.Popen[str]:
+    """A launch of sandbox_tools/xsmpapp.py, registered with the sandbox's session manager."""
+    data = session.persist_dir()
+    data.mkdir(parents=True, exist_ok=True)
+    shutil.copy(XSMP_APP, data / XSMP_APP.name)
+    profile = write_variant(session.profiles, ["python3", f"/root/data/{XSMP_APP.name}", mode],
+                            FULL_SANDBOX)
+    launch = session.start(str(profile), own_group=True)
+    wait_for_file(data / "ready", launch)
+    return launch
+
+
+def marks(session: Session) -> dict[str, float]:
+    """What the app marked, each with when (its own monotonic clock, the host's)."""
+    return {name: float((session.persist_dir() / name).read_text().split()[0])
+            for name in ("told-to-die", "termed") if (session.persist_dir() / name).exists()}
+
+
+@pytest.mark.parametrize("way", ["SIGINT to the group", "SIGTERM", "SIGHUP", "stop"])
+def test_a_stop_asks_the_app_to_quit_as_a_logout_does_before_any_signal(
+        session: Session, way: str) -> None:
+    launch = start_xsmp_app(session, "obey")
+    try:
+        if way == "SIGINT to the group":
+            os.killpg(launch.pid, signal.SIGINT)
+        elif way == "stop":
+            assert session.sandboxapp("stop", NAME).returncode == 0
+        else:
+            launch.send_signal(signal.SIGTERM if way == "SIGTERM" else signal.SIGHUP)
+        launch.wait(timeout=60)
+    finally:
+        if launch.poll() is None:
+            launch.kill()
+            launch.wait()
+    # SaveYourself, then Die: the app quit by itself, and no signal reached it.
+    assert set(marks(session)) == {"told-to-die"}
+
+
+def test_an_app_that_does_not_quit_when_asked_gets_sigterm_after_the_grace(
+        session: Session) -> None:
+    launch = start_xsmp_app(session, "ignore")
+    try:
+        stopped = session.sandboxapp("stop", "--timeout", "2", NAME)
+        assert stopped.returncode == 0, stopped.stderr
+        assert launch.wait(timeout=60) == 143
+    finally:
+        if launch.poll() is None:
+            launch.kill()
+            launch.wait()
+    marked = marks(session)
+    assert set(marked) == {"told-to-die", "termed"}
+    assert 1.8 <= marked["termed"] - marked["told-to-die"] <= 4
+
+
+def test_a_second_ctrl_c_stops_at_once(session: Session) -> None:
+    """Asked to quit, the app stays, and ignores SIGTERM too: the user's second Ctrl-C ends
+    it at once, not after the grace."""
+    launch = start_xsmp_app(session, "stubborn")
+    try:
+        os.killpg(launch.pid, signal.SIGINT)
+        wait_for_file(session.persist_dir() / "told-to-die", launch)
+        second = time.monotonic()
+        os.killpg(launch.pid, signal.SIGINT)
+        assert launch.wait(timeout=60) == 130
+        assert time.monotonic() - second < 3
+    finally:
+        if launch.poll() is None:
+            launch.kill()
+            launch.wait()
 
 
 def test_an_app_that_ends_at_once_without_output_is_named(session: Session) -> None:

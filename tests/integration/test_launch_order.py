@@ -81,11 +81,14 @@ def test_a_killed_launch_is_cleaned_up(session: Session) -> None:
     launch = session.start(str(profile))
     try:
         wait_for_file(session.persist_dir() / "ready", launch)
-        # Its record: the X and sound directories, made first, then the layer and the
-        # container; the nested X server, in the first, with its display and process.
+        # Its record: the X, sound and session manager directories, made first, then the
+        # layer and the container; the nested X server, in the first, with its display and
+        # process.
         record = json.loads((session.run_dir / "sandboxapp-test.json").read_text())
         kinds = [entry["kind"] for entry in record["entries"]]
-        assert kinds == ["x11-nested", "sound", "layer", "container"]
+        assert kinds == ["x11-nested", "sound", "session-manager", "layer", "container"]
+        quit_dir = Path(record["entries"][2]["dir"])
+        assert (quit_dir / "socket").is_socket()
         nested = record["entries"][0]
         assert nested["display"] is not None and nested["server"] is not None
         server = psutil.Process(nested["server"][0])
@@ -101,6 +104,7 @@ def test_a_killed_launch_is_cleaned_up(session: Session) -> None:
     assert "cleaned up after sandboxapp-test" in result.stdout
     session.assert_nothing_left(grants_before, modules_before)
     assert not Path(nested["dir"]).exists()
+    assert not quit_dir.exists()
 
 
 def test_the_command_install_host_writes_launches(session: Session) -> None:

@@ -19,6 +19,7 @@ from sandboxapp.features import Feature, Session, features_for, grants_of, prepa
 from sandboxapp.features.container import SESSION_BUS, SessionBus
 from sandboxapp.features.display import DisplayAccess
 from sandboxapp.features.files import ReadOnlyBinds
+from sandboxapp.features.quit import SessionManagement
 from sandboxapp.features.request import Action, HelperRequest
 from sandboxapp.features.sound import PULSE_CLIENT_CONF_TEXT, SoundAccess
 from sandboxapp.fs.safepath import DesktopUser
@@ -93,13 +94,13 @@ def test_the_helper_rebuilds_from_the_request_what_the_session_side_prepared(
     with launching.stack:
         prepared = prepare_features(launching.session, launching.stack)
         assert [type(f).__name__ for f in prepared] == [
-            "PersistentDirs", "ReadOnlyBinds", "DisplayAccess", "SoundAccess", "SessionBus",
-            "NetworkAccess"]
+            "PersistentDirs", "ReadOnlyBinds", "DisplayAccess", "SoundAccess",
+            "SessionManagement", "SessionBus", "NetworkAccess"]
         request = HelperRequest(Action.LAUNCH, "app", Path("/p/app.toml"), Path("/d"),
                                 grants=grants_of(prepared))
         parsed = HelperRequest.from_json(request.to_json())
         assert parsed == request and parsed.grants["display"]["display"] == 7
-        assert set(parsed.grants) == {"display", "sound"}
+        assert set(parsed.grants) == {"display", "sound", "session_manager"}
         rebuilt = features_for(plan, parsed.grants)
         assert _view(rebuilt, plan) == _view(prepared, plan)
 
@@ -113,13 +114,15 @@ def test_what_the_container_binds_is_made_and_recorded_before_nspawn_starts(
         sound = next(f for f in features if isinstance(f, SoundAccess))
         display = next(f for f in features if isinstance(f, DisplayAccess))
         # The trusted authorization is made later (grant); its directory and undo now.
-        assert launching.kinds() == ["x11", "sound"]
+        assert launching.kinds() == ["x11", "sound", "session-manager"]
+        quit = next(f for f in features if isinstance(f, SessionManagement))
+        assert stat.S_IMODE(quit.dir.stat().st_mode) == 0o711
         assert stat.S_IMODE(display.x11_dir.stat().st_mode) == 0o700
         assert not any(display.x11_dir.iterdir())
         assert stat.S_IMODE(sound.paths.dir.stat().st_mode) == 0o711
         assert sound.paths.conf.read_text() == PULSE_CLIENT_CONF_TEXT
         assert plan.persist[0].host.is_dir()
-        made = (sound.paths.dir, display.x11_dir)
+        made = (sound.paths.dir, display.x11_dir, quit.dir)
     # Given up before any grant: what was made is gone, and the record with it.
     assert not any(path.exists() for path in made)
     assert launching.kinds() == []
@@ -132,7 +135,7 @@ def test_without_a_sound_server_the_sandbox_runs_without_sound(
     with launching.stack:
         features = prepare_features(launching.session, launching.stack)
         assert not any(isinstance(f, SoundAccess) for f in features)
-        assert launching.kinds() == []
+        assert launching.kinds() == ["session-manager"]
     assert launching.warnings == ["no PulseAudio or PipeWire server found: running without sound"]
 
 
