@@ -25,6 +25,7 @@ import contextlib
 import socket
 import struct
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -41,6 +42,9 @@ MAX_MESSAGE = 64 * 1024
 # A client completes the handshake at once (its main thread waits for it): one that does not
 # within this is dropped.
 SETUP_TIMEOUT = 5.0
+# A program sends a handful of messages in its life (Firefox: five, and a Ping now and then):
+# a connection that sends more is flooding the launcher, and ends.
+MAX_MESSAGES = 1000
 # How long a client's save may take before it is told to die all the same.
 SAVE_TIMEOUT = 5.0
 
@@ -161,6 +165,8 @@ class Client:
     lock: threading.Lock = field(default_factory=threading.Lock)  # one send at a time
     state: threading.Lock = field(default_factory=threading.Lock)  # the flags above
     timer: threading.Timer | None = None  # Die, should the last save not end in time
+    deadline: float | None = None  # the handshake's, while it lasts
+    messages: int = 0
 
     def send(self, data: bytes) -> None:
         with self.lock:
@@ -168,6 +174,9 @@ class Client:
 
     def receive(self) -> tuple[int, int, bytes, Reader]:
         """The next message: major, minor, its two data bytes and a reader of its body."""
+        self.messages += 1
+        if self.messages > MAX_MESSAGES:
+            raise Broken("too many messages")
         header = self._exactly(8)
         major, minor, data = header[0], header[1], header[2:4]
         (units,) = struct.unpack(self.order + "I", header[4:])
@@ -179,6 +188,11 @@ class Client:
     def _exactly(self, size: int) -> bytes:
         chunks = []
         while size:
+            if self.deadline is not None:
+                left = self.deadline - time.monotonic()
+                if left <= 0:
+                    raise Broken("the handshake took too long")
+                self.sock.settimeout(left)
             chunk = self.sock.recv(size)
             if not chunk:
                 raise Broken("the client hung up")
@@ -193,10 +207,10 @@ class Client:
         self.saving, self.shutdown = True, shutdown
         self.send(message(self.opcode, SAVE_YOURSELF,
                           bytes([SAVE_LOCAL, int(shutdown), INTERACT_NONE, 0])))
-        if shutdown:
+        if shutdown and self.timer is None:
             self.timer = threading.Timer(SAVE_TIMEOUT, self.die)
             self.timer.daemon = True
-            self.timer.start()
+            self.timer.start()  # cancelled when the connection ends
 
     def saved(self) -> None:
         """Its SaveYourselfDone: Die after the last save, else the next save if one waits."""
@@ -247,22 +261,36 @@ class SessionManager:
                     continue
                 client = Client(sock)
                 self.clients.append(client)
-            threading.Thread(target=self._serve, args=(client,), daemon=True,
-                             name="session manager: sandbox").start()
+            try:
+                threading.Thread(target=self._serve, args=(client,), daemon=True,
+                                 name="session manager: sandbox").start()
+            except RuntimeError:
+                self._drop(client)  # no thread to serve it: it goes, the others stay
 
     def _serve(self, client: Client) -> None:
         try:
-            client.sock.settimeout(SETUP_TIMEOUT)
+            client.deadline = time.monotonic() + SETUP_TIMEOUT
             self._handshake(client)
+            client.deadline = None
             client.sock.settimeout(None)
             while True:
                 self._handle(client, *client.receive())
-        except (Broken, OSError, struct.error):
-            pass
+        except (Broken, OSError, struct.error, RuntimeError):
+            pass  # RuntimeError: no thread could start for its Die timer
         finally:
-            with self.lock:
-                if client in self.clients:
-                    self.clients.remove(client)
+            self._drop(client)
+
+    def _drop(self, client: Client) -> None:
+        with self.lock:
+            if client in self.clients:
+                self.clients.remove(client)
+        with contextlib.suppress(OSError):
+            client.sock.shutdown(socket.SHUT_RDWR)  # a send that waits for room ends
+        with client.state:
+            if client.timer is not None:
+                client.timer.cancel()
+        # Once no send is under way: a descriptor closed under a send could be reused.
+        with client.lock:
             client.sock.close()
 
     def _handshake(self, client: Client) -> None:
@@ -346,10 +374,11 @@ class SessionManager:
         known = 0 < len(previous) <= 64 and all(byte in CLIENT_ID_BYTES for byte in previous)
         client_id = previous if known else b"2" + str(uuid.uuid4()).encode()
         client.send(message(client.opcode, REGISTER_CLIENT_REPLY, _array8(client_id)))
-        with self.lock:
-            client.registered = True
-            quitting = self.quitting
+        # Its state first: a quit asked for from now on waits until the first save is sent.
         with client.state:
+            with self.lock:
+                client.registered = True
+                quitting = self.quitting
             if quitting:
                 client.save_yourself(shutdown=True)
             elif not known:
@@ -363,10 +392,22 @@ class SessionManager:
         with self.lock:
             self.quitting = True
             registered = [client for client in self.clients if client.registered]
+        asked = False
         for client in registered:
-            with contextlib.suppress(OSError):
-                client.ask_to_quit()
-        return bool(registered)
+            # Each in a thread of its own: a client that stops reading blocks only that thread
+            # (its sends wait for room), never the launcher's stop.
+            try:
+                threading.Thread(target=self._ask_to_quit, args=(client,), daemon=True,
+                                 name="session manager: quit").start()
+                asked = True
+            except RuntimeError:
+                pass  # no thread to ask it with: the stop signals it instead
+        return asked
+
+    @staticmethod
+    def _ask_to_quit(client: Client) -> None:
+        with contextlib.suppress(OSError, RuntimeError):
+            client.ask_to_quit()
 
     def registered(self) -> int:
         with self.lock:

@@ -160,3 +160,31 @@ def test_connections_that_never_finish_their_handshake_are_dropped_and_bounded(
     assert all(_closed_by_the_manager(sock, 2) for sock in held)
     client = XsmpClient(address(manager))
     assert client.process(2, until="save-complete")
+
+
+def test_a_client_that_stops_reading_cannot_hold_up_the_stop(manager: SessionManager) -> None:
+    """Pings the manager answers, never read: its answers fill the socket, and its sends to
+    that client wait for room. Asking everyone to quit must not wait with them."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(str(manager.path))
+    # Registered, its first save done: a quit request is sent to it at once.
+    sock.sendall(BYTE_ORDER + SETUP + XSMP_PROTOCOL + REGISTER + _header(1, 8, 0, b"\x01\0"))
+    sock.setblocking(False)
+    ping = _header(0, 9, 0)
+    full = False
+    deadline = time.monotonic() + 10
+    while not full and time.monotonic() < deadline:
+        try:
+            sock.send(ping * 512)
+        except BlockingIOError:
+            time.sleep(0.2)
+            try:
+                sock.send(ping)
+            except BlockingIOError:
+                full = True  # both ways: the manager's sends to it wait for room now
+    assert full
+    started = time.monotonic()
+    assert manager.ask_to_quit()
+    assert time.monotonic() - started < 0.5
+    sock.close()
+
