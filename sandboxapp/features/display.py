@@ -35,13 +35,22 @@ X11_CONTAINER_DIR = PurePosixPath("/run/sandboxapp/x11")
 NO_MITSHM_ENV = (("QT_X11_NO_MITSHM", "1"), ("_X11_NO_MITSHM", "1"), ("_MITSHM", "0"))
 
 
-def window_look(profile_name: str) -> Any:
-    """What the desktop sees of a sandbox's window: its title and class, from the profile's
-    name (the menu entry's StartupWMClass is the same class)."""
+def window_look(plan: LaunchPlan) -> Any:
+    """What the desktop sees of a sandbox's window: its title and class from the profile's
+    name (the menu entry's StartupWMClass is the same class), the program's icon from its
+    pristine image, as its menu entry has it."""
     from sandboxapp.host.nested import WindowLook, wm_class
 
-    return WindowLook(title=f"{profile_name} (sandbox)", instance=wm_class(profile_name),
-                      klass=wm_class(profile_name))
+    name = plan.profile.name
+    image = plan.image
+
+    def icons() -> list[Path]:
+        from sandboxapp.host.desktop import program_icons
+
+        return [path for _, path in program_icons(plan.profile, image.rootfs)] if image else []
+
+    return WindowLook(title=f"{name} (sandbox)", instance=wm_class(name), klass=wm_class(name),
+                      icons=icons)
 
 
 @dataclass(frozen=True)
@@ -95,7 +104,7 @@ class DisplayAccess(Feature):
         # Root launching for a desktop user runs the nested server as that user; the cookie
         # file is the user's either way (bound with rootidmap: the container root's own there).
         nested = stack.enter_context(nested_display(
-            access, directory, window_look(plan.profile.name),
+            access, directory, window_look(plan),
             Directions.of(plan.profile.sandbox.clipboard), session.user.acted_for()))
 
         def report() -> None:

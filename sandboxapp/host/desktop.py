@@ -127,6 +127,13 @@ def _icon_files(rootfs: Path, icon: str) -> list[tuple[str, Path]]:
     return [(size, path) for size, path in found if path.stat().st_size <= MAX_ICON_SIZE]
 
 
+def program_icons(profile: Profile, rootfs: Path) -> list[tuple[str, Path]]:
+    """(size directory, file) of the program's icon in its pristine image, as its own desktop
+    entry names it: what the menu entry and the sandbox's window show (never an icon from the
+    running sandbox)."""
+    return _icon_files(rootfs, find_source_entry(profile, rootfs).values.get("Icon", ""))
+
+
 def launcher_command() -> list[str]:
     """How a menu starts sandboxapp: the installed command, else the one running now."""
     if USER_COMMAND.exists():

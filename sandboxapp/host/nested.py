@@ -55,9 +55,10 @@ import contextlib
 import os
 import select
 import socket
+import struct
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -93,6 +94,10 @@ MAPPING_FOCUS = 1.0
 # The most of a title read from inside (bytes), and shown (characters).
 TITLE_BYTES = 1024
 TITLE_CHARS = 200
+# The window's icon (_NET_WM_ICON): PNG files of at most this many pixels a side, at most this
+# many sizes; what a taskbar or a window switcher shows (the largest themes use 256).
+ICON_SIDE = 256
+ICON_SIZES = 8
 
 
 def check_installed() -> None:
@@ -119,6 +124,9 @@ class WindowLook:
     klass: str
     width: int = 1024
     height: int = 768
+    # The program's icon files, found (in its pristine image) on the display's thread, off the
+    # launch's path.
+    icons: Callable[[], Sequence[Path]] | None = None
 
 
 def shown_title(look: WindowLook, inside: bytes | None) -> str:
@@ -254,6 +262,7 @@ class NestedDisplay:
             nested.set_error_handler(self._count_error)
             self.bridge.start()
             nested.flush()
+            self._set_icon()
             try:
                 _copy_keymap(self.user, self.access)
             except SandboxError as problem:
@@ -388,6 +397,22 @@ class NestedDisplay:
         elif event.type == X.ConfigureNotify and event.window == root and main is not None:
             self._fill(main, root)
 
+    def _set_icon(self) -> None:
+        """The profile's icon on the user's window, before it is mapped (a desktop that groups
+        windows by the menu entry's StartupWMClass shows the entry's icon anyway)."""
+        if self.look.icons is None:
+            return
+        try:
+            icon = icon_property(self.look.icons())
+        except (OSError, ValueError) as problem:
+            self.problems.append(f"the window's icon was not set: {problem}")
+            return
+        if icon:
+            from Xlib import Xatom
+
+            self.window.change_property(self.host.intern_atom("_NET_WM_ICON"), Xatom.CARDINAL,
+                                        32, icon)
+
     def _show(self) -> None:
         """The user's window, mapped with the app's first window (once)."""
         if self.mapped.is_set():
@@ -451,6 +476,28 @@ class NestedDisplay:
         for fd in (self.wake_read, self.wake_write):
             with contextlib.suppress(OSError):
                 os.close(fd)
+
+
+def icon_property(files: Sequence[Path]) -> list[int]:
+    """_NET_WM_ICON's value for PNG icon files: for each size, its width, its height and its
+    pixels as ARGB, smallest first. Files of another kind or too large are left out."""
+    from PIL import Image
+
+    icons: dict[int, list[int]] = {}
+    for path in files:
+        if path.suffix != ".png" or len(icons) >= ICON_SIZES:
+            continue
+        try:
+            with Image.open(path, formats=["PNG"]) as image:
+                width, height = image.size  # read from the header: nothing is decoded yet
+                if not (0 < width <= ICON_SIDE and 0 < height <= ICON_SIDE) or width in icons:
+                    continue
+                pixels = image.convert("RGBA").tobytes("raw", "BGRA")
+        except Image.DecompressionBombError as error:
+            raise ValueError(f"{path}: {error}") from None
+        # Little-endian BGRA bytes are ARGB cardinals.
+        icons[width] = [width, height, *struct.unpack(f"<{width * height}I", pixels)]
+    return [value for width in sorted(icons) for value in icons[width]]
 
 
 def _dpi(host: XDisplay) -> int:

@@ -80,6 +80,28 @@ def wait_for_window(server: XServer, name: str, launch: subprocess.Popen[str]) -
     raise AssertionError(f"no window named {name!r} appeared")
 
 
+def window_icon(server: XServer, window: str) -> list[int]:
+    """The window's _NET_WM_ICON on the user's display, as a taskbar reads it."""
+    from sandboxapp.host.display import Display, XAccess
+    from sandboxapp.host.xconnection import connection
+
+    with connection(XAccess(Display(server.number), str(server.xauthority))) as display:
+        reply = display.create_resource_object("window", int(window)).get_full_property(
+            display.intern_atom("_NET_WM_ICON"), 0)
+        return list(reply.value) if reply is not None else []
+
+
+def image_icon(image_dir: Path, side: int) -> list[int]:
+    """Firefox's own icon of that size in the pristine image, as ARGB cardinals."""
+    from PIL import Image
+
+    path = (image_dir / "firefox/rootfs/usr/share/icons/hicolor" / f"{side}x{side}"
+            / "apps/firefox-esr.png")
+    with Image.open(path) as image:
+        data = image.convert("RGBA").tobytes("raw", "BGRA")
+    return list(memoryview(data).cast("I"))
+
+
 def firefox_profile(session: Session) -> Path:
     root = session.persist_dir("/root/.config/mozilla", name="firefox") / "firefox"
     profiles = sorted(root.glob("*.default-esr"))
@@ -118,6 +140,16 @@ def test_firefox_shows_its_window_and_keeps_bookmarks_and_settings(
     # First run: the page shows; the user bookmarks it (Ctrl+D, Enter) and zooms in twice.
     first = session.start("firefox", "--", web_page)
     window = wait_for_window(xserver, TITLE, first)
+    # Its window carries Firefox's icon from the pristine image, every size the image has,
+    # smallest first (a taskbar's, a window switcher's).
+    icon = window_icon(xserver, window)
+    sides = []
+    while icon:
+        side, height = icon[:2]
+        assert icon[2:2 + side * height] == image_icon(firefox_image_dir, side)
+        sides.append(side)
+        icon = icon[2 + side * height:]
+    assert sides == [16, 32, 48, 64, 128]
     time.sleep(3)
     width, height, colours = screenshot(xserver, ARTIFACTS / "firefox-first-run.png")
     assert colours > 20, "the screen is blank"
