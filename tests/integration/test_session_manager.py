@@ -188,3 +188,53 @@ def test_a_client_that_stops_reading_cannot_hold_up_the_stop(manager: SessionMan
     assert time.monotonic() - started < 0.5
     sock.close()
 
+
+
+def _registered(manager: SessionManager) -> socket.socket:
+    """A raw client, registered, its first save done."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(str(manager.path))
+    sock.sendall(BYTE_ORDER + SETUP + XSMP_PROTOCOL + REGISTER + _header(1, 8, 0, b"\x01\0"))
+    return sock
+
+
+@pytest.mark.parametrize("pings", [sessionmanager.MAX_MESSAGES - 100,
+                                   sessionmanager.MAX_MESSAGES + 100])
+def test_a_flood_of_messages_ends_that_connection(manager: SessionManager, pings: int) -> None:
+    """Pings, each answered: past MAX_MESSAGES the connection ends (a sandbox cannot keep a
+    thread of the launcher answering for ever); below it, it stays (the control)."""
+    sock = _registered(manager)
+    # Its answers (8 bytes a ping) fit the socket's buffer: nothing waits for this reader.
+    sock.sendall(_header(0, 9, 0) * pings)
+    assert _closed_by_the_manager(sock, 3) is (pings > sessionmanager.MAX_MESSAGES)
+    sock.close()
+
+
+def test_die_timers_go_with_their_connections(manager: SessionManager,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Programs asked to quit that never finish their save each have a Die timer: a thread.
+    Once they are gone, so are their timers: a sandbox that connects, is asked to quit and
+    hangs up, again and again, leaves no thread behind."""
+    monkeypatch.setattr(sessionmanager, "SAVE_TIMEOUT", 60)
+    before = {thread.ident for thread in threading.enumerate()}
+    socks = [_registered(manager) for _ in range(MAX_CONNECTIONS)]
+    deadline = time.monotonic() + 5
+    while sum(c.registered for c in manager.clients) < MAX_CONNECTIONS:
+        assert time.monotonic() < deadline, "the clients did not register"
+        time.sleep(0.05)
+    assert manager.ask_to_quit()
+
+    def timers() -> list[threading.Thread]:
+        return [thread for thread in threading.enumerate()
+                if isinstance(thread, threading.Timer) and thread.ident not in before]
+
+    deadline = time.monotonic() + 5
+    while len(timers()) < MAX_CONNECTIONS:
+        assert time.monotonic() < deadline, "no Die timer started"
+        time.sleep(0.05)
+    for sock in socks:
+        sock.close()
+    deadline = time.monotonic() + 5
+    while timers():
+        assert time.monotonic() < deadline, f"{len(timers())} Die timers outlived their clients"
+        time.sleep(0.05)
