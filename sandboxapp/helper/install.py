@@ -37,7 +37,10 @@ from sandboxapp.paths import (
 # The interpreter the installed commands run on: the system's, which root owns.
 SYSTEM_PYTHON = Path("/usr/bin/python3")
 # Top-level modules sandboxapp needs at run time.
-RUNTIME_MODULES = ("sandboxapp", "psutil", "xdg", "Xlib", "six", "pulsectl")
+RUNTIME_MODULES = ("sandboxapp", "psutil", "xdg", "Xlib", "six", "pulsectl", "PIL")
+# The shared libraries a wheel's compiled modules load from beside their package (auditwheel's
+# NAME.libs, named in their RPATH), where the wheel has them.
+RUNTIME_LIBRARIES = ("pillow.libs",)
 
 WRAPPER = """#!{python} -IS
 # Installed by `sandboxapp setup`; runs the root-owned copy in {lib} (-S: all it needs is
@@ -148,6 +151,9 @@ def _install_lib() -> None:
             shutil.copytree(source, staging / source.name, ignore=ignore)
         else:
             shutil.copy2(source, staging / source.name)
+        for libraries in (source.parent / name for name in RUNTIME_LIBRARIES):
+            if libraries.is_dir() and not (staging / libraries.name).exists():
+                shutil.copytree(libraries, staging / libraries.name)
     for data in (SHIPPED_PROFILE_DIR, SHIPPED_PROFILE_DIR.parent / "desktop-entries"):
         if data.is_dir():
             shutil.copytree(data, staging / data.name, ignore=ignore)

@@ -404,8 +404,9 @@ class NestedDisplay:
             return
         try:
             icon = icon_property(self.look.icons())
-        except (OSError, ValueError) as problem:
-            self.problems.append(f"the window's icon was not set: {problem}")
+        # Whatever went wrong is said at the launch's end: an icon never ends the window.
+        except Exception as problem:
+            self.problems.append(f"the window's icon was not set: {problem!r}")
             return
         if icon:
             from Xlib import Xatom
