@@ -404,8 +404,8 @@ class NestedDisplay:
             return
         try:
             icon = icon_property(self.look.icons())
-        # Whatever went wrong is said at the launch's end: an icon never ends the window.
         except Exception as problem:
+            # Whatever went wrong is said at the launch's end: an icon never ends the window.
             self.problems.append(f"the window's icon was not set: {problem!r}")
             return
         if icon:
