@@ -95,9 +95,12 @@ MAPPING_FOCUS = 1.0
 TITLE_BYTES = 1024
 TITLE_CHARS = 200
 # The window's icon (_NET_WM_ICON): PNG files of at most this many pixels a side, at most this
-# many sizes; what a taskbar or a window switcher shows (the largest themes use 256).
-ICON_SIDE = 256
+# many sizes, and in all no more words than one ChangeProperty request carries without
+# BIG-REQUESTS, which python-xlib does not use (a 16-bit length in words, 6 of them the
+# request's own): a 256x256 icon alone is more.
+ICON_SIDE = 128
 ICON_SIZES = 8
+ICON_WORDS = 0xFFFF - 6
 
 
 def check_installed() -> None:
@@ -402,17 +405,16 @@ class NestedDisplay:
         windows by the menu entry's StartupWMClass shows the entry's icon anyway)."""
         if self.look.icons is None:
             return
+        from Xlib import Xatom
+
         try:
             icon = icon_property(self.look.icons())
+            if icon:
+                self.window.change_property(self.host.intern_atom("_NET_WM_ICON"),
+                                            Xatom.CARDINAL, 32, icon)
         except Exception as problem:
             # Whatever went wrong is said at the launch's end: an icon never ends the window.
             self.problems.append(f"the window's icon was not set: {problem!r}")
-            return
-        if icon:
-            from Xlib import Xatom
-
-            self.window.change_property(self.host.intern_atom("_NET_WM_ICON"), Xatom.CARDINAL,
-                                        32, icon)
 
     def _show(self) -> None:
         """The user's window, mapped with the app's first window (once)."""
@@ -481,7 +483,8 @@ class NestedDisplay:
 
 def icon_property(files: Sequence[Path]) -> list[int]:
     """_NET_WM_ICON's value for PNG icon files: for each size, its width, its height and its
-    pixels as ARGB, smallest first. Files of another kind or too large are left out."""
+    pixels as ARGB, smallest first, as many sizes as ICON_WORDS holds. Files of another kind
+    or too large are left out."""
     from PIL import Image
 
     icons: dict[int, list[int]] = {}
@@ -498,7 +501,12 @@ def icon_property(files: Sequence[Path]) -> list[int]:
             raise ValueError(f"{path}: {error}") from None
         # Little-endian BGRA bytes are ARGB cardinals.
         icons[width] = [width, height, *struct.unpack(f"<{width * height}I", pixels)]
-    return [value for width in sorted(icons) for value in icons[width]]
+    value: list[int] = []
+    for width in sorted(icons):
+        if len(value) + len(icons[width]) > ICON_WORDS:
+            break
+        value += icons[width]
+    return value
 
 
 def _dpi(host: XDisplay) -> int:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from sandboxapp.host.nested import ICON_SIDE, icon_property
+from sandboxapp.host.nested import ICON_SIDE, ICON_WORDS, icon_property
 
 
 def png(path: Path, side: int, colour: tuple[int, int, int, int]) -> Path:
@@ -57,3 +57,16 @@ def test_a_broken_png_is_an_oserror_the_window_reports(tmp_path: Path) -> None:
     broken.write_bytes(b"\x89PNG\r\n\x1a\nnot really")
     with pytest.raises(OSError):
         icon_property([broken])
+
+
+def test_the_sizes_fit_one_request_of_the_user_s_server(tmp_path: Path) -> None:
+    """Without BIG-REQUESTS a property is at most 65535 words in one request: the smallest
+    sizes are kept as long as they fit, and never a value the request cannot carry."""
+    files = [png(tmp_path / f"{index}.png", 128 - index, (0, 0, 0, 255)) for index in range(8)]
+    value = icon_property(files)
+    assert 0 < len(value) <= ICON_WORDS
+    sides, rest = [], value
+    while rest:
+        sides.append(rest[0])
+        rest = rest[2 + rest[0] * rest[1]:]
+    assert sides == [121, 122, 123, 124]  # the smallest first; a fifth would not fit
