@@ -408,7 +408,8 @@ class NestedDisplay:
         from Xlib import Xatom
 
         try:
-            icon = icon_property(self.look.icons())
+            icon, unread = icon_property(self.look.icons())
+            self.problems += [f"an icon file was left out: {text}" for text in unread]
             if icon:
                 self.window.change_property(self.host.intern_atom("_NET_WM_ICON"),
                                             Xatom.CARDINAL, 32, icon)
@@ -481,13 +482,15 @@ class NestedDisplay:
                 os.close(fd)
 
 
-def icon_property(files: Sequence[Path]) -> list[int]:
+def icon_property(files: Sequence[Path]) -> tuple[list[int], list[str]]:
     """_NET_WM_ICON's value for PNG icon files: for each size, its width, its height and its
     pixels as ARGB, smallest first, as many sizes as ICON_WORDS holds. Files of another kind
-    or too large are left out."""
+    or too large are left out; a file that cannot be read or decoded costs only its own size,
+    and is named in the second list."""
     from PIL import Image
 
     icons: dict[int, list[int]] = {}
+    unread: list[str] = []
     for path in files:
         if path.suffix != ".png" or len(icons) >= ICON_SIZES:
             continue
@@ -497,8 +500,9 @@ def icon_property(files: Sequence[Path]) -> list[int]:
                 if not (0 < width <= ICON_SIDE and 0 < height <= ICON_SIDE) or width in icons:
                     continue
                 pixels = image.convert("RGBA").tobytes("raw", "BGRA")
-        except Image.DecompressionBombError as error:
-            raise ValueError(f"{path}: {error}") from None
+        except Exception as error:  # Pillow raises OSError, ValueError, SyntaxError and more
+            unread.append(f"{path}: {error}")
+            continue
         # Little-endian BGRA bytes are ARGB cardinals.
         icons[width] = [width, height, *struct.unpack(f"<{width * height}I", pixels)]
     value: list[int] = []
@@ -506,7 +510,7 @@ def icon_property(files: Sequence[Path]) -> list[int]:
         if len(value) + len(icons[width]) > ICON_WORDS:
             break
         value += icons[width]
-    return value
+    return value, unread
 
 
 def _dpi(host: XDisplay) -> int:
