@@ -6,7 +6,6 @@ its image, its layer, the directories it keeps, the display and the command.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -46,23 +45,11 @@ class LaunchPlan:
         """The arguments given after the profile's command (or after --command's PROG)."""
         return self.command[1:] if self.program else self.command[len(self.profile.command):]
 
-    def with_current_image(self) -> LaunchPlan:
-        """The same plan, with the image the store holds now (once it was built or updated
-        meanwhile)."""
-        return dataclasses.replace(self, image=ImageStore(self.image_path.parent).get(
-            self.profile.name))
-
     @property
     def machine(self) -> str:
         # Machine names are host names: no '_'.
         name = "sandboxapp-" + self.profile.name.replace("_", "-")
         return f"{name}-{self.instance}" if self.instance else name
-
-
-def persist_host_dir(data_root: Path, container: PurePosixPath) -> Path:
-    """The host directory kept for a persistent container path: the same path below the
-    profile's data directory, so a user finds and backs up files where they expect them."""
-    return data_root.joinpath(*container.parts[1:])
 
 
 def plan_launch(
@@ -75,21 +62,26 @@ def plan_launch(
 ) -> LaunchPlan:
     """program: run it, with extra_args, in place of the profile's command."""
     environ = os.environ if environ is None else environ
+    # A persistent container path is kept at the same path below the profile's data directory,
+    # so a user finds and backs up files where they expect them.
+    data_root = locations.data_home / "sandboxapp" / profile.name
+    persist = tuple(PersistDir(path, data_root.joinpath(*path.parts[1:]))
+                    for path in profile.sandbox.persist)
+    store = ImageStore(locations.image_dir)
+    image = store.get(profile.name)
+    image_path = store.image_path(profile.name)
+    state_root = None if profile.sandbox.stateless else store.state_root(profile.name)
     display = None
     if profile.sandbox.x11 is not X11Access.NONE:
         display = parse_display(environ.get("DISPLAY"))
-    data_root = locations.data_home / "sandboxapp" / profile.name
-    persist = tuple(PersistDir(path, persist_host_dir(data_root, path))
-                    for path in profile.sandbox.persist)
-    store = ImageStore(locations.image_dir)
     return LaunchPlan(
         profile=profile,
-        image=store.get(profile.name),
-        image_path=store.image_path(profile.name),
+        image=image,
+        image_path=image_path,
         # '@' is in no profile name: an instance's layer is never another profile's.
         layer_root=store.root / ".layers" / (f"{profile.name}@{instance}" if instance
                                              else profile.name),
-        state_root=None if profile.sandbox.stateless else store.state_root(profile.name),
+        state_root=state_root,
         persist=persist,
         display=display,
         command=(program, *extra_args) if program else (*profile.command, *extra_args),

@@ -36,9 +36,9 @@ def resolve_profile(arg: str, locations: Locations) -> Profile:
 
 
 def _prepare_image(profile: Profile, locations: Locations,
-                   warn: Callable[[str], None]) -> bool:
+                   warn: Callable[[str], None]) -> None:
     """Before a launch: build a missing image, update one that is too old where the profile
-    asks for it (or say how), say when the profile has moved on. Whether the image changed."""
+    asks for it (or say how), say when the profile has moved on."""
     from datetime import UTC, datetime
 
     from sandboxapp.image.store import ImageStore, image_is_stale
@@ -53,11 +53,11 @@ def _prepare_image(profile: Profile, locations: Locations,
         warn(f"the image for {profile.name} is not built yet: building it first "
              "(a minute or two)")
         _image_work("build", profile, locations)
-        return True
+        return
     if image_is_stale(profile, image):
         warn(f"the image for {profile.name} is stale: its profile's [image] section changed; "
              f"rebuild it with: sandboxapp image build {profile.name}")
-        return False
+        return
     age = datetime.now(UTC) - image.meta.refreshed_at
     if age.days >= profile.updates.update_after_days:
         if profile.updates.auto_update:
@@ -67,11 +67,9 @@ def _prepare_image(profile: Profile, locations: Locations,
             except SandboxError as error:
                 # The image there is still a working one: start it, and say why it is old.
                 warn(f"{error.message}; starting the image as it is")
-                return False
-            return True
+            return
         warn(f"the image for {profile.name} is {age.days} days old; update it with: "
              f"sandboxapp image update {profile.name}")
-    return False
 
 
 def _image_work(action: str, profile: Profile, locations: Locations) -> None:
@@ -113,9 +111,7 @@ def cmd_run(args: argparse.Namespace, locations: Locations) -> int:
 
 
 def _run(args: argparse.Namespace, locations: Locations, helper: PendingHelper | None) -> int:
-    from sandboxapp.launch.spec import describe_plan
     from sandboxapp.plan import plan_launch
-    from sandboxapp.system.hostfacts import host_facts
 
     if args.program is not None and not args.program:
         raise SandboxError("--command needs a program: a path, or a name on the image's PATH",
@@ -124,20 +120,14 @@ def _run(args: argparse.Namespace, locations: Locations, helper: PendingHelper |
     extra = list(args.args)
     if extra and extra[0] == "--":
         extra = extra[1:]
-    plan = plan_launch(profile, extra, locations, program=args.program)
     if args.dry_run:
+        from sandboxapp.launch.spec import describe_plan
+        from sandboxapp.system.hostfacts import host_facts
+
+        plan = plan_launch(profile, extra, locations, program=args.program)
         say(describe_plan(plan, host_facts()))
         return ExitStatus.OK
-    # Before an image is built for it: the display path this desktop gives the profile.
-    if profile.sandbox.x11 is X11Access.ISOLATED:
-        from sandboxapp.host.nested import check_installed
-
-        check_installed()
-    elif profile.sandbox.x11 is X11Access.TRUSTED and plan.display is not None:
-        from sandboxapp.host import xtrust
-        from sandboxapp.host.display import XAccess
-
-        xtrust.check_possible(XAccess.from_environment(plan.display, os.environ))
+    _check_display_path(profile)
     from sandboxapp.fs.safepath import DesktopUser
     from sandboxapp.host.notify import RunLog, Tee
     from sandboxapp.launch.launcher import Launch
@@ -160,8 +150,9 @@ def _run(args: argparse.Namespace, locations: Locations, helper: PendingHelper |
     try:
         if log:
             log.stream.write(f"# sandboxapp run {shlex.join([profile.name, *extra])}\n")
-        if _prepare_image(profile, locations, warn):
-            plan = plan.with_current_image()
+        _prepare_image(profile, locations, warn)
+        # Planned once the image is ready: the plan holds the image the launch starts.
+        plan = plan_launch(profile, extra, locations, program=args.program)
         launch = Launch(plan, locations, os.environ, warn=warn, stderr=out, helper=helper)
         started = time.monotonic()
         status = launch.run()
@@ -176,6 +167,24 @@ def _run(args: argparse.Namespace, locations: Locations, helper: PendingHelper |
     finally:
         if log:
             log.close()
+
+
+def _check_display_path(profile: Profile) -> None:
+    """Before an image is built for it: that this desktop gives the profile its display path."""
+    if profile.sandbox.x11 is X11Access.NONE:
+        return
+    from sandboxapp.host.display import parse_display
+
+    display = parse_display(os.environ.get("DISPLAY"))
+    if profile.sandbox.x11 is X11Access.ISOLATED:
+        from sandboxapp.host.nested import check_installed
+
+        check_installed()
+    else:
+        from sandboxapp.host import xtrust
+        from sandboxapp.host.display import XAccess
+
+        xtrust.check_possible(XAccess.from_environment(display, os.environ))
 
 
 # A desktop program that ends within this many seconds of its launch without a word on its
