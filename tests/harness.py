@@ -327,6 +327,61 @@ def gnome_xwayland(workdir: Path) -> Iterator[XServer]:
             stop_group(process)
 
 
+@dataclass
+class Compositor:
+    """A Wayland compositor run headless as a plain user: its socket, in the user's runtime
+    directory (0700), as a desktop session's is."""
+
+    kind: str
+    user: HostUser
+    socket: Path
+    process: subprocess.Popen[bytes]
+
+    def client_env(self) -> dict[str, str]:
+        return {"PATH": "/usr/bin:/bin", "XDG_RUNTIME_DIR": str(self.user.runtime),
+                "WAYLAND_DISPLAY": self.socket.name}
+
+
+# How each compositor is run headless (DESIGN.md): its command, its environment and the name
+# of its socket. mutter needs a session bus; sway refuses to run as root.
+COMPOSITORS = {
+    "mutter": (["dbus-run-session", "--", "mutter", "--headless", "--wayland", "--no-x11",
+                "--virtual-monitor", "1280x800", "--wayland-display=wayland-m"], {}, "wayland-m"),
+    "sway": (["sway", "-c", "/dev/null"],
+             {"WLR_BACKENDS": "headless", "WLR_LIBINPUT_NO_DEVICES": "1",
+              "WLR_RENDERER": "pixman"}, "wayland-1"),
+    "weston": (["weston", "--backend=headless-backend.so", "--socket=wayland-w"], {},
+               "wayland-w"),
+}
+
+
+@contextlib.contextmanager
+def wayland_compositor(workdir: Path, kind: str) -> Iterator[Compositor]:
+    argv, extra_env, name = COMPOSITORS[kind]
+    require_programs(argv[0] if kind != "mutter" else "mutter", "setpriv", "dbus-run-session")
+    with host_user(kind) as user:
+        log = workdir / f"{kind}.log"
+        env = [f"{key}={value}" for key, value in extra_env.items()]
+        with log.open("wb") as stream:
+            process = subprocess.Popen(
+                ["setpriv", f"--reuid={user.uid}", f"--regid={user.gid}", "--init-groups",
+                 "env", "-i", "PATH=/usr/bin:/bin", f"HOME={user.home}",
+                 f"XDG_RUNTIME_DIR={user.runtime}", *env, *argv],
+                stdout=stream, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            socket_path = user.runtime / name
+
+            def listening() -> bool:
+                if process.poll() is not None:
+                    raise HarnessError(f"{kind} ended: {log.read_text(errors='replace')}")
+                return socket_path.is_socket()
+
+            _wait_for(listening, 30, f"{kind}'s socket")
+            yield Compositor(kind, user, socket_path, process)
+        finally:
+            stop_group(process)
+
+
 def give_cookie(user: HostUser, xauthority: Path) -> Path:
     """The user's own copy of the display's cookie file, as their session has it."""
     cookie = user.home / ".Xauthority"

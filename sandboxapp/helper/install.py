@@ -37,10 +37,11 @@ from sandboxapp.paths import (
 # The interpreter the installed commands run on: the system's, which root owns.
 SYSTEM_PYTHON = Path("/usr/bin/python3")
 # Top-level modules sandboxapp needs at run time.
-RUNTIME_MODULES = ("sandboxapp", "psutil", "xdg", "Xlib", "six", "pulsectl", "PIL")
+RUNTIME_MODULES = ("sandboxapp", "psutil", "xdg", "Xlib", "six", "pulsectl", "PIL", "pywayland",
+                   "_cffi_backend")
 # The shared libraries a wheel's compiled modules load from beside their package (auditwheel's
 # NAME.libs, named in their RPATH), where the wheel has them.
-RUNTIME_LIBRARIES = ("pillow.libs",)
+RUNTIME_LIBRARIES = ("pillow.libs", "pywayland.libs")
 
 WRAPPER = """#!{python} -IS
 # Installed by `sandboxapp setup`; runs the root-owned copy in {lib} (-S: all it needs is

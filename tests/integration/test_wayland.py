@@ -1,0 +1,75 @@
+"""The Wayland door: what the user's compositor offers a sandbox, asked of real compositors run
+headless as a plain user (GNOME's mutter, sway 1.7, weston), and the way a sandbox may reach
+each."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sandboxapp.errors import SandboxError
+from sandboxapp.host.wayland import (
+    ALLOWED_GLOBALS,
+    WaylandPath,
+    compositor_socket,
+    probe,
+)
+from tests.harness import Compositor, wayland_compositor
+
+# What sway 1.7 offers every client and no sandbox may have: the screen's pixels, the
+# clipboard at any time, faked input, an input method's view of every key, surfaces over
+# every window (a fake lock screen).
+SWAY_PRIVILEGED = {"zwlr_screencopy_manager_v1", "zwlr_data_control_manager_v1",
+                   "zwp_virtual_keyboard_manager_v1", "zwlr_virtual_pointer_manager_v1",
+                   "zwp_input_method_manager_v2", "zwlr_layer_shell_v1"}
+
+
+@pytest.fixture(params=["mutter", "sway", "weston"])
+def compositor(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Compositor]:
+    with wayland_compositor(tmp_path, str(request.param)) as running:
+        yield running
+
+
+def test_each_compositor_gets_the_path_its_globals_allow(compositor: Compositor) -> None:
+    found = probe(compositor_socket(compositor.client_env()) or Path("/nonexistent"))
+    assert found.socket == compositor.socket
+    assert {"wl_compositor", "wl_shm", "xdg_wm_base"} <= found.offered
+    path, why = found.path()
+    if compositor.kind == "mutter":
+        # GNOME's: every global it offers is one any client may have.
+        assert path is WaylandPath.COMPOSITOR, (found.beyond_allowed, why)
+        assert found.offered <= ALLOWED_GLOBALS.keys()
+    elif compositor.kind == "sway":
+        assert found.offered >= SWAY_PRIVILEGED
+        assert path is WaylandPath.NESTED_X
+        assert set(found.beyond_allowed) >= SWAY_PRIVILEGED
+        assert "zwlr_data_control_manager_v1" in why or "more" in why
+    else:
+        # weston's own shell and screenshooter are offered to every client (weston refuses
+        # them to any but its own at bind time): not a promise a sandbox is given.
+        assert {"weston_desktop_shell", "weston_screenshooter"} <= set(found.beyond_allowed)
+        assert path is WaylandPath.NESTED_X
+
+
+def test_a_compositor_that_never_answers_is_a_clear_error_within_the_timeout(
+        tmp_path: Path) -> None:
+    import socket
+    import time
+
+    silent = tmp_path / "silent"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(silent))
+    listener.listen(1)
+    try:
+        started = time.monotonic()
+        with pytest.raises(SandboxError) as caught:
+            probe(silent, timeout=0.5)
+        assert time.monotonic() - started < 2.0
+        assert "no answer within 0.5 s" in caught.value.message
+        with pytest.raises(SandboxError) as missing:
+            probe(tmp_path / "absent")
+        assert str(tmp_path / "absent") in missing.value.message
+    finally:
+        listener.close()
