@@ -125,6 +125,24 @@ def _nested_display(access: XAccess) -> Check:
                  f"{access.display.name}; {trusted}")
 
 
+def _wayland(environ: Mapping[str, str]) -> Check:
+    """The way profiles with wayland = true reach this session, and why."""
+    from sandboxapp.host.wayland import choose_path
+
+    try:
+        choice = choose_path(environ)
+    except SandboxError as exc:
+        return Check("Wayland", Status.FAIL, exc.message, exc.hint)
+    if choice is None:
+        return Check("Wayland", Status.OK, "not a Wayland session: wayland = true profiles "
+                                           "show their windows through X")
+    if choice.native:
+        return Check("Wayland", Status.OK, f"wayland = true profiles draw on the compositor "
+                                           f"itself ({choice.socket}): {choice.why}")
+    return Check("Wayland", Status.OK, f"wayland = true profiles show their windows through X, "
+                                       f"as x11 = true does: {choice.why}")
+
+
 def _sound(environ: Mapping[str, str]) -> Check:
     from sandboxapp.host.sound import SoundServerAddress, server_reachable
 
@@ -176,7 +194,8 @@ def run_checks(locations: Locations, environ: Mapping[str, str]) -> list[Check]:
     checks: list[Check] = []
     steps: list[Callable[[], Check | list[Check]]] = [
         _nspawn, _debootstrap, _user_namespaces, _overlayfs,
-        lambda: _display(environ), lambda: _sound(environ), _privileges,
+        lambda: _display(environ), lambda: _wayland(environ), lambda: _sound(environ),
+        _privileges,
         lambda: _disk(locations.image_dir),
     ]
     for step in steps:

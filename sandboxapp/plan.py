@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from sandboxapp.host.display import Display, parse_display
+from sandboxapp.host.wayland import WaylandChoice, WaylandPath, choose_path
 from sandboxapp.image.store import Image, ImageStore
 from sandboxapp.paths import Locations
 from sandboxapp.profile.model import Profile, X11Access
@@ -33,6 +34,9 @@ class LaunchPlan:
     state_root: Path | None
     persist: tuple[PersistDir, ...]
     display: Display | None
+    # wayland = true in a Wayland session: the way it reaches the compositor; where that is
+    # native, the app gets no X display at all.
+    wayland: WaylandChoice | None
     command: tuple[str, ...]
     # A desktop user's launch through the helper: "uUID", which keeps its layer and machine
     # apart from another user's of the same profile (and from root's own).
@@ -59,8 +63,11 @@ def plan_launch(
     environ: Mapping[str, str] | None = None,
     instance: str | None = None,
     program: str | None = None,
+    native_wayland: Path | None = None,
 ) -> LaunchPlan:
-    """program: run it, with extra_args, in place of the profile's command."""
+    """program: run it, with extra_args, in place of the profile's command. native_wayland:
+    the root side's, the compositor socket the user's launcher chose to show the app on (root
+    never asks the user's compositor itself)."""
     environ = os.environ if environ is None else environ
     # A persistent container path is kept at the same path below the profile's data directory,
     # so a user finds and backs up files where they expect them.
@@ -71,8 +78,13 @@ def plan_launch(
     image = store.get(profile.name)
     image_path = store.image_path(profile.name)
     state_root = None if profile.sandbox.stateless else store.state_root(profile.name)
+    wayland = None
+    if native_wayland is not None:
+        wayland = WaylandChoice(native_wayland, WaylandPath.COMPOSITOR, "the launcher's choice")
+    elif profile.sandbox.wayland:
+        wayland = choose_path(environ)
     display = None
-    if profile.sandbox.x11 is not X11Access.NONE:
+    if profile.sandbox.x11 is not X11Access.NONE and not (wayland and wayland.native):
         display = parse_display(environ.get("DISPLAY"))
     return LaunchPlan(
         profile=profile,
@@ -84,6 +96,7 @@ def plan_launch(
         state_root=state_root,
         persist=persist,
         display=display,
+        wayland=wayland,
         command=(program, *extra_args) if program else (*profile.command, *extra_args),
         instance=instance,
         program=program,

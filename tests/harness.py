@@ -356,10 +356,15 @@ COMPOSITORS = {
 
 
 @contextlib.contextmanager
-def wayland_compositor(workdir: Path, kind: str) -> Iterator[Compositor]:
+def wayland_compositor(workdir: Path, kind: str,
+                       user: HostUser | None = None) -> Iterator[Compositor]:
+    """kind run headless as user (a throw-away one where None), its socket in the user's
+    runtime directory."""
     argv, extra_env, name = COMPOSITORS[kind]
     require_programs(argv[0] if kind != "mutter" else "mutter", "setpriv", "dbus-run-session")
-    with host_user(kind) as user:
+    with contextlib.ExitStack() as stack:
+        if user is None:
+            user = stack.enter_context(host_user(kind))
         log = workdir / f"{kind}.log"
         env = [f"{key}={value}" for key, value in extra_env.items()]
         with log.open("wb") as stream:
@@ -368,18 +373,40 @@ def wayland_compositor(workdir: Path, kind: str) -> Iterator[Compositor]:
                  "env", "-i", "PATH=/usr/bin:/bin", f"HOME={user.home}",
                  f"XDG_RUNTIME_DIR={user.runtime}", *env, *argv],
                 stdout=stream, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            socket_path = user.runtime / name
+        stack.callback(stop_group, process)
+        socket_path = user.runtime / name
 
-            def listening() -> bool:
-                if process.poll() is not None:
-                    raise HarnessError(f"{kind} ended: {log.read_text(errors='replace')}")
-                return socket_path.is_socket()
+        def listening() -> bool:
+            if process.poll() is not None:
+                raise HarnessError(f"{kind} ended: {log.read_text(errors='replace')}")
+            return socket_path.is_socket()
 
-            _wait_for(listening, 30, f"{kind}'s socket")
-            yield Compositor(kind, user, socket_path, process)
-        finally:
-            stop_group(process)
+        _wait_for(listening, 30, f"{kind}'s socket")
+        yield Compositor(kind, user, socket_path, process)
+
+
+# A Wayland client for a sandbox with only python3 in it: the globals the compositor offers
+# it, a line each (the wire format: object id, then size << 16 | opcode, in host order).
+LIST_GLOBALS = """import os, socket, struct
+s = socket.socket(socket.AF_UNIX)
+s.connect(os.environ["WAYLAND_DISPLAY"])
+s.sendall(struct.pack("=III", 1, 12 << 16 | 1, 2) + struct.pack("=III", 1, 12 << 16 | 0, 3))
+data = b""
+while True:
+    while len(data) < 8 or len(data) < struct.unpack_from("=II", data)[1] >> 16:
+        chunk = s.recv(65536)
+        if not chunk:
+            raise SystemExit("the compositor hung up")
+        data += chunk
+    obj, word = struct.unpack_from("=II", data)
+    size, opcode = word >> 16, word & 0xFFFF
+    body, data = data[8:size], data[size:]
+    if obj == 2 and opcode == 0:
+        length = struct.unpack_from("=I", body, 4)[0]
+        print(body[8:8 + length - 1].decode())
+    elif obj == 3:
+        break
+"""
 
 
 def give_cookie(user: HostUser, xauthority: Path) -> Path:

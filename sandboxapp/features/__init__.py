@@ -13,6 +13,7 @@ from sandboxapp.features.files import PersistentDirs, ReadOnlyBinds
 from sandboxapp.features.quit import SessionManagement
 from sandboxapp.features.request import refused
 from sandboxapp.features.sound import SoundAccess
+from sandboxapp.features.wayland import WaylandAccess
 
 if TYPE_CHECKING:
     from sandboxapp.plan import LaunchPlan
@@ -21,9 +22,11 @@ __all__ = ["REGISTRY", "Feature", "Session", "features_for", "grants_of", "prepa
 
 # Every grant a sandbox may get, one class each, in the order of their binds and environment:
 # both sides of a launch, the dry run and a join iterate this.
+# WaylandAccess wraps the command outside SessionBus: the runtime directory it makes is there
+# before the bus starts.
 REGISTRY: tuple[type[Feature], ...] = (PersistentDirs, ReadOnlyBinds, DisplayAccess,
                                        SoundAccess, SessionManagement, SessionBus,
-                                       NetworkAccess)
+                                       WaylandAccess, NetworkAccess)
 
 
 def features_for(plan: LaunchPlan, grants: Mapping[str, Any]) -> tuple[Feature, ...]:

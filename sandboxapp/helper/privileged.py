@@ -24,6 +24,7 @@ from sandboxapp.errors import ExitStatus, SandboxError, finish
 from sandboxapp.features import Feature, features_for
 from sandboxapp.features.display import DisplayAccess
 from sandboxapp.features.request import Action, HelperRequest, refused
+from sandboxapp.features.wayland import WaylandAccess
 from sandboxapp.fs.rootfs import check_command
 from sandboxapp.fs.safepath import DesktopUser, read_user_file
 from sandboxapp.image.store import ImageStore
@@ -137,17 +138,21 @@ def _checked_plan(request: HelperRequest, user: DesktopUser,
     profile, trusted = _read_profile(request, user)
     name = profile.name
     # The display the request names makes the plan's (each grant's part is checked by its
-    # feature, features_for); a profile without x11 gets none, whatever the request says.
+    # feature, features_for); a profile without x11 gets none, whatever the request says, and
+    # one shown natively on Wayland needs none.
     number = DisplayAccess.number_in(request.grants.get(DisplayAccess.KEY))
     shown = profile.sandbox.x11 is not X11Access.NONE and number is not None
     environ = {"DISPLAY": f":{number}"} if shown else {}
-    if profile.sandbox.x11 is not X11Access.NONE and number is None:
+    native = profile.sandbox.wayland and request.grants.get(WaylandAccess.KEY) is not None
+    if profile.sandbox.x11 is not X11Access.NONE and number is None and not native:
         raise SandboxError("the profile needs the X display, and none was given",
                            status=ExitStatus.LAUNCHER)
     if request.program is not None and not request.program:
         raise invalid("--command needs a program")
     plan = plan_launch(profile, request.args, locations, environ, instance=f"u{user.uid}",
-                       program=request.program)
+                       program=request.program,
+                       native_wayland=WaylandAccess.socket_in(request.grants.get(
+                           WaylandAccess.KEY)) if profile.sandbox.wayland else None)
     image = ImageStore(locations.image_dir).require(name)
     check_command(image.rootfs, plan.command[0])
     return plan, trusted, features_for(plan, request.grants)

@@ -99,16 +99,44 @@ class Compositor:
 
     def path(self) -> tuple[WaylandPath, str]:
         """The way a sandbox reaches this compositor, and why."""
-        if SECURITY_CONTEXT in self.offered:
-            return WaylandPath.SECURITY_CONTEXT, f"the compositor offers {SECURITY_CONTEXT}"
         beyond = self.beyond_allowed
         if not beyond:
             return WaylandPath.COMPOSITOR, ("every global the compositor offers is one any "
                                             "client may have")
         shown = ", ".join(beyond[:6]) + (f" and {len(beyond) - 6} more" if len(beyond) > 6
                                          else "")
+        if SECURITY_CONTEXT in self.offered:
+            return WaylandPath.SECURITY_CONTEXT, (f"the compositor offers every client {shown}, "
+                                                  f"and {SECURITY_CONTEXT}")
         return WaylandPath.NESTED_X, (f"the compositor offers every client {shown}, and no "
                                       f"{SECURITY_CONTEXT} to keep a sandbox from them")
+
+
+@dataclass(frozen=True)
+class WaylandChoice:
+    """The way a launch reaches the user's Wayland session, and why."""
+
+    socket: Path
+    path: WaylandPath
+    why: str
+
+    @property
+    def native(self) -> bool:
+        """The app's windows are the compositor's own (not an X server's of its own)."""
+        return self.path is WaylandPath.COMPOSITOR
+
+
+def choose_path(environ: Mapping[str, str]) -> WaylandChoice | None:
+    """How a sandbox may reach the session's compositor; None outside a Wayland session."""
+    socket_path = compositor_socket(environ)
+    if socket_path is None:
+        return None
+    path, why = probe(socket_path).path()
+    if path is WaylandPath.SECURITY_CONTEXT:
+        # A socket registered as a sandbox's is not made yet: the X server of its own.
+        return WaylandChoice(socket_path, WaylandPath.NESTED_X,
+                             f"{why}, through which sandboxapp does not register a socket yet")
+    return WaylandChoice(socket_path, path, why)
 
 
 def compositor_socket(environ: Mapping[str, str]) -> Path | None:

@@ -20,6 +20,7 @@ from sandboxapp.errors import ExitStatus, SandboxError
 from sandboxapp.features import features_for
 from sandboxapp.features.display import DisplayAccess
 from sandboxapp.features.sound import PULSE_DIR, SoundAccess
+from sandboxapp.features.wayland import WaylandAccess
 from sandboxapp.fs.safepath import DesktopUser
 from sandboxapp.host.display import Display
 from sandboxapp.launch.container import container_init
@@ -57,6 +58,9 @@ def join_argv(init_pid: int, plan: LaunchPlan, command: Sequence[str]) -> list[s
         grants[DisplayAccess.KEY] = DisplayAccess.naming(plan.display.number)
     if plan.profile.sandbox.pulseaudio:
         grants[SoundAccess.KEY] = {"dir": str(PULSE_DIR)}
+    native = WaylandAccess.naming(plan)
+    if native is not None:
+        grants[WaylandAccess.KEY] = native
     features = features_for(plan, grants)
     env = [("PATH", ":".join(ROOT_PATH)), ("HOME", "/root"), ("USER", "root"),
            *container_env(plan, features)]

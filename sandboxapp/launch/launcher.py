@@ -25,6 +25,7 @@ from sandboxapp.errors import ExitStatus, SandboxError
 from sandboxapp.features import Feature, Session, grants_of, prepare_features
 from sandboxapp.features.display import DisplayAccess
 from sandboxapp.features.request import Action, HelperRequest
+from sandboxapp.features.wayland import WaylandAccess
 from sandboxapp.fs.rootfs import check_command
 from sandboxapp.fs.safepath import DesktopUser
 from sandboxapp.image.store import not_built
@@ -95,6 +96,8 @@ class Launch:
             display = running_display(self.supervisor.run_dir, plan)
             assert display is not None
             grants[DisplayAccess.KEY] = DisplayAccess.naming(display.number)
+        if action is Action.JOIN and (native := WaylandAccess.naming(plan)) is not None:
+            grants[WaylandAccess.KEY] = native
         return HelperRequest(action, plan.profile.name, plan.profile.path.absolute(),
                              self.locations.data_home, program=plan.program,
                              args=plan.extra_args, grants=grants)

@@ -10,6 +10,7 @@ from pathlib import Path, PurePosixPath
 from sandboxapp.features import Feature, features_for
 from sandboxapp.features.display import X11_DIR, DisplayAccess
 from sandboxapp.features.sound import SoundAccess
+from sandboxapp.features.wayland import WaylandAccess
 from sandboxapp.image.store import not_built
 from sandboxapp.plan import LaunchPlan
 from sandboxapp.system.hostfacts import HostFacts
@@ -118,6 +119,9 @@ def describe_plan(plan: LaunchPlan, facts: HostFacts) -> str:
             plan.display.number, PurePosixPath(plan.layer_root / X11_DIR))
     if profile.sandbox.pulseaudio:
         grants[SoundAccess.KEY] = {"dir": str(plan.layer_root / "sound")}
+    native = WaylandAccess.naming(plan)
+    if native is not None:
+        grants[WaylandAccess.KEY] = native
     features = features_for(plan, grants)
     if plan.display is None:
         lines.append("X11:      none")
@@ -125,6 +129,9 @@ def describe_plan(plan: LaunchPlan, facts: HostFacts) -> str:
         lines.append("sound:    none")
     for feature in features:
         lines.extend(feature.describe())
+    if profile.sandbox.wayland and native is None:
+        why = plan.wayland.why if plan.wayland is not None else "not a Wayland session"
+        lines.append(f"Wayland:  not used: {why}")
     if plan.image is not None:
         spec = launch_spec(plan, plan.layer_root / "merged", features,
                            gate=plan.layer_root / "gate")

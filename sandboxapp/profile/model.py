@@ -115,6 +115,9 @@ class SandboxSpec:
     # (x11 = true), or, where the profile says x11 = "trusted", on the user's display itself,
     # as a client that can read and type into every window.
     x11: X11Access = X11Access.NONE
+    # wayland: in a Wayland session, the app's windows on the compositor itself, where its socket
+    # offers no client more than any may have (host/wayland.py); else x11 = true's display.
+    wayland: bool = False
     clipboard: Clipboard = Clipboard.FOCUS
     pulseaudio: bool = False
     # Recording through the sound server (a microphone); playback needs only pulseaudio.

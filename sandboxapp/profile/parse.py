@@ -403,6 +403,12 @@ KEYS: tuple[Key, ...] = (
         "display\n"
         '                          # (default false); "trusted": on the display itself (see '
         "below)"),
+    Key("sandbox", "wayland", _flag(False),
+        "wayland = true            # in a Wayland session, shows windows on the compositor "
+        "itself\n"
+        "                          # where it offers no client more than any may have "
+        "(default\n"
+        "                          # false; elsewhere x11 = true's X server of its own)"),
     Key("sandbox", "clipboard", _clipboard,
         'clipboard = "focus"       # with x11 = true, text crosses only in answer to you: '
         '"focus"\n'

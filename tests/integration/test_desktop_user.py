@@ -26,6 +26,7 @@ import pytest
 from sandboxapp.fs.util import mounts_under
 from sandboxapp.paths import HELPER_PATH, SUDOERS_FILE, SYSTEM_PROFILE_DIR, USER_COMMAND
 from tests.harness import (
+    LIST_GLOBALS,
     HostUser,
     SoundServer,
     XServer,
@@ -33,6 +34,7 @@ from tests.harness import (
     host_user,
     require_programs,
     sound_server,
+    wayland_compositor,
 )
 from tests.integration.conftest import REPO, TEST_PROFILE
 from tests.integration.faults import APP, PRECIOUS, Moment, kill_at_moments, recorded
@@ -367,6 +369,39 @@ def test_a_group_member_launches_an_x_profile_through_the_rule(
     assert mounts_under(test_image_dir) == []
     log = (test_image_dir / ".logs" / "privileged.log").read_text()
     assert f"uid={member.uid} profile={NAME}" in log
+
+
+def test_a_members_wayland_profile_reaches_their_compositor_alone_through_the_rule(
+    member: DesktopUser, user_x: Path, xserver: XServer, tmp_path: Path,
+) -> None:
+    """GNOME's compositor, the member's own: the sandbox connects to it through the helper's
+    idmapped bind of that one socket, sees no other file of the runtime directory, and has no
+    X display."""
+    with wayland_compositor(tmp_path, "mutter", member) as mutter:
+        member.data.mkdir(parents=True)
+        (member.data / "globals.py").write_text(LIST_GLOBALS)
+        for path in [*reversed(member.data.relative_to(member.home).parents), member.data]:
+            os.chown(member.home / path, member.uid, member.gid)
+        env = {"DISPLAY": xserver.display, "XAUTHORITY": str(user_x),
+               "WAYLAND_DISPLAY": mutter.socket.name}
+        profile = user_profile(member, ["/bin/sh", "-c",
+                                        "python3 /root/data/globals.py > /root/data/globals; "
+                                        "env > /root/data/env; ls -A $(dirname "
+                                        "$WAYLAND_DISPLAY) > /root/data/beside"],
+                               FULL_SANDBOX.replace("pulseaudio = true", "wayland = true"))
+        (member.runtime / "secret").write_text("the user's")
+        result = as_user(member, [str(USER_COMMAND), "run", str(profile)], env)
+        assert result.returncode == 0, result.stderr
+    offered = (member.data / "globals").read_text().split()
+    assert {"wl_compositor", "xdg_wm_base", "wl_seat", "gtk_shell1"} <= set(offered), offered
+    inside = dict(line.split("=", 1) for line in (member.data / "env").read_text().splitlines()
+                  if "=" in line)
+    assert inside["WAYLAND_DISPLAY"] == "/run/sandboxapp/wayland-0"
+    assert "DISPLAY" not in inside and "XAUTHORITY" not in inside
+    # Beside the socket: nothing of the user's runtime directory.
+    assert "secret" not in (member.data / "beside").read_text()
+    assert not [p for p in psutil.process_iter(["name", "uids"])
+                if p.info["name"] == "Xephyr" and p.info["uids"].real == member.uid]
 
 
 def test_launch_records_are_private_and_ps_shows_the_users_own_sandbox(

@@ -73,3 +73,23 @@ def test_a_compositor_that_never_answers_is_a_clear_error_within_the_timeout(
         assert str(tmp_path / "absent") in missing.value.message
     finally:
         listener.close()
+
+
+def test_doctor_says_which_way_wayland_profiles_reach_each_compositor(
+        compositor: Compositor) -> None:
+    import subprocess
+    import sys
+
+    from tests.integration.conftest import REPO
+
+    result = subprocess.run([sys.executable, "-m", "sandboxapp", "doctor"],
+                            env={**compositor.client_env(), "HOME": "/root"}, cwd=REPO,
+                            capture_output=True, text=True, check=False)
+    lines = [line for line in result.stdout.splitlines() if line.split()[1:2] == ["Wayland"]]
+    assert len(lines) == 1 and lines[0].startswith("ok "), result.stdout
+    if compositor.kind == "mutter":
+        assert f"draw on the compositor itself ({compositor.socket})" in lines[0]
+    else:
+        assert "show their windows through X" in lines[0]
+        assert ("zwlr_data_control_manager_v1" if compositor.kind == "sway"
+                else "weston_desktop_shell") in lines[0]

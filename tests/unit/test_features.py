@@ -263,3 +263,40 @@ def test_a_grant_the_profile_does_not_give_or_in_the_wrong_form_is_refused(
     with pytest.raises(SandboxError) as raised:
         features_for(plan, given)
     assert said in raised.value.message
+
+
+def test_a_native_wayland_launch_gets_the_compositor_socket_alone_and_no_display(
+        tmp_path: Path, sockets: Path) -> None:
+    import dataclasses
+
+    from sandboxapp.features.wayland import INSIDE_SOCKET, WaylandAccess
+    from sandboxapp.host.wayland import WaylandChoice, WaylandPath
+
+    compositor = tmp_path / "wayland-0"
+    session_plan = make_plan(tmp_path, {**PREPARED, "wayland": True})
+    plan = dataclasses.replace(session_plan, display=None, wayland=WaylandChoice(
+        compositor, WaylandPath.COMPOSITOR, "every global is one any client may have"))
+    launching = Launching(tmp_path, plan, _sound_env(sockets))
+    with launching.stack:
+        prepared = prepare_features(launching.session, launching.stack)
+        assert "DisplayAccess" not in [type(f).__name__ for f in prepared]
+        parts = grants_of(prepared)
+        assert parts["wayland"] == {"socket": str(compositor)} and "display" not in parts
+        # The root side's plan is shown natively on the socket the request names; it checks
+        # and stages that socket as the user's own, and binds it alone.
+        root_plan = dataclasses.replace(plan, wayland=WaylandChoice(
+            compositor, WaylandPath.COMPOSITOR, "the launcher's choice"))
+        rebuilt = features_for(root_plan, parts)
+        assert _view(rebuilt, root_plan) == _view(prepared, plan)
+        binds, env, _, _, checked = _view(rebuilt, root_plan)
+        wayland = [b for b in binds if b.container == str(INSIDE_SOCKET)]
+        assert len(wayland) == 1 and wayland[0].root_idmap and wayland[0].host == compositor
+        assert ("WAYLAND_DISPLAY", str(INSIDE_SOCKET)) in env
+        assert not [key for key, _ in env if key == "DISPLAY"]
+        assert [c for c in checked if c.path == compositor and not c.trusted]
+        # A profile without wayland = true is never given the compositor.
+        (tmp_path / "other").mkdir()
+        other = dataclasses.replace(make_plan(tmp_path / "other", PREPARED), display=None)
+        with pytest.raises(SandboxError, match="no wayland = true"):
+            features_for(other, {"wayland": {"socket": str(compositor)}})
+        assert WaylandAccess.naming(session_plan) is None
