@@ -38,9 +38,10 @@ def refused(what: str) -> SandboxError:
 
 
 def absolute_path(value: object, name: str) -> Path:
-    """A path of the request: absolute, without '..'."""
-    if not isinstance(value, str) or not value.startswith("/") or ".." in Path(value).parts:
-        raise refused(f"{name} is not an absolute path without '..'")
+    """A path of the request: absolute, without '..' or a NUL."""
+    if (not isinstance(value, str) or not value.startswith("/") or ".." in Path(value).parts
+            or "\0" in value):
+        raise refused(f"{name} is not an absolute path without '..' or a NUL")
     return Path(value)
 
 

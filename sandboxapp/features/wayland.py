@@ -2,6 +2,10 @@
 than any may have, host/wayland.py): the compositor's socket alone, bound idmapped so the
 container's root may connect to the user's socket and nobody else gains anything; no X.
 
+Which compositor is safe to hand a sandbox is the user's launcher's judgement (it asks the
+compositor, as the user): the root side binds only a socket the user owns, so a request forged
+by hand can widen only the user's own sandbox, to a socket of their own.
+
 The socket is the user's (0755 in the 0700 runtime directory): the bind maps its owner to the
 container's root inside this container's mount namespace only, so the socket is not widened for
 anyone else, and no other file of the user's runtime directory is seen inside. The root side

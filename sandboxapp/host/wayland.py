@@ -29,6 +29,8 @@ SECURITY_CONTEXT = "wp_security_context_manager_v1"
 # How long the compositor may take to answer the question of its globals (it answers at
 # once: 10 ms for weston, 40 ms for sway, 100 ms for mutter, counted from its start).
 PROBE_TIMEOUT = 2.0
+# A compositor offers a few dozen globals (sway 1.7: 38): one that offers more is refused.
+MAX_GLOBALS = 256
 
 # What any client of a desktop may have: a global here gives a client nothing of another
 # client's (its windows, its input, its clipboard) and nothing of the user's that the user did
@@ -175,20 +177,29 @@ def probe(path: Path, timeout: float = PROBE_TIMEOUT) -> Compositor:
     connection.close()
     display.connect()
     offered: set[str] = set()
+    announced: list[str] = []
     done: list[bool] = []
+
+    def on_global(_registry: object, _name: int, interface: str, _version: int) -> None:
+        offered.add(interface)
+        announced.append(interface)
+
     try:
         registry = display.get_registry()
-        registry.dispatcher["global"] = lambda _r, _name, interface, _v: offered.add(interface)
+        registry.dispatcher["global"] = on_global
         callback = display.sync()
         callback.dispatcher["done"] = lambda _c, _data: done.append(True)
         display.flush()
         while not done:
             left = deadline - time.monotonic()
+            # Checked at every turn: a compositor that keeps talking is as late as a silent one.
             readable, _, _ = select.select([display.get_fd()], [], [], max(0.0, left))
-            if not readable:
+            if not readable or time.monotonic() >= deadline:
                 raise _unreachable(path, f"no answer within {timeout:g} s")
             display.read()
             display.dispatch(block=False)
+            if len(announced) > MAX_GLOBALS:
+                raise _unreachable(path, f"it offers more than {MAX_GLOBALS} globals")
     except RuntimeError as exc:
         raise _unreachable(path, str(exc)) from None
     finally:

@@ -93,3 +93,41 @@ def test_doctor_says_which_way_wayland_profiles_reach_each_compositor(
         assert "show their windows through X" in lines[0]
         assert ("zwlr_data_control_manager_v1" if compositor.kind == "sway"
                 else "weston_desktop_shell") in lines[0]
+
+
+def test_a_compositor_that_floods_the_question_is_cut_off(tmp_path: Path) -> None:
+    import socket
+    import struct
+    import threading
+    import time
+
+    def announce(name: int, interface: str) -> bytes:
+        text = interface.encode() + b"\0"
+        body = (struct.pack("=II", name, len(text)) + text + b"\0" * (-len(text) % 4)
+                + struct.pack("=I", 1))
+        return struct.pack("=II", 2, (8 + len(body)) << 16) + body
+
+    flooding = tmp_path / "flooding"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(flooding))
+    listener.listen(1)
+
+    def serve() -> None:
+        connection, _ = listener.accept()
+        connection.recv(4096)
+        burst = b"".join(announce(number, "wl_compositor") for number in range(1, 2000))
+        try:
+            while True:
+                connection.sendall(burst)
+        except OSError:
+            pass
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        started = time.monotonic()
+        with pytest.raises(SandboxError) as caught:
+            probe(flooding, timeout=3.0)
+        assert time.monotonic() - started < 4.0
+        assert "more than" in caught.value.message or "no answer" in caught.value.message
+    finally:
+        listener.close()

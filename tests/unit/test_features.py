@@ -226,6 +226,7 @@ GOOD = {"action": "launch", "profile": "app", "profile_file": "/p/app.toml", "da
 @pytest.mark.parametrize(("change", "said"), [
     ({"profile_file": "app.toml"}, "profile_file is not an absolute path"),
     ({"data_home": "/d/../etc"}, "data_home is not an absolute path without '..'"),
+    ({"data_home": "/d/\0x"}, "data_home is not an absolute path without '..' or a NUL"),
     ({"action": "shell"}, "no action 'shell'"),
     ({"data_home": None}, "data_home is not an absolute path"),
     ({"args": "-c"}, "args is not a list of strings"),
