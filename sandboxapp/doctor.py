@@ -139,8 +139,9 @@ def _wayland(environ: Mapping[str, str]) -> Check:
     if choice.native:
         return Check("Wayland", Status.OK, f"wayland = true profiles draw on the compositor "
                                            f"itself ({choice.socket}): {choice.why}")
-    return Check("Wayland", Status.OK, f"wayland = true profiles show their windows through X, "
-                                       f"as x11 = true does: {choice.why}")
+    return Check("Wayland", Status.WARN if choice.unanswered else Status.OK,
+                 f"wayland = true profiles show their windows through X, as x11 = true does: "
+                 f"{choice.why}")
 
 
 def _sound(environ: Mapping[str, str]) -> Check:

@@ -121,6 +121,9 @@ class WaylandChoice:
     socket: Path
     path: WaylandPath
     why: str
+    # The compositor could not be asked (a stale WAYLAND_DISPLAY, a compositor that hangs):
+    # the launch shows the app through X all the same, and doctor warns.
+    unanswered: bool = False
 
     @property
     def native(self) -> bool:
@@ -133,7 +136,10 @@ def choose_path(environ: Mapping[str, str]) -> WaylandChoice | None:
     socket_path = compositor_socket(environ)
     if socket_path is None:
         return None
-    path, why = probe(socket_path).path()
+    try:
+        path, why = probe(socket_path).path()
+    except SandboxError as error:
+        return WaylandChoice(socket_path, WaylandPath.NESTED_X, error.message, unanswered=True)
     if path is WaylandPath.SECURITY_CONTEXT:
         # A socket registered as a sandbox's is not made yet: the X server of its own.
         return WaylandChoice(socket_path, WaylandPath.NESTED_X,

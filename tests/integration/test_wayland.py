@@ -131,3 +131,22 @@ def test_a_compositor_that_floods_the_question_is_cut_off(tmp_path: Path) -> Non
         assert "more than" in caught.value.message or "no answer" in caught.value.message
     finally:
         listener.close()
+
+
+def test_a_stale_wayland_display_falls_back_to_x_and_doctor_warns(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from sandboxapp.host.wayland import choose_path
+    from tests.integration.conftest import REPO
+
+    env = {"PATH": "/usr/bin:/bin", "XDG_RUNTIME_DIR": str(tmp_path),
+           "WAYLAND_DISPLAY": "wayland-gone", "HOME": "/root"}
+    choice = choose_path(env)
+    assert choice is not None and choice.unanswered and not choice.native
+    assert str(tmp_path / "wayland-gone") in choice.why
+    result = subprocess.run([sys.executable, "-m", "sandboxapp", "doctor"], env=env, cwd=REPO,
+                            capture_output=True, text=True, check=False)
+    lines = [line for line in result.stdout.splitlines() if line.split()[1:2] == ["Wayland"]]
+    assert len(lines) == 1 and lines[0].startswith("warn "), result.stdout
+    assert "through X" in lines[0]
