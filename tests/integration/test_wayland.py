@@ -17,6 +17,8 @@ from sandboxapp.host.wayland import (
     probe,
 )
 from tests.harness import Compositor, wayland_compositor
+from tests.integration.launching import Session
+from tests.integration.test_firefox_wayland import clients_of
 
 # What sway 1.7 offers every client and no sandbox may have: the screen's pixels, the
 # clipboard at any time, faked input, an input method's view of every key, surfaces over
@@ -150,3 +152,35 @@ def test_a_stale_wayland_display_falls_back_to_x_and_doctor_warns(tmp_path: Path
     lines = [line for line in result.stdout.splitlines() if line.split()[1:2] == ["Wayland"]]
     assert len(lines) == 1 and lines[0].startswith("warn "), result.stdout
     assert "through X" in lines[0]
+
+
+def test_under_sway_the_sandbox_shows_its_window_on_its_own_x_and_never_sees_the_compositor(
+        session: Session, tmp_path: Path) -> None:
+    """sway 1.7 offers every client screencopy, data-control, virtual input, input-method and
+    layer-shell: a wayland = true profile gets its X server of its own there, and no Wayland
+    connection at all, so none of those globals."""
+    from tests.integration.launching import FULL_SANDBOX, write_variant
+
+    (tmp_path / "sway").mkdir()
+    with wayland_compositor(tmp_path / "sway", "sway") as sway:
+        session.sudo_uid = sway.user.uid  # the session's user: the runtime directory is theirs
+        profile = write_variant(session.profiles, [
+            "/bin/sh", "-c", "env > /root/data/env; ls -A /run/sandboxapp > /root/data/run; "
+            "xdpyinfo | head -1 > /root/data/x; xlogo & sleep 1; xwininfo -root -children "
+            "> /root/data/windows; kill $!"], FULL_SANDBOX + "wayland = true\n")
+        env = {**session.env(), "XDG_RUNTIME_DIR": str(sway.user.runtime),
+               "WAYLAND_DISPLAY": sway.socket.name}
+        dry = session.sandboxapp("run", "--dry-run", str(profile), env=env)
+        assert "Wayland:  not used: the compositor offers every client" in dry.stdout
+        result = session.sandboxapp("run", str(profile), env=env)
+        assert result.returncode == 0, result.stderr
+        assert not [name for name in clients_of(sway.socket).values()]
+    data = session.persist_dir()
+    inside = dict(line.split("=", 1) for line in (data / "env").read_text().splitlines()
+                  if "=" in line)
+    assert "WAYLAND_DISPLAY" not in inside and "wayland-0" not in (data / "run").read_text()
+    # Its window, on the X server of its own (never the user's display).
+    shown = (data / "x").read_text()
+    assert shown.startswith("name of display:") and session.xserver is not None
+    assert shown.strip() != f"name of display:    {session.xserver.display}"
+    assert '"xlogo"' in (data / "windows").read_text()
