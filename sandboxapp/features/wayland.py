@@ -67,7 +67,7 @@ class WaylandAccess(Feature):
         """The part of a plan shown natively (a dry run, a join into a running sandbox): the
         environment and the bind come from it."""
         choice = plan.wayland
-        return {"socket": str(choice.socket)} if choice is not None and choice.native else None
+        return WaylandAccess(choice.socket).part() if choice is not None and choice.native else None
 
     @staticmethod
     def socket_in(part: Any) -> Path | None:

@@ -143,16 +143,15 @@ def _checked_plan(request: HelperRequest, user: DesktopUser,
     number = DisplayAccess.number_in(request.grants.get(DisplayAccess.KEY))
     shown = profile.sandbox.x11 is not X11Access.NONE and number is not None
     environ = {"DISPLAY": f":{number}"} if shown else {}
-    native = profile.sandbox.wayland and request.grants.get(WaylandAccess.KEY) is not None
-    if profile.sandbox.x11 is not X11Access.NONE and number is None and not native:
+    native = (WaylandAccess.socket_in(request.grants.get(WaylandAccess.KEY))
+              if profile.sandbox.wayland else None)
+    if profile.sandbox.x11 is not X11Access.NONE and number is None and native is None:
         raise SandboxError("the profile needs the X display, and none was given",
                            status=ExitStatus.LAUNCHER)
     if request.program is not None and not request.program:
         raise invalid("--command needs a program")
     plan = plan_launch(profile, request.args, locations, environ, instance=f"u{user.uid}",
-                       program=request.program,
-                       native_wayland=WaylandAccess.socket_in(request.grants.get(
-                           WaylandAccess.KEY)) if profile.sandbox.wayland else None)
+                       program=request.program, native_wayland=native)
     image = ImageStore(locations.image_dir).require(name)
     check_command(image.rootfs, plan.command[0])
     return plan, trusted, features_for(plan, request.grants)

@@ -82,11 +82,11 @@ class WaylandPath(enum.Enum):
     """How a sandbox reaches the user's Wayland session."""
 
     # A socket of the sandbox's own, registered through wp_security_context_manager_v1.
-    SECURITY_CONTEXT = "a socket of its own, registered with the compositor as a sandbox's"
+    SECURITY_CONTEXT = enum.auto()
     # The compositor's own socket: everything it offers any client is on ALLOWED_GLOBALS.
-    COMPOSITOR = "the compositor's socket: it offers no client more than ALLOWED_GLOBALS"
+    COMPOSITOR = enum.auto()
     # Not Wayland: the X server of the sandbox's own, nested in the user's display.
-    NESTED_X = "not Wayland: an X server of its own (x11 = true)"
+    NESTED_X = enum.auto()
 
 
 @dataclass(frozen=True)
@@ -183,12 +183,13 @@ def probe(path: Path, timeout: float = PROBE_TIMEOUT) -> Compositor:
     connection.close()
     display.connect()
     offered: set[str] = set()
-    announced: list[str] = []
+    announced = 0
     done: list[bool] = []
 
     def on_global(_registry: object, _name: int, interface: str, _version: int) -> None:
+        nonlocal announced
         offered.add(interface)
-        announced.append(interface)
+        announced += 1
 
     try:
         registry = display.get_registry()
@@ -204,7 +205,7 @@ def probe(path: Path, timeout: float = PROBE_TIMEOUT) -> Compositor:
                 raise _unreachable(path, f"no answer within {timeout:g} s")
             display.read()
             display.dispatch(block=False)
-            if len(announced) > MAX_GLOBALS:
+            if announced > MAX_GLOBALS:
                 raise _unreachable(path, f"it offers more than {MAX_GLOBALS} globals")
     except RuntimeError as exc:
         raise _unreachable(path, str(exc)) from None
