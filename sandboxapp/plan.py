@@ -6,7 +6,6 @@ its image, its layer, the directories it keeps, the display and the command.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -56,19 +55,43 @@ class LaunchPlan:
         return f"{name}-{self.instance}" if self.instance else name
 
 
+@dataclass(frozen=True)
+class Shown:
+    """How the app's windows reach the user's desktop: an X display (the user's, or the one
+    a nested server of the sandbox's own is shown on), a Wayland connection, or neither."""
+
+    display: Display | None
+    wayland: WaylandChoice | None
+
+    @classmethod
+    def chosen(cls, display: int | None, wayland: Path | None) -> Shown:
+        """The root side's: what the user's launcher chose, as its request names it (root
+        never asks the user's compositor itself)."""
+        return cls(None if display is None else parse_display(f":{display}"),
+                   None if wayland is None else WaylandChoice(
+                       wayland, WaylandPath.COMPOSITOR, "the launcher's choice"))
+
+
+def plan_display(profile: Profile, environ: Mapping[str, str]) -> Shown:
+    """The session side's: the compositor is asked (where the profile may be shown on
+    Wayland), DISPLAY is read where it is shown through X. Before an image is built for the
+    profile: a desktop that cannot show it says so before a minute of building."""
+    wayland = choose_path(environ) if profile.sandbox.wayland else None
+    display = None
+    if profile.sandbox.x11 is not X11Access.NONE and not (wayland and wayland.native):
+        display = parse_display(environ.get("DISPLAY"))
+    return Shown(display, wayland)
+
+
 def plan_launch(
     profile: Profile,
     extra_args: Sequence[str],
     locations: Locations,
-    environ: Mapping[str, str] | None = None,
+    shown: Shown,
     instance: str | None = None,
     program: str | None = None,
-    native_wayland: Path | None = None,
 ) -> LaunchPlan:
-    """program: run it, with extra_args, in place of the profile's command. native_wayland:
-    the root side's, the compositor socket the user's launcher chose to show the app on (root
-    never asks the user's compositor itself)."""
-    environ = os.environ if environ is None else environ
+    """program: run it, with extra_args, in place of the profile's command."""
     # A persistent container path is kept at the same path below the profile's data directory,
     # so a user finds and backs up files where they expect them.
     data_root = locations.data_home / "sandboxapp" / profile.name
@@ -76,27 +99,17 @@ def plan_launch(
                     for path in profile.sandbox.persist)
     store = ImageStore(locations.image_dir)
     image = store.get(profile.name)
-    image_path = store.image_path(profile.name)
-    state_root = None if profile.sandbox.stateless else store.state_root(profile.name)
-    wayland = None
-    if native_wayland is not None:
-        wayland = WaylandChoice(native_wayland, WaylandPath.COMPOSITOR, "the launcher's choice")
-    elif profile.sandbox.wayland:
-        wayland = choose_path(environ)
-    display = None
-    if profile.sandbox.x11 is not X11Access.NONE and not (wayland and wayland.native):
-        display = parse_display(environ.get("DISPLAY"))
     return LaunchPlan(
         profile=profile,
         image=image,
-        image_path=image_path,
+        image_path=store.image_path(profile.name),
         # '@' is in no profile name: an instance's layer is never another profile's.
         layer_root=store.root / ".layers" / (f"{profile.name}@{instance}" if instance
                                              else profile.name),
-        state_root=state_root,
+        state_root=None if profile.sandbox.stateless else store.state_root(profile.name),
         persist=persist,
-        display=display,
-        wayland=wayland,
+        display=shown.display,
+        wayland=shown.wayland,
         command=(program, *extra_args) if program else (*profile.command, *extra_args),
         instance=instance,
         program=program,

@@ -116,6 +116,14 @@ class SoundServer:
     socket: Path  # the server's own native socket, as the user's session has it
     process: subprocess.Popen[bytes]
     kind: str = "pulseaudio"  # or "pipewire"
+    # Where the server's processes write their messages, where the harness keeps them.
+    log: Path | None = None
+
+    def said(self) -> str:
+        """The end of what the server's processes said: a failing test shows it."""
+        if self.log is None or not self.log.exists():
+            return ""
+        return self.log.read_text(errors="replace")[-4000:]
 
     def client_env(self) -> dict[str, str]:
         return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
@@ -231,11 +239,12 @@ def pipewire_server(workdir: Path) -> Iterator[SoundServer]:
            "HOME": str(runtime)}
     script = ("pipewire & while [ ! -e \"$XDG_RUNTIME_DIR/pipewire-0\" ]; do sleep 0.05; done; "
               "wireplumber & pipewire-pulse & wait")
-    group = subprocess.Popen(["dbus-run-session", "--", "/bin/sh", "-c", script], env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                             start_new_session=True)
+    log = workdir / f"{runtime.name}.log"
+    with log.open("wb") as messages:
+        group = subprocess.Popen(["dbus-run-session", "--", "/bin/sh", "-c", script], env=env,
+                                 stdout=messages, stderr=messages, start_new_session=True)
     try:
-        server = SoundServer(runtime, runtime / "pulse" / "native", group, "pipewire")
+        server = SoundServer(runtime, runtime / "pulse" / "native", group, "pipewire", log)
         _wait_for(server.answers, 15, "PipeWire's PulseAudio server")
         subprocess.run(["pactl", "load-module", "module-null-sink", f"sink_name={TEST_SINK}"],
                        env=server.client_env(), check=True, capture_output=True, timeout=10)

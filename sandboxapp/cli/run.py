@@ -20,6 +20,7 @@ from sandboxapp.profile.find import find_profile, load_profile_file
 from sandboxapp.profile.model import Profile, X11Access
 
 if TYPE_CHECKING:
+    from sandboxapp.host.display import Display
     from sandboxapp.host.notify import RunLog
     from sandboxapp.launch.helperclient import PendingHelper
     from sandboxapp.launch.launcher import Launch
@@ -111,7 +112,7 @@ def cmd_run(args: argparse.Namespace, locations: Locations) -> int:
 
 
 def _run(args: argparse.Namespace, locations: Locations, helper: PendingHelper | None) -> int:
-    from sandboxapp.plan import plan_launch
+    from sandboxapp.plan import plan_display, plan_launch
 
     if args.program is not None and not args.program:
         raise SandboxError("--command needs a program: a path, or a name on the image's PATH",
@@ -120,14 +121,16 @@ def _run(args: argparse.Namespace, locations: Locations, helper: PendingHelper |
     extra = list(args.args)
     if extra and extra[0] == "--":
         extra = extra[1:]
+    shown = plan_display(profile, os.environ)
     if args.dry_run:
         from sandboxapp.launch.spec import describe_plan
         from sandboxapp.system.hostfacts import host_facts
 
-        plan = plan_launch(profile, extra, locations, program=args.program)
+        plan = plan_launch(profile, extra, locations, shown, program=args.program)
         say(describe_plan(plan, host_facts()))
         return ExitStatus.OK
-    _check_display_path(profile)
+    if shown.display is not None:
+        _check_x_path(profile.sandbox.x11, shown.display)
     from sandboxapp.fs.safepath import DesktopUser
     from sandboxapp.host.notify import RunLog, Tee
     from sandboxapp.launch.launcher import Launch
@@ -152,7 +155,7 @@ def _run(args: argparse.Namespace, locations: Locations, helper: PendingHelper |
             log.stream.write(f"# sandboxapp run {shlex.join([profile.name, *extra])}\n")
         _prepare_image(profile, locations, warn)
         # Planned once the image is ready: the plan holds the image the launch starts.
-        plan = plan_launch(profile, extra, locations, program=args.program)
+        plan = plan_launch(profile, extra, locations, shown, program=args.program)
         launch = Launch(plan, locations, os.environ, warn=warn, stderr=out, helper=helper)
         started = time.monotonic()
         status = launch.run()
@@ -169,14 +172,9 @@ def _run(args: argparse.Namespace, locations: Locations, helper: PendingHelper |
             log.close()
 
 
-def _check_display_path(profile: Profile) -> None:
-    """Before an image is built for it: that this desktop gives the profile its display path."""
-    if profile.sandbox.x11 is X11Access.NONE:
-        return
-    from sandboxapp.host.display import parse_display
-
-    display = parse_display(os.environ.get("DISPLAY"))
-    if profile.sandbox.x11 is X11Access.ISOLATED:
+def _check_x_path(x11: X11Access, display: Display) -> None:
+    """Before an image is built for it: that this desktop can show the profile through X."""
+    if x11 is X11Access.ISOLATED:
         from sandboxapp.host.nested import check_installed
 
         check_installed()

@@ -4,21 +4,23 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from sandboxapp.features.base import Feature, Session
 from sandboxapp.features.container import NetworkAccess, SessionBus
-from sandboxapp.features.display import DisplayAccess
+from sandboxapp.features.display import X11_CONTAINER_DIR, X11_DIR, DisplayAccess
 from sandboxapp.features.files import PersistentDirs, ReadOnlyBinds
 from sandboxapp.features.quit import SessionManagement
 from sandboxapp.features.request import refused
-from sandboxapp.features.sound import SoundAccess
+from sandboxapp.features.sound import PULSE_DIR, SoundAccess
 from sandboxapp.features.wayland import WaylandAccess
 
 if TYPE_CHECKING:
     from sandboxapp.plan import LaunchPlan
 
-__all__ = ["REGISTRY", "Feature", "Session", "features_for", "grants_of", "prepare_features"]
+__all__ = ["REGISTRY", "Feature", "Session", "features_for", "grants_of", "naming",
+           "prepare_features"]
 
 # Every grant a sandbox may get, one class each, in the order of their binds and environment:
 # both sides of a launch, the dry run and a join iterate this.
@@ -49,3 +51,20 @@ def prepare_features(session: Session, stack: ExitStack) -> tuple[Feature, ...]:
 def grants_of(features: Sequence[Feature]) -> dict[str, Any]:
     """The helper's request's part of each feature that has one."""
     return {feature.KEY: part for feature in features if (part := feature.part()) is not None}
+
+
+def naming(plan: LaunchPlan, layer: Path | None = None) -> dict[str, Any]:
+    """The parts that only name what a launch of the plan uses, where nothing is made for
+    them: a dry run's (layer: where it would make its directories), a join's into a running
+    sandbox (its plan names the display that sandbox uses; its directories are bound already).
+    Each feature's environment and binds come from them."""
+    parts: dict[str, Any] = {}
+    if plan.display is not None:
+        parts[DisplayAccess.KEY] = DisplayAccess.naming(
+            plan.display.number,
+            X11_CONTAINER_DIR if layer is None else PurePosixPath(layer / X11_DIR))
+    if plan.profile.sandbox.pulseaudio:
+        parts[SoundAccess.KEY] = {"dir": str(PULSE_DIR if layer is None else layer / "sound")}
+    if (native := WaylandAccess.naming(plan)) is not None:
+        parts[WaylandAccess.KEY] = native
+    return parts

@@ -143,9 +143,9 @@ class DisplayAccess(Feature):
         return {"display": self.display.number, "x11_dir": str(self.x11_dir)}
 
     @staticmethod
-    def naming(number: int, x11_dir: PurePosixPath = X11_CONTAINER_DIR) -> dict[str, Any]:
-        """A part that only names the display (a dry run, a join into a running sandbox):
-        the environment comes from it, and nothing is made for it."""
+    def naming(number: int, x11_dir: PurePosixPath) -> dict[str, Any]:
+        """A part that only names the display (features.naming): the environment comes
+        from it, and nothing is made for it."""
         return {"display": number, "x11_dir": str(x11_dir)}
 
     @staticmethod

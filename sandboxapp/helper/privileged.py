@@ -40,7 +40,7 @@ from sandboxapp.paths import (
     SYSTEM_PROFILE_DIR,
     Locations,
 )
-from sandboxapp.plan import LaunchPlan, plan_launch
+from sandboxapp.plan import LaunchPlan, Shown, plan_launch
 from sandboxapp.profile.find import profile_from_bytes
 from sandboxapp.profile.model import (
     MAX_FILE_SIZE,
@@ -141,8 +141,6 @@ def _checked_plan(request: HelperRequest, user: DesktopUser,
     # feature, features_for); a profile without x11 gets none, whatever the request says, and
     # one shown natively on Wayland needs none.
     number = DisplayAccess.number_in(request.grants.get(DisplayAccess.KEY))
-    shown = profile.sandbox.x11 is not X11Access.NONE and number is not None
-    environ = {"DISPLAY": f":{number}"} if shown else {}
     native = (WaylandAccess.socket_in(request.grants.get(WaylandAccess.KEY))
               if profile.sandbox.wayland else None)
     if profile.sandbox.x11 is not X11Access.NONE and number is None and native is None:
@@ -150,8 +148,9 @@ def _checked_plan(request: HelperRequest, user: DesktopUser,
                            status=ExitStatus.LAUNCHER)
     if request.program is not None and not request.program:
         raise invalid("--command needs a program")
-    plan = plan_launch(profile, request.args, locations, environ, instance=f"u{user.uid}",
-                       program=request.program, native_wayland=native)
+    shown = Shown.chosen(number if profile.sandbox.x11 is not X11Access.NONE else None, native)
+    plan = plan_launch(profile, request.args, locations, shown, instance=f"u{user.uid}",
+                       program=request.program)
     image = ImageStore(locations.image_dir).require(name)
     check_command(image.rootfs, plan.command[0])
     return plan, trusted, features_for(plan, request.grants)

@@ -17,10 +17,7 @@ from typing import IO
 
 from sandboxapp.command import base_env, spawn
 from sandboxapp.errors import ExitStatus, SandboxError
-from sandboxapp.features import features_for
-from sandboxapp.features.display import DisplayAccess
-from sandboxapp.features.sound import PULSE_DIR, SoundAccess
-from sandboxapp.features.wayland import WaylandAccess
+from sandboxapp.features import features_for, naming
 from sandboxapp.fs.safepath import DesktopUser
 from sandboxapp.host.display import Display
 from sandboxapp.launch.container import container_init
@@ -53,15 +50,7 @@ def running_init(run_dir: RunDir, profile: str, user: DesktopUser) -> int:
 
 def join_argv(init_pid: int, plan: LaunchPlan, command: Sequence[str]) -> list[str]:
     # The running launch's directories are bound already: only the environment is used.
-    grants: dict[str, object] = {}
-    if plan.display is not None:
-        grants[DisplayAccess.KEY] = DisplayAccess.naming(plan.display.number)
-    if plan.profile.sandbox.pulseaudio:
-        grants[SoundAccess.KEY] = {"dir": str(PULSE_DIR)}
-    native = WaylandAccess.naming(plan)
-    if native is not None:
-        grants[WaylandAccess.KEY] = native
-    features = features_for(plan, grants)
+    features = features_for(plan, naming(plan))
     env = [("PATH", ":".join(ROOT_PATH)), ("HOME", "/root"), ("USER", "root"),
            *container_env(plan, features)]
     return [

@@ -12,6 +12,7 @@ made; the undo copes with a thing that was never made.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import subprocess
 import sys
@@ -22,10 +23,8 @@ from typing import TYPE_CHECKING
 
 from sandboxapp.command import base_env, run_attached
 from sandboxapp.errors import ExitStatus, SandboxError
-from sandboxapp.features import Feature, Session, grants_of, prepare_features
-from sandboxapp.features.display import DisplayAccess
+from sandboxapp.features import Feature, Session, grants_of, naming, prepare_features
 from sandboxapp.features.request import Action, HelperRequest
-from sandboxapp.features.wayland import WaylandAccess
 from sandboxapp.fs.rootfs import check_command
 from sandboxapp.fs.safepath import DesktopUser
 from sandboxapp.image.store import not_built
@@ -88,16 +87,13 @@ class Launch:
     def _request(self, action: Action, features: tuple[Feature, ...] = ()) -> HelperRequest:
         plan = self.plan
         grants = grants_of(features)
-        if action is Action.JOIN and plan.display is not None:
-            # A join makes no grant: the display the sandbox uses is only named, for the
-            # command's environment.
+        if action is Action.JOIN:
+            # A join makes no grant: what the sandbox uses (the display of its own, as its
+            # launch's record says) is only named, for the command's environment.
             from sandboxapp.launch.join import running_display
 
-            display = running_display(self.supervisor.run_dir, plan)
-            assert display is not None
-            grants[DisplayAccess.KEY] = DisplayAccess.naming(display.number)
-        if action is Action.JOIN and (native := WaylandAccess.naming(plan)) is not None:
-            grants[WaylandAccess.KEY] = native
+            grants = naming(dataclasses.replace(
+                plan, display=running_display(self.supervisor.run_dir, plan)))
         return HelperRequest(action, plan.profile.name, plan.profile.path.absolute(),
                              self.locations.data_home, program=plan.program,
                              args=plan.extra_args, grants=grants)

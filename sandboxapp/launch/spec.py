@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Mapping, Sequence
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
-from sandboxapp.features import Feature, features_for
-from sandboxapp.features.display import X11_DIR, DisplayAccess
-from sandboxapp.features.sound import SoundAccess
-from sandboxapp.features.wayland import WaylandAccess
+from sandboxapp.features import Feature, features_for, naming
 from sandboxapp.image.store import not_built
 from sandboxapp.plan import LaunchPlan
 from sandboxapp.system.hostfacts import HostFacts
@@ -113,23 +110,14 @@ def describe_plan(plan: LaunchPlan, facts: HostFacts) -> str:
         lines.append(f"layer:    an overlay whose changes are kept for your next run in "
                      f"{plan.state_root}, a directory per user (stateless = false)")
     # The directories a launch would make, where it would make them.
-    grants: dict[str, object] = {}
-    if plan.display is not None:
-        grants[DisplayAccess.KEY] = DisplayAccess.naming(
-            plan.display.number, PurePosixPath(plan.layer_root / X11_DIR))
-    if profile.sandbox.pulseaudio:
-        grants[SoundAccess.KEY] = {"dir": str(plan.layer_root / "sound")}
-    native = WaylandAccess.naming(plan)
-    if native is not None:
-        grants[WaylandAccess.KEY] = native
-    features = features_for(plan, grants)
+    features = features_for(plan, naming(plan, plan.layer_root))
     if plan.display is None:
         lines.append("X11:      none")
     if not profile.sandbox.pulseaudio:
         lines.append("sound:    none")
     for feature in features:
         lines.extend(feature.describe())
-    if profile.sandbox.wayland and native is None:
+    if profile.sandbox.wayland and not (plan.wayland and plan.wayland.native):
         why = plan.wayland.why if plan.wayland is not None else "not a Wayland session"
         lines.append(f"Wayland:  not used: {why}")
     if plan.image is not None:

@@ -378,4 +378,4 @@ def test_a_subscriber_that_never_reads_its_events_is_cut_off(
     it by megabytes.)"""
     found = attack(session, "deaf", "20")
     assert found["deaf_closed"] is True, found
-    assert found["server_alive_after"] is True, found
+    assert found["server_alive_after"] is True, (found, server.said())

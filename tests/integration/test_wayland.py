@@ -4,6 +4,7 @@ each."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -184,3 +185,33 @@ def test_under_sway_the_sandbox_shows_its_window_on_its_own_x_and_never_sees_the
     assert shown.startswith("name of display:") and session.xserver is not None
     assert shown.strip() != f"name of display:    {session.xserver.display}"
     assert '"xlogo"' in (data / "windows").read_text()
+
+
+def test_under_mutter_a_wayland_profile_is_shown_natively_without_any_x_display(
+        session: Session, tmp_path: Path) -> None:
+    """GNOME's compositor, and no DISPLAY at all (a Wayland session without Xwayland): a
+    profile with x11 = true and wayland = true is shown natively, not refused for the X
+    display it does not use."""
+    from tests.harness import LIST_GLOBALS
+    from tests.integration.launching import FULL_SANDBOX, write_variant
+
+    (tmp_path / "mutter").mkdir()
+    with wayland_compositor(tmp_path / "mutter", "mutter") as mutter:
+        session.sudo_uid = mutter.user.uid
+        data = session.persist_dir()
+        data.mkdir(parents=True, exist_ok=True)
+        (data / "globals.py").write_text(LIST_GLOBALS)
+        for made in [data, *data.relative_to(session.data_home).parents][:-1]:
+            os.chown(session.data_home / made, mutter.user.uid, mutter.user.uid)
+        profile = write_variant(session.profiles, [
+            "/bin/sh", "-c", "python3 /root/data/globals.py > /root/data/globals; "
+            "env > /root/data/env"], FULL_SANDBOX + "wayland = true\n")
+        env = {key: value for key, value in session.env().items()
+               if key not in ("DISPLAY", "XAUTHORITY")}
+        env.update(XDG_RUNTIME_DIR=str(mutter.user.runtime), WAYLAND_DISPLAY=mutter.socket.name)
+        result = session.sandboxapp("run", str(profile), env=env)
+        assert result.returncode == 0, result.stderr
+    assert {"wl_compositor", "xdg_wm_base"} <= set((data / "globals").read_text().split())
+    inside = dict(line.split("=", 1) for line in (data / "env").read_text().splitlines()
+                  if "=" in line)
+    assert inside["WAYLAND_DISPLAY"] == "/run/sandboxapp/wayland-0" and "DISPLAY" not in inside

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from sandboxapp.image.store import Image, ImageMeta, ImageStore
 from sandboxapp.paths import Locations
-from sandboxapp.plan import LaunchPlan, plan_launch
+from sandboxapp.plan import LaunchPlan, plan_display, plan_launch
 from sandboxapp.profile.parse import parse_profile
 
 BASE = 0x70040000
@@ -27,8 +27,8 @@ def make_plan(tmp_path: Path, sandbox: dict[str, object], *, extra: tuple[str, .
     (store / "app" / "image.json").write_text(meta.to_json())
     locations = Locations(image_dir=store, run_dir=tmp_path / "run",
                           config_home=tmp_path / "config", data_home=tmp_path / "data")
-    plan = plan_launch(profile, list(extra), locations,
-                       {"DISPLAY": ":7"} if environ is None else environ, instance=instance,
+    shown = plan_display(profile, {"DISPLAY": ":7"} if environ is None else environ)
+    plan = plan_launch(profile, list(extra), locations, shown, instance=instance,
                        program=program)
     assert plan.image == Image(ImageStore(store).image_path("app"), meta)
     return plan
