@@ -287,12 +287,17 @@ class _Stream:
     deleting: bool = False  # its deletion was sent and is not answered yet
 
 
+_CREATES = (Command.CREATE_PLAYBACK_STREAM, Command.CREATE_RECORD_STREAM)
+
+
 @dataclass
 class Outcome:
     """What one packet of the sandbox's becomes."""
 
     to_server: list[bytes] = field(default_factory=list)
     to_client: list[bytes] = field(default_factory=list)
+    # It asks the server for a new stream (paced by the proxy: soundproxy.StreamPace).
+    creates: bool = False
 
 
 @dataclass
@@ -365,7 +370,8 @@ class SoundFilter:
                 assert isinstance(channel, int)
                 self._streams_of(Command(command))[channel].deleting = True
             self._pending[tag] = (Command(command), channel)
-        return Outcome(to_server=[control_packet([command, tag, *arguments])])
+        return Outcome(to_server=[control_packet([command, tag, *arguments])],
+                       creates=command in _CREATES)
 
     @staticmethod
     def _control(channel: int, payload: bytes) -> list[Value]:
