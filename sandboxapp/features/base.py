@@ -130,3 +130,8 @@ class Feature:
         """The session side's, when the sandbox is to stop: ask the app to quit the way a
         desktop's logout does; True if it was asked."""
         return False
+
+    def ask_to_close(self) -> bool:
+        """The session side's, where no feature could ask the app to quit as a whole: ask its
+        windows to close, as their close buttons do; True if one was asked."""
+        return False

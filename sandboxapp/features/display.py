@@ -181,6 +181,11 @@ class DisplayAccess(Feature):
                 f"connects to {self.display.name} (the nested display's number is taken at "
                 "launch: the command below names the socket of the display it is taken for)"]
 
+    def ask_to_close(self) -> bool:
+        # The nested server is the launcher's: its windows are asked, as a window manager
+        # asks them (the user's display, a trusted one, is not the launcher's to act on).
+        return self.nested is not None and self.nested.ask_to_close()
+
     def grant(self, session: Session, stack: ExitStack) -> None:
         if not self.trusted:
             self.nested.wait_ready()  # started in prepare: it came up as nspawn started

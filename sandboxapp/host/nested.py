@@ -89,6 +89,10 @@ NOISY_ERRORS = 100
 MAX_QUEUED = 10_000
 # The app's top-level windows remembered for the keyboard to go back to, at most.
 MAX_SHOWN = 32
+# The protocols of a window's WM_PROTOCOLS read, at most (ICCCM names three).
+MAX_PROTOCOLS = 16
+# What the launcher writes to the display's thread (NestedDisplay.wake_write).
+END, CLOSE = b"x", b"c"
 # How long after its window is mapped a focus it gets is the mapping's, not the user's.
 MAPPING_FOCUS = 1.0
 # The most of a title read from inside (bytes), and shown (characters).
@@ -217,6 +221,7 @@ class NestedDisplay:
         # Until then, a focus the window gets came with its mapping, not from the user.
         self.mapping_focus_until = 0.0
         self.bridge: ClipboardBridge | None = None
+        # Written to end the thread (b"x"), or to have it ask the app's windows to close.
         self.wake_read, self.wake_write = os.pipe()
         self.thread: threading.Thread | None = None
         self.error: BaseException | None = None
@@ -288,7 +293,10 @@ class NestedDisplay:
                 ready, _, _ = select.select([self.wake_read, self.host.fileno(),
                                              nested.fileno()], [], [])
                 if self.wake_read in ready:
-                    return
+                    said = os.read(self.wake_read, 64)
+                    if END in said:
+                        return
+                    self._guarded(self._close_windows, nested)
         except Exception as error:  # the servers' end (the sandbox's, or the user's)
             self.error = error  # said by report()
 
@@ -472,9 +480,38 @@ class NestedDisplay:
                          f"(last: {self.last_problem or 'none'})")
         return lines
 
+    def ask_to_close(self) -> bool:
+        """Have the thread ask the app's top-level windows to close (WM_DELETE_WINDOW); True
+        if the app has one shown. Called from another thread: the connection is the thread's."""
+        if self.thread is None or not self.shown:
+            return False
+        with contextlib.suppress(OSError):
+            os.write(self.wake_write, CLOSE)
+        return True
+
+    def _close_windows(self, nested: XDisplay) -> None:
+        """Every top-level window of the app's that takes WM_DELETE_WINDOW is sent it, as a
+        window manager sends it when the user presses the window's close button (ICCCM 4.2.8.1);
+        dialogs first, the main window last."""
+        from Xlib import X, Xatom
+        from Xlib.protocol import event
+
+        protocols = nested.intern_atom("WM_PROTOCOLS")
+        delete = nested.intern_atom("WM_DELETE_WINDOW")
+        for window in reversed(self.shown):
+            with contextlib.suppress(Exception):  # gone meanwhile
+                # A bounded read: the sandbox makes the property as long as it likes.
+                said = window.get_property(protocols, Xatom.ATOM, 0, MAX_PROTOCOLS)
+                if said is None or delete not in said.value:
+                    continue
+                window.send_event(event.ClientMessage(
+                    window=window, client_type=protocols,
+                    data=(32, [delete, X.CurrentTime, 0, 0, 0])), event_mask=0)
+        nested.flush()
+
     def close(self) -> None:
         with contextlib.suppress(OSError):
-            os.write(self.wake_write, b"x")
+            os.write(self.wake_write, END)
         if self.thread is not None:
             self.thread.join(timeout=5)
         for fd in (self.wake_read, self.wake_write):

@@ -178,7 +178,10 @@ class Launch:
             self.supervisor.check_interrupted()
 
             def ask_to_quit() -> bool:
-                return any([feature.ask_to_quit() for feature in features])
+                # The app as a whole (its session of several windows is kept), else each of
+                # its windows, the way a window's close button asks.
+                return (any([feature.ask_to_quit() for feature in features])
+                        or any([feature.ask_to_close() for feature in features]))
 
             if as_root:
                 from sandboxapp.launch.container import open_gate

@@ -641,6 +641,34 @@ def test_an_app_that_does_not_quit_when_asked_gets_sigterm_after_the_grace(
     assert 1.8 <= marked["termed"] - marked["told-to-die"] <= 4
 
 
+def test_an_app_without_session_management_is_asked_to_close_its_window_first(
+        session: Session) -> None:
+    """xeyes speaks no XSMP: a stop asks its window to close (WM_DELETE_WINDOW, through the
+    nested display the launcher owns), as a desktop's close button does, and it quits by
+    itself (status 0) before any signal. (Its shell notes a SIGTERM, which the stop would
+    send the app otherwise, and passes it on.)"""
+    from tests.integration.test_firefox import wait_for_window
+
+    assert session.xserver is not None
+    data = session.persist_dir()
+    profile = write_variant(session.profiles, [
+        "/bin/sh", "-c", "xeyes & eyes=$!; "
+        "trap 'echo > /root/data/termed; kill -TERM $eyes' TERM; "
+        "wait $eyes; wait $eyes; echo $? > /root/data/status"], FULL_SANDBOX)
+    launch = session.start(str(profile), own_group=True)
+    try:
+        wait_for_window(session.xserver, "xeyes", launch)
+        stopped = session.sandboxapp("stop", NAME)
+        assert stopped.returncode == 0, stopped.stderr
+        launch.wait(timeout=60)
+    finally:
+        if launch.poll() is None:
+            launch.kill()
+            launch.wait()
+    assert not (data / "termed").exists()
+    assert (data / "status").read_text().strip() == "0"
+
+
 def test_a_second_ctrl_c_stops_at_once(session: Session) -> None:
     """Asked to quit, the app stays, and ignores SIGTERM too: the user's second Ctrl-C ends
     it at once, not after the grace."""
