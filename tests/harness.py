@@ -361,7 +361,53 @@ COMPOSITORS = {
               "WLR_RENDERER": "pixman"}, "wayland-1"),
     "weston": (["weston", "--backend=headless-backend.so", "--socket=wayland-w"], {},
                "wayland-w"),
+    # Debian 13's sway (1.10) and labwc (0.8), which offer wp_security_context_manager_v1:
+    # run from a root of their own (trixie_root), the user's runtime directory bound into it
+    # at the same path.
+    "sway-trixie": (["sway", "-c", "/dev/null"],
+                    {"WLR_BACKENDS": "headless", "WLR_LIBINPUT_NO_DEVICES": "1",
+                     "WLR_RENDERER": "pixman"}, "wayland-1"),
+    "labwc-trixie": (["labwc"],
+                     {"WLR_BACKENDS": "headless", "WLR_LIBINPUT_NO_DEVICES": "1",
+                      "WLR_RENDERER": "pixman"}, "wayland-0"),
 }
+# Where trixie_root keeps Debian 13 with sway and labwc between test runs (a minute to make).
+TRIXIE_ROOT = Path(os.environ.get("SANDBOXAPP_TEST_TRIXIE_ROOT",
+                                  "/var/cache/sandboxapp-tests/trixie-sway"))
+
+
+def trixie_root() -> Path:
+    """Debian 13 (trixie) with sway and labwc, debootstrapped once and kept (TRIXIE_ROOT)."""
+    if (TRIXIE_ROOT / "usr" / "bin" / "labwc").exists():
+        return TRIXIE_ROOT
+    require_programs("debootstrap")
+    TRIXIE_ROOT.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".trixie-", dir=TRIXIE_ROOT.parent))
+    try:
+        result = subprocess.run(
+            ["debootstrap", "--variant=minbase", "--include=sway,labwc", "trixie", str(staging),
+             "http://deb.debian.org/debian"], capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise HarnessError(f"debootstrap of trixie failed: {result.stdout[-2000:]}")
+        if TRIXIE_ROOT.exists():
+            shutil.rmtree(TRIXIE_ROOT)  # one made before labwc was in it
+        staging.rename(TRIXIE_ROOT)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return TRIXIE_ROOT
+
+
+def _in_trixie(user: HostUser, argv: list[str]) -> list[str]:
+    """argv run in trixie_root as user, in a mount namespace of its own where that root has
+    /proc, /dev and the user's runtime directory (at its own path)."""
+    root = trixie_root()
+    script = ('set -e; user=$1 root=$2 runtime=$3; shift 3; mount --make-rprivate /; '
+              'mount --rbind /dev "$root/dev"; mount -t proc proc "$root/proc"; '
+              'mkdir -p "$root$runtime"; mount --bind "$runtime" "$root$runtime"; '
+              'exec chroot --userspec="$user" "$root" "$@"')
+    return ["unshare", "--mount", "--fork", "--", "/bin/sh", "-c", script, "sh",
+            f"{user.uid}:{user.gid}", str(root), str(user.runtime), *argv]
 
 
 @contextlib.contextmanager
@@ -370,18 +416,25 @@ def wayland_compositor(workdir: Path, kind: str,
     """kind run headless as user (a throw-away one where None), its socket in the user's
     runtime directory."""
     argv, extra_env, name = COMPOSITORS[kind]
-    require_programs(argv[0] if kind != "mutter" else "mutter", "setpriv", "dbus-run-session")
+    if kind.endswith("-trixie"):
+        require_programs("unshare", "chroot")
+    else:
+        require_programs(argv[0] if kind != "mutter" else "mutter", "setpriv", "dbus-run-session")
     with contextlib.ExitStack() as stack:
         if user is None:
             user = stack.enter_context(host_user(kind))
         log = workdir / f"{kind}.log"
         env = [f"{key}={value}" for key, value in extra_env.items()]
+        command = ["env", "-i", "PATH=/usr/bin:/bin", f"HOME={user.home}",
+                   f"XDG_RUNTIME_DIR={user.runtime}", *env, *argv]
+        if kind.endswith("-trixie"):
+            command = _in_trixie(user, [*command[:3], "HOME=/tmp", *command[4:]])
+        else:
+            command = ["setpriv", f"--reuid={user.uid}", f"--regid={user.gid}",
+                       "--init-groups", *command]
         with log.open("wb") as stream:
-            process = subprocess.Popen(
-                ["setpriv", f"--reuid={user.uid}", f"--regid={user.gid}", "--init-groups",
-                 "env", "-i", "PATH=/usr/bin:/bin", f"HOME={user.home}",
-                 f"XDG_RUNTIME_DIR={user.runtime}", *env, *argv],
-                stdout=stream, stderr=subprocess.STDOUT, start_new_session=True)
+            process = subprocess.Popen(command, stdout=stream, stderr=subprocess.STDOUT,
+                                       start_new_session=True)
         stack.callback(stop_group, process)
         socket_path = user.runtime / name
 

@@ -65,6 +65,6 @@ def naming(plan: LaunchPlan, layer: Path | None = None) -> dict[str, Any]:
             X11_CONTAINER_DIR if layer is None else PurePosixPath(layer / X11_DIR))
     if plan.profile.sandbox.pulseaudio:
         parts[SoundAccess.KEY] = {"dir": str(PULSE_DIR if layer is None else layer / "sound")}
-    if (native := WaylandAccess.naming(plan)) is not None:
+    if (native := WaylandAccess.naming(plan, layer)) is not None:
         parts[WaylandAccess.KEY] = native
     return parts

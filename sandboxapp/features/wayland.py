@@ -1,6 +1,10 @@
-"""Native Wayland (wayland = true, in a Wayland session whose compositor offers no client more
-than any may have, host/wayland.py): the compositor's socket alone, bound idmapped so the
-container's root may connect to the user's socket and nobody else gains anything; no X.
+"""Native Wayland (wayland = true, in a Wayland session, host/wayland.py): where the compositor
+offers wp_security_context_manager_v1, a socket of the sandbox's own, which the launcher
+registers with it (the compositor treats its clients as sandboxed; what they are offered is
+checked against ALLOWED_GLOBALS), and which stops taking connections when the launch ends;
+elsewhere the compositor's own socket, where it offers no client more than any may have.
+Either socket alone is bound, idmapped so the container's root may connect to the user's socket
+and nobody else gains anything; no X.
 
 Which compositor is safe to hand a sandbox is the user's launcher's judgement (it asks the
 compositor, as the user): the root side binds only a socket the user owns, so a request forged
@@ -14,6 +18,8 @@ checks and stages the very socket it binds (a path in a directory the user contr
 
 from __future__ import annotations
 
+import os
+import socket
 import stat
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -22,7 +28,15 @@ from typing import TYPE_CHECKING, Any
 
 from sandboxapp.features.base import CheckedPath, Feature, Session, Source
 from sandboxapp.features.request import absolute_path, refused
+from sandboxapp.fs.safepath import ensure_user_dir
+from sandboxapp.host.wayland import (
+    SANDBOX_SOCKET,
+    WaylandPath,
+    check_sandboxed,
+    register_sandbox_socket,
+)
 from sandboxapp.system.nspawn import Bind
+from sandboxapp.undo.entries import WaylandSocketEntry
 
 if TYPE_CHECKING:
     from sandboxapp.plan import LaunchPlan
@@ -33,6 +47,14 @@ INSIDE_SOCKET = PurePosixPath("/run/sandboxapp/wayland-0")
 # own start, owned by the container's root.
 RUNTIME_DIR = PurePosixPath("/run/user/0")
 MAKE_RUNTIME_DIR = 'mkdir -p -m 0700 "$XDG_RUNTIME_DIR" && exec "$@"'
+# Connections a registered socket holds before the compositor accepts them.
+LISTEN_BACKLOG = 16
+
+
+# The user's directory holding a registered socket: the root side reaches it; the socket is
+# bound alone, so the mode matters for nobody else.
+WAYLAND_DIR = ".wayland"
+WAYLAND_DIR_MODE = 0o700
 
 
 @dataclass(frozen=True)
@@ -42,7 +64,27 @@ class WaylandAccess(Feature):
     @classmethod
     def prepare(cls, session: Session, stack: ExitStack) -> WaylandAccess | None:
         choice = session.plan.wayland
-        return cls(choice.socket) if choice is not None and choice.native else None
+        if choice is None or not choice.native:
+            return None
+        if choice.path is not WaylandPath.SECURITY_CONTEXT:
+            return cls(choice.socket)
+        directory = session.host_dir(WAYLAND_DIR)
+        session.supervisor.add(stack, WaylandSocketEntry(str(directory), session.user.uid))
+        ensure_user_dir(directory, session.user, WAYLAND_DIR_MODE, exact_mode=True)
+        path = directory / SANDBOX_SOCKET
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as listener:
+            listener.bind(str(path))
+            owner = session.user.acted_for()
+            if owner is not None:
+                os.chown(path, owner.uid, owner.gid)  # the root side binds only the user's
+            listener.listen(LISTEN_BACKLOG)
+            plan = session.plan
+            close = register_sandbox_socket(choice.socket, listener, plan.profile.name,
+                                            plan.machine)
+        # Closing it stops new connections (those made end with the sandbox).
+        stack.callback(os.close, close)
+        check_sandboxed(path)
+        return cls(path)
 
     def checked_paths(self, trusted_profile: bool) -> list[CheckedPath]:
         return [CheckedPath(self.socket, False, "Wayland socket", stat.S_IFSOCK)]
@@ -63,11 +105,16 @@ class WaylandAccess(Feature):
         return {"socket": str(self.socket)}
 
     @staticmethod
-    def naming(plan: LaunchPlan) -> dict[str, Any] | None:
-        """The part of a plan shown natively (a dry run, a join into a running sandbox): the
-        environment and the bind come from it."""
+    def naming(plan: LaunchPlan, layer: Path | None) -> dict[str, Any] | None:
+        """The part of a plan shown natively (features.naming): the environment and the bind
+        come from it. A dry run (layer: where it would make its directories) names the socket
+        a launch would register; a join, the socket the plan names."""
         choice = plan.wayland
-        return WaylandAccess(choice.socket).part() if choice is not None and choice.native else None
+        if choice is None or not choice.native:
+            return None
+        if choice.path is WaylandPath.SECURITY_CONTEXT and layer is not None:
+            return WaylandAccess(layer / WAYLAND_DIR / SANDBOX_SOCKET).part()
+        return WaylandAccess(choice.socket).part()
 
     @staticmethod
     def socket_in(part: Any) -> Path | None:
@@ -89,5 +136,5 @@ class WaylandAccess(Feature):
         return cls(socket)
 
     def describe(self) -> list[str]:
-        return [f"Wayland:  the compositor's own socket {self.socket}, bound alone (idmapped) "
-                f"as {INSIDE_SOCKET}: no X display"]
+        return [f"Wayland:  the socket {self.socket}, bound alone (idmapped) as "
+                f"{INSIDE_SOCKET}: no X display"]

@@ -14,18 +14,24 @@ asked, and every wait on the compositor is bounded.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import os
 import select
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sandboxapp.errors import ExitStatus, SandboxError
 
 SECURITY_CONTEXT = "wp_security_context_manager_v1"
+# The sandbox engine a registered socket names (wp_security_context_v1's set_sandbox_engine).
+ENGINE = "sandboxapp"
+# The name of a socket registered as a sandbox's, in a directory of the launcher's.
+SANDBOX_SOCKET = "wayland-0"
 # How long the compositor may take to answer the question of its globals (it answers at
 # once: 10 ms for weston, 40 ms for sway, 100 ms for mutter, counted from its start).
 PROBE_TIMEOUT = 2.0
@@ -75,6 +81,7 @@ ALLOWED_GLOBALS: Mapping[str, str] = {
     "zxdg_importer_v1": "its window as a dialog of a window whose handle it was given",
     "zxdg_importer_v2": "its window as a dialog of a window whose handle it was given",
     "zwp_input_timestamps_manager_v1": "when its own input events happened",
+    "wp_alpha_modifier_v1": "the transparency of its own surfaces",
 }
 
 
@@ -101,17 +108,22 @@ class Compositor:
 
     def path(self) -> tuple[WaylandPath, str]:
         """The way a sandbox reaches this compositor, and why."""
+        if SECURITY_CONTEXT in self.offered:
+            return WaylandPath.SECURITY_CONTEXT, (
+                f"the compositor offers {SECURITY_CONTEXT}: a socket of the sandbox's own, "
+                "whose clients the compositor treats as sandboxed")
         beyond = self.beyond_allowed
         if not beyond:
             return WaylandPath.COMPOSITOR, ("every global the compositor offers is one any "
                                             "client may have")
-        shown = ", ".join(beyond[:6]) + (f" and {len(beyond) - 6} more" if len(beyond) > 6
-                                         else "")
-        if SECURITY_CONTEXT in self.offered:
-            return WaylandPath.SECURITY_CONTEXT, (f"the compositor offers every client {shown}, "
-                                                  f"and {SECURITY_CONTEXT}")
-        return WaylandPath.NESTED_X, (f"the compositor offers every client {shown}, and no "
-                                      f"{SECURITY_CONTEXT} to keep a sandbox from them")
+        return WaylandPath.NESTED_X, (f"the compositor offers every client {named(beyond)}, "
+                                      f"and no {SECURITY_CONTEXT} to keep a sandbox from them")
+
+
+def named(globals_: list[str]) -> str:
+    """Globals as a line says them: the first six, and how many more."""
+    return ", ".join(globals_[:6]) + (f" and {len(globals_) - 6} more" if len(globals_) > 6
+                                      else "")
 
 
 @dataclass(frozen=True)
@@ -128,7 +140,7 @@ class WaylandChoice:
     @property
     def native(self) -> bool:
         """The app's windows are the compositor's own (not an X server's of its own)."""
-        return self.path is WaylandPath.COMPOSITOR
+        return self.path is not WaylandPath.NESTED_X
 
 
 def choose_path(environ: Mapping[str, str]) -> WaylandChoice | None:
@@ -138,12 +150,16 @@ def choose_path(environ: Mapping[str, str]) -> WaylandChoice | None:
         return None
     try:
         path, why = probe(socket_path).path()
+        if path is WaylandPath.SECURITY_CONTEXT:
+            # What the compositor offers a sandboxed client is its own judgement: asked as
+            # one, on a socket registered for the question alone.
+            beyond = sandboxed_offer(socket_path).beyond_allowed
+            if beyond:
+                path, why = WaylandPath.NESTED_X, (
+                    f"the compositor offers {SECURITY_CONTEXT}, but still offers the clients "
+                    f"it treats as sandboxed {named(beyond)}")
     except SandboxError as error:
         return WaylandChoice(socket_path, WaylandPath.NESTED_X, error.message, unanswered=True)
-    if path is WaylandPath.SECURITY_CONTEXT:
-        # A socket registered as a sandbox's is not made yet: the X server of its own.
-        return WaylandChoice(socket_path, WaylandPath.NESTED_X,
-                             f"{why}, through which sandboxapp does not register a socket yet")
     return WaylandChoice(socket_path, path, why)
 
 
@@ -165,8 +181,14 @@ def compositor_socket(environ: Mapping[str, str]) -> Path | None:
     return Path(runtime) / name
 
 
-def probe(path: Path, timeout: float = PROBE_TIMEOUT) -> Compositor:
-    """Ask the compositor at path which globals it offers a client, within timeout."""
+@contextlib.contextmanager
+def _client(path: Path, timeout: float,
+            check: Callable[[], None] = lambda: None,
+            ) -> Iterator[tuple[Any, Callable[[], None]]]:
+    """A pywayland connection to the compositor at path, and its round trip: every request
+    made so far answered, before timeout from now. Each turn is checked, for the time (a
+    compositor that keeps talking is as late as a silent one) and by check (which raises:
+    pywayland's callbacks cannot); a protocol error ends it as a SandboxError."""
     deadline = time.monotonic() + timeout
     connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     try:
@@ -182,36 +204,119 @@ def probe(path: Path, timeout: float = PROBE_TIMEOUT) -> Compositor:
     display = Display(os.dup(connection.fileno()))
     connection.close()
     display.connect()
+
+    def roundtrip() -> None:
+        done: list[bool] = []
+        callback = display.sync()
+        callback.dispatcher["done"] = lambda _c, _data: done.append(True)
+        display.flush()
+        while not done:
+            left = deadline - time.monotonic()
+            readable, _, _ = select.select([display.get_fd()], [], [], max(0.0, left))
+            if not readable or time.monotonic() >= deadline:
+                raise _unreachable(path, f"no answer within {timeout:g} s")
+            display.read()
+            display.dispatch(block=False)
+            check()
+
+    try:
+        yield display, roundtrip
+    except RuntimeError as exc:
+        raise _unreachable(path, str(exc)) from None
+    finally:
+        display.disconnect()
+
+
+def probe(path: Path, timeout: float = PROBE_TIMEOUT) -> Compositor:
+    """Ask the compositor at path which globals it offers a client, within timeout."""
     offered: set[str] = set()
     announced = 0
-    done: list[bool] = []
 
     def on_global(_registry: object, _name: int, interface: str, _version: int) -> None:
         nonlocal announced
         offered.add(interface)
         announced += 1
 
-    try:
+    def bounded() -> None:
+        if announced > MAX_GLOBALS:
+            raise _unreachable(path, f"it offers more than {MAX_GLOBALS} globals")
+
+    with _client(path, timeout, bounded) as (display, roundtrip):
         registry = display.get_registry()
         registry.dispatcher["global"] = on_global
-        callback = display.sync()
-        callback.dispatcher["done"] = lambda _c, _data: done.append(True)
-        display.flush()
-        while not done:
-            left = deadline - time.monotonic()
-            # Checked at every turn: a compositor that keeps talking is as late as a silent one.
-            readable, _, _ = select.select([display.get_fd()], [], [], max(0.0, left))
-            if not readable or time.monotonic() >= deadline:
-                raise _unreachable(path, f"no answer within {timeout:g} s")
-            display.read()
-            display.dispatch(block=False)
-            if announced > MAX_GLOBALS:
-                raise _unreachable(path, f"it offers more than {MAX_GLOBALS} globals")
-    except RuntimeError as exc:
-        raise _unreachable(path, str(exc)) from None
-    finally:
-        display.disconnect()
+        roundtrip()
     return Compositor(path, frozenset(offered))
+
+
+def register_sandbox_socket(compositor: Path, listener: socket.socket, app_id: str,
+                            instance_id: str, timeout: float = PROBE_TIMEOUT) -> int:
+    """Hand the compositor a listening socket as a sandbox's (wp_security_context_v1): it
+    treats every client that connects there as sandboxed (engine "sandboxapp", the profile as
+    app id, the machine as instance id), and accepts on it until the descriptor returned is
+    closed (the read end of a pipe it watches; the compositor keeps the listener when this
+    connection ends)."""
+    from pywayland.protocol.security_context_v1 import WpSecurityContextManagerV1
+
+    found: dict[str, tuple[int, int]] = {}
+    close_read, close_write = os.pipe2(os.O_CLOEXEC)
+    try:
+        with _client(compositor, timeout) as (display, roundtrip):
+            registry = display.get_registry()
+
+            def on_global(_registry: object, name: int, interface: str, version: int) -> None:
+                if interface == SECURITY_CONTEXT:
+                    found[interface] = (name, version)
+
+            registry.dispatcher["global"] = on_global
+            roundtrip()
+            if SECURITY_CONTEXT not in found:
+                raise _unreachable(compositor, f"it offers no {SECURITY_CONTEXT}")
+            name, version = found[SECURITY_CONTEXT]
+            manager = registry.bind(name, WpSecurityContextManagerV1, min(version, 1))
+            # libwayland sends copies of the descriptors: these stay the launcher's to close.
+            context = manager.create_listener(listener.fileno(), close_read)
+            context.set_sandbox_engine(ENGINE)
+            context.set_app_id(app_id)
+            context.set_instance_id(instance_id)
+            context.commit()
+            context.destroy()
+            manager.destroy()
+            roundtrip()  # a refused registration is an error here
+    except BaseException:
+        os.close(close_write)
+        raise
+    finally:
+        os.close(close_read)
+    return close_write
+
+
+def sandboxed_offer(compositor: Path) -> Compositor:
+    """What the compositor offers a client it treats as sandboxed: asked on a socket
+    registered for the question, in a directory of its own, closed again at once."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="sandboxapp-wayland-") as directory:
+        path = Path(directory) / SANDBOX_SOCKET
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as listener:
+            listener.bind(str(path))
+            listener.listen(1)
+            close = register_sandbox_socket(compositor, listener, ENGINE, "question")
+        try:
+            return probe(path)
+        finally:
+            os.close(close)
+
+
+def check_sandboxed(path: Path) -> None:
+    """That a socket registered as a sandbox's offers its clients nothing beyond
+    ALLOWED_GLOBALS: the compositor's own judgement of a sandboxed client is checked, as a
+    client there (a compositor that hides too little is refused, never trusted)."""
+    beyond = probe(path).beyond_allowed
+    if beyond:
+        raise SandboxError(
+            f"the compositor still offers a sandboxed client {named(beyond)}",
+            hint="set wayland = false in the profile: it is then shown on an X server of its "
+                 "own", status=ExitStatus.LAUNCHER)
 
 
 def _unreachable(path: Path, why: str) -> SandboxError:

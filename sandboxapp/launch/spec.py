@@ -120,6 +120,8 @@ def describe_plan(plan: LaunchPlan, facts: HostFacts) -> str:
     if profile.sandbox.wayland and not (plan.wayland and plan.wayland.native):
         why = plan.wayland.why if plan.wayland is not None else "not a Wayland session"
         lines.append(f"Wayland:  not used: {why}")
+    elif plan.wayland is not None:
+        lines.append(f"          ({plan.wayland.why})")
     if plan.image is not None:
         spec = launch_spec(plan, plan.layer_root / "merged", features,
                            gate=plan.layer_root / "gate")

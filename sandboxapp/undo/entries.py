@@ -20,6 +20,7 @@ from sandboxapp.fs import nofollow
 from sandboxapp.host.display import AUTH_FILE, Display, XAccess
 from sandboxapp.host.sessionmanager import SESSION_SOCKET
 from sandboxapp.host.sound import SOUND_CONF, SOUND_SOCKET
+from sandboxapp.host.wayland import SANDBOX_SOCKET
 from sandboxapp.system.layer import remove_layer
 from sandboxapp.system.procstat import is_alive
 
@@ -154,19 +155,39 @@ class SoundEntry(Entry):
 
 
 @dataclass
-class SessionManagerEntry(Entry):
-    """The user's directory holding the sandbox's session manager socket, served by the
-    launcher (host/sessionmanager.py)."""
+class UserSocketEntry(Entry):
+    """A directory of the user's holding one socket the launcher made for the sandbox."""
 
-    KIND: ClassVar[str] = "session-manager"
+    SOCKET: ClassVar[str] = ""
+    WHAT: ClassVar[str] = ""
     dir: str
     user: int
 
     def undo(self, *, recovering: bool) -> None:
-        nofollow.remove_user_dir(self.dir, self.user, (SESSION_SOCKET,))
+        nofollow.remove_user_dir(self.dir, self.user, (self.SOCKET,))
 
     def grant_line(self) -> str:
-        return f"session manager {self.dir}/{SESSION_SOCKET}"
+        return f"{self.WHAT} {self.dir}/{self.SOCKET}"
+
+
+@dataclass
+class SessionManagerEntry(UserSocketEntry):
+    """The sandbox's session manager socket, served by the launcher (host/sessionmanager.py)."""
+
+    KIND: ClassVar[str] = "session-manager"
+    SOCKET: ClassVar[str] = SESSION_SOCKET
+    WHAT: ClassVar[str] = "session manager"
+
+
+@dataclass
+class WaylandSocketEntry(UserSocketEntry):
+    """The sandbox's Wayland socket, registered with the user's compositor as a sandbox's
+    (host/wayland.py); the compositor stops taking connections there when the launcher's
+    descriptor for it closes (with the launcher, at the latest)."""
+
+    KIND: ClassVar[str] = "wayland"
+    SOCKET: ClassVar[str] = SANDBOX_SOCKET
+    WHAT: ClassVar[str] = "Wayland socket"
 
 
 @dataclass
@@ -185,7 +206,7 @@ class UnknownEntry(Entry):
 
 KINDS: dict[str, type[Entry]] = {
     cls.KIND: cls for cls in (ContainerEntry, LayerEntry, TrustedX11Entry, NestedX11Entry,
-                              SoundEntry, SessionManagerEntry)
+                              SoundEntry, SessionManagerEntry, WaylandSocketEntry)
 }
 
 

@@ -5,6 +5,7 @@ each."""
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,6 +28,34 @@ from tests.integration.test_firefox_wayland import clients_of
 SWAY_PRIVILEGED = {"zwlr_screencopy_manager_v1", "zwlr_data_control_manager_v1",
                    "zwp_virtual_keyboard_manager_v1", "zwlr_virtual_pointer_manager_v1",
                    "zwp_input_method_manager_v2", "zwlr_layer_shell_v1"}
+
+
+def listing_profile(session: Session, compositor: Compositor) -> tuple[Path, dict[str, str]]:
+    """A wayland = true profile of the test image that lists what the compositor offers it
+    (data/globals, as wayland-info lists globals) and its environment (data/env), launched
+    for the compositor's user; (the profile, the session's environment in that compositor)."""
+    from tests.harness import LIST_GLOBALS
+    from tests.integration.launching import FULL_SANDBOX, write_variant
+
+    session.sudo_uid = compositor.user.uid
+    data = session.persist_dir()
+    data.mkdir(parents=True, exist_ok=True)
+    (data / "globals.py").write_text(LIST_GLOBALS)
+    for made in [data, *data.relative_to(session.data_home).parents][:-1]:
+        os.chown(session.data_home / made, compositor.user.uid, compositor.user.uid)
+    profile = write_variant(session.profiles, [
+        "/bin/sh", "-c", "python3 /root/data/globals.py > /root/data/globals; "
+        "env > /root/data/env"], FULL_SANDBOX + "wayland = true\n")
+    return profile, {**session.env(), "XDG_RUNTIME_DIR": str(compositor.user.runtime),
+                     "WAYLAND_DISPLAY": compositor.socket.name}
+
+
+def listed(session: Session) -> tuple[set[str], dict[str, str]]:
+    """What listing_profile's launch saw: the globals offered it, and its environment."""
+    data = session.persist_dir()
+    inside = dict(line.split("=", 1) for line in (data / "env").read_text().splitlines()
+                  if "=" in line)
+    return set((data / "globals").read_text().split()), inside
 
 
 @pytest.fixture(params=["mutter", "sway", "weston"])
@@ -192,26 +221,85 @@ def test_under_mutter_a_wayland_profile_is_shown_natively_without_any_x_display(
     """GNOME's compositor, and no DISPLAY at all (a Wayland session without Xwayland): a
     profile with x11 = true and wayland = true is shown natively, not refused for the X
     display it does not use."""
-    from tests.harness import LIST_GLOBALS
-    from tests.integration.launching import FULL_SANDBOX, write_variant
-
     (tmp_path / "mutter").mkdir()
     with wayland_compositor(tmp_path / "mutter", "mutter") as mutter:
-        session.sudo_uid = mutter.user.uid
-        data = session.persist_dir()
-        data.mkdir(parents=True, exist_ok=True)
-        (data / "globals.py").write_text(LIST_GLOBALS)
-        for made in [data, *data.relative_to(session.data_home).parents][:-1]:
-            os.chown(session.data_home / made, mutter.user.uid, mutter.user.uid)
-        profile = write_variant(session.profiles, [
-            "/bin/sh", "-c", "python3 /root/data/globals.py > /root/data/globals; "
-            "env > /root/data/env"], FULL_SANDBOX + "wayland = true\n")
-        env = {key: value for key, value in session.env().items()
-               if key not in ("DISPLAY", "XAUTHORITY")}
-        env.update(XDG_RUNTIME_DIR=str(mutter.user.runtime), WAYLAND_DISPLAY=mutter.socket.name)
+        profile, env = listing_profile(session, mutter)
+        env.pop("DISPLAY", None), env.pop("XAUTHORITY", None)
         result = session.sandboxapp("run", str(profile), env=env)
         assert result.returncode == 0, result.stderr
-    assert {"wl_compositor", "xdg_wm_base"} <= set((data / "globals").read_text().split())
-    inside = dict(line.split("=", 1) for line in (data / "env").read_text().splitlines()
-                  if "=" in line)
+    offered, inside = listed(session)
+    assert {"wl_compositor", "xdg_wm_base"} <= offered
+    assert inside["WAYLAND_DISPLAY"] == "/run/sandboxapp/wayland-0" and "DISPLAY" not in inside
+
+
+@pytest.mark.parametrize("kind", ["sway-trixie", "labwc-trixie"])
+def test_a_socket_registered_as_a_sandboxs_hides_the_extras_until_its_descriptor_closes(
+        tmp_path: Path, kind: str) -> None:
+    """sway 1.10 and labwc 0.8 offer every client what sway 1.7 does (screencopy,
+    data-control, virtual input, input-method, layer-shell), and
+    wp_security_context_manager_v1: a socket registered through it offers its clients none of
+    those, and takes no client once the launcher's descriptor closes. labwc offers them only
+    what any client may have, which makes it a sandbox's path; sway 1.10 still offers them the
+    idle notifier (when the user types, to the millisecond), which keeps a sandbox on X."""
+    import socket
+
+    from sandboxapp.host.wayland import SECURITY_CONTEXT, choose_path, register_sandbox_socket
+
+    with wayland_compositor(tmp_path, kind) as compositor:
+        offered = probe(compositor.socket)
+        assert SECURITY_CONTEXT in offered.offered and offered.offered >= SWAY_PRIVILEGED
+        path = tmp_path / "sandbox-socket"
+        with socket.socket(socket.AF_UNIX) as listener:
+            listener.bind(str(path))
+            listener.listen(4)
+            close = register_sandbox_socket(compositor.socket, listener, "app", "sandboxapp-app")
+        try:
+            sandboxed = probe(path)
+            assert {"wl_compositor", "xdg_wm_base", "wl_seat"} <= sandboxed.offered
+            assert not sandboxed.offered & SWAY_PRIVILEGED, sandboxed.offered
+            assert SECURITY_CONTEXT not in sandboxed.offered  # no nesting
+        finally:
+            os.close(close)
+        # It stops listening there (it polls the pipe's hang-up): no new client gets in.
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                with socket.socket(socket.AF_UNIX) as late:
+                    late.connect(str(path))
+            except ConnectionRefusedError:
+                break
+            assert time.monotonic() < deadline, "the registered socket still takes clients"
+            time.sleep(0.1)
+        choice = choose_path(compositor.client_env())
+        assert choice is not None
+        if kind == "labwc-trixie":
+            assert sandboxed.offered <= ALLOWED_GLOBALS.keys()
+            assert choice.path is WaylandPath.SECURITY_CONTEXT and choice.native, choice
+        else:
+            assert sandboxed.beyond_allowed == ["ext_idle_notifier_v1"]
+            assert choice.path is WaylandPath.NESTED_X and not choice.unanswered, choice
+            assert "ext_idle_notifier_v1" in choice.why
+
+
+def test_under_labwc_the_sandbox_gets_a_socket_of_its_own_and_none_of_the_extras(
+        session: Session, tmp_path: Path) -> None:
+    """A wayland = true profile under labwc 0.8: its Wayland socket is one the launcher
+    registered as the sandbox's; inside, none of screencopy, data-control, virtual input,
+    input-method or layer-shell is offered (listed as wayland-info lists globals), only what
+    any client may have; there is no X display, and the socket is gone with the launch."""
+    from tests.integration.launching import NAME
+
+    (tmp_path / "labwc").mkdir()
+    with wayland_compositor(tmp_path / "labwc", "labwc-trixie") as labwc:
+        profile, env = listing_profile(session, labwc)
+        dry = session.sandboxapp("run", "--dry-run", str(profile), env=env)
+        assert "wp_security_context_manager_v1" in dry.stdout, dry.stdout
+        result = session.sandboxapp("run", str(profile), env=env)
+        assert result.returncode == 0, result.stderr
+        registered = labwc.user.runtime / "sandboxapp" / ".wayland" / NAME
+        assert not registered.exists()
+    offered, inside = listed(session)
+    assert {"wl_compositor", "xdg_wm_base", "wl_seat"} <= offered, offered
+    assert not offered & SWAY_PRIVILEGED, offered
+    assert offered <= ALLOWED_GLOBALS.keys(), offered - ALLOWED_GLOBALS.keys()
     assert inside["WAYLAND_DISPLAY"] == "/run/sandboxapp/wayland-0" and "DISPLAY" not in inside

@@ -300,4 +300,4 @@ def test_a_native_wayland_launch_gets_the_compositor_socket_alone_and_no_display
         other = dataclasses.replace(make_plan(tmp_path / "other", PREPARED), display=None)
         with pytest.raises(SandboxError, match="no wayland = true"):
             features_for(other, {"wayland": {"socket": str(compositor)}})
-        assert WaylandAccess.naming(session_plan) is None
+        assert WaylandAccess.naming(session_plan, None) is None
