@@ -187,9 +187,16 @@ class Launch:
                 from sandboxapp.launch.container import open_gate
 
                 open_gate(started)
-                status = side.supervise(started, ask_to_quit)
             else:
                 self._open_helper_gate()
+            # A logout now stops the sandbox while the display is there: the desktop's session
+            # manager waits for this launch's connection, which closes once the app is gone.
+            from sandboxapp.host.desktopsession import registered
+
+            stack.enter_context(registered(self.environ, ["sandboxapp", "run", plan.profile.name]))
+            if as_root:
+                status = side.supervise(started, ask_to_quit)
+            else:
                 status = self._supervise_helper(process, ask_to_quit)
         if self.supervisor.signalled is not None:
             return 128 + self.supervisor.signalled

@@ -48,6 +48,8 @@ class Session:
     xserver: XServer | None = None
     sound: SoundServer | None = None
     sudo_uid: int | None = None
+    # The desktop's session manager (SESSION_MANAGER), where the session has one.
+    session_manager: Path | None = None
 
     @property
     def data_home(self) -> Path:
@@ -77,6 +79,8 @@ class Session:
             env["PULSE_SERVER"] = f"unix:{self.sound.socket}"
         if self.sudo_uid is not None:
             env.update(SUDO_UID=str(self.sudo_uid), SUDO_GID=str(self.sudo_uid))
+        if self.session_manager is not None:
+            env["SESSION_MANAGER"] = f"unix/:{self.session_manager}"
         return env
 
     def sandboxapp(self, *args: str, env: dict[str, str] | None = None,

@@ -625,6 +625,37 @@ def test_a_stop_asks_the_app_to_quit_as_a_logout_does_before_any_signal(
     assert set(marks(session)) == {"told-to-die"}
 
 
+def test_a_logout_stops_the_sandbox_while_the_desktop_waits_for_it(
+        session: Session, tmp_path: Path) -> None:
+    """The desktop's session manager (the launcher's own XSMP manager, served here as a
+    desktop's) asks its programs to save and quit at logout: the launcher, registered there
+    while its sandbox runs, stops it as a logout does (the app told to die, no signal to it;
+    the launch's status is SIGHUP's), and leaves the desktop's session only once it has gone."""
+    from sandboxapp.host.sessionmanager import serving
+
+    session.session_manager = tmp_path / "desktop-session"
+    with serving(session.session_manager) as desktop:
+        launch = start_xsmp_app(session, "obey")
+        try:
+            deadline = time.monotonic() + 10
+            while desktop.registered() < 1:
+                assert time.monotonic() < deadline, "the launcher never registered"
+                time.sleep(0.05)
+            assert desktop.ask_to_quit()
+            wait_for_file(session.persist_dir() / "told-to-die", launch)
+            assert desktop.registered() == 1  # the desktop still waits for the launch
+            assert launch.wait(timeout=60) == 128 + signal.SIGHUP
+        finally:
+            if launch.poll() is None:
+                launch.kill()
+                launch.wait()
+        deadline = time.monotonic() + 5
+        while desktop.registered():
+            assert time.monotonic() < deadline, "the launcher stayed in the desktop's session"
+            time.sleep(0.05)
+    assert set(marks(session)) == {"told-to-die"}
+
+
 def test_an_app_that_does_not_quit_when_asked_gets_sigterm_after_the_grace(
         session: Session) -> None:
     launch = start_xsmp_app(session, "ignore")

@@ -8,35 +8,16 @@ import select
 import time
 from dataclasses import dataclass, field
 
-SM = ctypes.CDLL("libSM.so.6")
-ICE = ctypes.CDLL("libICE.so.6")
+from sandboxapp.host.desktopsession import (
+    ALL_CALLBACKS,
+    SAVE_YOURSELF,
+    SIMPLE,
+    Callback,
+    Callbacks,
+    libraries,
+)
 
-SAVE_YOURSELF = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int,
-                                 ctypes.c_int, ctypes.c_int, ctypes.c_int)
-SIMPLE = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p)
-
-
-class _Callback(ctypes.Structure):
-    _fields_ = [("callback", ctypes.c_void_p), ("client_data", ctypes.c_void_p)]
-
-
-class _Callbacks(ctypes.Structure):
-    _fields_ = [("save_yourself", _Callback), ("die", _Callback),
-                ("save_complete", _Callback), ("shutdown_cancelled", _Callback)]
-
-
-SM.SmcOpenConnection.restype = ctypes.c_void_p
-SM.SmcOpenConnection.argtypes = [ctypes.c_char_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int,
-                                 ctypes.c_ulong, ctypes.POINTER(_Callbacks), ctypes.c_char_p,
-                                 ctypes.POINTER(ctypes.c_char_p), ctypes.c_int,
-                                 ctypes.c_char_p]
-SM.SmcSaveYourselfDone.argtypes = [ctypes.c_void_p, ctypes.c_int]
-SM.SmcGetIceConnection.restype = ctypes.c_void_p
-SM.SmcGetIceConnection.argtypes = [ctypes.c_void_p]
-SM.SmcCloseConnection.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p]
-ICE.IceConnectionNumber.argtypes = [ctypes.c_void_p]
-ICE.IceProcessMessages.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
-ALL_CALLBACKS = 0b1111  # SaveYourself, Die, SaveComplete, ShutdownCancelled
+SM, ICE = libraries()
 
 
 @dataclass
@@ -67,7 +48,7 @@ class XsmpClient:
         self._functions = (SAVE_YOURSELF(save_yourself), SIMPLE(die), SIMPLE(save_complete),
                            SIMPLE(cancelled))
         pointers = [ctypes.cast(f, ctypes.c_void_p).value for f in self._functions]
-        callbacks = _Callbacks(*(_Callback(p, None) for p in pointers))
+        callbacks = Callbacks(*(Callback(p, None) for p in pointers))
         client_id = ctypes.c_char_p()
         error = ctypes.create_string_buffer(256)
         self.conn = SM.SmcOpenConnection(self.address.encode(), None, 1, 0, ALL_CALLBACKS,
