@@ -53,7 +53,7 @@ def test_firefox_draws_on_gnome_s_compositor_itself_with_no_x_and_quits_by_itsel
 
         dry = session.sandboxapp("run", "--dry-run", "firefox", env=env)
         assert dry.returncode == 0, dry.stderr
-        assert f"Wayland:  the compositor's own socket {mutter.socket}" in dry.stdout
+        assert f"Wayland:  the socket {mutter.socket}, bound alone" in dry.stdout
         assert "X11:      none" in dry.stdout
 
         launch = subprocess.Popen([sys.executable, "-m", "sandboxapp", "run", "firefox", "--",
@@ -92,3 +92,62 @@ def test_firefox_draws_on_gnome_s_compositor_itself_with_no_x_and_quits_by_itsel
         assert not [name for name in clients_of(mutter.socket).values()
                     if name == "firefox-esr"]
         assert shut_down_by_itself(firefox_profile(session))
+
+
+@pytest.mark.slow
+def test_every_way_of_stopping_firefox_on_wayland_is_its_own_quit(
+        tmp_path: Path, firefox_image_dir: Path, xserver: XServer) -> None:
+    """Eight cycles of launch, configured window, stop at once on GNOME's compositor: Ctrl-C to
+    the launcher's process group, `sandboxapp stop`, SIGTERM and SIGHUP, twice each. Every stop
+    is Firefox's own shutdown (asked through the sandbox's session manager), never a crash, and
+    every launch shows its window again."""
+    import os
+    import signal
+
+    with wayland_compositor(tmp_path, "mutter") as mutter:
+        session = Session(tmp_path, firefox_image_dir, xserver, sudo_uid=mutter.user.uid)
+        session.profiles.mkdir(parents=True)
+        shipped = (SHIPPED_PROFILE_DIR / "firefox.toml").read_text()
+        (session.profiles / "firefox.toml").write_text(
+            shipped.replace("[sandbox]\n", '[sandbox]\nenv = { MOZ_LOG = "Widget:4" }\n'))
+        env = {**session.env(), "XDG_RUNTIME_DIR": str(mutter.user.runtime),
+               "WAYLAND_DISPLAY": mutter.socket.name}
+        ways = ["SIGINT to the group", "stop", "SIGTERM", "SIGHUP"]
+        for cycle in range(8):
+            launch = subprocess.Popen(
+                [sys.executable, "-m", "sandboxapp", "run", "firefox", "--", "about:blank"],
+                env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                process_group=0)
+            said: list[str] = []
+            reader = threading.Thread(target=said.extend, args=(launch.stderr or [],),
+                                      daemon=True)
+            reader.start()
+            way = ways[cycle % len(ways)]
+            try:
+                deadline = time.monotonic() + 90
+                while not any("OnShellConfigureEvent" in line for line in said):
+                    assert launch.poll() is None, f"cycle {cycle}: " + "".join(said[-30:])
+                    assert time.monotonic() < deadline, f"cycle {cycle}: no window"
+                    time.sleep(0.2)
+                time.sleep(1)
+                if way == "SIGINT to the group":
+                    os.killpg(launch.pid, signal.SIGINT)
+                    expected = 130
+                elif way == "stop":
+                    stopped = session.sandboxapp("stop", "firefox", env=env)
+                    assert stopped.returncode == 0, stopped.stderr
+                    expected = 143
+                elif way == "SIGTERM":
+                    launch.terminate()
+                    expected = 143
+                else:
+                    launch.send_signal(signal.SIGHUP)
+                    expected = 129
+                assert launch.wait(timeout=60) == expected, "".join(said[-30:])
+            finally:
+                if launch.poll() is None:
+                    launch.kill()
+                    launch.wait()
+            reader.join(timeout=5)
+            assert shut_down_by_itself(firefox_profile(session)), (
+                f"cycle {cycle} ({way}): Firefox crashed")
