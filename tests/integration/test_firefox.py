@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.harness import (
@@ -357,6 +358,42 @@ def test_every_way_of_stopping_is_firefoxs_own_quit_and_keeps_its_windows_and_ta
             with (profile / "user.js").open("a") as prefs:
                 prefs.write('user_pref("browser.startup.page", 3);\n')
     assert session_windows(firefox_profile(session)) == tabs
+
+
+@pytest.mark.slow
+def test_a_logout_is_firefoxs_own_shutdown_before_the_desktop_ends_its_display(
+    tmp_path: Path, firefox_image_dir: Path, xserver: XServer, soundserver: SoundServer,
+    web_page: str,
+) -> None:
+    """The desktop's session manager (the launcher's own XSMP manager, served as a desktop's)
+    asks its programs to quit: the launcher, registered there, stops the sandbox as a logout
+    does, and leaves the desktop's session only once Firefox has shut itself down, so the
+    desktop ends its display only then."""
+    from sandboxapp.host.sessionmanager import serving
+
+    session = Session(tmp_path, firefox_image_dir, xserver, soundserver, sudo_uid=4321)
+    session.session_manager = tmp_path / "desktop-session"
+    with serving(session.session_manager) as desktop:
+        launch = session.start("firefox", "--", web_page, own_group=True)
+        try:
+            wait_for_window(xserver, TITLE, launch)
+            assert desktop.registered() == 1
+            asked = time.monotonic()
+            assert desktop.ask_to_quit()
+            # As a desktop's session manager does: wait for its clients to leave, then end.
+            while desktop.registered():
+                assert time.monotonic() - asked < 30, "the launcher stayed in the session"
+                time.sleep(0.05)
+            # By then Firefox has shut itself down, and is gone.
+            assert shut_down_by_itself(firefox_profile(session))
+            assert not [p for p in psutil.process_iter(["name"])
+                        if p.info["name"] == "firefox-esr"]
+            assert launch.wait(timeout=60) == 128 + signal.SIGHUP
+        finally:
+            if launch.poll() is None:
+                launch.kill()
+                launch.wait()
+    print(f"a logout ended Firefox in {time.monotonic() - asked:.2f} s")
 
 
 @pytest.mark.slow
