@@ -26,9 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
+from sandboxapp.errors import ExitStatus, SandboxError
 from sandboxapp.features.base import CheckedPath, Feature, Session, Source
 from sandboxapp.features.request import absolute_path, refused
-from sandboxapp.fs.safepath import ensure_user_dir
+from sandboxapp.fs.safepath import ensure_user_dir, open_user_path
 from sandboxapp.host.wayland import (
     SANDBOX_SOCKET,
     WaylandPath,
@@ -71,20 +72,32 @@ class WaylandAccess(Feature):
         directory = session.host_dir(WAYLAND_DIR)
         session.supervisor.add(stack, WaylandSocketEntry(str(directory), session.user.uid))
         ensure_user_dir(directory, session.user, WAYLAND_DIR_MODE, exact_mode=True)
-        path = directory / SANDBOX_SOCKET
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as listener:
-            listener.bind(str(path))
-            owner = session.user.acted_for()
-            if owner is not None:
-                os.chown(path, owner.uid, owner.gid)  # the root side binds only the user's
-            listener.listen(LISTEN_BACKLOG)
-            plan = session.plan
-            close = register_sandbox_socket(choice.socket, listener, plan.profile.name,
-                                            plan.machine)
-        # Closing it stops new connections (those made end with the sandbox).
-        stack.callback(os.close, close)
-        check_sandboxed(path)
-        return cls(path)
+        # The directory as opened without following the user's symlinks: root, acting for
+        # the user, makes, hands over and asks the socket there and nowhere else, however
+        # the path is swapped meanwhile.
+        held = open_user_path(directory, session.user)
+        try:
+            through = f"/proc/self/fd/{held}/{SANDBOX_SOCKET}"
+            with socket.socket(socket.AF_UNIX,
+                               socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as listener:
+                listener.bind(through)
+                owner = session.user.acted_for()
+                if owner is not None:  # the root side binds only the user's own
+                    os.chown(SANDBOX_SOCKET, owner.uid, owner.gid, dir_fd=held,
+                             follow_symlinks=False)
+                listener.listen(LISTEN_BACKLOG)
+                plan = session.plan
+                close = register_sandbox_socket(choice.socket, listener, plan.profile.name,
+                                                plan.machine)
+            # Closing it stops new connections (those made end with the sandbox).
+            stack.callback(os.close, close)
+            check_sandboxed(Path(through))
+        except OSError as exc:
+            raise SandboxError(f"cannot make the sandbox's Wayland socket in {directory}: "
+                               f"{exc.strerror or exc}", status=ExitStatus.LAUNCHER) from None
+        finally:
+            os.close(held)
+        return cls(directory / SANDBOX_SOCKET)
 
     def checked_paths(self, trusted_profile: bool) -> list[CheckedPath]:
         return [CheckedPath(self.socket, False, "Wayland socket", stat.S_IFSOCK)]

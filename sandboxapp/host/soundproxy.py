@@ -52,6 +52,11 @@ STREAMS_PER_SECOND = 5.0
 STREAM_BURST = 10
 
 
+# The longest a new stream waits for its turn: a sandbox that asks for more than that ahead
+# (from many connections at once) loses the connection that asked.
+MAX_PACE_WAIT = 5.0
+
+
 class StreamPace:
     """The pace of a sandbox's new streams, over all its connections: a token bucket."""
 
@@ -62,16 +67,19 @@ class StreamPace:
         self.at = time.monotonic()
         self.lock = threading.Lock()
 
-    def wait(self) -> None:
-        """Return once the sandbox may have one more stream made (its connection waits)."""
+    def wait(self, closed: threading.Event) -> None:
+        """Return once the sandbox may have one more stream made, or its connection is
+        closed meanwhile (the connection waits); Refused where its turn is too far ahead."""
         with self.lock:
             now = time.monotonic()
             self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
             self.at = now
+            delay = (1 - self.tokens) / self.rate if self.tokens < 1 else 0.0
+            if delay > MAX_PACE_WAIT:
+                raise Refused(f"new streams asked for faster than {self.rate:g} a second")
             self.tokens -= 1  # taken now; a debt is waited out below
-            delay = -self.tokens / self.rate if self.tokens < 0 else 0.0
         if delay:
-            time.sleep(delay)
+            closed.wait(delay)
 
 
 def _read_packet(sock: socket.socket, by: float | None = None) -> tuple[bytes, bytes]:
@@ -96,6 +104,8 @@ class _Connection:
 
     def __post_init__(self) -> None:
         self.closed = threading.Event()
+        # Set once the thread that serves it has returned: it holds its slot until then.
+        self.done = threading.Event()
         # What the sandbox is still to take, in order, and its size in bytes.
         self.backlog: list[bytes] = []
         self.backlog_size = 0
@@ -166,7 +176,7 @@ class _Connection:
             head, payload = _read_packet(self.client)
             outcome = self.rules.from_client(head, payload)
             if outcome.creates:
-                self.pace.wait()
+                self.pace.wait(self.closed)
             for data in outcome.to_server:
                 self.server.sendall(data)
             for data in outcome.to_client:
@@ -256,7 +266,7 @@ class SoundProxy:
             except OSError:
                 return  # closed
             with self.lock:
-                live = [c for c in self.connections if not c.closed.is_set()]
+                live = [c for c in self.connections if not c.done.is_set()]
                 self.connections = live
                 if self.closed or len(live) >= MAX_CONNECTIONS:
                     client.close()
@@ -269,7 +279,10 @@ class SoundProxy:
                              name="sound proxy: sandbox").start()
 
     def _serve(self, connection: _Connection) -> None:
-        connection.guarded(lambda: connection.serve_client(self.server))
+        try:
+            connection.guarded(lambda: connection.serve_client(self.server))
+        finally:
+            connection.done.set()
 
     def close(self) -> None:
         """Stop serving, and end every connection (the sandbox's streams end with them)."""

@@ -11,6 +11,7 @@ other program's stream untouched, the server still up, no desktop sound recorded
 from __future__ import annotations
 
 import ast
+import contextlib
 import math
 import shutil
 import struct
@@ -51,12 +52,21 @@ FORBIDDEN = {"filter.apply", "filter.want", "filter.apply.ladspa-sink.parameters
              "stream.capture.sink", "node.dont-reconnect", "media.role"}
 
 
-def in_sandbox(session: Session, command: list[str], sandbox: str = FULL_SANDBOX,
-               timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def with_tool(session: Session, command: list[str], sandbox: str = FULL_SANDBOX) -> Path:
+    """A profile that runs command, with the attack tool in its /root/data."""
     persist = session.persist_dir()
     persist.mkdir(parents=True, exist_ok=True)
     shutil.copy(TOOL, persist / TOOL.name)
-    profile = write_variant(session.profiles, command, sandbox)
+    return write_variant(session.profiles, command, sandbox)
+
+
+def tool(*args: str) -> list[str]:
+    return ["python3", f"/root/data/{TOOL.name}", *args]
+
+
+def in_sandbox(session: Session, command: list[str], sandbox: str = FULL_SANDBOX,
+               timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    profile = with_tool(session, command, sandbox)
     result = session.run(str(profile), timeout=timeout)
     # As text, whole: pytest shortens the repr of a long value to a line.
     assert result.returncode == 0, (
@@ -65,7 +75,7 @@ def in_sandbox(session: Session, command: list[str], sandbox: str = FULL_SANDBOX
 
 
 def attack(session: Session, *args: str, sandbox: str = FULL_SANDBOX) -> dict[str, object]:
-    result = in_sandbox(session, ["python3", f"/root/data/{TOOL.name}", *args], sandbox)
+    result = in_sandbox(session, tool(*args), sandbox)
     found = ast.literal_eval(result.stdout.strip().splitlines()[-1])
     assert isinstance(found, dict)
     return found
@@ -304,12 +314,7 @@ def test_a_sandbox_cannot_take_every_stream_a_sink_has(
         session: Session, server: SoundServer) -> None:
     """A sink takes 256 streams: a sandbox holds a few, and another program still plays."""
     persist = session.persist_dir()
-    persist.mkdir(parents=True, exist_ok=True)
-    shutil.copy(TOOL, persist / TOOL.name)
-    profile = write_variant(session.profiles,
-                            ["python3", f"/root/data/{TOOL.name}", "streams", "100"],
-                            FULL_SANDBOX)
-    launch = session.start(str(profile))
+    launch = session.start(str(with_tool(session, tool("streams", "100"))))
     try:
         wait_for_file(persist / "held", launch, timeout=120)
         held = int((persist / "held").read_text())
@@ -386,3 +391,28 @@ def test_a_subscriber_that_never_reads_its_events_is_cut_off(
     # was cut while they came by the thousand (seen here 5 times in 6, asked directly).
     assert isinstance(found["made"], int)
     assert found["made"] <= STREAM_BURST + STREAMS_PER_SECOND * 20 + 5, found
+
+
+def test_streams_asked_for_by_connections_that_hang_up_at_once_keep_the_launcher_bounded(
+        session: Session, server: SoundServer) -> None:
+    """Connection after connection asks for a stream and hangs up without waiting: each
+    request waits its turn in the launcher (the streams' pace), a bounded while, and a
+    connection holds its slot until its waiting ends, so the launcher's threads stay few."""
+    launch = session.start(str(with_tool(session, tool("hasty", "15"))))
+    most = 0
+    try:
+        launcher = psutil.Process(launch.pid)
+        while launch.poll() is None:
+            with contextlib.suppress(psutil.Error):
+                most = max(most, launcher.num_threads())
+            time.sleep(0.2)
+        out, err = launch.communicate(timeout=60)
+        assert launch.returncode == 0, err
+    finally:
+        if launch.poll() is None:
+            launch.kill()
+            launch.wait()
+    found = ast.literal_eval(out.strip().splitlines()[-1])
+    assert found["made"] > 100, found
+    assert found["server_alive_after"] is True, found
+    assert most < 40, most

@@ -303,3 +303,65 @@ def test_under_labwc_the_sandbox_gets_a_socket_of_its_own_and_none_of_the_extras
     assert not offered & SWAY_PRIVILEGED, offered
     assert offered <= ALLOWED_GLOBALS.keys(), offered - ALLOWED_GLOBALS.keys()
     assert inside["WAYLAND_DISPLAY"] == "/run/sandboxapp/wayland-0" and "DISPLAY" not in inside
+
+
+SWAPPER = r"""
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <stdio.h>
+#include <sys/stat.h>
+#include <unistd.h>
+/* In the directory argv[1], swap the directory argv[2] with a symlink to argv[3], forever. */
+int main(int argc, char **argv) {
+    char alt[256];
+    if (argc != 4 || chdir(argv[1]) != 0) return 1;
+    snprintf(alt, sizeof alt, "%s.alt", argv[2]);
+    for (;;) {
+        struct stat st;
+        if (lstat(argv[2], &st) != 0) mkdir(argv[2], 0700);
+        if (lstat(alt, &st) != 0) symlink(argv[3], alt);
+        renameat2(AT_FDCWD, argv[2], AT_FDCWD, alt, RENAME_EXCHANGE);
+    }
+}
+"""
+
+
+def test_a_launch_as_root_makes_its_registered_socket_nowhere_but_in_the_users_directory(
+        session: Session, tmp_path: Path) -> None:
+    """Root launching for a user (sudo -E) makes the sandbox's Wayland socket in a directory of
+    the user's: a program of the user's that swaps that directory with a symlink to a
+    directory of root's, as fast as it can, never has root make (or hand the user) a socket
+    there; a launch that loses the race says why in a line."""
+    import shutil
+    import subprocess
+
+    from tests.harness import require_programs
+    from tests.integration.launching import NAME
+
+    require_programs("gcc")
+    (tmp_path / "swapper.c").write_text(SWAPPER)
+    subprocess.run(["gcc", "-O2", "-o", str(tmp_path / "swapper"), str(tmp_path / "swapper.c")],
+                   check=True, capture_output=True)
+    roots = tmp_path / "roots"
+    roots.mkdir(mode=0o755)
+    (tmp_path / "labwc").mkdir()
+    with wayland_compositor(tmp_path / "labwc", "labwc-trixie") as labwc:
+        profile, env = listing_profile(session, labwc)
+        user = labwc.user
+        wayland = user.runtime / "sandboxapp" / ".wayland"
+        wayland.mkdir(parents=True, mode=0o700)
+        for made in (wayland.parent, wayland):
+            os.chown(made, user.uid, user.gid)
+        swapper = subprocess.Popen(
+            ["setpriv", f"--reuid={user.uid}", f"--regid={user.gid}", "--clear-groups",
+             str(tmp_path / "swapper"), str(wayland), NAME, str(roots)])
+        try:
+            for _ in range(20):
+                result = session.sandboxapp("run", str(profile), env=env)
+                assert "Traceback" not in result.stderr, result.stderr
+                assert result.returncode in (0, 125), result.stderr
+        finally:
+            swapper.kill()
+            swapper.wait()
+    assert not list(roots.iterdir()), list(roots.iterdir())
+    shutil.rmtree(wayland, ignore_errors=True)

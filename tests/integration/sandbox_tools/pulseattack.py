@@ -26,6 +26,8 @@ judges by what the user's server did.
                                     whether the deaf one was closed
     pulseattack.py hoard SECONDS    a connection that asks for the server's lists for SECONDS
                                     and never reads an answer; whether it was closed
+    pulseattack.py hasty SECONDS    connections that ask for a stream and hang up at once, one
+                                    after another for SECONDS; how many
 """
 
 from __future__ import annotations
@@ -574,6 +576,29 @@ def hoard(seconds: float) -> dict[str, object]:
     return results
 
 
+def hasty(seconds: float) -> dict[str, object]:
+    """Connections that each ask for a stream and hang up without waiting for it, one after
+    another for `seconds`: each request waits its turn somewhere, or is refused."""
+    made = 0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            # The handshake, the name and the stream at once, no answer awaited.
+            client = Client(authenticate=False)
+            client.send(AUTH, client.next_tag(), u32(VERSION),
+                        b"x" + struct.pack(">I", 256) + bytes(256))
+            client.send(SET_CLIENT_NAME, client.next_tag(),
+                        proplist({"application.name": "hasty"}))
+            client.send(CREATE_PLAYBACK_STREAM, client.next_tag(), client.create_args())
+            client.sock.close()
+            made += 1
+        except (OSError, Closed):
+            time.sleep(0.01)
+    results: dict[str, object] = {"made": made}
+    attempt(results, "server_alive_after", lambda: Client().alive())
+    return results
+
+
 def main() -> None:
     attack, *args = sys.argv[1:]
     found = {"victim": lambda: victim(int(args[0])), "misaligned": misaligned,
@@ -583,7 +608,8 @@ def main() -> None:
              "restore": lambda: restore(args[0]), "rate": rate,
              "streams": lambda: streams(int(args[0])), "stale": stale,
              "deaf": lambda: deaf(float(args[0])),
-             "hoard": lambda: hoard(float(args[0]))}[attack]()
+             "hoard": lambda: hoard(float(args[0])),
+             "hasty": lambda: hasty(float(args[0]))}[attack]()
     print(repr(found), flush=True)
 
 
