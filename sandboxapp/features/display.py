@@ -201,6 +201,4 @@ class DisplayAccess(Feature):
         made = xtrust.generate(self.access)
         record.update(self.entry, authid=made.authid,
                       server=list(made.server) if made.server is not None else None)
-        owner = session.user.acted_for()
-        write_cookie_file(self.x11_dir, made.cookie,
-                          (owner.uid, owner.gid) if owner is not None else None)
+        write_cookie_file(self.x11_dir, made.cookie, session.user)

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 import stat
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -13,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from sandboxapp.errors import ExitStatus, SandboxError
 from sandboxapp.features.base import CheckedPath, Feature, Session, Source
 from sandboxapp.features.request import absolute_path, refused
-from sandboxapp.fs.safepath import ensure_user_dir, write_file_no_follow
+from sandboxapp.fs.safepath import ensure_user_dir, write_user_file
 from sandboxapp.host.sound import SOUND_DIR_MODE, SoundPaths, SoundServerAddress, server_reachable
 from sandboxapp.system.nspawn import Bind
 from sandboxapp.undo.entries import SoundEntry
@@ -54,9 +53,8 @@ class SoundAccess(Feature):
         # The container's processes, nobody here, must reach the socket inside: they may
         # pass through the directory, not list it.
         ensure_user_dir(paths.dir, session.user, SOUND_DIR_MODE, exact_mode=True)
-        write_file_no_follow(paths.conf, PULSE_CLIENT_CONF_TEXT)
-        if os.geteuid() == 0:
-            os.chown(paths.conf, session.user.uid, session.user.gid)
+        write_user_file(paths.dir, paths.conf.name, PULSE_CLIENT_CONF_TEXT.encode(),
+                        session.user, 0o644)
         return cls(paths, sandbox.microphone, address)
 
     def checked_paths(self, trusted_profile: bool) -> list[CheckedPath]:

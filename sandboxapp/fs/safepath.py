@@ -75,10 +75,25 @@ def read_user_file(path: Path, user: DesktopUser, *, trusted: bool, limit: int) 
         os.close(fd)
 
 
-def write_file_no_follow(path: Path, text: str, mode: int = 0o644) -> None:
-    """Replace path with a new regular file, never writing through a symlink."""
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
-    with os.fdopen(fd, "w", encoding="utf-8") as stream:
-        stream.write(text)
+def write_user_file(directory: Path, name: str, data: bytes, user: DesktopUser,
+                    mode: int) -> Path:
+    """Replace directory/name, in a directory of the user's, with a new regular file of data:
+    made through the directory opened without following the user's symlinks (root, acting for
+    the user, writes there and nowhere else, however the path is swapped meanwhile), never
+    through a symlink at name; the user's where root writes it for them."""
+    held = open_user_path(directory, user)
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name, dir_fd=held)
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     mode, dir_fd=held)
+        with os.fdopen(fd, "wb") as stream:
+            owner = user.acted_for()
+            if owner is not None:
+                os.fchown(stream.fileno(), owner.uid, owner.gid)
+            stream.write(data)
+    except OSError as exc:
+        raise refuse(directory / name, exc.strerror or str(exc)) from None
+    finally:
+        os.close(held)
+    return directory / name

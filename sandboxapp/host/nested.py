@@ -610,7 +610,7 @@ def nested_display(access: XAccess, directory: Path, look: WindowLook,
         window = _parent_window(host, look)
         stack.callback(_quietly, window.destroy, host)
         cookie_file = write_cookie_file(directory, os.urandom(16),
-                                        (user.uid, user.gid) if user else None)
+                                        user or DesktopUser(os.getuid(), os.getgid()))
         number = reserve_number(stack)
         process, said = _start_server(stack, access, number, window.id, cookie_file, _dpi(host),
                                       user)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sandboxapp.errors import ExitStatus, SandboxError
+from sandboxapp.fs.safepath import DesktopUser, write_user_file
 from sandboxapp.host import unixsocket
 from sandboxapp.host.display import AUTH_FILE, XAccess
 
@@ -41,17 +42,11 @@ def cookie_entries(cookie: bytes, hostname: bytes) -> bytes:
                                                             (FAMILY_LOCAL, hostname)))
 
 
-def write_cookie_file(directory: Path, cookie: bytes, owner: tuple[int, int] | None) -> Path:
-    """The sandbox's Xauthority file in its X directory (the user's, 0700), readable by its
-    owner only: owner (uid, gid), where root writes it for the desktop user."""
-    path = directory / AUTH_FILE
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
-                 0o600)
-    with os.fdopen(fd, "wb") as stream:
-        stream.write(cookie_entries(cookie, socket.gethostname().encode()))
-        if owner is not None:
-            os.fchown(stream.fileno(), *owner)
-    return path
+def write_cookie_file(directory: Path, cookie: bytes, user: DesktopUser) -> Path:
+    """The sandbox's Xauthority file in its X directory (user's own, 0700), readable by its
+    owner only, the user (also where root writes it for them)."""
+    return write_user_file(directory, AUTH_FILE,
+                           cookie_entries(cookie, socket.gethostname().encode()), user, 0o600)
 
 
 # What python-xlib raises where a server's words are not the protocol (a server that is not

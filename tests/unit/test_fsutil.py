@@ -96,3 +96,34 @@ def test_nothing_below_roots_home_is_made_a_users() -> None:
         with pytest.raises(SandboxError, match=f"nothing below /{path.parts[1]} is made a user's"):
             ensure_user_dir(path, DesktopUser(4321, 4321))
         assert not Path("/", *path.parts[1:3]).exists()
+
+
+def test_a_file_root_writes_for_a_user_goes_into_their_directory_and_nowhere_else(
+        tmp_path: Path) -> None:
+    """Root writing a file into a user's directory (the sandbox's Xauthority file, its sound
+    client configuration) writes it through that directory as opened without following
+    symlinks: a directory swapped for a symlink to root's is refused, a symlink at the file's
+    name is replaced, never written through, and the file is the user's."""
+    import os
+
+    from sandboxapp.fs.safepath import DesktopUser, write_user_file
+
+    user = DesktopUser(4321, 4321)
+    home = tmp_path / "home"
+    mine = home / "mine"
+    mine.mkdir(parents=True)
+    for made in (home, mine):
+        os.chown(made, user.uid, user.gid)
+    roots = tmp_path / "roots"
+    roots.mkdir()
+    (roots / "precious").write_text("root's")
+    (mine / "conf").symlink_to(roots / "precious")
+    written = write_user_file(mine, "conf", b"the sandbox's", user, 0o600)
+    assert written.read_bytes() == b"the sandbox's" and not written.is_symlink()
+    assert (roots / "precious").read_text() == "root's"
+    assert (written.stat().st_uid, written.stat().st_mode & 0o777) == (4321, 0o600)
+    swapped = home / "swapped"
+    swapped.symlink_to(roots)
+    with pytest.raises(SandboxError, match="symlink"):
+        write_user_file(swapped, "conf", b"the sandbox's", user, 0o600)
+    assert sorted(p.name for p in roots.iterdir()) == ["precious"]
