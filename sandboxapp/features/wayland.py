@@ -1,7 +1,8 @@
 """Native Wayland (wayland = true, in a Wayland session, host/wayland.py): where the compositor
 offers wp_security_context_manager_v1, a socket of the sandbox's own, which the launcher
-registers with it (the compositor treats its clients as sandboxed; what they are offered is
-checked against ALLOWED_GLOBALS), and which stops taking connections when the launch ends;
+registers with it (the compositor treats its clients as sandboxed; what they are offered was
+checked against ALLOWED_GLOBALS as the launch was planned), and which stops taking connections
+when the launch ends;
 elsewhere the compositor's own socket, where it offers no client more than any may have.
 Either socket alone is bound, idmapped so the container's root may connect to the user's socket
 and nobody else gains anything; no X.
@@ -33,7 +34,6 @@ from sandboxapp.fs.safepath import ensure_user_dir, open_user_path
 from sandboxapp.host.wayland import (
     SANDBOX_SOCKET,
     WaylandPath,
-    check_sandboxed,
     register_sandbox_socket,
 )
 from sandboxapp.system.nspawn import Bind
@@ -73,8 +73,8 @@ class WaylandAccess(Feature):
         session.supervisor.add(stack, WaylandSocketEntry(str(directory), session.user.uid))
         ensure_user_dir(directory, session.user, WAYLAND_DIR_MODE, exact_mode=True)
         # The directory as opened without following the user's symlinks: root, acting for
-        # the user, makes, hands over and asks the socket there and nowhere else, however
-        # the path is swapped meanwhile.
+        # the user, makes and hands over the socket there and nowhere else, however the path
+        # is swapped meanwhile.
         held = open_user_path(directory, session.user)
         try:
             through = f"/proc/self/fd/{held}/{SANDBOX_SOCKET}"
@@ -89,9 +89,9 @@ class WaylandAccess(Feature):
                 plan = session.plan
                 close = register_sandbox_socket(choice.socket, listener, plan.profile.name,
                                                 plan.machine)
-            # Closing it stops new connections (those made end with the sandbox).
+            # Closing it stops new connections (those made end with the sandbox). What its
+            # clients are offered was asked as the launch was planned (choose_path).
             stack.callback(os.close, close)
-            check_sandboxed(Path(through))
         except OSError as exc:
             raise SandboxError(f"cannot make the sandbox's Wayland socket in {directory}: "
                                f"{exc.strerror or exc}", status=ExitStatus.LAUNCHER) from None

@@ -307,18 +307,6 @@ def sandboxed_offer(compositor: Path) -> Compositor:
             os.close(close)
 
 
-def check_sandboxed(path: Path) -> None:
-    """That a socket registered as a sandbox's offers its clients nothing beyond
-    ALLOWED_GLOBALS: the compositor's own judgement of a sandboxed client is checked, as a
-    client there (a compositor that hides too little is refused, never trusted)."""
-    beyond = probe(path).beyond_allowed
-    if beyond:
-        raise SandboxError(
-            f"the compositor still offers a sandboxed client {named(beyond)}",
-            hint="set wayland = false in the profile: it is then shown on an X server of its "
-                 "own", status=ExitStatus.LAUNCHER)
-
-
 def _unreachable(path: Path, why: str) -> SandboxError:
     return SandboxError(f"the Wayland compositor at {path} cannot be asked what it offers: "
                         f"{why}",

@@ -297,6 +297,25 @@ def shut_down_by_itself(profile: Path) -> bool:
     return bool(phases.get("profile-before-change"))
 
 
+# Each way a user stops a sandbox, the launch's exit status it gives: the launcher's own
+# signal's (`sandboxapp stop` sends SIGTERM).
+STOP_WAYS = {"SIGINT to the group": 130, "stop": 143, "SIGTERM": 143, "SIGHUP": 129}
+
+
+def stop_by(way: str, launch: subprocess.Popen[str], session: Session,
+            env: dict[str, str] | None = None) -> int:
+    """Stop a running launch of the firefox profile one of STOP_WAYS; the status it must
+    end with."""
+    if way == "SIGINT to the group":
+        os.killpg(launch.pid, signal.SIGINT)
+    elif way == "stop":
+        stopped = session.sandboxapp("stop", "firefox", env=env)
+        assert stopped.returncode == 0, stopped.stderr
+    else:
+        launch.send_signal(signal.SIGTERM if way == "SIGTERM" else signal.SIGHUP)
+    return STOP_WAYS[way]
+
+
 @pytest.mark.slow
 def test_every_way_of_stopping_is_firefoxs_own_quit_and_keeps_its_windows_and_tabs(
     tmp_path: Path, firefox_image_dir: Path, xserver: XServer, soundserver: SoundServer,
@@ -312,7 +331,7 @@ def test_every_way_of_stopping_is_firefoxs_own_quit_and_keeps_its_windows_and_ta
     session = Session(tmp_path, firefox_image_dir, xserver, soundserver, sudo_uid=4321)
     second = web_page.replace("index.html", "second.html")
     tabs = [[web_page, second], [f"{web_page}?2", f"{second}?2"]]
-    ways = ["SIGINT to the group", "stop", "SIGTERM", "SIGHUP"]
+    ways = list(STOP_WAYS)
     for cycle in range(8):
         # The first run opens its windows; the next ones restore them.
         launch = session.start("firefox", *(["--", *tabs[0]] if cycle == 0 else []),
@@ -330,19 +349,7 @@ def test_every_way_of_stopping_is_firefoxs_own_quit_and_keeps_its_windows_and_ta
             assert colours > 20, f"cycle {cycle}: the screen is blank"
             way = ways[cycle % len(ways)]
             started = time.monotonic()
-            if way == "SIGINT to the group":
-                os.killpg(launch.pid, signal.SIGINT)
-                expected = 130
-            elif way == "stop":
-                stopped = session.sandboxapp("stop", "firefox")
-                assert stopped.returncode == 0, stopped.stderr
-                expected = 143
-            elif way == "SIGTERM":
-                launch.terminate()
-                expected = 143
-            else:
-                launch.send_signal(signal.SIGHUP)
-                expected = 129
+            expected = stop_by(way, launch, session)
             status = launch.wait(timeout=60)
             assert status == expected, launch.stderr.read() if launch.stderr else ""
             took = time.monotonic() - started

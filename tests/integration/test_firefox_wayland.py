@@ -12,9 +12,14 @@ from pathlib import Path
 import pytest
 
 from sandboxapp.paths import SHIPPED_PROFILE_DIR
-from tests.harness import XServer, wayland_compositor
+from tests.harness import Compositor, XServer, wayland_compositor
 from tests.integration.launching import REPO, Session
-from tests.integration.test_firefox import firefox_profile, shut_down_by_itself
+from tests.integration.test_firefox import (
+    STOP_WAYS,
+    firefox_profile,
+    shut_down_by_itself,
+    stop_by,
+)
 
 
 def clients_of(socket_path: Path) -> dict[int, str]:
@@ -36,21 +41,25 @@ def environment_of(pid: int) -> dict[str, str]:
     return dict(item.decode().split("=", 1) for item in raw if b"=" in item)
 
 
+def logging_firefox(tmp_path: Path, image_dir: Path, xserver: XServer,
+                    mutter: Compositor) -> tuple[Session, dict[str, str]]:
+    """The shipped Firefox profile for the compositor's user (its socket is theirs), with
+    Firefox's own log of its window (what the compositor told it of its toplevel) on its error
+    output; (the session, its environment in the compositor's session)."""
+    session = Session(tmp_path, image_dir, xserver, sudo_uid=mutter.user.uid)
+    session.profiles.mkdir(parents=True)
+    shipped = (SHIPPED_PROFILE_DIR / "firefox.toml").read_text()
+    (session.profiles / "firefox.toml").write_text(
+        shipped.replace("[sandbox]\n", '[sandbox]\nenv = { MOZ_LOG = "Widget:4" }\n'))
+    return session, {**session.env(), "XDG_RUNTIME_DIR": str(mutter.user.runtime),
+                     "WAYLAND_DISPLAY": mutter.socket.name}
+
+
 @pytest.mark.slow
 def test_firefox_draws_on_gnome_s_compositor_itself_with_no_x_and_quits_by_itself(
         tmp_path: Path, firefox_image_dir: Path, xserver: XServer) -> None:
     with wayland_compositor(tmp_path, "mutter") as mutter:
-        # The desktop user is the compositor's: its socket is theirs.
-        session = Session(tmp_path, firefox_image_dir, xserver, sudo_uid=mutter.user.uid)
-        # The shipped profile, with Firefox's own log of its window (what the compositor
-        # told it of its toplevel) on its error output.
-        session.profiles.mkdir(parents=True)
-        shipped = (SHIPPED_PROFILE_DIR / "firefox.toml").read_text()
-        (session.profiles / "firefox.toml").write_text(
-            shipped.replace("[sandbox]\n", '[sandbox]\nenv = { MOZ_LOG = "Widget:4" }\n'))
-        env = {**session.env(), "XDG_RUNTIME_DIR": str(mutter.user.runtime),
-               "WAYLAND_DISPLAY": mutter.socket.name}
-
+        session, env = logging_firefox(tmp_path, firefox_image_dir, xserver, mutter)
         dry = session.sandboxapp("run", "--dry-run", "firefox", env=env)
         assert dry.returncode == 0, dry.stderr
         assert f"Wayland:  the socket {mutter.socket}, bound alone" in dry.stdout
@@ -101,18 +110,9 @@ def test_every_way_of_stopping_firefox_on_wayland_is_its_own_quit(
     the launcher's process group, `sandboxapp stop`, SIGTERM and SIGHUP, twice each. Every stop
     is Firefox's own shutdown (asked through the sandbox's session manager), never a crash, and
     every launch shows its window again."""
-    import os
-    import signal
-
     with wayland_compositor(tmp_path, "mutter") as mutter:
-        session = Session(tmp_path, firefox_image_dir, xserver, sudo_uid=mutter.user.uid)
-        session.profiles.mkdir(parents=True)
-        shipped = (SHIPPED_PROFILE_DIR / "firefox.toml").read_text()
-        (session.profiles / "firefox.toml").write_text(
-            shipped.replace("[sandbox]\n", '[sandbox]\nenv = { MOZ_LOG = "Widget:4" }\n'))
-        env = {**session.env(), "XDG_RUNTIME_DIR": str(mutter.user.runtime),
-               "WAYLAND_DISPLAY": mutter.socket.name}
-        ways = ["SIGINT to the group", "stop", "SIGTERM", "SIGHUP"]
+        session, env = logging_firefox(tmp_path, firefox_image_dir, xserver, mutter)
+        ways = list(STOP_WAYS)
         for cycle in range(8):
             launch = subprocess.Popen(
                 [sys.executable, "-m", "sandboxapp", "run", "firefox", "--", "about:blank"],
@@ -130,19 +130,7 @@ def test_every_way_of_stopping_firefox_on_wayland_is_its_own_quit(
                     assert time.monotonic() < deadline, f"cycle {cycle}: no window"
                     time.sleep(0.2)
                 time.sleep(1)
-                if way == "SIGINT to the group":
-                    os.killpg(launch.pid, signal.SIGINT)
-                    expected = 130
-                elif way == "stop":
-                    stopped = session.sandboxapp("stop", "firefox", env=env)
-                    assert stopped.returncode == 0, stopped.stderr
-                    expected = 143
-                elif way == "SIGTERM":
-                    launch.terminate()
-                    expected = 143
-                else:
-                    launch.send_signal(signal.SIGHUP)
-                    expected = 129
+                expected = stop_by(way, launch, session, env)
                 assert launch.wait(timeout=60) == expected, "".join(said[-30:])
             finally:
                 if launch.poll() is None:
