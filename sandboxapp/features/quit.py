@@ -75,7 +75,7 @@ class SessionManagement(Feature):
 
         socket_path = self.dir / SESSION_SOCKET
         try:
-            self.served.append(stack.enter_context(serving(socket_path)))
+            self.served.append(stack.enter_context(serving(socket_path, session.user)))
         except OSError as exc:
             raise SandboxError(f"cannot make the sandbox's session manager socket "
                                f"{socket_path}: {exc.strerror}",

@@ -49,7 +49,8 @@ class SoundAccess(Feature):
             return None
         paths = SoundPaths(session.host_dir())
         # Its undo removes the directory and the socket, after the proxy closes.
-        session.supervisor.add(stack, SoundEntry(str(paths.socket), str(paths.dir)))
+        session.supervisor.add(stack, SoundEntry(str(paths.socket), str(paths.dir),
+                                                 session.user.uid))
         # The container's processes, nobody here, must reach the socket inside: they may
         # pass through the directory, not list it.
         ensure_user_dir(paths.dir, session.user, SOUND_DIR_MODE, exact_mode=True)
@@ -106,7 +107,7 @@ class SoundAccess(Feature):
             stack.enter_context(soundproxy.serving(
                 self.paths.socket, self.address.socket, pulsewire.read_cookie(session.environ),
                 recording=self.microphone,
-                identity=f"sandboxapp.{session.plan.profile.name}"))
+                identity=f"sandboxapp.{session.plan.profile.name}", user=session.user))
         except OSError as exc:
             raise SandboxError(f"cannot make the sandbox's sound socket {self.paths.socket}: "
                                f"{exc.strerror}", status=ExitStatus.LAUNCHER) from None

@@ -28,6 +28,16 @@ SAVE_YOURSELF = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.
 SIMPLE = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p)
 ALL_CALLBACKS = 0b1111  # SaveYourself, Die, SaveComplete, ShutdownCancelled
 RESTART_NEVER = 3  # SmRestartNever
+# A session manager answers a new client at once; one that has not within this is not waited
+# for (the launch goes on unregistered).
+CONNECT_TIMEOUT = 2.0
+# libICE's and libSM's own handlers of a broken connection or a protocol error exit() the
+# process: the launcher's, without taking back its grants. Errors end the connection instead.
+IO_ERROR = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+PROTOCOL_ERROR = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int, ctypes.c_int,
+                                  ctypes.c_ulong, ctypes.c_int, ctypes.c_int, ctypes.c_void_p)
+_QUIET_IO = IO_ERROR(lambda _conn: None)
+_QUIET_PROTOCOL = PROTOCOL_ERROR(lambda *_args: None)
 
 
 class Callback(ctypes.Structure):
@@ -65,6 +75,15 @@ def libraries() -> tuple[Any, Any]:
     sm.SmcCloseConnection.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p]
     ice.IceConnectionNumber.argtypes = [ctypes.c_void_p]
     ice.IceProcessMessages.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+    ice.IceSetIOErrorHandler.argtypes = [IO_ERROR]
+    ice.IceSetIOErrorHandler.restype = ctypes.c_void_p
+    ice.IceSetErrorHandler.argtypes = [PROTOCOL_ERROR]
+    ice.IceSetErrorHandler.restype = ctypes.c_void_p
+    sm.SmcSetErrorHandler.argtypes = [PROTOCOL_ERROR]
+    sm.SmcSetErrorHandler.restype = ctypes.c_void_p
+    ice.IceSetIOErrorHandler(_QUIET_IO)
+    ice.IceSetErrorHandler(_QUIET_PROTOCOL)
+    sm.SmcSetErrorHandler(_QUIET_PROTOCOL)
     return sm, ice
 
 
@@ -156,12 +175,35 @@ def registered(environ: Mapping[str, str], argv: Sequence[str]) -> Iterator[Desk
     """Registered with the desktop's session manager (SESSION_MANAGER) while the block runs;
     None where there is none to register with."""
     address = environ.get("SESSION_MANAGER")
-    session = None
-    if address:
-        with contextlib.suppress(OSError, ConnectionError):
-            session = DesktopSession(address, argv)
+    session = _connect(address, argv) if address else None
     try:
         yield session
     finally:
         if session is not None:
             session.close()
+
+
+def _connect(address: str, argv: Sequence[str]) -> DesktopSession | None:
+    """A registration made within CONNECT_TIMEOUT, else None: libSM's connect waits as long as
+    the manager makes it (one made later is closed at once)."""
+    made: list[DesktopSession] = []
+    lock = threading.Lock()
+    late = threading.Event()
+
+    def connect() -> None:
+        try:
+            session = DesktopSession(address, argv)
+        except (OSError, ConnectionError):
+            return
+        with lock:
+            if late.is_set():
+                session.close()
+            else:
+                made.append(session)
+
+    connecting = threading.Thread(target=connect, daemon=True, name="desktop session: connect")
+    connecting.start()
+    connecting.join(CONNECT_TIMEOUT)
+    with lock:
+        late.set()
+        return made[0] if made else None

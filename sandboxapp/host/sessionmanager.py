@@ -31,7 +31,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sandboxapp.host.unixsocket import close_listener, sandbox_listener
+from sandboxapp.fs.safepath import DesktopUser
+from sandboxapp.host.unixsocket import SandboxListener
 
 # The socket's name in the sandbox's session manager directory.
 SESSION_SOCKET = "socket"
@@ -240,9 +241,9 @@ class Client:
 class SessionManager:
     """Serves a sandbox's session manager socket until closed."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, user: DesktopUser | None = None) -> None:
         self.path = path
-        self.listener = sandbox_listener(path, MAX_CONNECTIONS)
+        self.listener = SandboxListener(path, MAX_CONNECTIONS, user)
         self.clients: list[Client] = []
         self.lock = threading.Lock()
         self.quitting = False
@@ -417,15 +418,15 @@ class SessionManager:
         with self.lock:
             self.closed = True
             clients = list(self.clients)
-        close_listener(self.listener, self.path)
+        self.listener.close()
         for client in clients:
             with contextlib.suppress(OSError):
                 client.sock.shutdown(socket.SHUT_RDWR)
 
 
 @contextlib.contextmanager
-def serving(path: Path) -> Iterator[SessionManager]:
-    manager = SessionManager(path)
+def serving(path: Path, user: DesktopUser | None = None) -> Iterator[SessionManager]:
+    manager = SessionManager(path, user)
     try:
         yield manager
     finally:

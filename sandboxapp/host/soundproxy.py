@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sandboxapp.fs.safepath import DesktopUser
 from sandboxapp.host import pulsewire, unixsocket
 from sandboxapp.host.soundfilter import Refused, SoundFilter, SourceInfo
 
@@ -245,13 +246,13 @@ class SoundProxy:
     """Serves a sandbox's sound socket until closed."""
 
     def __init__(self, path: Path, server: Path, cookie: bytes, *, recording: bool,
-                 identity: str) -> None:
+                 identity: str, user: DesktopUser | None = None) -> None:
         self.path = path
         self.server = server
         self.cookie = cookie
         self.recording = recording
         self.identity = identity
-        self.listener = unixsocket.sandbox_listener(path, MAX_CONNECTIONS)
+        self.listener = unixsocket.SandboxListener(path, MAX_CONNECTIONS, user)
         self.connections: list[_Connection] = []
         self.lock = threading.Lock()
         self.lookup = SourceLookup(server)
@@ -289,7 +290,7 @@ class SoundProxy:
         with self.lock:
             self.closed = True
             connections = list(self.connections)
-        unixsocket.close_listener(self.listener, self.path)
+        self.listener.close()
         for connection in connections:
             connection.close()
         self.lookup.close()
@@ -297,8 +298,9 @@ class SoundProxy:
 
 @contextlib.contextmanager
 def serving(path: Path, server: Path, cookie: bytes, *, recording: bool,
-            identity: str) -> Iterator[SoundProxy]:
-    proxy = SoundProxy(path, server, cookie, recording=recording, identity=identity)
+            identity: str, user: DesktopUser | None = None) -> Iterator[SoundProxy]:
+    """user: the owner of path's directory, where root acts for them (unixsocket)."""
+    proxy = SoundProxy(path, server, cookie, recording=recording, identity=identity, user=user)
     try:
         yield proxy
     finally:

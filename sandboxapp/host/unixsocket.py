@@ -10,8 +10,11 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import stat
 import time
 from pathlib import Path
+
+from sandboxapp.fs.safepath import DesktopUser, open_user_path, refuse
 
 # A local server that takes longer than this to answer a request is hung, not busy.
 TIMEOUT = 5.0
@@ -63,22 +66,47 @@ def recv_exactly(sock: socket.socket, size: int, by: float | None) -> bytes:
     return b"".join(chunks)
 
 
-def sandbox_listener(path: Path, backlog: int) -> socket.socket:
+class SandboxListener:
     """A listening socket the launcher serves a sandbox on, at path in the sandbox's own
-    directory (0711), which is the barrier: the container's processes are nobody here."""
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
-    listener.bind(str(path))
-    os.chmod(path, 0o666)
-    listener.listen(backlog)
-    return listener
+    directory (the user's, 0711), which is the barrier: the container's processes are nobody
+    here. Root acting for the user makes, opens up (0666) and removes it through that
+    directory as opened without following the user's symlinks: never anywhere else, whatever
+    the user swaps meanwhile.
 
+    user: the directory's owner (the process's own user where None)."""
 
-def close_listener(listener: socket.socket, path: Path) -> None:
-    """Stop serving: the accepting thread wakes, and the socket's name goes."""
-    with contextlib.suppress(OSError):
-        listener.shutdown(socket.SHUT_RDWR)
-    listener.close()
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
+    def __init__(self, path: Path, backlog: int, user: DesktopUser | None = None) -> None:
+        self.name = path.name
+        self.held = open_user_path(path.parent, user or DesktopUser(os.getuid(), os.getgid()))
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.name, dir_fd=self.held)
+            self.sock.bind(f"/proc/self/fd/{self.held}/{self.name}")
+            # What was just made, opened without following a symlink swapped in for it: only
+            # a socket is opened up, through that descriptor.
+            made = os.open(self.name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC,
+                           dir_fd=self.held)
+            try:
+                if not stat.S_ISSOCK(os.fstat(made).st_mode):
+                    raise refuse(path, "it was replaced while it was made")
+                os.chmod(f"/proc/self/fd/{made}", 0o666)
+            finally:
+                os.close(made)
+            self.sock.listen(backlog)
+        except BaseException:
+            self.sock.close()
+            os.close(self.held)
+            raise
+
+    def accept(self) -> tuple[socket.socket, object]:
+        return self.sock.accept()
+
+    def close(self) -> None:
+        """Stop serving: the accepting thread wakes, and the socket's name goes."""
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.name, dir_fd=self.held)
+        os.close(self.held)

@@ -131,14 +131,6 @@ class NestedX11Entry(Entry):
             "x11 a display of its own (Xephyr), starting")
 
 
-def remove_sound_dir(directory: Path) -> None:
-    for name in (SOUND_CONF, SOUND_SOCKET):
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(directory / name)
-    with contextlib.suppress(FileNotFoundError, OSError):
-        directory.rmdir()
-
-
 @dataclass
 class SoundEntry(Entry):
     """The sandbox's sound directory, its socket served by the launcher."""
@@ -146,9 +138,11 @@ class SoundEntry(Entry):
     KIND: ClassVar[str] = "sound"
     socket: str
     dir: str
+    user: int
 
     def undo(self, *, recovering: bool) -> None:
-        remove_sound_dir(Path(self.dir))
+        # The user's directory: never followed through a symlink they put in its place.
+        nofollow.remove_user_dir(self.dir, self.user, (SOUND_CONF, SOUND_SOCKET))
 
     def grant_line(self) -> str:
         return f"sound {self.socket}"

@@ -656,6 +656,48 @@ def test_a_logout_stops_the_sandbox_while_the_desktop_waits_for_it(
     assert set(marks(session)) == {"told-to-die"}
 
 
+@pytest.mark.parametrize("manner", ["silent", "garbage"])
+def test_a_desktop_session_manager_that_never_answers_right_neither_holds_nor_ends_the_launch(
+        session: Session, tmp_path: Path, manner: str) -> None:
+    """The desktop's session manager takes the launcher's connection and says nothing, or
+    answers with bytes that are no protocol: the launch goes on unregistered and ends when its
+    program does, exit status and cleanup its own (libICE's default would exit the launcher
+    mid-way, leaving its grants)."""
+    import threading
+
+    session.session_manager = tmp_path / "desktop-session"
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(session.session_manager))
+    listener.listen(4)
+    taken: list[socket.socket] = []
+
+    def serve() -> None:
+        while True:
+            try:
+                peer, _ = listener.accept()
+            except OSError:
+                return
+            taken.append(peer)
+            if manner == "garbage":
+                peer.recv(1024)
+                peer.sendall(os.urandom(4096))
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        profile = write_variant(session.profiles, ["/bin/sh", "-c", "sleep 1"], FULL_SANDBOX)
+        started = time.monotonic()
+        result = session.run(str(profile), timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert time.monotonic() - started < 15
+        assert "ICE" not in result.stderr, result.stderr
+        assert taken, "the launcher never tried the desktop's session manager"
+    finally:
+        listener.close()
+        for peer in taken:
+            peer.close()
+    assert not list(session.run_dir.glob("*.json"))
+
+
 def test_an_app_that_does_not_quit_when_asked_gets_sigterm_after_the_grace(
         session: Session) -> None:
     launch = start_xsmp_app(session, "ignore")

@@ -1,11 +1,13 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 
 from sandboxapp.errors import SandboxError
+from sandboxapp.fs.safepath import DesktopUser
 from sandboxapp.fs.util import exchange, remove_tree
 from sandboxapp.image.build import clean_debris
 from sandboxapp.image.store import ImageStore
@@ -98,17 +100,8 @@ def test_nothing_below_roots_home_is_made_a_users() -> None:
         assert not Path("/", *path.parts[1:3]).exists()
 
 
-def test_a_file_root_writes_for_a_user_goes_into_their_directory_and_nowhere_else(
-        tmp_path: Path) -> None:
-    """Root writing a file into a user's directory (the sandbox's Xauthority file, its sound
-    client configuration) writes it through that directory as opened without following
-    symlinks: a directory swapped for a symlink to root's is refused, a symlink at the file's
-    name is replaced, never written through, and the file is the user's."""
-    import os
-
-    from sandboxapp.fs.safepath import DesktopUser, write_user_file
-
-    user = DesktopUser(4321, 4321)
+def users_and_roots(tmp_path: Path, user: DesktopUser) -> tuple[Path, Path, Path]:
+    """(the user's home, a directory of theirs in it, a directory of root's)."""
     home = tmp_path / "home"
     mine = home / "mine"
     mine.mkdir(parents=True)
@@ -116,6 +109,19 @@ def test_a_file_root_writes_for_a_user_goes_into_their_directory_and_nowhere_els
         os.chown(made, user.uid, user.gid)
     roots = tmp_path / "roots"
     roots.mkdir()
+    return home, mine, roots
+
+
+def test_a_file_root_writes_for_a_user_goes_into_their_directory_and_nowhere_else(
+        tmp_path: Path) -> None:
+    """Root writing a file into a user's directory (the sandbox's Xauthority file, its sound
+    client configuration) writes it through that directory as opened without following
+    symlinks: a directory swapped for a symlink to root's is refused, a symlink at the file's
+    name is replaced, never written through, and the file is the user's."""
+    from sandboxapp.fs.safepath import write_user_file
+
+    user = DesktopUser(4321, 4321)
+    home, mine, roots = users_and_roots(tmp_path, user)
     (roots / "precious").write_text("root's")
     (mine / "conf").symlink_to(roots / "precious")
     written = write_user_file(mine, "conf", b"the sandbox's", user, 0o600)
@@ -127,3 +133,29 @@ def test_a_file_root_writes_for_a_user_goes_into_their_directory_and_nowhere_els
     with pytest.raises(SandboxError, match="symlink"):
         write_user_file(swapped, "conf", b"the sandbox's", user, 0o600)
     assert sorted(p.name for p in roots.iterdir()) == ["precious"]
+
+
+def test_a_sandbox_socket_is_made_and_removed_in_the_users_directory_alone(
+        tmp_path: Path) -> None:
+    """The sound and session manager sockets root serves for a user: a directory swapped for
+    a symlink to root's is refused (nothing made or opened up there), and once made, a
+    directory swapped afterwards does not send the socket's removal into root's."""
+    from sandboxapp.host.unixsocket import SandboxListener
+
+    user = DesktopUser(4321, 4321)
+    home, mine, roots = users_and_roots(tmp_path, user)
+    (roots / "native").write_text("root's")
+    os.chmod(roots / "native", 0o600)
+    swapped = home / "swapped"
+    swapped.symlink_to(roots)
+    with pytest.raises(SandboxError, match="symlink"):
+        SandboxListener(swapped / "native", 4, user)
+    assert (roots / "native").read_text() == "root's"
+    assert (roots / "native").stat().st_mode & 0o777 == 0o600
+    listener = SandboxListener(mine / "native", 4, user)
+    assert (mine / "native").is_socket() and (mine / "native").stat().st_mode & 0o777 == 0o666
+    mine.rename(home / "moved")
+    mine.symlink_to(roots)
+    listener.close()
+    assert (roots / "native").read_text() == "root's"
+    assert not (home / "moved" / "native").exists()

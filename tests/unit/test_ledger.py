@@ -30,7 +30,7 @@ OLD_ENTRIES = [
     {"id": 1, "kind": "x11-nested", "dir": "/run/user/1000/sandboxapp/.x11/app", "user": 1000,
      "display": 20, "server": [412, 9000]},
     {"id": 2, "kind": "sound", "socket": "/run/user/1000/sandboxapp/app/native",
-     "dir": "/run/user/1000/sandboxapp/app"},
+     "dir": "/run/user/1000/sandboxapp/app", "user": 1000},
     {"id": 3, "kind": "layer", "path": "/var/lib/sandboxapp/images/.layers/app"},
     {"id": 4, "kind": "container", "machine": "sandboxapp-app", "pid": 4242,
      "started": 123.0, "uid": 0x70040000, "user": 1000, "profile_file": "/p/app.toml"},
@@ -89,7 +89,7 @@ def test_undo_runs_newest_first_and_keeps_what_it_cannot_undo(tmp_path: Path) ->
     x11_dir.mkdir()
     (x11_dir / "Xauthority").write_bytes(b"cookie")
     record.add(UnknownEntry("tunnel", {"path": "/x"}))
-    record.add(SoundEntry(str(sound / "native"), str(sound)))
+    record.add(SoundEntry(str(sound / "native"), str(sound), os.getuid()))
     record.add(NestedX11Entry(str(x11_dir), os.getuid(), 20))
     assert [e.id for e in record.entries] == [1, 2, 3]
     problems = undo_record(record, recovering=False)
@@ -105,7 +105,7 @@ def test_reconcile_undoes_the_record_of_a_launcher_that_is_gone(tmp_path: Path) 
     empty.mkdir()
     # pid 1, recorded with a start no process has: a launcher long gone, its pid reused.
     record = Record(run_dir.record_path("app"), "app", 1, -1.0)
-    record.add(SoundEntry(str(empty / "native"), str(empty)))
+    record.add(SoundEntry(str(empty / "native"), str(empty), os.getuid()))
     messages = reconcile(run_dir)
     assert messages == ["cleaned up after app (launcher pid 1 is gone): sound"]
     assert not empty.exists() and not record.path.exists()
@@ -124,8 +124,8 @@ def test_a_grant_recorded_through_the_supervisor_is_undone_when_the_launch_ends(
         assert supervisor.record is not None
         on_disk = json.loads(supervisor.record.path.read_text())
         assert on_disk["entries"] == []
-        mine = supervisor.add(stack, SoundEntry(str(taken / "native"), str(taken)))
-        theirs = supervisor.add(stack, SoundEntry(str(kept / "native"), str(kept)))
+        mine = supervisor.add(stack, SoundEntry(str(taken / "native"), str(taken), os.getuid()))
+        theirs = supervisor.add(stack, SoundEntry(str(kept / "native"), str(kept), os.getuid()))
         # Recorded before it is made, on disk at once.
         on_disk = json.loads(supervisor.record.path.read_text())
         assert [e["dir"] for e in on_disk["entries"]] == [str(taken), str(kept)]
@@ -136,3 +136,21 @@ def test_a_grant_recorded_through_the_supervisor_is_undone_when_the_launch_ends(
             supervisor.record.update(mine, nosuchfield=1)
     assert not taken.exists() and kept.exists()
     assert not run_dir.record_path("app").exists() and warnings == []
+
+
+def test_the_sound_directorys_undo_never_follows_a_symlink_put_in_its_place(
+        tmp_path: Path) -> None:
+    """A user who swaps the sandbox's sound directory for a symlink to one of root's before
+    the launch ends: the undo removes nothing there."""
+    roots = tmp_path / "roots"
+    roots.mkdir()
+    for name in ("client.conf", "native"):
+        (roots / name).write_text("root's")
+    home = tmp_path / "home"
+    home.mkdir()
+    os.chown(home, 4321, 4321)
+    sound = home / "sound"
+    sound.symlink_to(roots)
+    os.lchown(sound, 4321, 4321)  # the user's own symlink, in the user's own directory
+    SoundEntry(str(sound / "native"), str(sound), 4321).undo(recovering=False)
+    assert sorted(p.name for p in roots.iterdir()) == ["client.conf", "native"]
