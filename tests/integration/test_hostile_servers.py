@@ -389,7 +389,7 @@ def test_roots_cleanup_survives_the_servers_a_record_names(
                    "display": display.number, "xauthority": None, "authid": 7,
                    "server": [os.getpid(), start_ticks(os.getpid())]},
                   {"id": 2, "kind": "sound", "socket": str(sound_dir / "native"),
-                   "dir": str(sound_dir)}]}
+                   "dir": str(sound_dir), "user": os.getuid()}]}
     (run_dir / "victim.json").write_text(json.dumps(record))
     started = time.monotonic()
     result = subprocess.run(

@@ -339,7 +339,7 @@ def test_cleanup_removes_a_sound_socket_its_killed_launcher_served(session: Sess
     listener.close()  # as a killed launcher leaves it: bound, no one listening
     record = {"version": 1, "profile": NAME, "pid": 999999999, "started": 1.0, "next_id": 2,
               "entries": [{"id": 1, "kind": "sound", "socket": str(socket_path),
-                           "dir": str(sound_dir)}]}
+                           "dir": str(sound_dir), "user": os.getuid()}]}
     (session.run_dir / f"{NAME}.json").write_text(json.dumps(record))
     result = session.sandboxapp("cleanup")
     assert result.returncode == 0, result.stderr
