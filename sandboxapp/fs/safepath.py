@@ -75,22 +75,28 @@ def read_user_file(path: Path, user: DesktopUser, *, trusted: bool, limit: int) 
         os.close(fd)
 
 
+def create_user_file(held: int, name: str, user: DesktopUser, mode: int) -> int:
+    """A new regular file, name, in a directory of the user's that open_user_path opened
+    (held): never through a symlink at name; the user's where root makes it for them. The
+    caller closes the descriptor it returns."""
+    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 mode, dir_fd=held)
+    owner = user.acted_for()
+    if owner is not None:
+        os.fchown(fd, owner.uid, owner.gid)
+    return fd
+
+
 def write_user_file(directory: Path, name: str, data: bytes, user: DesktopUser,
                     mode: int) -> Path:
     """Replace directory/name, in a directory of the user's, with a new regular file of data:
     made through the directory opened without following the user's symlinks (root, acting for
-    the user, writes there and nowhere else, however the path is swapped meanwhile), never
-    through a symlink at name; the user's where root writes it for them."""
+    the user, writes there and nowhere else, however the path is swapped meanwhile)."""
     held = open_user_path(directory, user)
     try:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(name, dir_fd=held)
-        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     mode, dir_fd=held)
-        with os.fdopen(fd, "wb") as stream:
-            owner = user.acted_for()
-            if owner is not None:
-                os.fchown(stream.fileno(), owner.uid, owner.gid)
+        with os.fdopen(create_user_file(held, name, user, mode), "wb") as stream:
             stream.write(data)
     except OSError as exc:
         raise refuse(directory / name, exc.strerror or str(exc)) from None

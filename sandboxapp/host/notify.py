@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import IO
 
 from sandboxapp.command import base_env, program_exists, run
-from sandboxapp.fs.safepath import DesktopUser, ensure_user_dir
+from sandboxapp.fs.safepath import DesktopUser, create_user_file, ensure_user_dir, open_user_path
 
 KEEP_LOGS = 10
 NOTIFY_TIMEOUT = 5.0
@@ -42,6 +42,14 @@ def notify(environ: Mapping[str, str], summary: str, body: str) -> bool:
     return run(argv, env=env, check=False, timeout=NOTIFY_TIMEOUT).returncode == 0
 
 
+def _prune(held: int) -> None:
+    """Room for a new log among the newest KEEP_LOGS."""
+    logs = sorted(name for name in os.listdir(f"/proc/self/fd/{held}") if name.endswith(".log"))
+    for old in logs[:len(logs) - KEEP_LOGS + 1]:
+        with contextlib.suppress(OSError):
+            os.unlink(old, dir_fd=held)
+
+
 class RunLog:
     """`$XDG_STATE_HOME/sandboxapp/PROFILE/<time>.log`: what a run printed, kept for the user
     who started it from a menu; the newest KEEP_LOGS are kept."""
@@ -49,20 +57,17 @@ class RunLog:
     def __init__(self, state_home: Path, profile: str, user: DesktopUser) -> None:
         self.directory = state_home / "sandboxapp" / profile
         ensure_user_dir(self.directory, user)
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-        self.path = self.directory / f"{stamp}.log"
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW |
-                     os.O_CLOEXEC, 0o600)
-        if os.geteuid() == 0:
-            os.fchown(fd, user.uid, user.gid)
+        # Root, acting for the user, prunes and writes through the directory as opened without
+        # following symlinks: one swapped in meanwhile sends neither into another directory.
+        held = open_user_path(self.directory, user)
+        try:
+            _prune(held)
+            name = datetime.now().strftime("%Y%m%d-%H%M%S-%f") + ".log"
+            fd = create_user_file(held, name, user, 0o600)
+        finally:
+            os.close(held)
+        self.path = self.directory / name
         self.stream: IO[str] = os.fdopen(fd, "w", encoding="utf-8", errors="replace")
-        self._prune()
-
-    def _prune(self) -> None:
-        logs = sorted(self.directory.glob("*.log"))
-        for old in logs[:-KEEP_LOGS]:
-            with contextlib.suppress(OSError):
-                old.unlink()
 
     def close(self) -> None:
         self.stream.close()

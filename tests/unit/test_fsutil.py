@@ -135,6 +135,42 @@ def test_a_file_root_writes_for_a_user_goes_into_their_directory_and_nowhere_els
     assert sorted(p.name for p in roots.iterdir()) == ["precious"]
 
 
+def test_a_run_log_root_keeps_for_a_user_never_writes_or_prunes_outside_their_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`sudo sandboxapp run` keeps its run log in the user's state directory: a directory
+    swapped for a symlink to root's right after it was checked gets no log of root's making
+    and loses none of its *.log files; in the user's own, the newest logs are kept."""
+    from sandboxapp.host import notify
+
+    user = DesktopUser(4321, 4321)
+    home, _, roots = users_and_roots(tmp_path, user)
+    for n in range(notify.KEEP_LOGS + 2):
+        (roots / f"{n:02}.log").write_text("root's")
+    checked = notify.ensure_user_dir
+
+    def checked_then_swapped(path: Path, who: DesktopUser) -> None:
+        checked(path, who)
+        path.rename(path.with_name("moved"))
+        path.symlink_to(roots)
+
+    monkeypatch.setattr(notify, "ensure_user_dir", checked_then_swapped)
+    with pytest.raises(SandboxError, match="symlink"):
+        notify.RunLog(home, "app", user)
+    assert sorted(p.name for p in roots.iterdir()) == [
+        f"{n:02}.log" for n in range(notify.KEEP_LOGS + 2)]
+    monkeypatch.undo()
+    logs = home / "sandboxapp" / "moved"
+    for n in range(notify.KEEP_LOGS + 2):
+        (logs / f"{n:02}.log").write_text("old")
+    (home / "sandboxapp" / "app").unlink()
+    (home / "sandboxapp" / "moved").rename(home / "sandboxapp" / "app")
+    log = notify.RunLog(home, "app", user)
+    log.close()
+    kept = sorted(p.name for p in log.directory.iterdir())
+    assert len(kept) == notify.KEEP_LOGS and kept[-1] == log.path.name
+    assert (log.path.stat().st_uid, log.path.stat().st_mode & 0o777) == (4321, 0o600)
+
+
 def test_a_sandbox_socket_is_made_and_removed_in_the_users_directory_alone(
         tmp_path: Path) -> None:
     """The sound and session manager sockets root serves for a user: a directory swapped for
