@@ -400,10 +400,13 @@ def trixie_root() -> Path:
 
 def _in_trixie(user: HostUser, argv: list[str]) -> list[str]:
     """argv run in trixie_root as user, in a mount namespace of its own where that root has
-    /proc, /dev and the user's runtime directory (at its own path)."""
+    /proc, /dev, a /tmp of its own (what a compositor of an earlier run left there, such as
+    an X socket directory of another user's, is not this one's) and the user's runtime
+    directory (at its own path)."""
     root = trixie_root()
     script = ('set -e; user=$1 root=$2 runtime=$3; shift 3; mount --make-rprivate /; '
               'mount --rbind /dev "$root/dev"; mount -t proc proc "$root/proc"; '
+              'mount -t tmpfs -o mode=1777 tmpfs "$root/tmp"; '
               'mkdir -p "$root$runtime"; mount --bind "$runtime" "$root$runtime"; '
               'exec chroot --userspec="$user" "$root" "$@"')
     return ["unshare", "--mount", "--fork", "--", "/bin/sh", "-c", script, "sh",
