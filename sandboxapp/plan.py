@@ -1,7 +1,7 @@
 """What one launch of a profile will do, worked out before anything is changed: the profile,
 its image, its layer, the directories it keeps, the display and the command.
 
-`run --dry-run` prints it (launch/spec.py), the launcher carries it out.
+`run --dry-run` prints it (features/spec.py), the launcher carries it out.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ class PersistDir:
 class LaunchPlan:
     profile: Profile
     image: Image | None
-    image_path: Path
     layer_root: Path
     # A stateful profile's changes, kept between runs: one directory below it per user.
     state_root: Path | None
@@ -72,15 +71,32 @@ class Shown:
                        wayland, WaylandPath.COMPOSITOR, "the launcher's choice"))
 
 
-def plan_display(profile: Profile, environ: Mapping[str, str]) -> Shown:
+def plan_display(profile: Profile, environ: Mapping[str, str], *, check: bool) -> Shown:
     """The session side's: the compositor is asked (where the profile may be shown on
-    Wayland), DISPLAY is read where it is shown through X. Before an image is built for the
-    profile: a desktop that cannot show it says so before a minute of building."""
+    Wayland), DISPLAY is read where it is shown through X.
+
+    check: that this desktop can show the profile through X (the nested server is installed;
+    a trusted display has the SECURITY extension): before an image is built for the profile,
+    a desktop that cannot show it says so before a minute of building."""
     wayland = choose_path(environ) if profile.sandbox.wayland else None
     display = None
     if profile.sandbox.x11 is not X11Access.NONE and not (wayland and wayland.native):
         display = parse_display(environ.get("DISPLAY"))
+        if check:
+            _check_x_path(profile.sandbox.x11, display, environ)
     return Shown(display, wayland)
+
+
+def _check_x_path(x11: X11Access, display: Display, environ: Mapping[str, str]) -> None:
+    if x11 is X11Access.ISOLATED:
+        from sandboxapp.host.nested import check_installed
+
+        check_installed()
+    else:
+        from sandboxapp.host import xtrust
+        from sandboxapp.host.display import XAccess
+
+        xtrust.check_possible(XAccess.from_environment(display, environ))
 
 
 def plan_launch(
@@ -97,16 +113,12 @@ def plan_launch(
     data_root = locations.data_home / "sandboxapp" / profile.name
     persist = tuple(PersistDir(path, data_root.joinpath(*path.parts[1:]))
                     for path in profile.sandbox.persist)
-    store = ImageStore(locations.image_dir)
-    image = store.get(profile.name)
+    places = ImageStore(locations.image_dir).launch_places(profile.name, instance)
     return LaunchPlan(
         profile=profile,
-        image=image,
-        image_path=store.image_path(profile.name),
-        # '@' is in no profile name: an instance's layer is never another profile's.
-        layer_root=store.root / ".layers" / (f"{profile.name}@{instance}" if instance
-                                             else profile.name),
-        state_root=None if profile.sandbox.stateless else store.state_root(profile.name),
+        image=places.image,
+        layer_root=places.layer_root,
+        state_root=None if profile.sandbox.stateless else places.state_root,
         persist=persist,
         display=shown.display,
         wayland=shown.wayland,

@@ -8,6 +8,7 @@ import shlex
 import sys
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,7 +21,6 @@ from sandboxapp.profile.find import find_profile, load_profile_file
 from sandboxapp.profile.model import Profile, X11Access
 
 if TYPE_CHECKING:
-    from sandboxapp.host.display import Display
     from sandboxapp.host.notify import RunLog
     from sandboxapp.launch.helperclient import PendingHelper
     from sandboxapp.launch.launcher import Launch
@@ -40,6 +40,22 @@ def _prepare_image(profile: Profile, locations: Locations,
                    warn: Callable[[str], None]) -> None:
     """Before a launch: build a missing image, update one that is too old where the profile
     asks for it (or say how), say when the profile has moved on."""
+    action = _image_action(profile, locations, warn)
+    if action is None:
+        return
+    try:
+        _image_work(action, profile, locations)
+    except SandboxError as error:
+        if action == "build":
+            raise
+        # The image there is still a working one: start it, and say why it is old.
+        warn(f"{error.message}; starting the image as it is")
+
+
+def _image_action(profile: Profile, locations: Locations,
+                  warn: Callable[[str], None]) -> str | None:
+    """What the profile's image needs before this launch ("build", "update" or None), and
+    what is worth saying about it."""
     from datetime import UTC, datetime
 
     from sandboxapp.image.store import ImageStore, image_is_stale
@@ -53,24 +69,20 @@ def _prepare_image(profile: Profile, locations: Locations,
                    "Its image is being built: this takes a minute or two.")
         warn(f"the image for {profile.name} is not built yet: building it first "
              "(a minute or two)")
-        _image_work("build", profile, locations)
-        return
+        return "build"
     if image_is_stale(profile, image):
         warn(f"the image for {profile.name} is stale: its profile's [image] section changed; "
              f"rebuild it with: sandboxapp image build {profile.name}")
-        return
+        return None
     age = datetime.now(UTC) - image.meta.refreshed_at
-    if age.days >= profile.updates.update_after_days:
-        if profile.updates.auto_update:
-            warn(f"the image for {profile.name} is {age.days} days old: updating it first")
-            try:
-                _image_work("update", profile, locations)
-            except SandboxError as error:
-                # The image there is still a working one: start it, and say why it is old.
-                warn(f"{error.message}; starting the image as it is")
-            return
-        warn(f"the image for {profile.name} is {age.days} days old; update it with: "
-             f"sandboxapp image update {profile.name}")
+    if age.days < profile.updates.update_after_days:
+        return None
+    if profile.updates.auto_update:
+        warn(f"the image for {profile.name} is {age.days} days old: updating it first")
+        return "update"
+    warn(f"the image for {profile.name} is {age.days} days old; update it with: "
+         f"sandboxapp image update {profile.name}")
+    return None
 
 
 def _image_work(action: str, profile: Profile, locations: Locations) -> None:
@@ -100,15 +112,13 @@ def cmd_run(args: argparse.Namespace, locations: Locations) -> int:
     # The command line's entry has usually started it (cli.early_helper); else, first of all
     # here: the privileged helper's interpreter then loads while this one does.
     helper: PendingHelper | None = getattr(args, "helper", None)
-    if helper is not None or args.dry_run or os.geteuid() == 0:
-        return _run(args, locations, helper)
-    from sandboxapp.launch.helperclient import PendingHelper
+    with ExitStack() as stack:
+        if helper is None and not args.dry_run and os.geteuid() != 0:
+            from sandboxapp.launch.helperclient import PendingHelper
 
-    helper = PendingHelper(os.environ)
-    try:
+            helper = PendingHelper(os.environ)
+            stack.callback(helper.abandon)
         return _run(args, locations, helper)
-    finally:
-        helper.abandon()
 
 
 def _run(args: argparse.Namespace, locations: Locations, helper: PendingHelper | None) -> int:
@@ -121,16 +131,14 @@ def _run(args: argparse.Namespace, locations: Locations, helper: PendingHelper |
     extra = list(args.args)
     if extra and extra[0] == "--":
         extra = extra[1:]
-    shown = plan_display(profile, os.environ)
+    shown = plan_display(profile, os.environ, check=not args.dry_run)
     if args.dry_run:
-        from sandboxapp.launch.spec import describe_plan
+        from sandboxapp.features.spec import describe_plan
         from sandboxapp.system.hostfacts import host_facts
 
         plan = plan_launch(profile, extra, locations, shown, program=args.program)
         say(describe_plan(plan, host_facts()))
         return ExitStatus.OK
-    if shown.display is not None:
-        _check_x_path(profile.sandbox.x11, shown.display)
     from sandboxapp.fs.safepath import DesktopUser
     from sandboxapp.host.notify import RunLog, Tee
     from sandboxapp.launch.launcher import Launch
@@ -170,19 +178,6 @@ def _run(args: argparse.Namespace, locations: Locations, helper: PendingHelper |
     finally:
         if log:
             log.close()
-
-
-def _check_x_path(x11: X11Access, display: Display) -> None:
-    """Before an image is built for it: that this desktop can show the profile through X."""
-    if x11 is X11Access.ISOLATED:
-        from sandboxapp.host.nested import check_installed
-
-        check_installed()
-    else:
-        from sandboxapp.host import xtrust
-        from sandboxapp.host.display import XAccess
-
-        xtrust.check_possible(XAccess.from_environment(display, os.environ))
 
 
 # A desktop program that ends within this many seconds of its launch without a word on its

@@ -240,17 +240,25 @@ def commit_staged(
     store: ImageStore,
     progress: Progress,
     existing: Image | None,
-    ids: UidRange,
     what: str,
     produce: Callable[[Build], ImageMeta | None],
 ) -> Image | None:
     """Make an image in a staging directory with `produce` and move it into place atomically;
     None when produce decides to keep nothing. The caller holds the image's lock.
 
+    The image keeps the UID block of the one it replaces; a new image gets a free block,
+    chosen under the lock that writes the build marker that claims it (a build of another
+    profile that starts meanwhile sees it taken).
+
     The image it replaces is deleted at once, unless a running sandbox still has it as its
     lower layer: then it is kept aside until a later build finds it unused."""
     name = profile.name
     with store.lock("allocation"):
+        if existing is not None:
+            ids = existing.meta.uid_range
+        else:
+            taken = _taken_bases(store, name)
+            ids = allocate(name, taken)
         staging = Path(tempfile.mkdtemp(prefix=f".build-{name}-", dir=store.root))
         staging.chmod(0o700)
         pid, started = process_identity()
@@ -285,7 +293,7 @@ def commit_staged(
             os.rename(staging, store.root / f".old-{name}-{os.getpid()}")
         else:
             remove_tree(staging, marker=META_FILE)
-    return store.get(name)
+    return Image(target, meta)
 
 
 def build_image(
@@ -301,8 +309,6 @@ def build_image(
         existing = store.get(name)
         if existing is not None and not force and not image_is_stale(profile, existing):
             return None
-        with store.lock("allocation"):
-            ids = existing.meta.uid_range if existing else allocate(name, _taken_bases(store, name))
 
         def produce(build: Build) -> ImageMeta:
             mirror, security = build.debootstrap()
@@ -311,4 +317,4 @@ def build_image(
             build.shift_ownership()
             return build.metadata(mirror, security)
 
-        return commit_staged(profile, store, progress, existing, ids, "build", produce)
+        return commit_staged(profile, store, progress, existing, "build", produce)

@@ -55,13 +55,13 @@ def _rework_existing(
     profile: Profile, store: ImageStore, progress: Progress, what: str,
     produce: Callable[[Build, Image], ImageMeta | None],
 ) -> Image | None:
-    """Work on a copy of the profile's built image and swap it in (see _commit_staged)."""
+    """Work on a copy of the profile's built image and swap it in (see build.commit_staged)."""
     store.ensure()
     with store.lock(f"image-{profile.name}", wait=False):
         existing = store.require(profile.name)  # "not built" says more than a missing tool
         check_build_tools()
         clean_debris(store, progress)
-        return commit_staged(profile, store, progress, existing, existing.meta.uid_range, what,
+        return commit_staged(profile, store, progress, existing, what,
                               lambda build: produce(build, existing))
 
 

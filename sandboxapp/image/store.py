@@ -9,6 +9,7 @@
       .logs/build-PROFILE.log   the full log of the last build
       .locks/                   lock files
       .state/PROFILE/UID/       a stateful profile's changes, kept for one user (root's, 0700)
+      .layers/PROFILE[@INST]/   a running launch's writable layer (system/layer.py)
 """
 
 from __future__ import annotations
@@ -119,6 +120,16 @@ class Image:
         return datetime.fromisoformat(self.meta.built_at)
 
 
+@dataclass(frozen=True)
+class LaunchPlaces:
+    """Where a launch of a profile finds its image, makes its layer and keeps its changes."""
+
+    image: Image | None
+    layer_root: Path
+    # A stateful profile's changes: one directory below it per user.
+    state_root: Path
+
+
 class ImageStore:
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -133,6 +144,13 @@ class ImageStore:
     def state_root(self, name: str) -> Path:
         """Where a stateful profile's changes are kept, a directory per user below."""
         return self.root / ".state" / check_profile_name(name)
+
+    def launch_places(self, name: str, instance: str | None) -> LaunchPlaces:
+        """instance: a desktop user's launch through the helper has its own layer."""
+        image = self.get(name)
+        # '@' is in no profile name: an instance's layer is never another profile's.
+        layer = f"{name}@{instance}" if instance else name
+        return LaunchPlaces(image, self.root / ".layers" / layer, self.root / ".state" / name)
 
     def remove_state(self, name: str, uid: int) -> Path | None:
         """Drop the changes a stateful profile kept for one user; the directory it took them

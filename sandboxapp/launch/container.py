@@ -8,10 +8,8 @@ very inode bind-mounted into a staging directory in the layer; nspawn only sees 
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -19,23 +17,23 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
-from sandboxapp.command import base_env, spawn
+from sandboxapp.command import Relay, base_env, spawn
 from sandboxapp.errors import ExitStatus, SandboxError
 from sandboxapp.features import Feature
+from sandboxapp.features.spec import launch_spec
 from sandboxapp.fs import nofollow
 from sandboxapp.fs.mounts import stage_owned
 from sandboxapp.fs.safepath import DesktopUser
-from sandboxapp.launch.spec import launch_spec
-from sandboxapp.launch.supervisor import Relay, Supervisor
+from sandboxapp.launch.supervisor import Supervisor
 from sandboxapp.output import TextSink
 from sandboxapp.plan import LaunchPlan
+from sandboxapp.system.containertree import PID_NAMESPACE, stop_app
 from sandboxapp.system.control import ControlChannel
 from sandboxapp.system.hostfacts import host_facts
 from sandboxapp.system.layer import create_layer
 from sandboxapp.system.nspawn import NOISE_PREFIX, LaunchSpec, launch_argv
-from sandboxapp.system.procstat import namespace_pid, session_of
 from sandboxapp.undo.entries import ContainerEntry, LayerEntry
 from sandboxapp.undo.ledger import process_identity
 
@@ -74,73 +72,6 @@ def open_gate(started: Started) -> None:
     for check in started.checks:
         check()  # raises: the gate stays shut, and the container is stopped
     os.write(started.gate_fd, b"go\n")
-
-
-# nspawn runs as the first process of a PID namespace of its own, made by unshare: when nspawn
-# dies (the launcher's parent-death signal kills unshare, which kills nspawn), the kernel kills
-# everything in that namespace, the container included. nspawn alone would leave its container
-# running: nothing kills it where systemd does not track nspawn's unit.
-PID_NAMESPACE = ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child=SIGKILL", "--"]
-
-
-def _chain(spawned_pid: int) -> list[Any]:
-    """The processes from the one the launcher spawned down to the container's init: unshare,
-    nspawn, nspawn's stub init (as far as they exist yet, or still)."""
-    import psutil  # off the launch path: only needed here
-
-    chain = []
-    with contextlib.suppress(psutil.Error):
-        process = psutil.Process(spawned_pid)
-        chain.append(process)
-        while len(chain) < 3 and (children := process.children()):
-            process = children[0]
-            chain.append(process)
-    return chain
-
-
-def container_init(spawned_pid: int) -> int | None:
-    """The host pid of the container's PID 1 (nspawn's stub init); None while it starts or
-    stops."""
-    chain = _chain(spawned_pid)
-    return int(chain[2].pid) if len(chain) == 3 else None
-
-
-def stop_targets(chain: list[Any]) -> list[Any]:
-    """Of the chain from _chain, the processes a graceful stop signals: the app (the child
-    of the container's PID 2, plan.APP_KEEPER) and what it left in its session after it
-    exited (the new instance of a program that restarted itself), not their children, whom
-    the app stops itself."""
-    import psutil  # off the launch path: only needed here
-
-    if len(chain) < 3:
-        return []
-    targets = []
-    with contextlib.suppress(psutil.Error):
-        orphans = chain[2].children()
-        keeper = next((p for p in orphans if namespace_pid(p.pid) == 2), None)
-        if keeper is None:
-            return []
-        targets = keeper.children()
-        targets += [p for p in orphans
-                    if p.pid != keeper.pid and session_of(p.pid) == keeper.pid]
-    return targets
-
-
-def stop_app(spawned_pid: int) -> None:
-    """A graceful stop: SIGTERM to the app itself, so it can save its work. Signalling nspawn
-    instead would SIGKILL it, and its stub init's own stop sends SIGHUP too, which ends most
-    programs at once; nspawn is signalled only while there is no app yet (or any more)."""
-    import psutil  # off the launch path: only needed here
-
-    with contextlib.suppress(psutil.Error):
-        chain = _chain(spawned_pid)
-        targets = stop_targets(chain)
-        if not targets:
-            # unshare waits for nspawn with SIGTERM blocked: a signal for it goes to nspawn.
-            targets = chain[1:2] or chain[:1]
-        for process in targets:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                process.send_signal(signal.SIGTERM)
 
 
 def _wait_to_appear(path: Path, seconds: float) -> None:

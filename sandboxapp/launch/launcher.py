@@ -12,7 +12,6 @@ made; the undo copes with a thing that was never made.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import subprocess
 import sys
@@ -21,7 +20,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sandboxapp.command import base_env, run_attached
+from sandboxapp.command import Relay, base_env, run_attached, run_without_terminal
 from sandboxapp.errors import ExitStatus, SandboxError
 from sandboxapp.features import Feature, Session, grants_of, naming, prepare_features
 from sandboxapp.features.request import Action, HelperRequest
@@ -29,7 +28,7 @@ from sandboxapp.fs.rootfs import check_command
 from sandboxapp.fs.safepath import DesktopUser
 from sandboxapp.image.store import not_built
 from sandboxapp.launch.helperclient import PendingHelper, helper_argv
-from sandboxapp.launch.supervisor import Relay, Supervisor
+from sandboxapp.launch.supervisor import Supervisor
 from sandboxapp.output import TextSink
 from sandboxapp.paths import Locations
 from sandboxapp.plan import LaunchPlan
@@ -86,14 +85,10 @@ class Launch:
 
     def _request(self, action: Action, features: tuple[Feature, ...] = ()) -> HelperRequest:
         plan = self.plan
-        grants = grants_of(features)
-        if action is Action.JOIN:
-            # A join makes no grant: what the sandbox uses (the display of its own, as its
-            # launch's record says) is only named, for the command's environment.
-            from sandboxapp.launch.join import running_display
-
-            grants = naming(dataclasses.replace(
-                plan, display=running_display(self.supervisor.run_dir, plan)))
+        # A join makes no grant: what the sandbox uses is only named, for the command's
+        # environment (the root side takes the display of the sandbox's own from the running
+        # launch's record, launch/join.py).
+        grants = naming(plan) if action is Action.JOIN else grants_of(features)
         return HelperRequest(action, plan.profile.name, plan.profile.path.absolute(),
                              self.locations.data_home, program=plan.program,
                              args=plan.extra_args, grants=grants)
@@ -143,8 +138,6 @@ class Launch:
 
             return join(self.supervisor.run_dir, self.plan, self.user)
         # A fresh helper: the joined command gets the launcher's own input, through a pipe.
-        from sandboxapp.launch.join import run_without_terminal
-
         argv = helper_argv(self._request(Action.JOIN).to_json())
         return run_without_terminal(argv, base_env({"TERM": self.environ.get("TERM", "dumb")}))
 

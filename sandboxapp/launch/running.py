@@ -11,8 +11,8 @@ from dataclasses import asdict, dataclass
 import psutil
 
 from sandboxapp.errors import ExitStatus, SandboxError
-from sandboxapp.launch.container import container_init
 from sandboxapp.paths import DEFAULT_RUN_DIR, Locations
+from sandboxapp.system.containertree import container_init
 from sandboxapp.undo.ledger import MAX_STOP_GRACE, Record, RunDir, started_at
 
 CPU_SAMPLE_SECONDS = 0.2

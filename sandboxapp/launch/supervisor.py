@@ -9,15 +9,13 @@ import os
 import select
 import signal
 import socket
-import threading
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
-from typing import IO, Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from sandboxapp.errors import SandboxError
 from sandboxapp.launch.recovery import reconcile
-from sandboxapp.output import TextSink
 from sandboxapp.system.control import ControlChannel, Message, Word
 from sandboxapp.undo.entries import Entry
 from sandboxapp.undo.ledger import MAX_STOP_GRACE, Record, RunDir
@@ -36,56 +34,6 @@ class ChildProcess(Protocol):
     def pid(self) -> int: ...
 
     def wait(self) -> int: ...
-
-
-class Relay:
-    """Copies a child's output to where the user sees it, each stream on a thread of its own,
-    and notes whether there was any: an app that ends at once without a word is named."""
-
-    def __init__(self) -> None:
-        self.seen = threading.Event()
-        self._threads: list[threading.Thread] = []
-
-    def _start(self, target: Callable[..., None], *args: Any) -> None:
-        thread = threading.Thread(target=target, args=args, daemon=True)
-        thread.start()
-        self._threads.append(thread)
-
-    def lines(self, source: IO[str], target: TextSink, drop: tuple[str, ...] = ()) -> None:
-        """Line by line (leaving out lines that start with `drop`): the error output, which
-        goes into the run log too."""
-
-        def copy() -> None:
-            for line in source:
-                if not line.startswith(drop):
-                    self.seen.set()
-                    target.write(line)
-                    target.flush()
-
-        self._start(copy)
-
-    def raw(self, source: IO[Any], target_fd: int) -> None:
-        """Byte for byte, as it comes (read below any buffer of source's): the standard
-        output."""
-
-        def copy() -> None:
-            while True:
-                try:
-                    chunk = os.read(source.fileno(), 1 << 16)
-                except (OSError, ValueError):  # closed under it: the launch is over
-                    return
-                if not chunk:
-                    return
-                self.seen.set()
-                with contextlib.suppress(OSError):  # nobody reads it any more
-                    while chunk:
-                        chunk = chunk[os.write(target_fd, chunk):]
-
-        self._start(copy)
-
-    def join(self, timeout: float = 5) -> None:
-        for thread in self._threads:
-            thread.join(timeout=timeout)
 
 
 class Supervisor:

@@ -9,7 +9,7 @@ import threading
 import time
 from pathlib import Path
 
-from sandboxapp.launch.spec import APP_KEEPER, GATE
+from sandboxapp.features.spec import APP_KEEPER, GATE
 
 
 def keep(tmp_path: Path, *command: str) -> subprocess.CompletedProcess[str]:

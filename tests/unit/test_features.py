@@ -22,9 +22,9 @@ from sandboxapp.features.files import ReadOnlyBinds
 from sandboxapp.features.quit import SessionManagement
 from sandboxapp.features.request import Action, HelperRequest
 from sandboxapp.features.sound import PULSE_CLIENT_CONF_TEXT, SoundAccess
+from sandboxapp.features.spec import GATE_WRAPPER, describe_plan, launch_spec
 from sandboxapp.fs.safepath import DesktopUser
 from sandboxapp.host import display as display_module
-from sandboxapp.launch.spec import GATE_WRAPPER, describe_plan, launch_spec
 from sandboxapp.launch.supervisor import Supervisor
 from sandboxapp.plan import LaunchPlan
 from sandboxapp.system.hostfacts import HostFacts

@@ -10,8 +10,8 @@ from typing import Any
 from sandboxapp.features import features_for
 from sandboxapp.features.display import X11_CONTAINER_DIR
 from sandboxapp.features.sound import PULSE_DIR
+from sandboxapp.features.spec import GATE, launch_spec
 from sandboxapp.host.sound import SoundPaths
-from sandboxapp.launch.spec import GATE, launch_spec
 from sandboxapp.plan import LaunchPlan
 from sandboxapp.system.hostfacts import HostFacts
 from sandboxapp.system.nspawn import LaunchSpec, launch_argv

@@ -1,5 +1,5 @@
-"""A launch's container, from its plan and its features: what systemd-nspawn is given, and
-how `run --dry-run` describes it."""
+"""A launch's container as its features make it: what systemd-nspawn is given, and how
+`run --dry-run` describes it."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ GATE = "/run/sandboxapp/gate"
 # moment PID 2 exits. Processes that made a session of their own (dbus-daemon --fork) do not
 # hold it. Its no-op traps keep a stop signal meant for the app from ending it; caught
 # signals are reset for the app, which sees the default dispositions. The launcher signals
-# the app itself (container.stop_targets), not this shell. A program that exits at once ends
+# the app itself (system/containertree.py), not this shell. A program that exits at once ends
 # the container at once: the loop finds nobody else.
 APP_KEEPER = (
     f"read -r _ < {GATE} || exit 125\n"
@@ -72,6 +72,7 @@ def launch_spec(
     staged: host paths replaced by the place where the launcher has already bind-mounted the
     very file it checked (so nspawn never resolves a path the user could swap meanwhile).
     """
+    env = container_env(plan, features)
     if plan.image is None:
         raise not_built(plan.profile.name)
     staged = staged or {}
@@ -90,7 +91,7 @@ def launch_spec(
         ids=plan.image.meta.uid_range,
         private_network=any(feature.private_network() for feature in features),
         binds=tuple(binds),
-        env=container_env(plan, features),
+        env=env,
         command=(*GATE_WRAPPER, *command),
     )
 
