@@ -10,17 +10,21 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from sandboxapp.fs.safepath import DesktopUser
 from sandboxapp.host.display import Display, parse_display
 from sandboxapp.host.wayland import WaylandChoice, WaylandPath, choose_path
 from sandboxapp.image.store import Image, ImageStore
-from sandboxapp.paths import Locations
-from sandboxapp.profile.model import Profile, X11Access
+from sandboxapp.paths import Locations, home
+from sandboxapp.profile.model import DOWNLOADS_CONTAINER_DIR, Profile, X11Access
 
 
 @dataclass(frozen=True)
 class PersistDir:
     container: PurePosixPath
     host: Path
+    # The profile's downloads directory (sandbox.downloads), in the user's download directory
+    # rather than below the profile's data directory.
+    downloads: bool = False
 
 
 @dataclass(frozen=True)
@@ -41,11 +45,18 @@ class LaunchPlan:
     instance: str | None = None
     # `run --command PROG`: the program run in place of the profile's command.
     program: str | None = None
+    # Where this profile's persistent directories are kept, as container paths below it.
+    data_root: Path = Path("/nonexistent")
 
     @property
     def extra_args(self) -> tuple[str, ...]:
         """The arguments given after the profile's command (or after --command's PROG)."""
         return self.command[1:] if self.program else self.command[len(self.profile.command):]
+
+    @property
+    def downloads(self) -> Path | None:
+        """The profile's downloads directory on the host (sandbox.downloads)."""
+        return next((persist.host for persist in self.persist if persist.downloads), None)
 
     @property
     def machine(self) -> str:
@@ -106,13 +117,17 @@ def plan_launch(
     shown: Shown,
     instance: str | None = None,
     program: str | None = None,
+    downloads: Path | None = None,
 ) -> LaunchPlan:
-    """program: run it, with extra_args, in place of the profile's command."""
+    """program: run it, with extra_args, in place of the profile's command. downloads: the
+    profile's downloads directory on the host (session side: plan_downloads)."""
     # A persistent container path is kept at the same path below the profile's data directory,
     # so a user finds and backs up files where they expect them.
     data_root = locations.data_home / "sandboxapp" / profile.name
     persist = tuple(PersistDir(path, data_root.joinpath(*path.parts[1:]))
                     for path in profile.sandbox.persist)
+    if downloads is not None:
+        persist += (PersistDir(DOWNLOADS_CONTAINER_DIR, downloads, downloads=True),)
     places = ImageStore(locations.image_dir).launch_places(profile.name, instance)
     return LaunchPlan(
         profile=profile,
@@ -125,4 +140,15 @@ def plan_launch(
         command=(program, *extra_args) if program else (*profile.command, *extra_args),
         instance=instance,
         program=program,
+        data_root=data_root,
     )
+
+
+def plan_downloads(profile: Profile, locations: Locations, user: DesktopUser) -> Path | None:
+    """The session side's: the profile's downloads directory, in the user's download
+    directory (the XDG user directory DOWNLOAD)."""
+    if profile.sandbox.downloads is None:
+        return None
+    from sandboxapp.fs.userdirs import download_dir
+
+    return download_dir(locations.config_home, home(), user) / profile.sandbox.downloads

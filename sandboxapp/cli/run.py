@@ -122,7 +122,8 @@ def cmd_run(args: argparse.Namespace, locations: Locations) -> int:
 
 
 def _run(args: argparse.Namespace, locations: Locations, helper: PendingHelper | None) -> int:
-    from sandboxapp.plan import plan_display, plan_launch
+    from sandboxapp.fs.safepath import DesktopUser
+    from sandboxapp.plan import plan_display, plan_downloads, plan_launch
 
     if args.program is not None and not args.program:
         raise SandboxError("--command needs a program: a path, or a name on the image's PATH",
@@ -132,22 +133,23 @@ def _run(args: argparse.Namespace, locations: Locations, helper: PendingHelper |
     if extra and extra[0] == "--":
         extra = extra[1:]
     shown = plan_display(profile, os.environ, check=not args.dry_run)
+    user = DesktopUser.from_environment(os.environ)
+    downloads = plan_downloads(profile, locations, user)
     if args.dry_run:
         from sandboxapp.features.spec import describe_plan
         from sandboxapp.system.hostfacts import host_facts
 
-        plan = plan_launch(profile, extra, locations, shown, program=args.program)
+        plan = plan_launch(profile, extra, locations, shown, program=args.program,
+                           downloads=downloads)
         say(describe_plan(plan, host_facts()))
         return ExitStatus.OK
-    from sandboxapp.fs.safepath import DesktopUser
     from sandboxapp.host.notify import RunLog, Tee
     from sandboxapp.launch.launcher import Launch
 
     log: RunLog | None = None
     problem = None
     try:
-        log = RunLog(locations.state_home, profile.name,
-                     DesktopUser.from_environment(os.environ))
+        log = RunLog(locations.state_home, profile.name, user)
     except (SandboxError, OSError) as exc:
         # The log helps; it is not worth refusing the launch over.
         problem = f"no run log: {exc}"
@@ -163,7 +165,8 @@ def _run(args: argparse.Namespace, locations: Locations, helper: PendingHelper |
             log.stream.write(f"# sandboxapp run {shlex.join([profile.name, *extra])}\n")
         _prepare_image(profile, locations, warn)
         # Planned once the image is ready: the plan holds the image the launch starts.
-        plan = plan_launch(profile, extra, locations, shown, program=args.program)
+        plan = plan_launch(profile, extra, locations, shown, program=args.program,
+                           downloads=downloads)
         launch = Launch(plan, locations, os.environ, warn=warn, stderr=out, helper=helper)
         started = time.monotonic()
         status = launch.run()

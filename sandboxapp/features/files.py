@@ -1,4 +1,5 @@
-"""The host files a sandbox sees: its persistent directories and the profile's read-only binds."""
+"""The host files a sandbox sees: its persistent directories (its downloads directory among
+them) and the profile's read-only binds."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from sandboxapp.errors import ExitStatus, SandboxError
 from sandboxapp.features.base import CheckedPath, Feature, Session, Source
-from sandboxapp.fs.safepath import ensure_user_dir
+from sandboxapp.fs.safepath import ensure_user_dir, move_user_entries
 from sandboxapp.system.nspawn import Bind
 
 if TYPE_CHECKING:
@@ -27,9 +28,13 @@ class PersistentDirs(Feature):
 
     @classmethod
     def prepare(cls, session: Session, stack: ExitStack) -> PersistentDirs:
-        for persist in session.plan.persist:
+        plan = session.plan
+        for persist in plan.persist:
             ensure_user_dir(persist.host, session.user)
-        return cls(session.plan.persist)
+            if persist.downloads:
+                _move_kept_downloads(plan.data_root.joinpath(*persist.container.parts[1:]),
+                                     persist.host, session)
+        return cls(plan.persist)
 
     @classmethod
     def from_part(cls, plan: LaunchPlan, part: Any) -> PersistentDirs:
@@ -44,7 +49,18 @@ class PersistentDirs(Feature):
                 for p in self.dirs]
 
     def describe(self) -> list[str]:
-        return [f"persist:  {p.container} kept in {p.host} (owned by you)" for p in self.dirs]
+        return [f"download: {p.container} is {p.host} (owned by you), and nothing else of "
+                f"{p.host.parent}" if p.downloads else
+                f"persist:  {p.container} kept in {p.host} (owned by you)" for p in self.dirs]
+
+
+def _move_kept_downloads(old: Path, new: Path, session: Session) -> None:
+    """What launches kept in the profile's data directory before it had a downloads
+    directory of its own goes there, once (the old directory is gone afterwards)."""
+    left = move_user_entries(old, new, session.user)
+    if left:
+        session.warn(f"{len(left)} of the downloads kept in {old} could not be moved to {new}; "
+                     "they stay where they are")
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """What a desktop user's launcher asks the privileged helper: one JSON object, described here.
 
     {"action": "launch", "profile": NAME, "profile_file": PATH, "data_home": PATH,
-     "program": null or PROG, "args": [ARG, ...], "grants": {KEY: PART, ...}}
+     "program": null or PROG, "args": [ARG, ...], "downloads": null or PATH,
+     "grants": {KEY: PART, ...}}
 
 The helper gets it as its one argument, or as the first message of its control channel
 (system/control.py, launch/helperclient.py), and trusts none of it beyond its form: every path
@@ -53,6 +54,9 @@ class HelperRequest:
     data_home: Path
     program: str | None = None  # `run --command PROG`
     args: tuple[str, ...] = ()
+    # The profile's downloads directory on the host (sandbox.downloads), in the user's
+    # download directory.
+    downloads: Path | None = None
     # Each granting feature's part, under its key (the features' registry: features/).
     grants: dict[str, Any] = field(default_factory=dict)
 
@@ -60,7 +64,8 @@ class HelperRequest:
         return json.dumps({"action": self.action.value, "profile": self.profile,
                            "profile_file": str(self.profile_file),
                            "data_home": str(self.data_home), "program": self.program,
-                           "args": list(self.args), "grants": self.grants})
+                           "args": list(self.args), "grants": self.grants,
+                           "downloads": None if self.downloads is None else str(self.downloads)})
 
     @classmethod
     def from_json(cls, text: str) -> HelperRequest:
@@ -73,7 +78,7 @@ class HelperRequest:
         if not isinstance(data, dict):
             raise refused("it is not a JSON object")
         unknown = set(data) - {"action", "profile", "profile_file", "data_home", "program",
-                               "args", "grants"}
+                               "args", "grants", "downloads"}
         if unknown:
             raise refused(f"unknown keys {', '.join(sorted(unknown))}")
         try:
@@ -92,6 +97,7 @@ class HelperRequest:
         grants = data.get("grants", {})
         if not isinstance(grants, dict):
             raise refused("grants is not an object")
+        downloads = data.get("downloads")
         return cls(action, profile, absolute_path(data.get("profile_file"), "profile_file"),
                    absolute_path(data.get("data_home"), "data_home"), program, tuple(args),
-                   grants)
+                   None if downloads is None else absolute_path(downloads, "downloads"), grants)

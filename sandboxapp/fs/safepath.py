@@ -5,6 +5,7 @@ symlinks (nofollow.py does the walking), and the desktop user a launch is for.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import stat
 from collections.abc import Mapping
@@ -103,3 +104,60 @@ def write_user_file(directory: Path, name: str, data: bytes, user: DesktopUser,
     finally:
         os.close(held)
     return directory / name
+
+
+RENAME_NOREPLACE = 1
+
+
+def _rename_noreplace(source_dir: int, name: str, target_dir: int, new: str) -> None:
+    """renameat2(RENAME_NOREPLACE): never over what is there; raises FileExistsError then."""
+    from sandboxapp.fs.mounts import libc
+
+    if libc().renameat2(source_dir, os.fsencode(name), target_dir, os.fsencode(new),
+                        RENAME_NOREPLACE) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code), name)
+
+
+def move_user_entries(source: Path, target: Path, user: DesktopUser) -> list[str]:
+    """Move what a directory of the user's holds into another of theirs, each entry renamed
+    (never copied, never over another: "NAME (2)" where NAME is taken), both directories
+    opened without following symlinks; source is removed once empty. The names left behind
+    (another file system, say); none where source does not exist."""
+    try:
+        held_source = open_user_path(source, user)
+    except SandboxError:
+        if not os.path.lexists(source):
+            return []
+        raise
+    left: list[str] = []
+    try:
+        held_target = open_user_path(target, user)
+        try:
+            for name in sorted(os.listdir(f"/proc/self/fd/{held_source}")):
+                stem, dot, suffix = name.partition(".") if not name.startswith(".") else (
+                    name, "", "")
+                for n in range(1, 100):
+                    new = name if n == 1 else f"{stem} ({n}){dot}{suffix}"
+                    try:
+                        _rename_noreplace(held_source, name, held_target, new)
+                        break
+                    except FileExistsError:
+                        continue
+                    except OSError:
+                        left.append(name)
+                        break
+                else:
+                    left.append(name)
+        finally:
+            os.close(held_target)
+    finally:
+        os.close(held_source)
+    if not left:
+        with contextlib.suppress(OSError):
+            parent = open_user_path(source.parent, user)
+            try:
+                os.rmdir(source.name, dir_fd=parent)
+            finally:
+                os.close(parent)
+    return left

@@ -150,10 +150,21 @@ def _checked_plan(request: HelperRequest, user: DesktopUser,
         raise invalid("--command needs a program")
     shown = Shown.chosen(number if profile.sandbox.x11 is not X11Access.NONE else None, native)
     plan = plan_launch(profile, request.args, locations, shown, instance=f"u{user.uid}",
-                       program=request.program)
+                       program=request.program,
+                       downloads=_checked_downloads(request.downloads, profile))
     image = ImageStore(locations.image_dir).require(name)
     check_command(image.rootfs, plan.command[0])
     return plan, trusted, features_for(plan, request.grants)
+
+
+def _checked_downloads(downloads: Path | None, profile: Profile) -> Path | None:
+    """The request's downloads directory: the profile's (sandbox.downloads) by name, or none
+    where the profile has none. It is the user's own (checked as every persistent directory
+    is, by the root side)."""
+    name = profile.sandbox.downloads
+    if (downloads is None) != (name is None) or (downloads is not None and downloads.name != name):
+        raise invalid(f"the downloads directory is not the profile's ({name or 'none'})")
+    return downloads
 
 
 def reset_state(request: HelperRequest, user: DesktopUser, locations: Locations) -> int:

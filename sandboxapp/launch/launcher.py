@@ -91,7 +91,7 @@ class Launch:
         grants = naming(plan) if action is Action.JOIN else grants_of(features)
         return HelperRequest(action, plan.profile.name, plan.profile.path.absolute(),
                              self.locations.data_home, program=plan.program,
-                             args=plan.extra_args, grants=grants)
+                             args=plan.extra_args, downloads=plan.downloads, grants=grants)
 
     def _start_through_helper(self, stack: ExitStack,
                               features: tuple[Feature, ...]) -> subprocess.Popen[str]:

@@ -44,6 +44,10 @@ RESERVED_ENV = frozenset(
 
 
 # Container paths that belong to the kernel or to nspawn, not to the application.
+# Where a profile's downloads directory (sandbox.downloads) is inside: the download directory
+# of the container's user, root, whose XDG user directories are the defaults.
+DOWNLOADS_CONTAINER_DIR = PurePosixPath("/root/Downloads")
+
 RESERVED_CONTAINER_DIRS = (
     PurePosixPath("/proc"),
     PurePosixPath("/sys"),
@@ -129,6 +133,10 @@ class SandboxSpec:
     persist: tuple[PurePosixPath, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
     bind_ro: tuple[ReadOnlyBind, ...] = ()
+    # The name of a directory of the sandbox's own inside the user's download directory (the
+    # XDG user directory DOWNLOAD): the app's downloads land there, and it sees nothing else
+    # of the user's files (the directory is its DOWNLOADS_CONTAINER_DIR).
+    downloads: str | None = None
 
 
 @dataclass(frozen=True)

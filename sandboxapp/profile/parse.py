@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 from sandboxapp.errors import SandboxError
 from sandboxapp.profile.model import (
+    DOWNLOADS_CONTAINER_DIR,
     ENV_NAME,
     MIRROR_URL,
     PACKAGE_NAME,
@@ -344,6 +345,19 @@ def _bind_ro(r: _Reader, table: dict[str, Any], label: str) -> tuple[ReadOnlyBin
     return tuple(binds)
 
 
+def _downloads(r: _Reader, table: dict[str, Any], label: str) -> str | None:
+    allowed = ("the name of a directory to make in your download directory, e.g. "
+               '"Firefox (sandbox)": no \'/\', not starting with \'.\', no control characters, '
+               "255 bytes at most")
+    if "downloads" not in table:
+        return None
+    name = r.value(table, "downloads", label, str, allowed)
+    if (not name or "/" in name or name.startswith(".") or len(name.encode()) > 255
+            or any(ord(c) < 32 or ord(c) == 127 for c in name)):
+        raise r.fail(label, f"found {name!r}", allowed)
+    return name
+
+
 def _table(section: str) -> Reader:
     def read(r: _Reader, table: dict[str, Any], label: str) -> dict[str, Any]:
         value = table.get(section, {})
@@ -433,6 +447,12 @@ KEYS: tuple[Key, ...] = (
     Key("sandbox", "bind_ro", _bind_ro,
         'bind_ro = ["/usr/share/fonts:/usr/local/share/fonts"]  # host path:container path, '
         "read-only"),
+    Key("sandbox", "downloads", _downloads,
+        'downloads = "Firefox (sandbox)"            # a directory of its own in your download '
+        "directory\n"
+        f"                          # (XDG DOWNLOAD, ~/Downloads), its {DOWNLOADS_CONTAINER_DIR}:"
+        " it sees\n"
+        "                          # no other file of yours there (default: none)"),
 )
 
 
@@ -461,7 +481,8 @@ def parse_profile(name: str, path: Path, origin: str, doc: dict[str, Any]) -> Pr
     _no_overlap(
         r,
         [(f"sandbox.persist[{i}]", p) for i, p in enumerate(sandbox["persist"])]
-        + [(f"sandbox.bind_ro[{i}]", b.container) for i, b in enumerate(sandbox["bind_ro"])],
+        + [(f"sandbox.bind_ro[{i}]", b.container) for i, b in enumerate(sandbox["bind_ro"])]
+        + ([("sandbox.downloads", DOWNLOADS_CONTAINER_DIR)] if sandbox["downloads"] else []),
     )
     return Profile(
         name=name, path=path, origin=origin, command=top["command"],

@@ -279,6 +279,26 @@ def test_a_member_replaces_the_profiles_program_with_command(
     assert result.stdout.splitlines()[1].startswith("name of display:")
 
 
+def test_a_members_downloads_land_in_their_download_directory_through_the_helper(
+    member: DesktopUser, installed: Path,
+) -> None:
+    """The helper binds the downloads directory the request names only where it is the
+    profile's; what the sandbox saves there is the member's, beside nothing else of theirs."""
+    (member.home / "Downloads").mkdir()
+    os.chown(member.home / "Downloads", member.uid, member.gid)
+    (member.home / "Downloads" / "taxes.ods").write_text("private")
+    user_profile(member, ["/bin/sh", "-c", "ls -A /root/Downloads; echo saved > "
+                                           "/root/Downloads/page.html"],
+                 'downloads = "Test (sandbox)"\n')
+    result = as_user(member, [str(USER_COMMAND), "run", NAME])
+    assert isinstance(result, subprocess.CompletedProcess)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ""
+    saved = member.home / "Downloads" / "Test (sandbox)" / "page.html"
+    assert saved.read_text() == "saved\n"
+    assert (saved.stat().st_uid, saved.parent.stat().st_uid) == (member.uid, member.uid)
+
+
 def etc_state() -> list[tuple[str, float]]:
     return sorted((entry.name, entry.stat(follow_symlinks=False).st_mtime)
                   for entry in os.scandir("/etc"))

@@ -147,6 +147,43 @@ def test_only_persist_paths_survive_and_belong_to_the_launching_user(session: Se
     assert second.stdout.splitlines() == ["kept", "clean"]
 
 
+def test_downloads_land_in_a_directory_of_their_own_in_the_users_download_directory(
+        session: Session) -> None:
+    """sandbox.downloads: the sandbox's /root/Downloads is a directory of its own in the
+    download directory user-dirs.dirs names, owned by the user; the user's other downloads
+    there stay out of its sight; what an earlier launch kept in the profile's data directory
+    is moved in, once."""
+    session.sudo_uid = 4321
+    downloads = session.tmp / "home" / "Téléchargements"
+    downloads.mkdir(parents=True)
+    (downloads / "bank-statement.pdf").write_text("private")
+    config = session.tmp / "config"
+    config.mkdir(exist_ok=True)
+    (config / "user-dirs.dirs").write_text(f'XDG_DOWNLOAD_DIR="{downloads}"\n')
+    old = session.persist_dir("/root/Downloads")
+    old.mkdir(parents=True)
+    (old / "earlier.txt").write_text("kept")
+    for path in (downloads.parent, downloads, config, config / "user-dirs.dirs",
+                 *old.parents[:3], old, old / "earlier.txt"):
+        os.chown(path, 4321, 4321)
+    profile = write_variant(
+        session.profiles,
+        ["/bin/sh", "-c", "ls -A /root/Downloads; echo new > /root/Downloads/new.txt; "
+                          "find / -path /proc -prune -o -name bank-statement.pdf -print "
+                          "2>/dev/null; true"],
+        'downloads = "App (sandbox)"\n',
+    )
+    result = session.run(str(profile))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["earlier.txt"]
+    mine = downloads / "App (sandbox)"
+    assert sorted(os.listdir(downloads)) == ["App (sandbox)", "bank-statement.pdf"]
+    assert (mine / "earlier.txt").read_text() == "kept" and not old.exists()
+    assert (mine / "new.txt").read_text() == "new\n"
+    for path in (mine, mine / "new.txt", mine / "earlier.txt"):
+        assert (path.stat().st_uid, path.stat().st_gid) == (4321, 4321), path
+
+
 def test_a_stateful_profile_keeps_its_changes_and_a_stateless_one_never_sees_them(
         session: Session) -> None:
     """stateless = false keeps the app's changes to the image for the next run of that user;

@@ -8,17 +8,22 @@ from pathlib import Path
 from sandboxapp.image.store import Image, ImageMeta, ImageStore
 from sandboxapp.paths import Locations
 from sandboxapp.plan import LaunchPlan, plan_display, plan_launch
+from sandboxapp.profile.model import Profile
 from sandboxapp.profile.parse import parse_profile
 
 BASE = 0x70040000
 
 
+def profile_with(sandbox: dict[str, object], path: Path = Path("/p/app.toml")) -> Profile:
+    doc = {"command": ["/usr/bin/app", "--flag"], "image": {"suite": "bookworm"},
+           "sandbox": sandbox}
+    return parse_profile("app", path, "file", doc)
+
+
 def make_plan(tmp_path: Path, sandbox: dict[str, object], *, extra: tuple[str, ...] = (),
               program: str | None = None, instance: str | None = None,
               environ: dict[str, str] | None = None) -> LaunchPlan:
-    doc = {"command": ["/usr/bin/app", "--flag"], "image": {"suite": "bookworm"},
-           "sandbox": sandbox}
-    profile = parse_profile("app", tmp_path / "app.toml", "file", doc)
+    profile = profile_with(sandbox, tmp_path / "app.toml")
     store = tmp_path / "images"
     meta = ImageMeta(profile="app", uid_base=BASE, uid_count=65536, suite="bookworm",
                      packages=(), mirror="http://m/debian", security=None, spec_digest="x",

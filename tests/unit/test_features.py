@@ -215,6 +215,7 @@ def test_a_sound_entry_is_recorded_before_its_directory_is_made(tmp_path: Path,
 def test_a_request_reads_back_as_it_was_written() -> None:
     request = HelperRequest(Action.LAUNCH, "app", Path("/p/app.toml"), Path("/home/u/.local"),
                             program="/bin/sh", args=("-c", "--", "--x11-dir=/etc"),
+                            downloads=Path("/home/u/Downloads/App (sandbox)"),
                             grants={"display": {"display": 3, "x11_dir": None},
                                     "sound": {"dir": "/run/user/1/sandboxapp/app"}})
     assert HelperRequest.from_json(request.to_json()) == request
@@ -232,11 +233,35 @@ GOOD = {"action": "launch", "profile": "app", "profile_file": "/p/app.toml", "da
     ({"args": "-c"}, "args is not a list of strings"),
     ({"grants": []}, "grants is not an object"),
     ({"extra": 1}, "unknown keys extra"),
+    ({"downloads": "Downloads"}, "downloads is not an absolute path"),
 ])
 def test_a_malformed_request_is_refused_in_a_line(change: dict[str, object], said: str) -> None:
     with pytest.raises(SandboxError) as raised:
         HelperRequest.from_json(json.dumps({**GOOD, **change}))
     assert said in raised.value.message and raised.value.status == ExitStatus.USAGE
+
+
+@pytest.mark.parametrize(("downloads", "given", "refused"), [
+    ("App", "/home/u/Downloads/App", False),
+    (None, None, False),
+    ("App", "/home/u/Documents", True),
+    ("App", None, True),
+    (None, "/home/u/Downloads/App", True),
+])
+def test_the_helper_takes_the_profiles_downloads_directory_alone(
+        downloads: str | None, given: str | None, refused: bool) -> None:
+    """A request's downloads directory must be the one the profile names (the helper binds it
+    writable into the sandbox), and none where the profile has none."""
+    from sandboxapp.helper.privileged import _checked_downloads
+    from tests.unit.plans import profile_with
+
+    profile = profile_with({} if downloads is None else {"downloads": downloads})
+    path = None if given is None else Path(given)
+    if refused:
+        with pytest.raises(SandboxError, match="downloads directory is not the profile's"):
+            _checked_downloads(path, profile)
+    else:
+        assert _checked_downloads(path, profile) == path
 
 
 @pytest.mark.parametrize("text", ["[" * 30000, "x" * 70000, "launch app", '"pending"'])

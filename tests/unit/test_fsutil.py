@@ -195,3 +195,56 @@ def test_a_sandbox_socket_is_made_and_removed_in_the_users_directory_alone(
     listener.close()
     assert (roots / "native").read_text() == "root's"
     assert not (home / "moved" / "native").exists()
+
+
+@pytest.mark.parametrize(("line", "expected"), [
+    (None, "home/Downloads"),
+    ('XDG_DOWNLOAD_DIR="$HOME/Téléchargements"', "home/Téléchargements"),
+    ('XDG_DOWNLOAD_DIR="/data/dl"', "/data/dl"),
+    ('XDG_DOWNLOAD_DIR="$HOME"', "home"),
+    ('XDG_DOWNLOAD_DIR="$HOME/My \\"Files\\""', 'home/My "Files"'),
+    ('XDG_DOWNLOAD_DIR="relative"', "home/Downloads"),
+    ('# XDG_DOWNLOAD_DIR="$HOME/commented"', "home/Downloads"),
+])
+def test_the_download_directory_is_the_xdg_user_directory(tmp_path: Path, line: str | None,
+                                                           expected: str) -> None:
+    from sandboxapp.fs.userdirs import download_dir
+
+    user = DesktopUser(os.getuid(), os.getgid())
+    config = tmp_path / "config"
+    config.mkdir()
+    if line is not None:
+        (config / "user-dirs.dirs").write_text(f'XDG_DESKTOP_DIR="$HOME/Desktop"\n{line}\n')
+    found = download_dir(config, tmp_path / "home", user)
+    assert found == (Path(expected) if expected.startswith("/") else tmp_path / expected)
+
+
+def test_kept_downloads_move_in_once_and_none_is_lost_or_written_over(tmp_path: Path) -> None:
+    """What the profile's data directory kept is renamed into its downloads directory: a name
+    that is taken there gets " (2)", nothing is copied or overwritten, the old directory goes
+    once empty; a symlink put in the old directory's place is refused, and nothing moves."""
+    from sandboxapp.fs.safepath import move_user_entries
+
+    user = DesktopUser(4321, 4321)
+    _, mine, roots = users_and_roots(tmp_path, user)
+    old, new = mine / "old", mine / "new"
+    for made in (old, new):
+        made.mkdir()
+        os.chown(made, 4321, 4321)
+    (old / "report.pdf").write_text("old report")
+    (old / "photo.tar.gz").write_text("old photo")
+    (old / "folder").mkdir()
+    (new / "report.pdf").write_text("new report")
+    assert move_user_entries(old, new, user) == []
+    assert not old.exists()
+    assert sorted(p.name for p in new.iterdir()) == [
+        "folder", "photo.tar.gz", "report (2).pdf", "report.pdf"]
+    assert (new / "report.pdf").read_text() == "new report"
+    assert (new / "report (2).pdf").read_text() == "old report"
+    assert move_user_entries(old, new, user) == []  # once: nothing left to move
+    (roots / "secret").write_text("root's")
+    old.symlink_to(roots)
+    with pytest.raises(SandboxError, match="symlink"):
+        move_user_entries(old, new, user)
+    assert (roots / "secret").read_text() == "root's"
+    assert not (new / "secret").exists()
