@@ -6,6 +6,7 @@ its image, its layer, the directories it keeps, the display and the command.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -16,6 +17,47 @@ from sandboxapp.host.wayland import WaylandChoice, WaylandPath, choose_path
 from sandboxapp.image.store import Image, ImageStore
 from sandboxapp.paths import Locations, home
 from sandboxapp.profile.model import DOWNLOADS_CONTAINER_DIR, Profile, X11Access
+
+# Files handed to the sandbox (launch/handed.py), each in a directory of its own below this.
+FILES_CONTAINER_DIR = PurePosixPath("/run/sandboxapp/files")
+# Files one command line may hand a sandbox.
+MAX_ARGUMENT_FILES = 64
+
+
+@dataclass(frozen=True)
+class HandedFile:
+    """A file of the user's named on the command line (a path, or a file:// URL): bound
+    read-only into the sandbox, which is given its path there in the argument's place."""
+
+    host: Path
+    inside: PurePosixPath
+
+
+def hand_arguments(args: Sequence[str]) -> tuple[list[str], tuple[HandedFile, ...]]:
+    """The session side's: the arguments, with each one that names a regular file (as the
+    user sees it) replaced by its path inside, and those files in the order the root side
+    binds them. Other URLs, options and words pass as they are."""
+    from urllib.parse import quote, unquote, urlsplit
+
+    out: list[str] = []
+    handed: list[HandedFile] = []
+    for arg in args:
+        url = arg.startswith("file:") and urlsplit(arg)
+        if url and url.netloc in ("", "localhost"):
+            text = unquote(url.path)
+        elif not url and not arg.startswith("-"):
+            text = arg
+        else:
+            out.append(arg)
+            continue
+        host = Path(os.path.abspath(text)) if text else None
+        if host is None or not host.is_file() or len(handed) >= MAX_ARGUMENT_FILES:
+            out.append(arg)
+            continue
+        inside = FILES_CONTAINER_DIR / str(len(handed) + 1) / host.name
+        handed.append(HandedFile(host, inside))
+        out.append("file://" + quote(str(inside)) if url else str(inside))
+    return out, tuple(handed)
 
 
 @dataclass(frozen=True)
@@ -47,6 +89,8 @@ class LaunchPlan:
     program: str | None = None
     # Where this profile's persistent directories are kept, as container paths below it.
     data_root: Path = Path("/nonexistent")
+    # The session side's: files named on the command line (hand_arguments).
+    handed: tuple[HandedFile, ...] = ()
 
     @property
     def extra_args(self) -> tuple[str, ...]:
@@ -118,6 +162,7 @@ def plan_launch(
     instance: str | None = None,
     program: str | None = None,
     downloads: Path | None = None,
+    handed: tuple[HandedFile, ...] = (),
 ) -> LaunchPlan:
     """program: run it, with extra_args, in place of the profile's command. downloads: the
     profile's downloads directory on the host (session side: plan_downloads)."""
@@ -141,6 +186,7 @@ def plan_launch(
         instance=instance,
         program=program,
         data_root=data_root,
+        handed=handed,
     )
 
 

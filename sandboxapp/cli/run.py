@@ -123,7 +123,7 @@ def cmd_run(args: argparse.Namespace, locations: Locations) -> int:
 
 def _run(args: argparse.Namespace, locations: Locations, helper: PendingHelper | None) -> int:
     from sandboxapp.fs.safepath import DesktopUser
-    from sandboxapp.plan import plan_display, plan_downloads, plan_launch
+    from sandboxapp.plan import hand_arguments, plan_display, plan_downloads, plan_launch
 
     if args.program is not None and not args.program:
         raise SandboxError("--command needs a program: a path, or a name on the image's PATH",
@@ -132,6 +132,9 @@ def _run(args: argparse.Namespace, locations: Locations, helper: PendingHelper |
     extra = list(args.args)
     if extra and extra[0] == "--":
         extra = extra[1:]
+    given = extra
+    # Files named on the command line are bound into the sandbox, and named by their path there.
+    extra, handed = hand_arguments(given)
     shown = plan_display(profile, os.environ, check=not args.dry_run)
     user = DesktopUser.from_environment(os.environ)
     downloads = plan_downloads(profile, locations, user)
@@ -140,7 +143,7 @@ def _run(args: argparse.Namespace, locations: Locations, helper: PendingHelper |
         from sandboxapp.system.hostfacts import host_facts
 
         plan = plan_launch(profile, extra, locations, shown, program=args.program,
-                           downloads=downloads)
+                           downloads=downloads, handed=handed)
         say(describe_plan(plan, host_facts()))
         return ExitStatus.OK
     from sandboxapp.host.notify import RunLog, Tee
@@ -162,11 +165,11 @@ def _run(args: argparse.Namespace, locations: Locations, helper: PendingHelper |
         warn(problem)
     try:
         if log:
-            log.stream.write(f"# sandboxapp run {shlex.join([profile.name, *extra])}\n")
+            log.stream.write(f"# sandboxapp run {shlex.join([profile.name, *given])}\n")
         _prepare_image(profile, locations, warn)
         # Planned once the image is ready: the plan holds the image the launch starts.
         plan = plan_launch(profile, extra, locations, shown, program=args.program,
-                           downloads=downloads)
+                           downloads=downloads, handed=handed)
         launch = Launch(plan, locations, os.environ, warn=warn, stderr=out, helper=helper)
         started = time.monotonic()
         status = launch.run()

@@ -2,7 +2,7 @@
 
     {"action": "launch", "profile": NAME, "profile_file": PATH, "data_home": PATH,
      "program": null or PROG, "args": [ARG, ...], "downloads": null or PATH,
-     "grants": {KEY: PART, ...}}
+     "files": [NAME, ...], "grants": {KEY: PART, ...}}
 
 The helper gets it as its one argument, or as the first message of its control channel
 (system/control.py, launch/helperclient.py), and trusts none of it beyond its form: every path
@@ -57,6 +57,9 @@ class HelperRequest:
     # The profile's downloads directory on the host (sandbox.downloads), in the user's
     # download directory.
     downloads: Path | None = None
+    # The names of the files handed to the sandbox at its start, in order: their descriptors
+    # travel beside the request on the control channel (system/control.py).
+    files: tuple[str, ...] = ()
     # Each granting feature's part, under its key (the features' registry: features/).
     grants: dict[str, Any] = field(default_factory=dict)
 
@@ -65,7 +68,8 @@ class HelperRequest:
                            "profile_file": str(self.profile_file),
                            "data_home": str(self.data_home), "program": self.program,
                            "args": list(self.args), "grants": self.grants,
-                           "downloads": None if self.downloads is None else str(self.downloads)})
+                           "downloads": None if self.downloads is None else str(self.downloads),
+                           "files": list(self.files)})
 
     @classmethod
     def from_json(cls, text: str) -> HelperRequest:
@@ -78,7 +82,7 @@ class HelperRequest:
         if not isinstance(data, dict):
             raise refused("it is not a JSON object")
         unknown = set(data) - {"action", "profile", "profile_file", "data_home", "program",
-                               "args", "grants", "downloads"}
+                               "args", "grants", "downloads", "files"}
         if unknown:
             raise refused(f"unknown keys {', '.join(sorted(unknown))}")
         try:
@@ -97,7 +101,11 @@ class HelperRequest:
         grants = data.get("grants", {})
         if not isinstance(grants, dict):
             raise refused("grants is not an object")
+        files = data.get("files", [])
+        if not isinstance(files, list) or not all(isinstance(name, str) for name in files):
+            raise refused("files is not a list of names")
         downloads = data.get("downloads")
         return cls(action, profile, absolute_path(data.get("profile_file"), "profile_file"),
                    absolute_path(data.get("data_home"), "data_home"), program, tuple(args),
-                   None if downloads is None else absolute_path(downloads, "downloads"), grants)
+                   None if downloads is None else absolute_path(downloads, "downloads"),
+                   tuple(files), grants)

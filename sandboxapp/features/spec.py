@@ -9,7 +9,7 @@ from pathlib import Path
 
 from sandboxapp.features import Feature, features_for, naming
 from sandboxapp.image.store import not_built
-from sandboxapp.plan import LaunchPlan
+from sandboxapp.plan import FILES_CONTAINER_DIR, LaunchPlan
 from sandboxapp.system.hostfacts import HostFacts
 from sandboxapp.system.nspawn import Bind, LaunchSpec, launch_argv
 
@@ -64,6 +64,7 @@ def launch_spec(
     features: Sequence[Feature],
     *,
     gate: Path,
+    files: Path,
     staged: Mapping[Path, Path] | None = None,
 ) -> LaunchSpec:
     """The nspawn launch for a plan and its features, once the layer, the directories the
@@ -82,6 +83,7 @@ def launch_spec(
 
     binds: list[Bind] = [bind for feature in features for bind in feature.binds(source)]
     binds.append(Bind(gate, GATE))
+    binds.append(Bind(files, str(FILES_CONTAINER_DIR)))
     command = plan.command
     for feature in features:
         command = feature.wrap(command)
@@ -118,6 +120,7 @@ def describe_plan(plan: LaunchPlan, facts: HostFacts) -> str:
         lines.append("sound:    none")
     for feature in features:
         lines.extend(feature.describe())
+    lines.extend(f"file:     {handed.host} read-only at {handed.inside}" for handed in plan.handed)
     if profile.sandbox.wayland and not (plan.wayland and plan.wayland.native):
         why = plan.wayland.why if plan.wayland is not None else "not a Wayland session"
         lines.append(f"Wayland:  not used: {why}")
@@ -125,7 +128,7 @@ def describe_plan(plan: LaunchPlan, facts: HostFacts) -> str:
         lines.append(f"          ({plan.wayland.why})")
     if plan.image is not None:
         spec = launch_spec(plan, plan.layer_root / "merged", features,
-                           gate=plan.layer_root / "gate")
+                           gate=plan.layer_root / "gate", files=plan.layer_root / "files")
         lines.append("command:  " + shlex.join(launch_argv(spec, facts)))
     else:
         lines.append("command:  " + shlex.join(plan.command) + " (inside the sandbox)")

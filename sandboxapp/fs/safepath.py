@@ -64,6 +64,19 @@ def open_user_path(path: Path, user: DesktopUser, *, trusted: bool = False) -> i
         raise _refused(exc) from None
 
 
+def open_for_reading(path: Path, user: DesktopUser) -> int:
+    """A descriptor of path open for reading, as the user may open it: the user's own call,
+    or, where root acts for the user, one of the user's own files reached without following
+    their symlinks (raises nofollow.Refused then). The caller closes it."""
+    if user.acted_for() is None:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    held = nofollow.open_owned(str(path), user.uid, user.gid, trusted=False)
+    try:
+        return os.open(f"/proc/self/fd/{held}", os.O_RDONLY | os.O_CLOEXEC)
+    finally:
+        os.close(held)
+
+
 def read_user_file(path: Path, user: DesktopUser, *, trusted: bool, limit: int) -> bytes:
     """The contents of a regular file opened through open_user_path's checks."""
     fd = open_user_path(path, user, trusted=trusted)

@@ -190,10 +190,11 @@ STOPPING_WAIT = STOP_TIMEOUT + 5.0
 
 
 def launch(request: HelperRequest, user: DesktopUser, locations: Locations,
-           control: ControlChannel | None) -> int:
+           control: ControlChannel | None, fds: tuple[int, ...] = ()) -> int:
     """A new sandbox. A request from the control channel (the launcher's,
     launch/helperclient.py) comes before the grants are made: the app's gate opens on the
-    channel's "open"; a request on the command line opens it at once."""
+    channel's "open"; a request on the command line opens it at once. fds: the files the
+    request hands the sandbox (request.files), the user's, open for reading."""
     plan, trusted, features = _checked_plan(request, user, locations)
     name, path, extra = plan.profile.name, plan.profile.path, plan.command
     store = ImageStore(locations.image_dir)
@@ -210,7 +211,10 @@ def launch(request: HelperRequest, user: DesktopUser, locations: Locations,
     with ExitStack() as stack:
         if not supervisor.begin(stack, name, wait=STOPPING_WAIT):
             raise supervisor.run_dir.already_running(name)
-        side = ContainerRequest(plan, user, trusted_profile=trusted, features=features)
+        for fd in fds:
+            stack.callback(os.close, fd)
+        side = ContainerRequest(plan, user, trusted_profile=trusted, features=features,
+                                handed=tuple(zip(fds, request.files, strict=True)))
         status = ContainerSide(supervisor, side, sys.stderr, control=control).run(stack)
     _log(store, f"uid={user.uid} profile={name} exit={status}")
     if supervisor.signalled is not None:
@@ -218,15 +222,17 @@ def launch(request: HelperRequest, user: DesktopUser, locations: Locations,
     return status
 
 
-def _read_request(control: ControlChannel) -> str | None:
-    """The channel's first message, which must be the request; None when the channel ends
-    first (the launcher gave up)."""
+def _read_request(control: ControlChannel) -> tuple[str, tuple[int, ...]] | None:
+    """The channel's first message, which must be the request, and the descriptors of the
+    files it hands the sandbox; None when the channel ends first (the launcher gave up)."""
     message = control.receive()
     if message is None:
         return None
     if message.word is not Word.REQUEST:
+        for fd in message.fds:
+            os.close(fd)
         raise refused(f"it came as {message.word.value!r}")
-    return message.text
+    return message.text, message.fds
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -235,19 +241,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(ExitStatus.LAUNCHER)
     words = sys.argv[1:] if argv is None else list(argv)
     control = None
+    fds: tuple[int, ...] = ()
     try:
         if words == [PENDING]:
             # Started ahead of its request (see launch/helperclient.py): the channel's first
             # message.
             control = ControlChannel.from_fd(0)
-            text = _read_request(control)
-            if text is None:
+            read = _read_request(control)
+            if read is None:
                 return int(ExitStatus.LAUNCHER)  # the launcher gave up before asking anything
+            text, fds = read
         elif len(words) == 1:
             text = words[0]
         else:
             raise refused("give it as the one argument (or \"pending\", and then on the input)")
-        request = HelperRequest.from_json(text)
+        try:
+            request = HelperRequest.from_json(text)
+            if len(request.files) != len(fds) or (fds and request.action is not Action.LAUNCH):
+                raise refused(f"it names {len(request.files)} files and comes with "
+                              f"{len(fds)} descriptors")
+        except SandboxError:
+            for fd in fds:
+                os.close(fd)
+            raise
         # Nothing from the caller's environment counts but the identity sudo vouches for; the
         # store and run directories are the ones `sandboxapp setup` wrote into the wrapper.
         user = DesktopUser.from_environment(os.environ)
@@ -259,7 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                               run_dir=RunDir(Path(run_dir)).for_user(user.uid).root,
                               config_home=Path("/nonexistent"), data_home=request.data_home)
         if request.action is Action.LAUNCH:
-            return launch(request, user, locations, control)
+            return launch(request, user, locations, control, fds)
         if request.action is Action.JOIN:
             return join_running(request, user, locations)
         if request.action is Action.RESET:

@@ -24,8 +24,9 @@ from sandboxapp.errors import ExitStatus, SandboxError
 from sandboxapp.features import Feature
 from sandboxapp.features.spec import launch_spec
 from sandboxapp.fs import nofollow
-from sandboxapp.fs.mounts import stage_owned
+from sandboxapp.fs.mounts import make_private, stage_owned
 from sandboxapp.fs.safepath import DesktopUser
+from sandboxapp.launch.handed import HandedFiles
 from sandboxapp.launch.supervisor import Supervisor
 from sandboxapp.output import TextSink
 from sandboxapp.plan import LaunchPlan
@@ -46,6 +47,9 @@ class ContainerRequest:
     user: DesktopUser
     trusted_profile: bool  # from a root-owned profile directory
     features: tuple[Feature, ...]
+    # Files the sandbox is handed at its start (launch/handed.py): the user's, open for
+    # reading, each with the name it has inside.
+    handed: tuple[tuple[int, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -89,13 +93,17 @@ class ContainerSide:
         self.stderr = stderr
         self.control = control  # the launcher's, whose "open" opens the gate
         self.relay = relay or Relay()
+        self.handed: HandedFiles | None = None
 
     def _layer(self, stack: ExitStack) -> Path:
         plan = self.request.plan
         assert plan.image is not None
         self.supervisor.add(stack, LayerEntry(str(plan.layer_root)))
         state = plan.state_root / str(self.request.user.uid) if plan.state_root else None
-        return create_layer(plan.layer_root, plan.image.rootfs, state=state)
+        merged = create_layer(plan.layer_root, plan.image.rootfs, state=state)
+        # Only the files directory sends the container what the host mounts later.
+        make_private(str(merged))
+        return merged
 
     def _stage(self, layer_dir: Path) -> dict[Path, Path]:
         staging = layer_dir / "binds"
@@ -118,6 +126,7 @@ class ContainerSide:
             except OSError as exc:
                 raise SandboxError(f"cannot stage {path.path} for the sandbox: {exc.strerror}",
                                    status=ExitStatus.LAUNCHER) from None
+            make_private(str(target))
             staged[path.path] = target
         return staged
 
@@ -161,7 +170,14 @@ class ContainerSide:
         self.supervisor.check_interrupted()
         staged = self._stage(plan.layer_root)
         gate, gate_fd = self._gate(stack)
-        spec = launch_spec(plan, merged, self.request.features, gate=gate, staged=staged)
+        assert plan.image is not None
+        self.handed = HandedFiles(plan.layer_root, plan.image.meta.uid_range.base)
+        stack.callback(self.handed.close)
+        files = self.handed.prepare()
+        for fd, name in self.request.handed:
+            self.handed.hand(fd, name)
+        spec = launch_spec(plan, merged, self.request.features, gate=gate, files=files,
+                           staged=staged)
         checks = tuple(check for feature in self.request.features
                        if (check := feature.check_as_sandbox(spec.ids.base)) is not None)
         entry = self.supervisor.add(stack, ContainerEntry(

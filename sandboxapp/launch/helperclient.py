@@ -61,13 +61,14 @@ class PendingHelper:
             theirs.close()  # the helper's now: its end closing is the channel's end
         self.sent = False
 
-    def send(self, request: str) -> subprocess.Popen[str]:
-        """Hand the helper its request; the process (which then listens on self.control)."""
+    def send(self, request: str, fds: tuple[int, ...] = ()) -> subprocess.Popen[str]:
+        """Hand the helper its request (and the files it hands the sandbox); the process
+        (which then listens on self.control)."""
         self.sent = True
         # A helper that is gone already (sudo refused) says why on its error output, which the
         # caller forwards; its exit status is the launch's.
         with contextlib.suppress(OSError):
-            self.control.send(Word.REQUEST, request)
+            self.control.send(Word.REQUEST, request, fds)
         return self.process
 
     def say(self, word: Word, text: str = "") -> None:

@@ -24,8 +24,9 @@ from sandboxapp.command import Relay, base_env, run_attached, run_without_termin
 from sandboxapp.errors import ExitStatus, SandboxError
 from sandboxapp.features import Feature, Session, grants_of, naming, prepare_features
 from sandboxapp.features.request import Action, HelperRequest
+from sandboxapp.fs import nofollow
 from sandboxapp.fs.rootfs import check_command
-from sandboxapp.fs.safepath import DesktopUser
+from sandboxapp.fs.safepath import DesktopUser, open_for_reading
 from sandboxapp.image.store import not_built
 from sandboxapp.launch.helperclient import PendingHelper, helper_argv
 from sandboxapp.launch.supervisor import Supervisor
@@ -77,11 +78,28 @@ class Launch:
         # A desktop user's launcher leaves this to the helper, and need not load it.
         from sandboxapp.launch.container import ContainerRequest, ContainerSide
 
-        request = ContainerRequest(self.plan, self.user, trusted_profile=True, features=features)
+        request = ContainerRequest(self.plan, self.user, trusted_profile=True, features=features,
+                                   handed=self._open_handed(stack))
         side = ContainerSide(self.supervisor, request, self.stderr, relay=self.relay)
         return side, side.start(stack)
 
     # -- the root side, through the helper ---------------------------------------------------
+
+    def _open_handed(self, stack: ExitStack) -> tuple[tuple[int, str], ...]:
+        """The files the command line hands the sandbox, each opened for reading as the user
+        can (root, acting for a user, opens only the user's own files, without following
+        their symlinks), with its name inside."""
+        opened = []
+        for handed in self.plan.handed:
+            try:
+                fd = open_for_reading(handed.host, self.user)
+            except (OSError, nofollow.Refused) as exc:
+                why = exc.why if isinstance(exc, nofollow.Refused) else exc.strerror
+                raise SandboxError(f"cannot hand {handed.host} to the sandbox: {why}",
+                                   status=ExitStatus.USAGE) from None
+            stack.callback(os.close, fd)
+            opened.append((fd, handed.inside.name))
+        return tuple(opened)
 
     def _request(self, action: Action, features: tuple[Feature, ...] = ()) -> HelperRequest:
         plan = self.plan
@@ -91,7 +109,10 @@ class Launch:
         grants = naming(plan) if action is Action.JOIN else grants_of(features)
         return HelperRequest(action, plan.profile.name, plan.profile.path.absolute(),
                              self.locations.data_home, program=plan.program,
-                             args=plan.extra_args, downloads=plan.downloads, grants=grants)
+                             args=plan.extra_args, downloads=plan.downloads,
+                             files=tuple(handed.inside.name for handed in plan.handed
+                                         if action is Action.LAUNCH),
+                             grants=grants)
 
     def _start_through_helper(self, stack: ExitStack,
                               features: tuple[Feature, ...]) -> subprocess.Popen[str]:
@@ -99,7 +120,9 @@ class Launch:
         opens the gate when this launcher says "open" on the control channel."""
         self.supervisor.check_interrupted()
         assert self.helper is not None
-        process = self.helper.send(self._request(Action.LAUNCH, features).to_json())
+        handed = self._open_handed(stack)
+        process = self.helper.send(self._request(Action.LAUNCH, features).to_json(),
+                                   tuple(fd for fd, _ in handed))
         assert process.stderr is not None and process.stdout is not None
         self.relay.raw(process.stdout, sys.stdout.fileno())
         self.relay.lines(process.stderr, self.stderr)
@@ -156,6 +179,11 @@ class Launch:
             if not self.supervisor.begin(stack, plan.profile.name):
                 # Already running: this command runs inside that sandbox instead.
                 self.joined = True
+                if plan.handed:
+                    raise SandboxError(
+                        f"{plan.profile.name} is running: {plan.handed[0].host} cannot be "
+                        "handed to it while it runs", hint="open it from the program's own "
+                        "file dialog, or start the program again", status=ExitStatus.USAGE)
                 return self._join(as_root)
             # What the container binds exists first (cheap); nspawn then starts, with the app
             # held at its gate, while the grants are made; then the gate opens.

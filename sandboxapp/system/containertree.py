@@ -13,8 +13,12 @@ from sandboxapp.system.procstat import namespace_pid, session_of
 # nspawn runs as the first process of a PID namespace of its own, made by unshare: when nspawn
 # dies (the launcher's parent-death signal kills unshare, which kills nspawn), the kernel kills
 # everything in that namespace, the container included. nspawn alone would leave its container
-# running: nothing kills it where systemd does not track nspawn's unit.
-PID_NAMESPACE = ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child=SIGKILL", "--"]
+# running: nothing kills it where systemd does not track nspawn's unit. Its mount namespace
+# (--mount-proc makes one) is the host's slave: a file handed to the running sandbox
+# (launch/handed.py) reaches it from the host, and nothing goes back. What the host mounts
+# below the layer's other mount points does not: the launch makes them private.
+PID_NAMESPACE = ["unshare", "--pid", "--fork", "--mount-proc", "--propagation", "slave",
+                 "--kill-child=SIGKILL", "--"]
 
 
 def container_chain(spawned_pid: int) -> list[Any]:

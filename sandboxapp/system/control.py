@@ -4,9 +4,10 @@ the helper's standard input. One packet is one message, so a message is never re
 run into the next, and file descriptors travel beside a message (SCM_RIGHTS), which a pipe
 cannot carry.
 
-The launcher sends, in this order: its request (the JSON of features/request.py), "open" once
-the grants are made (the app's gate opens), "stop SECONDS" when the launch is asked to stop.
-Its end closing means it gave up, or is gone: the root side stops the app.
+The launcher sends, in this order: its request (the JSON of features/request.py, with the
+files it hands the sandbox beside it), "open" once the grants are made (the app's gate opens),
+"stop SECONDS" when the launch is asked to stop. Its end closing means it gave up, or is gone:
+the root side stops the app.
 """
 
 from __future__ import annotations
@@ -33,9 +34,10 @@ class Word(enum.Enum):
     STOP = "stop"  # stop the app, with this many seconds' grace
 
 
-# The words whose message may carry file descriptors (none yet: a running sandbox will get
-# files through this channel). Descriptors beside any other are closed and the message refused.
-CARRIES_FDS: frozenset[Word] = frozenset()
+# The words whose message may carry file descriptors: the files the request hands the sandbox
+# at its start, open for reading, in the order of its "files". Descriptors beside any other
+# are closed and the message refused.
+CARRIES_FDS: frozenset[Word] = frozenset({Word.REQUEST})
 
 
 @dataclass(frozen=True)

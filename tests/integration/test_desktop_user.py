@@ -299,6 +299,35 @@ def test_a_members_downloads_land_in_their_download_directory_through_the_helper
     assert (saved.stat().st_uid, saved.parent.stat().st_uid) == (member.uid, member.uid)
 
 
+def test_a_member_hands_their_file_through_the_helper_and_never_one_they_cannot_read(
+    member: DesktopUser, installed: Path,
+) -> None:
+    """The launcher opens a file named on the command line as the member, and the helper
+    binds that open file read-only; /etc/shadow, or a symlink of theirs to it, never gets
+    that far; a request whose files and descriptors disagree is refused."""
+    letter = member.home / "letter.txt"
+    letter.write_text("from the member\n")
+    os.chown(letter, member.uid, member.gid)
+    os.chmod(letter, 0o600)
+    (member.home / "link").symlink_to("/etc/shadow")
+    user_profile(member, ["/bin/sh", "-c", 'cat "$0"; { echo x >> "$0"; } 2>/dev/null || '
+                                           "echo read-only"], "")
+    result = as_user(member, [str(USER_COMMAND), "run", NAME, "--", str(letter)])
+    assert isinstance(result, subprocess.CompletedProcess)
+    assert (result.returncode, result.stdout) == (0, "from the member\nread-only\n"), \
+        result.stderr
+    for forbidden in ("/etc/shadow", str(member.home / "link")):
+        refused = as_user(member, [str(USER_COMMAND), "run", NAME, "--", forbidden])
+        assert isinstance(refused, subprocess.CompletedProcess)
+        assert refused.returncode == 2, refused.stderr
+        assert "Permission denied" in refused.stderr
+    request = helper_request("launch", member.profiles / f"{NAME}.toml",
+                             member.home / ".local" / "share", NAME)[-1]
+    forged = json.dumps({**json.loads(request), "files": ["shadow"]})
+    sent = _pending(member, b"request " + forged.encode())
+    assert sent.returncode == 2 and "names 1 files and comes with 0" in sent.stderr
+
+
 def etc_state() -> list[tuple[str, float]]:
     return sorted((entry.name, entry.stat(follow_symlinks=False).st_mtime)
                   for entry in os.scandir("/etc"))
@@ -739,11 +768,15 @@ def test_a_helper_started_ahead_checks_its_request_like_its_arguments(
         _refused(_pending(member, b"request " + request),
                  "the request to the privileged helper is malformed")
     # Not a message of the channel, a gate opened before any request, a descriptor beside
-    # a request, an input that is not a channel: refused too.
+    # a word that carries none, or beside a request that names no file, an input that is not
+    # a channel: refused too.
+    request = helper_request("launch", member.profiles / f"{NAME}.toml",
+                             member.home / ".local" / "share", NAME)[-1].encode()
     for messages, fd, why in (((b"launch xeyes",), None, "unknown word"),
                               ((b"request \xff",), None, "not UTF-8"),
                               ((b"open",), None, "it came as 'open'"),
-                              ((b"request {}",), 1, "carries no file descriptors")):
+                              ((b"open",), 1, "carries no file descriptors"),
+                              ((b"request " + request,), 1, "names 0 files and comes with 1")):
         _refused(_pending(member, *messages, fd=fd), "malformed", why)
     read_end, write_end = os.pipe()
     os.write(write_end, b"request {}\n")

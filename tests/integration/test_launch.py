@@ -184,6 +184,37 @@ def test_downloads_land_in_a_directory_of_their_own_in_the_users_download_direct
         assert (path.stat().st_uid, path.stat().st_gid) == (4321, 4321), path
 
 
+def test_a_file_on_the_command_line_is_readable_inside_and_nothing_beside_it(
+        session: Session) -> None:
+    """`run PROFILE -- FILE` (and a file:// URL): the very file, read-only, its owner's
+    private mode kept and readable inside, its siblings out of sight; the sandbox's root can
+    neither write it nor remount it writable; another's file is refused, with exit status 2."""
+    session.sudo_uid = 4321
+    mine = session.tmp / "home" / "docs"
+    mine.mkdir(parents=True)
+    (mine / "letter.txt").write_text("dear sandbox\n")
+    (mine / "diary.txt").write_text("private")
+    for path in (mine.parent, mine, mine / "letter.txt", mine / "diary.txt"):
+        os.chown(path, 4321, 4321)
+    os.chmod(mine / "letter.txt", 0o600)
+    script = ('cat "$0"; ls -A "${0%/*}"; ls /run/sandboxapp/files; '
+              'mount -o remount,bind,rw "$0" 2>/dev/null && echo remounted; '
+              '{ echo changed >> "$0"; } 2>/dev/null || echo refused; echo "$1"')
+    profile = write_variant(session.profiles, ["/bin/sh", "-c", script])
+    result = session.run(str(profile), "--", str(mine / "letter.txt"),
+                         f"file://{mine}/diary.txt")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "dear sandbox", "letter.txt", "1", "2", "refused",
+        "file:///run/sandboxapp/files/2/diary.txt"]
+    assert (mine / "letter.txt").read_text() == "dear sandbox\n"
+    roots = session.tmp / "roots.txt"
+    roots.write_text("root's")
+    refused = session.run(str(profile), "--", str(roots))
+    assert refused.returncode == 2, refused.stderr
+    assert f"cannot hand {roots} to the sandbox" in refused.stderr
+
+
 def test_a_stateful_profile_keeps_its_changes_and_a_stateless_one_never_sees_them(
         session: Session) -> None:
     """stateless = false keeps the app's changes to the image for the next run of that user;

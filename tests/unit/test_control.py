@@ -10,7 +10,6 @@ import socket
 import pytest
 
 from sandboxapp.errors import ExitStatus, SandboxError
-from sandboxapp.system import control
 from sandboxapp.system.control import MAX_MESSAGE, ControlChannel, Message, Word
 
 
@@ -38,13 +37,12 @@ def test_messages_arrive_whole_and_in_order() -> None:
     helper.close()
 
 
-def test_descriptors_travel_beside_a_word_that_carries_them(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(control, "CARRIES_FDS", frozenset({Word.STOP}))
+def test_descriptors_travel_beside_a_word_that_carries_them() -> None:
+    """The files a request hands the sandbox travel beside it."""
     launcher, theirs = ControlChannel.pair()
     helper = ControlChannel(theirs)
     read_end, write_end = os.pipe()
-    launcher.send(Word.STOP, "1", fds=(write_end,))
+    launcher.send(Word.REQUEST, "{}", fds=(write_end,))
     os.close(write_end)
     message = helper.receive()
     assert message is not None and len(message.fds) == 1
@@ -62,7 +60,7 @@ def test_descriptors_travel_beside_a_word_that_carries_them(
     (b"open now", False, "wrong arguments"),
     (b"stop", False, "wrong arguments"),
     (b"request \xff", False, "not UTF-8"),
-    (b"request {}", True, "carries no file descriptors"),
+    (b"stop 5", True, "carries no file descriptors"),
     (b"request " + b"x" * MAX_MESSAGE, False, "longer than"),
 ])
 def test_a_malformed_message_is_refused_and_its_descriptors_closed(

@@ -82,7 +82,8 @@ def _sound_env(root: Path) -> dict[str, str]:
 
 
 def _view(features: tuple[Feature, ...], plan: LaunchPlan) -> tuple[object, ...]:
-    spec = launch_spec(plan, Path("/layer/merged"), features, gate=Path("/layer/gate"))
+    spec = launch_spec(plan, Path("/layer/merged"), features, gate=Path("/layer/gate"),
+                       files=Path("/layer/files"))
     return (spec.binds, spec.env, spec.command, spec.private_network,
             [path for f in features for path in f.checked_paths(False)])
 
@@ -190,7 +191,7 @@ def test_the_session_bus_starts_inside_the_gate_before_the_app(tmp_path: Path) -
     plan = make_plan(tmp_path, {"session_bus": True, "network": "host"})
     features = features_for(plan, {})
     assert any(isinstance(f, SessionBus) for f in features)
-    spec = launch_spec(plan, Path("/m"), features, gate=Path("/g"))
+    spec = launch_spec(plan, Path("/m"), features, gate=Path("/g"), files=Path("/f"))
     assert spec.command[:len(GATE_WRAPPER)] == GATE_WRAPPER
     assert spec.command[-2:] == plan.command
     assert "dbus-daemon --session" in spec.command[len(GATE_WRAPPER) + 2]

@@ -12,7 +12,7 @@ from sandboxapp.features.display import X11_CONTAINER_DIR
 from sandboxapp.features.sound import PULSE_DIR
 from sandboxapp.features.spec import GATE, launch_spec
 from sandboxapp.host.sound import SoundPaths
-from sandboxapp.plan import LaunchPlan
+from sandboxapp.plan import FILES_CONTAINER_DIR, LaunchPlan
 from sandboxapp.system.hostfacts import HostFacts
 from sandboxapp.system.nspawn import LaunchSpec, launch_argv
 from tests.unit.plans import BASE, grants
@@ -24,7 +24,8 @@ def _spec(plan: LaunchPlan, *, sound: SoundPaths | None = None, x11_dir: Path | 
           gate: Path = Path("/layer/gate")) -> LaunchSpec:
     features = features_for(plan, grants(plan, x11_dir=x11_dir,
                                          sound_dir=sound.dir if sound else None))
-    return launch_spec(plan, rootfs, features, gate=gate, staged=staged)
+    return launch_spec(plan, rootfs, features, gate=gate, files=rootfs.parent / "files",
+                       staged=staged)
 
 
 def _binds(plan: LaunchPlan, **kwargs: Any) -> dict[str, tuple[Path, bool, bool]]:
@@ -45,6 +46,8 @@ def test_the_spec_binds_only_what_the_profile_grants(tmp_path: Path) -> None:
         str(X11_CONTAINER_DIR): (tmp_path / "x11dir", True, True),
         str(PULSE_DIR): (sound.dir, True, False),
         GATE: (Path("/layer/gate"), True, False),
+        # Where files handed to the running sandbox appear, one by one (launch/handed.py).
+        str(FILES_CONTAINER_DIR): (Path("/layer/files"), True, False),
     }
     spec = _spec(plan, sound=sound, x11_dir=tmp_path / "x11dir")
     env = dict(spec.env)
@@ -62,7 +65,7 @@ def test_without_grants_the_spec_has_no_display_sound_or_network_of_its_own(
         tmp_path: Path) -> None:
     plan = _plan(tmp_path, {"x11": False, "pulseaudio": False, "network": "host"})
     binds = _binds(plan, sound=None, x11_dir=None)
-    assert list(binds) == [GATE]
+    assert list(binds) == [GATE, str(FILES_CONTAINER_DIR)]
     spec = _spec(plan)
     assert not spec.private_network
     assert not {"DISPLAY", "XAUTHORITY", "PULSE_SERVER"} & set(dict(spec.env))
@@ -78,7 +81,8 @@ def test_staged_paths_replace_every_user_path_the_container_sees(tmp_path: Path)
     staged = {path: Path(f"/layer/binds/{index}") for index, path in enumerate(user_paths)
               if path is not None}
     binds = _binds(plan, sound=sound, x11_dir=tmp_path / "x11dir", staged=staged)
-    assert {host for host, _, _ in binds.values()} == {*staged.values(), Path("/layer/gate")}
+    assert {host for host, _, _ in binds.values()} == {*staged.values(), Path("/layer/gate"),
+                                                      Path("/layer/files")}
 
 
 def test_command_and_arguments(tmp_path: Path) -> None:
