@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import re
 import secrets
 import shutil
 import signal
@@ -292,6 +293,85 @@ def host_user(prefix: str) -> Iterator[HostUser]:
         time.sleep(0.2)
         subprocess.run(["userdel", "--remove", name], check=False, capture_output=True)
         shutil.rmtree(runtime, ignore_errors=True)
+
+
+@dataclass
+class DesktopPortal:
+    """A desktop session's bus for a user, on which xdg-desktop-portal and its GTK backend
+    start when first asked, their dialogs on the session's X server."""
+
+    user: HostUser
+    bus: Path
+    xauthority: Path
+    display: str
+
+    def env(self) -> dict[str, str]:
+        """What a program started in that session has in its environment."""
+        return {"DBUS_SESSION_BUS_ADDRESS": f"unix:path={self.bus}",
+                "XDG_RUNTIME_DIR": str(self.user.runtime), "DISPLAY": self.display,
+                "XAUTHORITY": str(self.xauthority), "HOME": str(self.user.home)}
+
+    def window(self, name: str, timeout: float = 20) -> str:
+        """The id of the visible window of that exact name (a dialog), once it shows."""
+        found = subprocess.run(
+            ["timeout", str(timeout), "xdotool", "search", "--sync", "--onlyvisible",
+             "--name", f"^{re.escape(name)}$"], env=self._x_env(), capture_output=True,
+            text=True, check=False)
+        if not found.stdout.split():
+            raise HarnessError(f"no window {name!r} showed: {found.stderr}")
+        return found.stdout.split()[0]
+
+    def type_path(self, window: str, path: str) -> None:
+        """Answer a GTK file dialog as a user does: Ctrl+L, the path, Return."""
+        env = self._x_env()
+        subprocess.run(["xdotool", "windowfocus", "--sync", window], env=env, check=True)
+        subprocess.run(["xdotool", "key", "--clearmodifiers", "ctrl+l"], env=env, check=True)
+        subprocess.run(["xdotool", "type", "--delay", "10", path], env=env, check=True)
+        time.sleep(0.5)  # GTK completes the location before it takes Return
+        subprocess.run(["xdotool", "key", "--clearmodifiers", "Return"], env=env, check=True)
+
+    def cancel(self, window: str) -> None:
+        env = self._x_env()
+        subprocess.run(["xdotool", "windowfocus", "--sync", window], env=env, check=True)
+        subprocess.run(["xdotool", "key", "--clearmodifiers", "alt+c"], env=env, check=True)
+
+    def _x_env(self) -> dict[str, str]:
+        return {"PATH": "/usr/bin:/bin", "DISPLAY": self.display,
+                "XAUTHORITY": str(self.xauthority)}
+
+    def portal_processes(self) -> list[tuple[str, int]]:
+        """The portal's processes: (name, UID) each."""
+        found = subprocess.run(["ps", "-eo", "comm=,uid="], capture_output=True, text=True,
+                               check=True).stdout.split("\n")
+        return [(line.split()[0], int(line.split()[1])) for line in found
+                if line.strip().startswith("xdg-desktop-por")]
+
+
+@contextlib.contextmanager
+def desktop_portal(workdir: Path, xserver: XServer) -> Iterator[DesktopPortal]:
+    """A throw-away user's desktop session bus with xdg-desktop-portal and its GTK backend
+    (activated by the bus, as on a desktop without systemd), dialogs on xserver."""
+    require_programs("dbus-daemon", "xdotool", "/usr/libexec/xdg-desktop-portal",
+                     "/usr/libexec/xdg-desktop-portal-gtk")
+    with host_user("desk") as user:
+        xauthority = user.runtime / "Xauthority"
+        shutil.copyfile(xserver.xauthority, xauthority)
+        os.chown(xauthority, user.uid, user.gid)
+        bus = user.runtime / "bus"
+        env = {"PATH": "/usr/bin:/bin", "HOME": str(user.home),
+               "XDG_RUNTIME_DIR": str(user.runtime), "DISPLAY": xserver.display,
+               "XAUTHORITY": str(xauthority), "NO_AT_BRIDGE": "1"}
+        log = workdir / "portal-bus.log"
+        with log.open("wb") as stream:
+            process = subprocess.Popen(
+                ["setpriv", f"--reuid={user.uid}", f"--regid={user.gid}", "--init-groups",
+                 "--", "dbus-daemon", "--session", f"--address=unix:path={bus}", "--nofork"],
+                env=env, stdout=stream, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            _wait_for(bus.exists, 10, "the desktop's session bus")
+            yield DesktopPortal(user, bus, xauthority, xserver.display)
+        finally:
+            stop_group(process)
 
 
 @contextlib.contextmanager

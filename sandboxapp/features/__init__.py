@@ -11,6 +11,7 @@ from sandboxapp.features.base import Feature, Session
 from sandboxapp.features.container import NetworkAccess, SessionBus
 from sandboxapp.features.display import X11_CONTAINER_DIR, X11_DIR, DisplayAccess
 from sandboxapp.features.files import PersistentDirs, ReadOnlyBinds
+from sandboxapp.features.portal import FileChooser
 from sandboxapp.features.quit import SessionManagement
 from sandboxapp.features.request import refused
 from sandboxapp.features.sound import PULSE_DIR, SoundAccess
@@ -28,7 +29,7 @@ __all__ = ["REGISTRY", "Feature", "Session", "features_for", "grants_of", "namin
 # before the bus starts.
 REGISTRY: tuple[type[Feature], ...] = (PersistentDirs, ReadOnlyBinds, DisplayAccess,
                                        SoundAccess, SessionManagement, SessionBus,
-                                       WaylandAccess, NetworkAccess)
+                                       FileChooser, WaylandAccess, NetworkAccess)
 
 
 def features_for(plan: LaunchPlan, grants: Mapping[str, Any]) -> tuple[Feature, ...]:

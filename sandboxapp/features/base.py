@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from contextlib import ExitStack
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 from sandboxapp.system.nspawn import Bind
@@ -63,6 +63,11 @@ class Session:
     supervisor: Recorder
     warn: Callable[[str], None]
     run_dir: Path
+    # Hand the running sandbox a file the user chose; its path inside (launch/handed.py).
+    hand: Callable[[Path], PurePosixPath] = field(default=lambda path: PurePosixPath(path))
+    # Whether the sandbox's window has the user's focus; None where the display path cannot
+    # tell (Feature.has_focus).
+    focused: Callable[[], bool | None] = field(default=lambda: None)
 
     def host_dir(self, kind: str = "") -> Path:
         """The sandbox's directory on the host for its sound socket (kind ""), or for its X
@@ -130,6 +135,11 @@ class Feature:
         """The session side's, when the sandbox is to stop: ask the app to quit the way a
         desktop's logout does; True if it was asked."""
         return False
+
+    def has_focus(self) -> bool | None:
+        """The session side's: whether the sandbox's window has the user's focus; None where
+        this feature cannot tell."""
+        return None
 
     def ask_to_close(self) -> bool:
         """The session side's, where no feature could ask the app to quit as a whole: ask its

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from sandboxapp.errors import ExitStatus, SandboxError
 from sandboxapp.features.base import Feature, Session
+from sandboxapp.host.portal import PORTAL_SOCKET
 from sandboxapp.profile.model import Network
 
 if TYPE_CHECKING:
@@ -23,21 +24,52 @@ SESSION_BUS_WRAPPER = (
     ' && exec "$@"',
     "sh",
 )
+# With the file chooser (features/portal.py), the bus also listens in a directory the launcher
+# reaches from the host, PORTAL_DIR. The container's root runs the bus, and the launcher is
+# nobody to it (its UID is not in the container's), so the bus lets a client in that names no
+# UID at all (ANONYMOUS): on the sandbox's own bus, where every program is the container's
+# root already, that lets nobody in who was not.
+PORTAL_DIR = "/run/sandboxapp/portal"
+PORTAL_BUS_CONFIG = f"""<busconfig>
+  <type>session</type>
+  <listen>{SESSION_BUS}</listen>
+  <listen>unix:path={PORTAL_DIR}/{PORTAL_SOCKET}</listen>
+  <auth>EXTERNAL</auth>
+  <auth>ANONYMOUS</auth>
+  <allow_anonymous/>
+  <standard_session_servicedirs/>
+  <policy context="default">
+    <allow send_destination="*" eavesdrop="true"/>
+    <allow eavesdrop="true"/>
+    <allow own="*"/>
+  </policy>
+</busconfig>
+"""
+PORTAL_BUS_WRAPPER = (
+    "/bin/sh", "-c",
+    'printf %s "$1" > /run/sandboxapp-session-bus.conf && shift && '
+    "dbus-daemon --config-file=/run/sandboxapp-session-bus.conf --fork --nopidfile "
+    '--syslog-only && exec "$@"',
+    "sh", PORTAL_BUS_CONFIG,
+)
 
 
 @dataclass(frozen=True)
 class SessionBus(Feature):
     """session_bus = true: a bus inside, never the user's."""
 
+    portal: bool = False
+
     @classmethod
     def from_part(cls, plan: LaunchPlan, part: Any) -> SessionBus | None:
-        return cls() if plan.profile.sandbox.session_bus else None
+        sandbox = plan.profile.sandbox
+        return cls(sandbox.file_chooser) if sandbox.session_bus else None
 
     def env(self) -> list[tuple[str, str]]:
         return [("DBUS_SESSION_BUS_ADDRESS", SESSION_BUS)]
 
     def wrap(self, command: tuple[str, ...]) -> tuple[str, ...]:
-        return (*SESSION_BUS_WRAPPER, *command)
+        return (*(PORTAL_BUS_WRAPPER if self.portal else SESSION_BUS_WRAPPER), *command)
 
     def describe(self) -> list[str]:
         return ["D-Bus:    a session bus of its own inside, not yours"]

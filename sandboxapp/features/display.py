@@ -181,6 +181,11 @@ class DisplayAccess(Feature):
                 f"connects to {self.display.name} (the nested display's number is taken at "
                 "launch: the command below names the socket of the display it is taken for)"]
 
+    def has_focus(self) -> bool | None:
+        # The nested server's window on the user's display knows; a trusted display's
+        # windows are the program's own, which the launcher does not watch.
+        return self.nested.focused if self.nested is not None else None
+
     def ask_to_close(self) -> bool:
         # The nested server is the launcher's: its windows are asked, as a window manager
         # asks them (the user's display, a trusted one, is not the launcher's to act on).

@@ -220,6 +220,9 @@ class NestedDisplay:
         self.last_problem = ""
         # Until then, a focus the window gets came with its mapping, not from the user.
         self.mapping_focus_until = 0.0
+        # Whether the window has the user's keyboard focus (a sandbox's file dialog is shown
+        # only then: features/portal.py).
+        self.focused = False
         self.bridge: ClipboardBridge | None = None
         # Written to end the thread (b"x"), or to have it ask the app's windows to close.
         self.wake_read, self.wake_write = os.pipe()
@@ -364,6 +367,7 @@ class NestedDisplay:
                 child.configure(width=event.width, height=event.height)
         elif event.type == X.FocusIn and event.detail not in (X.NotifyInferior,
                                                                X.NotifyPointer):
+            self.focused = True
             self.bridge.focused(by_user=time.monotonic() > self.mapping_focus_until)
             if event.detail in (X.NotifyAncestor, X.NotifyNonlinear):
                 # The desktop gave the window itself the focus: the keyboard goes on to
@@ -372,6 +376,7 @@ class NestedDisplay:
                     child.set_input_focus(X.RevertToParent, X.CurrentTime)
         elif event.type == X.FocusOut and event.detail not in (X.NotifyInferior,
                                                                 X.NotifyPointer):
+            self.focused = False
             self.bridge.unfocused()
 
     def _nested_event(self, nested: XDisplay, event: Any, root: Any) -> None:

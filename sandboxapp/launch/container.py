@@ -8,15 +8,17 @@ very inode bind-mounted into a staging directory in the layer; nspawn only sees 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import IO
 
 from sandboxapp.command import Relay, base_env, spawn
@@ -31,7 +33,7 @@ from sandboxapp.launch.supervisor import Supervisor
 from sandboxapp.output import TextSink
 from sandboxapp.plan import LaunchPlan
 from sandboxapp.system.containertree import PID_NAMESPACE, stop_app
-from sandboxapp.system.control import ControlChannel
+from sandboxapp.system.control import ControlChannel, Message, Word
 from sandboxapp.system.hostfacts import host_facts
 from sandboxapp.system.layer import create_layer
 from sandboxapp.system.nspawn import NOISE_PREFIX, LaunchSpec, launch_argv
@@ -94,6 +96,7 @@ class ContainerSide:
         self.control = control  # the launcher's, whose "open" opens the gate
         self.relay = relay or Relay()
         self.handed: HandedFiles | None = None
+        self._handing = threading.Lock()
 
     def _layer(self, stack: ExitStack) -> Path:
         plan = self.request.plan
@@ -156,12 +159,31 @@ class ContainerSide:
         by the user's launcher, which gave up)."""
         started = self.start(stack)
         if self.control is not None and not self.supervisor.wait_for_open(
-                started.process, self.control):
+                started.process, self.control, self._take_file):
             if started.process.poll() is None:
                 return ExitStatus.LAUNCHER
             return self.supervise(started)  # nspawn failed: its status, and what it said
         open_gate(started)
         return self.supervise(started)
+
+    def hand(self, fd: int, name: str) -> PurePosixPath:
+        """Hand the running sandbox the file open as fd (the user's, for reading); its path
+        inside."""
+        assert self.handed is not None
+        with self._handing:
+            return self.handed.hand(fd, name)
+
+    def _take_file(self, message: Message) -> None:
+        """The launcher's "file": hand it, and answer with its path inside, or why not."""
+        assert self.control is not None
+        try:
+            answer = (Word.HANDED, str(self.hand(message.fds[0], message.text)))
+        except SandboxError as error:
+            answer = (Word.REFUSED, error.message)
+        finally:
+            os.close(message.fds[0])
+        with contextlib.suppress(OSError):
+            self.control.send(*answer)
 
     def start(self, stack: ExitStack) -> Started:
         """Start the container, with the app held at its gate."""
@@ -202,6 +224,6 @@ class ContainerSide:
         process = started.process
         status = self.supervisor.wait(process, on_stop=lambda: stop_app(process.pid),
                                       on_timeout=process.kill, control=self.control,
-                                      ask_to_quit=ask_to_quit)
+                                      ask_to_quit=ask_to_quit, on_file=self._take_file)
         self.relay.join()
         return status

@@ -15,9 +15,10 @@ import contextlib
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Mapping
 from contextlib import ExitStack
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 from sandboxapp.command import Relay, base_env, run_attached, run_without_terminal
@@ -64,12 +65,22 @@ class Launch:
         self.supervisor = Supervisor(RunDir(locations.run_dir), warn)
         # The app's output, through the helper or not: whether there was any.
         self.relay = Relay()
+        # Root's launch: the container side, in this process (files are handed through it).
+        self.side: ContainerSide | None = None
+        self._handing = threading.Lock()
+        self.features: tuple[Feature, ...] = ()
 
     # -- the session side --------------------------------------------------------------------
 
     def _session(self) -> Session:
         return Session(self.plan, self.user, self.environ, self.supervisor, self.warn,
-                       self.locations.run_dir)
+                       self.locations.run_dir, hand=self.hand_file, focused=self._focused)
+
+    def _focused(self) -> bool | None:
+        """Whether the sandbox's window has the user's focus, where a feature can tell."""
+        told = [found for feature in self.features
+                if (found := feature.has_focus()) is not None]
+        return any(told) if told else None
 
     # -- the root side, here -----------------------------------------------------------------
 
@@ -81,25 +92,52 @@ class Launch:
         request = ContainerRequest(self.plan, self.user, trusted_profile=True, features=features,
                                    handed=self._open_handed(stack))
         side = ContainerSide(self.supervisor, request, self.stderr, relay=self.relay)
+        self.side = side
         return side, side.start(stack)
 
     # -- the root side, through the helper ---------------------------------------------------
 
+    def _open_for_sandbox(self, host: Path) -> int:
+        """A file the user hands the sandbox, opened for reading as the user may (root,
+        acting for a user, opens only the user's own files, without following their
+        symlinks)."""
+        try:
+            return open_for_reading(host, self.user)
+        except (OSError, nofollow.Refused) as exc:
+            why = exc.why if isinstance(exc, nofollow.Refused) else exc.strerror
+            raise SandboxError(f"cannot hand {host} to the sandbox: {why}",
+                               status=ExitStatus.USAGE) from None
+
     def _open_handed(self, stack: ExitStack) -> tuple[tuple[int, str], ...]:
-        """The files the command line hands the sandbox, each opened for reading as the user
-        can (root, acting for a user, opens only the user's own files, without following
-        their symlinks), with its name inside."""
+        """The files the command line hands the sandbox, with their names inside."""
         opened = []
         for handed in self.plan.handed:
-            try:
-                fd = open_for_reading(handed.host, self.user)
-            except (OSError, nofollow.Refused) as exc:
-                why = exc.why if isinstance(exc, nofollow.Refused) else exc.strerror
-                raise SandboxError(f"cannot hand {handed.host} to the sandbox: {why}",
-                                   status=ExitStatus.USAGE) from None
+            fd = self._open_for_sandbox(handed.host)
             stack.callback(os.close, fd)
             opened.append((fd, handed.inside.name))
         return tuple(opened)
+
+    def hand_file(self, host: Path) -> PurePosixPath:
+        """Hand the running sandbox a file the user chose (opened for reading as the user
+        may); its path inside. Any thread may ask, one at a time."""
+        fd = self._open_for_sandbox(host)
+        try:
+            with self._handing:
+                if self.side is not None:
+                    return self.side.hand(fd, host.name)
+                assert self.helper is not None
+                self.helper.control.send(Word.FILE, host.name, (fd,))
+                answer = self.helper.control.receive()
+        except OSError:
+            answer = None
+        finally:
+            os.close(fd)
+        if answer is not None and answer.word is Word.HANDED:
+            return PurePosixPath(answer.text)
+        why = answer.text if answer is not None and answer.word is Word.REFUSED else (
+            "the sandbox has stopped")
+        raise SandboxError(f"cannot hand {host} to the sandbox: {why}",
+                           status=ExitStatus.LAUNCHER)
 
     def _request(self, action: Action, features: tuple[Feature, ...] = ()) -> HelperRequest:
         plan = self.plan
@@ -189,6 +227,7 @@ class Launch:
             # held at its gate, while the grants are made; then the gate opens.
             session = self._session()
             features = prepare_features(session, stack)
+            self.features = features
             self.supervisor.check_interrupted()
             if as_root:
                 side, started = self._start_here(stack, features)

@@ -127,10 +127,12 @@ class Supervisor:
 
     # -- waiting -----------------------------------------------------------------------------
 
-    def wait_for_open(self, process: ChildProcess, control: ControlChannel) -> bool:
+    def wait_for_open(self, process: ChildProcess, control: ControlChannel,
+                      on_file: Callable[[Message], None] | None = None) -> bool:
         """Wait for "open" on the control channel: True once it came; False when the channel
         ends or says anything else first (the launcher gave up), or the process ended. A
-        signal meanwhile raises, as check_interrupted does."""
+        signal meanwhile raises, as check_interrupted does. on_file: what takes a "file"
+        message (one that comes when there is none is the launcher's giving up too)."""
         pidfd = os.pidfd_open(process.pid)
         try:
             while True:
@@ -145,6 +147,9 @@ class Supervisor:
                 if control.fileno() not in ready:
                     continue
                 message = self._receive(control)
+                if message is not None and message.word is Word.FILE and on_file is not None:
+                    on_file(message)
+                    continue
                 if message is None or message.word is not Word.OPEN:
                     self._take_stop(message)
                     return False
@@ -182,6 +187,7 @@ class Supervisor:
         on_timeout: Callable[[], None],
         control: ControlChannel | None = None,
         ask_to_quit: Callable[[], bool] | None = None,
+        on_file: Callable[[Message], None] | None = None,
     ) -> int:
         """Wait for process. A signal, or a message or the end of the control channel (the
         launcher asks to stop, or is gone), first asks the app to quit as a desktop's logout
@@ -189,7 +195,7 @@ class Supervisor:
         a stop asked for another) to do so; then, or at once where it could not be asked,
         on_stop, and on_timeout after the grace; a second signal or control event moves on to
         the next step at once, and on_timeout comes again every STOP_TIMEOUT seconds until the
-        process is gone."""
+        process is gone. on_file: what takes a "file" message."""
         pidfd = os.pidfd_open(process.pid)
         deadline: float | None = None
         quitting = False
@@ -210,7 +216,10 @@ class Supervisor:
                     message = self._receive(control)
                     if message is None:
                         control = None  # the launcher is gone: nothing more will come
-                    self._take_stop(message)
+                    if message is not None and message.word is Word.FILE and on_file:
+                        on_file(message)
+                    else:
+                        self._take_stop(message)
                 if self.stopping and deadline is None:
                     if self.record is not None:
                         asked = self.run_dir.take_stop_grace(self.record.profile, os.getpid())

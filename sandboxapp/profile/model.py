@@ -129,6 +129,9 @@ class SandboxSpec:
     # A D-Bus session bus of the sandbox's own (never the user's): programs that find their
     # running instance over D-Bus, as Firefox does, then get joined launches right.
     session_bus: bool = False
+    # file_chooser: the sandbox's session bus has a file chooser portal served by the launcher:
+    # a dialog on the user's desktop, and the files chosen there, alone, bound into the sandbox.
+    file_chooser: bool = False
     network: Network = Network.NONE
     persist: tuple[PurePosixPath, ...] = ()
     env: tuple[tuple[str, str], ...] = ()

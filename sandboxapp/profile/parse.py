@@ -437,6 +437,12 @@ KEYS: tuple[Key, ...] = (
         "                          # (default false)"),
     Key("sandbox", "session_bus", _flag(False),
         "session_bus = true        # a D-Bus session bus of the sandbox's own (default false)"),
+    Key("sandbox", "file_chooser", _flag(False),
+        "file_chooser = true       # with session_bus, a file dialog on your desktop: the files "
+        "you\n"
+        "                          # choose there, and no others, are bound into the sandbox "
+        "(default\n"
+        "                          # false)"),
     Key("sandbox", "network", _network,
         'network = "host"          # "host": the host\'s network; "none": loopback only '
         '(default "none")'),
@@ -484,6 +490,10 @@ def parse_profile(name: str, path: Path, origin: str, doc: dict[str, Any]) -> Pr
         + [(f"sandbox.bind_ro[{i}]", b.container) for i, b in enumerate(sandbox["bind_ro"])]
         + ([("sandbox.downloads", DOWNLOADS_CONTAINER_DIR)] if sandbox["downloads"] else []),
     )
+    if sandbox["file_chooser"] and not sandbox["session_bus"]:
+        raise r.fail("sandbox.file_chooser", "true without session_bus = true",
+                     "file_chooser = true only with session_bus = true: the portal is on the "
+                     "sandbox's own session bus")
     return Profile(
         name=name, path=path, origin=origin, command=top["command"],
         description=top["description"],

@@ -7,7 +7,8 @@ cannot carry.
 The launcher sends, in this order: its request (the JSON of features/request.py, with the
 files it hands the sandbox beside it), "open" once the grants are made (the app's gate opens),
 "stop SECONDS" when the launch is asked to stop. Its end closing means it gave up, or is gone:
-the root side stops the app.
+the root side stops the app. While the sandbox runs, "file NAME" hands it the file beside the
+message (one the user chose), and the root side answers "handed PATH" or "refused WHY".
 """
 
 from __future__ import annotations
@@ -32,12 +33,16 @@ class Word(enum.Enum):
     REQUEST = "request"  # the helper's request, as JSON
     OPEN = "open"  # the grants are made: open the app's gate
     STOP = "stop"  # stop the app, with this many seconds' grace
+    FILE = "file"  # hand the running sandbox this file (its name inside; the file beside it)
+    # The root side's answers to FILE, to the launcher.
+    HANDED = "handed"  # the file's path inside
+    REFUSED = "refused"  # why it was not handed
 
 
 # The words whose message may carry file descriptors: the files the request hands the sandbox
 # at its start, open for reading, in the order of its "files". Descriptors beside any other
 # are closed and the message refused.
-CARRIES_FDS: frozenset[Word] = frozenset({Word.REQUEST})
+CARRIES_FDS: frozenset[Word] = frozenset({Word.REQUEST, Word.FILE})
 
 
 @dataclass(frozen=True)
@@ -70,6 +75,8 @@ def parse(data: bytes, fds: tuple[int, ...]) -> Message:
             raise malformed("it is not UTF-8") from None
         if (word is Word.OPEN) != (text == ""):
             raise malformed(f"{word.value!r} with the wrong arguments")
+        if word is Word.FILE and len(fds) != 1:
+            raise malformed("'file' comes with one file beside it")
         return Message(word, text, fds)
     except SandboxError:
         for fd in fds:

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 from sandboxapp.errors import SandboxError
 from sandboxapp.fs import nofollow
 from sandboxapp.host.display import AUTH_FILE, Display, XAccess
+from sandboxapp.host.portal import PORTAL_SOCKET
 from sandboxapp.host.sessionmanager import SESSION_SOCKET
 from sandboxapp.host.sound import SOUND_CONF, SOUND_SOCKET
 from sandboxapp.host.wayland import SANDBOX_SOCKET
@@ -185,6 +186,16 @@ class WaylandSocketEntry(UserSocketEntry):
 
 
 @dataclass
+class PortalEntry(UserSocketEntry):
+    """The directory where the sandbox's bus makes the socket the launcher serves its file
+    chooser through (features/portal.py)."""
+
+    KIND: ClassVar[str] = "portal"
+    SOCKET: ClassVar[str] = PORTAL_SOCKET
+    WHAT: ClassVar[str] = "file chooser"
+
+
+@dataclass
 class UnknownEntry(Entry):
     """An entry this release cannot read: it stays recorded, and is reported."""
 
@@ -200,7 +211,7 @@ class UnknownEntry(Entry):
 
 KINDS: dict[str, type[Entry]] = {
     cls.KIND: cls for cls in (ContainerEntry, LayerEntry, TrustedX11Entry, NestedX11Entry,
-                              SoundEntry, SessionManagerEntry, WaylandSocketEntry)
+                              SoundEntry, SessionManagerEntry, WaylandSocketEntry, PortalEntry)
 }
 
 

@@ -22,7 +22,7 @@ from tests.integration.conftest import REPO
 NAME = "sandboxapp-test"
 IMAGE_SECTION = ('[image]\nsuite = "bookworm"\n'
                  'packages = ["x11-utils", "x11-apps", "xdotool", "xclip", "pulseaudio-utils", '
-                 '"python3-minimal"]\n')
+                 '"python3-minimal", "dbus-daemon", "libglib2.0-bin"]\n')
 
 
 def write_variant(directory: Path, command: Sequence[str], sandbox: str = "",

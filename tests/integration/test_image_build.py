@@ -36,7 +36,8 @@ def test_test_image_is_built_shifted_and_runnable(
     assert FIRST_BASE <= base < END and base % 65536 == 0
     assert test_image_meta["suite"] == "bookworm"
     assert test_image_meta["packages"] == ["x11-utils", "x11-apps", "xdotool", "xclip",
-                                          "pulseaudio-utils", "python3-minimal"]
+                                          "pulseaudio-utils", "python3-minimal", "dbus-daemon",
+                                          "libglib2.0-bin"]
     rootfs = test_image_dir / NAME / "rootfs"
     # Ownership was shifted into the image's own block once, at build time.
     assert rootfs.stat().st_uid == base

@@ -1,0 +1,87 @@
+"""file_chooser = true: a file chooser portal on the sandbox's own session bus, served by the
+launcher (host/portal.py): the dialog is the user's, on their desktop, and the files chosen
+there, alone, are bound into the running sandbox."""
+
+from __future__ import annotations
+
+import stat
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sandboxapp.errors import ExitStatus, SandboxError
+from sandboxapp.features.base import CheckedPath, Feature, Session, Source
+from sandboxapp.features.container import PORTAL_DIR
+from sandboxapp.features.request import absolute_path, refused
+from sandboxapp.fs.safepath import ensure_user_dir
+from sandboxapp.host.portal import PORTAL_SOCKET
+from sandboxapp.system.nspawn import Bind
+from sandboxapp.undo.entries import PortalEntry
+
+if TYPE_CHECKING:
+    from sandboxapp.plan import LaunchPlan
+
+
+@dataclass(frozen=True)
+class FileChooser(Feature):
+    # The directory of the user's where the sandbox's bus makes the socket the launcher uses.
+    door: Path
+
+    KEY = "file_chooser"
+
+    @classmethod
+    def prepare(cls, session: Session, stack: ExitStack) -> FileChooser | None:
+        if not session.plan.profile.sandbox.file_chooser:
+            return None
+        door = session.host_dir(".portal")
+        # Its undo removes the bus's socket and the directory.
+        session.supervisor.add(stack, PortalEntry(str(door), session.user.uid))
+        ensure_user_dir(door, session.user, 0o700, exact_mode=True)
+        return cls(door)
+
+    def part(self) -> dict[str, Any]:
+        return {"dir": str(self.door)}
+
+    @classmethod
+    def from_part(cls, plan: LaunchPlan, part: Any) -> FileChooser | None:
+        if not plan.profile.sandbox.file_chooser:
+            if part is not None:
+                raise SandboxError("a file chooser was asked for, but the profile has none",
+                                   status=ExitStatus.LAUNCHER)
+            return None
+        if part is None:
+            return None  # a dry run, or a join: nothing of it is named
+        if not isinstance(part, dict) or set(part) != {"dir"}:
+            raise refused("the file chooser's part is not {dir}")
+        return cls(absolute_path(part["dir"], "the file chooser's directory"))
+
+    def checked_paths(self, trusted_profile: bool) -> list[CheckedPath]:
+        return [CheckedPath(self.door, False, "file chooser's directory", stat.S_IFDIR)]
+
+    def binds(self, source: Source) -> list[Bind]:
+        # Writable, the container root's: the sandbox's bus makes its socket there.
+        return [Bind(source(self.door), PORTAL_DIR, read_only=False, root_idmap=True)]
+
+    def describe(self) -> list[str]:
+        return ["files:    a file dialog on your desktop when it asks (its session bus's "
+                "org.freedesktop.portal.FileChooser, served by the launcher): the files you "
+                "choose there, and no others, are bound into it read-only"]
+
+    def grant(self, session: Session, stack: ExitStack) -> None:
+        """Served from when the sandbox's bus is up until the launch ends."""
+        from sandboxapp.host.chooser import choose
+        from sandboxapp.host.portal import Ask, FileChooserPortal, title_for
+
+        profile = session.plan.profile.name
+
+        def ask_user(ask: Ask) -> Any:
+            return choose(ask.kind, title_for(profile, ask), multiple=ask.multiple,
+                          current_name=ask.current_name, user=session.user,
+                          environ=session.environ)
+
+        portal = FileChooserPortal(self.door / PORTAL_SOCKET, profile, choose=ask_user,
+                                   hand=session.hand, focused=session.focused,
+                                   warn=session.warn)
+        stack.callback(portal.close)
+        portal.start()

@@ -1,0 +1,163 @@
+"""The file dialog on the user's desktop: the desktop's own file chooser portal
+(org.freedesktop.portal.FileChooser of xdg-desktop-portal, as GNOME and KDE have it), else
+zenity's dialog. It runs in a process of its own, as the user and never as root (choose()
+starts it); that process asks the desktop and prints what the user chose.
+
+Its request, on its input, and its answer, on its output, are JSON:
+
+    {"kind": "open" or "save", "title": TEXT, "multiple": BOOL, "current_name": NAME or null}
+    {"response": 0 (chosen), 1 (cancelled) or 2 (failed), "paths": [PATH, ...]}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from sandboxapp.command import base_env, program_exists, spawn
+from sandboxapp.fs.safepath import DesktopUser
+
+# What the dialog's process may know of the user's session: where the desktop and its bus are.
+SESSION_VARIABLES = ("DBUS_SESSION_BUS_ADDRESS", "DISPLAY", "WAYLAND_DISPLAY", "XAUTHORITY",
+                     "XDG_RUNTIME_DIR", "XDG_CURRENT_DESKTOP", "XDG_SESSION_TYPE", "HOME",
+                     "LANG", "LC_ALL")
+PORTAL = "org.freedesktop.portal.Desktop"
+PORTAL_PATH = "/org/freedesktop/portal/desktop"
+FILE_CHOOSER = "org.freedesktop.portal.FileChooser"
+MAX_ANSWER = 1 << 20
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What the user chose: the portal's response (0 chosen, 1 cancelled, 2 failed) and the
+    files."""
+
+    response: int
+    paths: tuple[Path, ...] = ()
+
+
+def choose(kind: str, title: str, *, multiple: bool, current_name: str | None,
+           user: DesktopUser, environ: Mapping[str, str]) -> Choice:
+    """Show the dialog on the user's desktop, as the user, and wait for their choice."""
+    env = base_env({key: environ[key] for key in SESSION_VARIABLES if environ.get(key)})
+    bootstrap = (f"import sys; sys.path[0:0] = {sys.path!r}; "
+                 "from sandboxapp.host.chooser import main; main()")
+    argv = [sys.executable, "-c", bootstrap]
+    owner = user.acted_for()
+    if owner is not None:
+        argv = ["setpriv", f"--reuid={owner.uid}", f"--regid={owner.gid}", "--init-groups",
+                "--", *argv]
+    request = json.dumps({"kind": kind, "title": title, "multiple": multiple,
+                          "current_name": current_name})
+    process = spawn(argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                    stderr=subprocess.DEVNULL)
+    out, _ = process.communicate(request.encode())
+    try:
+        answer = json.loads(out[:MAX_ANSWER])
+        paths = tuple(Path(path) for path in answer["paths"] if isinstance(path, str))
+        return Choice(int(answer["response"]), paths)
+    except (ValueError, KeyError, TypeError):
+        return Choice(2)
+
+
+# -- the dialog's own process ------------------------------------------------------------
+
+
+def _paths(uris: list[str]) -> list[str]:
+    """The local files among the portal's URIs."""
+    found = []
+    for uri in uris:
+        parts = urlsplit(uri)
+        if parts.scheme == "file" and parts.netloc in ("", "localhost"):
+            found.append(unquote(parts.path))
+    return found
+
+
+async def _ask_portal(request: dict[str, object]) -> tuple[int, list[str]] | None:
+    """The desktop's file chooser portal; None where the session has none."""
+    import asyncio
+
+    from dbus_fast import Message, MessageType, Variant
+    from dbus_fast.aio import MessageBus
+    from dbus_fast.errors import DBusError
+
+    try:
+        bus = await MessageBus().connect()
+    except (OSError, ValueError, DBusError):
+        return None
+    try:
+        token = "sandboxapp" + secrets.token_hex(8)
+        sender = (bus.unique_name or "").lstrip(":").replace(".", "_")
+        handle = f"{PORTAL_PATH}/request/{sender}/{token}"
+        answered: asyncio.Future[tuple[int, list[str]]] = asyncio.get_running_loop().create_future()
+
+        def on_message(message: Message) -> None:
+            if (message.message_type is MessageType.SIGNAL and message.path == handle
+                    and message.member == "Response" and not answered.done()):
+                response, results = message.body
+                uris = results.get("uris")
+                answered.set_result((int(response), list(uris.value) if uris else []))
+
+        bus.add_message_handler(on_message)
+        await bus.call(Message(destination="org.freedesktop.DBus",
+                               path="/org/freedesktop/DBus", interface="org.freedesktop.DBus",
+                               member="AddMatch", signature="s",
+                               body=[f"type='signal',interface='org.freedesktop.portal.Request',"
+                                     f"member='Response',path='{handle}'"]))
+        options: dict[str, Variant] = {"handle_token": Variant("s", token),
+                                       "modal": Variant("b", True)}
+        if request["kind"] == "open":
+            member = "OpenFile"
+            options["multiple"] = Variant("b", bool(request.get("multiple")))
+        else:
+            member = "SaveFile"
+            name = request.get("current_name")
+            if isinstance(name, str) and name:
+                options["current_name"] = Variant("s", name)
+        reply = await bus.call(Message(destination=PORTAL, path=PORTAL_PATH,
+                                       interface=FILE_CHOOSER, member=member,
+                                       signature="ssa{sv}",
+                                       body=["", str(request["title"]), options]))
+        if reply is None or reply.message_type is MessageType.ERROR:
+            return None  # no portal, or none with a file chooser
+        return await answered
+    finally:
+        bus.disconnect()
+
+
+def _ask_zenity(request: dict[str, object]) -> tuple[int, list[str]]:
+    """sandboxapp's own dialog, where the desktop has no file chooser portal."""
+    if not program_exists("zenity"):
+        return 2, []
+    argv = ["zenity", "--file-selection", f"--title={request['title']}", "--separator=\n"]
+    if request["kind"] == "open" and request.get("multiple"):
+        argv.append("--multiple")
+    if request["kind"] == "save":
+        argv += ["--save", "--confirm-overwrite"]
+        if isinstance(request.get("current_name"), str):
+            argv.append(f"--filename={request['current_name']}")
+    result = subprocess.run(argv, capture_output=True, text=True, check=False,
+                            env=dict(os.environ))
+    if result.returncode != 0:
+        return 1, []
+    return 0, [line for line in result.stdout.splitlines() if line]
+
+
+def main() -> None:
+    """The dialog's process: its request on the input, its answer on the output."""
+    import asyncio
+
+    request = json.loads(sys.stdin.read(MAX_ANSWER))
+    found = asyncio.run(_ask_portal(request))
+    if found is None:
+        response, paths = _ask_zenity(request)
+    else:
+        response, paths = found[0], _paths(found[1])
+    sys.stdout.write(json.dumps({"response": response, "paths": paths}))

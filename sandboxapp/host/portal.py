@@ -1,0 +1,245 @@
+"""The file chooser portal of a sandbox's own session bus, served by the launcher: the
+sandbox's programs ask it, as they ask xdg-desktop-portal on a desktop, for a file to open or
+a place to save; the dialog is the user's (host/chooser.py), and the files the user chose are
+bound into the sandbox, they alone (launch/handed.py), before the answer names them.
+
+Everything the sandbox sends here is hostile: a request's options are read by their types and
+sizes, and only those this portal knows count; one dialog is open at a time; a request that
+comes while the user is elsewhere (the sandbox's window does not have the focus, where the
+display path can tell) is refused, never shown over what the user is doing.
+
+The launcher is a client of the sandbox's bus through a socket the bus makes in a directory of
+the user's (features/portal.py), which is opened without following symlinks, and must be a
+socket: the sandbox cannot send the launcher to another bus. dbus-fast speaks D-Bus, in an
+asyncio loop on a thread of its own; the dialogs and the binding of files, which block, run
+on threads of the loop's executor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import stat
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.parse import quote
+
+from sandboxapp.errors import SandboxError
+from sandboxapp.host.chooser import FILE_CHOOSER, PORTAL, PORTAL_PATH, Choice
+
+# The socket the sandbox's bus makes, for the launcher, in the directory features/portal.py
+# binds.
+PORTAL_SOCKET = "bus"
+REQUEST_INTERFACE = "org.freedesktop.portal.Request"
+PROPERTIES = "org.freedesktop.DBus.Properties"
+VERSION = 3
+TOKEN = re.compile(r"[A-Za-z0-9_]{1,64}")
+MAX_TITLE = 200
+# How long the launcher waits for the sandbox's bus to appear once the app may start.
+BUS_WAIT = 30.0
+
+
+@dataclass(frozen=True)
+class Ask:
+    """A request, as this portal reads it."""
+
+    kind: str  # "open" or "save"
+    title: str
+    multiple: bool
+    current_name: str | None
+
+
+def _text(value: Any, limit: int) -> str:
+    """A string of the sandbox's, without control characters, cut to limit."""
+    if not isinstance(value, str):
+        return ""
+    return "".join(c for c in value if c.isprintable())[:limit]
+
+
+def read_ask(member: str, title: Any, options: Any) -> Ask | str:
+    """The request OpenFile or SaveFile made; or why it is refused."""
+    if not isinstance(options, dict):
+        return "its options are not a dictionary"
+
+    def option(name: str, signature: str) -> Any:
+        value = options.get(name)
+        return value.value if value is not None and value.signature == signature else None
+
+    if option("directory", "b"):
+        return "it asks for a folder: only files are handed to a sandbox"
+    name = option("current_name", "s") if member == "SaveFile" else None
+    name = os.path.basename(_text(name, 255)) or None
+    return Ask("open" if member == "OpenFile" else "save", _text(title, MAX_TITLE),
+               bool(option("multiple", "b")) and member == "OpenFile", name)
+
+
+class FileChooserPortal:
+    """org.freedesktop.portal.FileChooser on the sandbox's bus, for as long as it runs."""
+
+    def __init__(self, socket: Path, profile: str, *,
+                 choose: Callable[[Ask], Choice],
+                 hand: Callable[[Path], PurePosixPath],
+                 focused: Callable[[], bool | None],
+                 warn: Callable[[str], None]) -> None:
+        self.socket = socket
+        self.profile = profile
+        self.choose = choose
+        self.hand = hand
+        self.focused = focused
+        self.warn = warn
+        self._busy = threading.Lock()  # one dialog at a time
+        self._stop = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = threading.Thread(target=self._run, name="portal", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(loop.stop)
+        self._thread.join(timeout=5)
+
+    # -- the bus ------------------------------------------------------------------------------
+
+    def _open_socket(self) -> int | None:
+        """The bus's socket, once it is there: opened without following a symlink, and only
+        if it is a socket."""
+        deadline = time.monotonic() + BUS_WAIT
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            try:
+                fd = os.open(self.socket, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except FileNotFoundError:
+                self._stop.wait(0.05)
+                continue
+            except OSError:
+                return None
+            if stat.S_ISSOCK(os.fstat(fd).st_mode):
+                return fd
+            os.close(fd)
+            return None
+        return None
+
+    def _run(self) -> None:
+        fd = self._open_socket()
+        if fd is None:
+            if not self._stop.is_set():
+                self.warn("the sandbox's session bus did not start: it has no file chooser")
+            return
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        try:
+            bus = loop.run_until_complete(self._connect(fd))
+            if bus is not None and not self._stop.is_set():
+                loop.run_forever()
+            if bus is not None:
+                bus.disconnect()
+        except Exception as exc:  # the sandbox's bus is hostile: say why, and go on
+            self.warn(f"the file chooser stopped: {exc}")
+        finally:
+            os.close(fd)
+            loop.close()
+
+    async def _connect(self, fd: int) -> Any:
+        from dbus_fast.aio import MessageBus
+        from dbus_fast.auth import AuthAnonymous
+        from dbus_fast.constants import NameFlag, RequestNameReply
+
+        bus = await MessageBus(bus_address=f"unix:path=/proc/self/fd/{fd}",
+                               auth=AuthAnonymous()).connect()
+        bus.add_message_handler(lambda message: self._handle(bus, message))
+        reply = await bus.request_name(PORTAL, NameFlag.DO_NOT_QUEUE)
+        if reply is not RequestNameReply.PRIMARY_OWNER:
+            self.warn("a program in the sandbox took the file chooser's name: it has none")
+            bus.disconnect()
+            return None
+        return bus
+
+    # -- the messages -------------------------------------------------------------------------
+
+    def _handle(self, bus: Any, message: Any) -> Any:
+        from dbus_fast import Message, MessageType, Variant
+
+        if message.message_type is not MessageType.METHOD_CALL:
+            return None
+        call = (message.interface, message.member)
+        if message.path == PORTAL_PATH and call == (PROPERTIES, "Get"):
+            if list(message.body) == [FILE_CHOOSER, "version"]:
+                return Message.new_method_return(message, "v", [Variant("u", VERSION)])
+            return Message.new_error(message, "org.freedesktop.DBus.Error.InvalidArgs",
+                                     "no such property")
+        if message.path == PORTAL_PATH and call == (PROPERTIES, "GetAll"):
+            found = ({"version": Variant("u", VERSION)}
+                     if list(message.body) == [FILE_CHOOSER] else {})
+            return Message.new_method_return(message, "a{sv}", [found])
+        if (message.path == PORTAL_PATH and message.interface == FILE_CHOOSER
+                and message.member == "OpenFile" and message.signature == "ssa{sv}"):
+            return self._request(bus, message)
+        if call == (REQUEST_INTERFACE, "Close"):
+            return Message.new_method_return(message)
+        return None  # dbus-fast answers the rest: no such method
+
+    def _request(self, bus: Any, message: Any) -> Any:
+        from dbus_fast import Message
+
+        _, title, options = message.body
+        token_variant = options.get("handle_token") if isinstance(options, dict) else None
+        token = token_variant.value if token_variant is not None else ""
+        if not isinstance(token, str) or not TOKEN.fullmatch(token):
+            token = f"sandboxapp{time.monotonic_ns()}"
+        sender = (message.sender or "").lstrip(":").replace(".", "_")
+        handle = f"{PORTAL_PATH}/request/{sender}/{token}"
+        ask = read_ask(message.member, title, options)
+        assert self._loop is not None
+        self._loop.run_in_executor(None, self._answer, bus, handle, ask)
+        return Message.new_method_return(message, "o", [handle])
+
+    def _answer(self, bus: Any, handle: str, ask: Ask | str) -> None:
+        """Show the dialog and answer the request (on a thread of the executor)."""
+        from dbus_fast import Message, Variant
+
+        response, uris = 2, list[str]()
+        try:
+            response, uris = self._dialog(ask)
+        except SandboxError as error:
+            self.warn(f"the file chooser: {error.message}")
+        results = {"uris": Variant("as", uris)}
+        signal = Message.new_signal(handle, REQUEST_INTERFACE, "Response", "ua{sv}",
+                                    [response, results])
+        assert self._loop is not None
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(bus.send, signal)
+
+    def _dialog(self, ask: Ask | str) -> tuple[int, list[str]]:
+        if isinstance(ask, str):
+            self.warn(f"the file chooser refused a request of {self.profile}'s: {ask}")
+            return 2, []
+        if self.focused() is False:
+            self.warn(f"{self.profile} asked for a file dialog while you were elsewhere: "
+                      "refused")
+            return 2, []
+        if not self._busy.acquire(blocking=False):
+            self.warn(f"{self.profile} asked for a second file dialog: refused")
+            return 2, []
+        try:
+            choice = self.choose(ask)
+        finally:
+            self._busy.release()
+        if choice.response != 0 or ask.kind != "open":
+            return (choice.response if choice.response in (1, 2) else 2), []
+        return 0, ["file://" + quote(str(self.hand(path))) for path in choice.paths]
+
+
+def title_for(profile: str, ask: Ask) -> str:
+    """The dialog's title on the user's desktop: whose request it is, first."""
+    what = ask.title or ("Open a file" if ask.kind == "open" else "Save a file")
+    return f"{profile} (sandbox): {what}"

@@ -1,0 +1,113 @@
+"""The file chooser portal a sandbox's own bus offers: a program inside asks, as it would ask
+xdg-desktop-portal; the dialog is the user's desktop's own (xdg-desktop-portal with its GTK
+backend on the session's bus, under Xvfb), answered with xdotool as a user would; the file
+chosen there, and nothing beside it, becomes readable inside."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.harness import DesktopPortal, XServer, desktop_portal
+from tests.integration.conftest import REPO
+from tests.integration.launching import Session, write_variant
+
+TITLE = "sandboxapp-test (sandbox): Pick a letter"
+# Inside: watch the portal's answers, ask for a file (again until the launcher serves the
+# portal), wait for the answer, then read the file it names and list what is beside it.
+ASK = r"""
+gdbus monitor --session --dest org.freedesktop.portal.Desktop > /tmp/answers 2>&1 &
+monitor=$!
+trap 'kill $monitor' EXIT
+n=0
+until gdbus call --session --dest org.freedesktop.portal.Desktop \
+    --object-path /org/freedesktop/portal/desktop \
+    --method org.freedesktop.portal.FileChooser.OpenFile "" "Pick a letter" \
+    "{'handle_token': <'t1'>}" > /tmp/handle 2>/dev/null; do
+  n=$((n+1)); [ $n -lt 100 ] || exit 3; sleep 0.1
+done
+n=0
+until grep -q 'Response' /tmp/answers; do n=$((n+1)); [ $n -lt 600 ] || exit 4; sleep 0.1; done
+sleep 0.2
+grep -o 'Response (uint32 [0-9]*' /tmp/answers | head -1
+uri=$(grep -o "file://[^']*" /tmp/answers | head -1)
+[ -n "$uri" ] || exit 0
+echo "$uri"
+path=${uri#file://}
+cat "$path"
+ls -A "${path%/*}"
+"""
+
+
+@pytest.fixture
+def portal(tmp_path: Path, xserver: XServer) -> Iterator[DesktopPortal]:
+    with desktop_portal(tmp_path, xserver) as found:
+        yield found
+
+
+def _launch(session: Session, portal: DesktopPortal) -> subprocess.Popen[str]:
+    profile = write_variant(session.profiles, ["/bin/sh", "-c", ASK],
+                            "session_bus = true\nfile_chooser = true\n")
+    return subprocess.Popen([sys.executable, "-m", "sandboxapp", "run", str(profile)],
+                            env={**session.env(), **portal.env()}, cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@contextlib.contextmanager
+def _launched(session: Session, portal: DesktopPortal) -> Iterator[subprocess.Popen[str]]:
+    """A launch of the asking profile, killed if the test ends before it does."""
+    launch = _launch(session, portal)
+    try:
+        yield launch
+    finally:
+        if launch.poll() is None:
+            launch.kill()
+            launch.wait()
+
+
+def _dialogs_owner() -> set[int]:
+    """The UIDs the launcher's dialog processes run as."""
+    found = set()
+    for process in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if "sandboxapp.host.chooser" in " ".join(process.cmdline()):
+                found.add(process.uids().real)
+    return found
+
+
+def test_the_file_chosen_in_the_desktops_dialog_alone_is_readable_inside(
+        session: Session, portal: DesktopPortal) -> None:
+    user = portal.user
+    session.sudo_uid = user.uid
+    docs = user.home / "docs"
+    docs.mkdir()
+    (docs / "letter.txt").write_text("chosen bytes\n")
+    (docs / "diary.txt").write_text("private")
+    for path in (docs, docs / "letter.txt", docs / "diary.txt"):
+        os.chown(path, user.uid, user.gid)
+    os.chmod(docs / "letter.txt", 0o600)
+    with _launched(session, portal) as launch:
+        window = portal.window(TITLE)
+        assert _dialogs_owner() == {user.uid}  # the dialog is the user's, never root's
+        portal.type_path(window, str(docs / "letter.txt"))
+        out, err = launch.communicate(timeout=60)
+    assert launch.returncode == 0, err
+    assert out.splitlines() == ["Response (uint32 0", "file:///run/sandboxapp/files/1/letter.txt",
+                                "chosen bytes", "letter.txt"], err
+
+
+def test_a_dialog_the_user_cancels_gives_the_portals_cancel_and_no_file(
+        session: Session, portal: DesktopPortal) -> None:
+    session.sudo_uid = portal.user.uid
+    with _launched(session, portal) as launch:
+        portal.cancel(portal.window(TITLE))
+        out, err = launch.communicate(timeout=60)
+    assert launch.returncode == 0, err
+    assert out.splitlines() == ["Response (uint32 1"], err
