@@ -330,6 +330,15 @@ class DesktopPortal:
         time.sleep(0.5)  # GTK completes the location before it takes Return
         subprocess.run(["xdotool", "key", "--clearmodifiers", "Return"], env=env, check=True)
 
+    def type_save_path(self, window: str, path: str) -> None:
+        """Answer a GTK save dialog: the whole name field replaced by the path, Return."""
+        env = self._x_env()
+        subprocess.run(["xdotool", "windowfocus", "--sync", window], env=env, check=True)
+        subprocess.run(["xdotool", "key", "--clearmodifiers", "ctrl+a"], env=env, check=True)
+        subprocess.run(["xdotool", "type", "--delay", "10", path], env=env, check=True)
+        time.sleep(0.5)
+        subprocess.run(["xdotool", "key", "--clearmodifiers", "Return"], env=env, check=True)
+
     def cancel(self, window: str) -> None:
         env = self._x_env()
         subprocess.run(["xdotool", "windowfocus", "--sync", window], env=env, check=True)

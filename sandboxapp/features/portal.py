@@ -7,7 +7,7 @@ from __future__ import annotations
 import stat
 from contextlib import ExitStack
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from sandboxapp.errors import ExitStatus, SandboxError
@@ -23,10 +23,17 @@ if TYPE_CHECKING:
     from sandboxapp.plan import LaunchPlan
 
 
+# Where the sandbox writes what it saves through the file chooser (host/saving.py): a
+# directory per request below it.
+SAVING_DIR = PurePosixPath("/run/sandboxapp/saving")
+
+
 @dataclass(frozen=True)
 class FileChooser(Feature):
     # The directory of the user's where the sandbox's bus makes the socket the launcher uses.
     door: Path
+    # The user's directory, below the profile's data directory, of the saves' directories.
+    saving: Path
 
     KEY = "file_chooser"
 
@@ -38,7 +45,9 @@ class FileChooser(Feature):
         # Its undo removes the bus's socket and the directory.
         session.supervisor.add(stack, PortalEntry(str(door), session.user.uid))
         ensure_user_dir(door, session.user, 0o700, exact_mode=True)
-        return cls(door)
+        saving = _saving(session.plan)
+        ensure_user_dir(saving, session.user, 0o700)
+        return cls(door, saving)
 
     def part(self) -> dict[str, Any]:
         return {"dir": str(self.door)}
@@ -54,24 +63,29 @@ class FileChooser(Feature):
             return None  # a dry run, or a join: nothing of it is named
         if not isinstance(part, dict) or set(part) != {"dir"}:
             raise refused("the file chooser's part is not {dir}")
-        return cls(absolute_path(part["dir"], "the file chooser's directory"))
+        return cls(absolute_path(part["dir"], "the file chooser's directory"), _saving(plan))
 
     def checked_paths(self, trusted_profile: bool) -> list[CheckedPath]:
-        return [CheckedPath(self.door, False, "file chooser's directory", stat.S_IFDIR)]
+        return [CheckedPath(self.door, False, "file chooser's directory", stat.S_IFDIR),
+                CheckedPath(self.saving, False, "file chooser's saves", stat.S_IFDIR)]
 
     def binds(self, source: Source) -> list[Bind]:
-        # Writable, the container root's: the sandbox's bus makes its socket there.
-        return [Bind(source(self.door), PORTAL_DIR, read_only=False, root_idmap=True)]
+        # Writable, the container root's: the sandbox's bus makes its socket there, and the
+        # sandbox writes what it saves.
+        return [Bind(source(self.door), PORTAL_DIR, read_only=False, root_idmap=True),
+                Bind(source(self.saving), str(SAVING_DIR), read_only=False, root_idmap=True)]
 
     def describe(self) -> list[str]:
         return ["files:    a file dialog on your desktop when it asks (its session bus's "
                 "org.freedesktop.portal.FileChooser, served by the launcher): the files you "
-                "choose there, and no others, are bound into it read-only"]
+                "choose there, and no others, are bound into it read-only; what it saves goes "
+                f"through {self.saving} to where you choose"]
 
     def grant(self, session: Session, stack: ExitStack) -> None:
         """Served from when the sandbox's bus is up until the launch ends."""
         from sandboxapp.host.chooser import choose
         from sandboxapp.host.portal import Ask, FileChooserPortal, title_for
+        from sandboxapp.host.saving import Saves
 
         profile = session.plan.profile.name
 
@@ -80,8 +94,18 @@ class FileChooser(Feature):
                           current_name=ask.current_name, user=session.user,
                           environ=session.environ)
 
+        saves = Saves(self.saving, session.user)
+        stack.callback(saves.close)
+
+        def save_to(target: Path) -> PurePosixPath:
+            return SAVING_DIR / saves.directory_for(target.name, target).name / target.name
+
         portal = FileChooserPortal(self.door / PORTAL_SOCKET, profile, choose=ask_user,
-                                   hand=session.hand, focused=session.focused,
-                                   warn=session.warn)
+                                   hand=session.hand, save_to=save_to,
+                                   focused=session.focused, warn=session.warn)
         stack.callback(portal.close)
         portal.start()
+
+
+def _saving(plan: LaunchPlan) -> Path:
+    return plan.data_root / ".saving"

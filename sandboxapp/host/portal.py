@@ -85,12 +85,14 @@ class FileChooserPortal:
     def __init__(self, socket: Path, profile: str, *,
                  choose: Callable[[Ask], Choice],
                  hand: Callable[[Path], PurePosixPath],
+                 save_to: Callable[[Path], PurePosixPath],
                  focused: Callable[[], bool | None],
                  warn: Callable[[str], None]) -> None:
         self.socket = socket
         self.profile = profile
         self.choose = choose
         self.hand = hand
+        self.save_to = save_to
         self.focused = focused
         self.warn = warn
         self._busy = threading.Lock()  # one dialog at a time
@@ -182,7 +184,8 @@ class FileChooserPortal:
                      if list(message.body) == [FILE_CHOOSER] else {})
             return Message.new_method_return(message, "a{sv}", [found])
         if (message.path == PORTAL_PATH and message.interface == FILE_CHOOSER
-                and message.member == "OpenFile" and message.signature == "ssa{sv}"):
+                and message.member in ("OpenFile", "SaveFile")
+                and message.signature == "ssa{sv}"):
             return self._request(bus, message)
         if call == (REQUEST_INTERFACE, "Close"):
             return Message.new_method_return(message)
@@ -234,8 +237,12 @@ class FileChooserPortal:
             choice = self.choose(ask)
         finally:
             self._busy.release()
-        if choice.response != 0 or ask.kind != "open":
+        if choice.response != 0 or not choice.paths:
             return (choice.response if choice.response in (1, 2) else 2), []
+        if ask.kind == "save":
+            # The sandbox writes into a directory of this request's; the launcher moves the
+            # finished file onto the path the user chose (host/saving.py).
+            return 0, ["file://" + quote(str(self.save_to(choice.paths[0])))]
         return 0, ["file://" + quote(str(self.hand(path))) for path in choice.paths]
 
 

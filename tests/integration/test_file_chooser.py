@@ -20,8 +20,9 @@ from tests.integration.conftest import REPO
 from tests.integration.launching import Session, write_variant
 
 TITLE = "sandboxapp-test (sandbox): Pick a letter"
-# Inside: watch the portal's answers, ask for a file (again until the launcher serves the
-# portal), wait for the answer, then read the file it names and list what is beside it.
+SAVE_TITLE = "sandboxapp-test (sandbox): Save the report"
+# Inside: watch the portal's answers, ask (again until the launcher serves the portal), wait
+# for the answer, say it, and do `then` with the path it names.
 ASK = r"""
 gdbus monitor --session --dest org.freedesktop.portal.Desktop > /tmp/answers 2>&1 &
 monitor=$!
@@ -29,8 +30,7 @@ trap 'kill $monitor' EXIT
 n=0
 until gdbus call --session --dest org.freedesktop.portal.Desktop \
     --object-path /org/freedesktop/portal/desktop \
-    --method org.freedesktop.portal.FileChooser.OpenFile "" "Pick a letter" \
-    "{'handle_token': <'t1'>}" > /tmp/handle 2>/dev/null; do
+    --method org.freedesktop.portal.FileChooser.$0 "" "$1" "$2" > /tmp/handle 2>/dev/null; do
   n=$((n+1)); [ $n -lt 100 ] || exit 3; sleep 0.1
 done
 n=0
@@ -41,9 +41,11 @@ uri=$(grep -o "file://[^']*" /tmp/answers | head -1)
 [ -n "$uri" ] || exit 0
 echo "$uri"
 path=${uri#file://}
-cat "$path"
-ls -A "${path%/*}"
 """
+# Read the chosen file and list what is beside it.
+READ = 'cat "$path"; ls -A "${path%/*}"'
+# Save as Firefox does: into NAME.part, renamed when done.
+SAVE = 'printf "the report\\n" > "$path.part"; mv "$path.part" "$path"'
 
 
 @pytest.fixture
@@ -52,8 +54,10 @@ def portal(tmp_path: Path, xserver: XServer) -> Iterator[DesktopPortal]:
         yield found
 
 
-def _launch(session: Session, portal: DesktopPortal) -> subprocess.Popen[str]:
-    profile = write_variant(session.profiles, ["/bin/sh", "-c", ASK],
+def _launch(session: Session, portal: DesktopPortal, member: str, title: str, options: str,
+            then: str) -> subprocess.Popen[str]:
+    profile = write_variant(session.profiles,
+                            ["/bin/sh", "-c", ASK + then, member, title, options],
                             "session_bus = true\nfile_chooser = true\n")
     return subprocess.Popen([sys.executable, "-m", "sandboxapp", "run", str(profile)],
                             env={**session.env(), **portal.env()}, cwd=REPO,
@@ -61,9 +65,11 @@ def _launch(session: Session, portal: DesktopPortal) -> subprocess.Popen[str]:
 
 
 @contextlib.contextmanager
-def _launched(session: Session, portal: DesktopPortal) -> Iterator[subprocess.Popen[str]]:
+def _launched(session: Session, portal: DesktopPortal, member: str = "OpenFile",
+              title: str = "Pick a letter", options: str = "{'handle_token': <'t1'>}",
+              then: str = READ) -> Iterator[subprocess.Popen[str]]:
     """A launch of the asking profile, killed if the test ends before it does."""
-    launch = _launch(session, portal)
+    launch = _launch(session, portal, member, title, options, then)
     try:
         yield launch
     finally:
@@ -111,3 +117,40 @@ def test_a_dialog_the_user_cancels_gives_the_portals_cancel_and_no_file(
         out, err = launch.communicate(timeout=60)
     assert launch.returncode == 0, err
     assert out.splitlines() == ["Response (uint32 1"], err
+
+
+def test_a_save_lands_on_the_path_the_user_chose_owned_by_them(
+        session: Session, portal: DesktopPortal) -> None:
+    """SaveFile: the program writes NAME.part in a directory of the request's and renames it,
+    as Firefox does; the finished file is moved onto the host path the user chose, theirs,
+    and nothing else the save made is left there."""
+    user = portal.user
+    session.sudo_uid = user.uid
+    docs = user.home / "docs"
+    docs.mkdir()
+    os.chown(docs, user.uid, user.gid)
+    with _launched(session, portal, "SaveFile", "Save the report",
+                   "{'handle_token': <'t2'>, 'current_name': <'report.txt'>}", SAVE) as launch:
+        portal.type_save_path(portal.window(SAVE_TITLE), str(docs / "report.txt"))
+        out, err = launch.communicate(timeout=60)
+    assert launch.returncode == 0, err
+    assert out.splitlines() == ["Response (uint32 0",
+                                "file:///run/sandboxapp/saving/1/report.txt"], err
+    saved = docs / "report.txt"
+    assert saved.read_text() == "the report\n"
+    assert (saved.stat().st_uid, saved.stat().st_gid) == (user.uid, user.gid)
+    assert os.listdir(docs) == ["report.txt"]
+
+
+def test_a_request_for_a_folder_is_refused_without_a_dialog(
+        session: Session, portal: DesktopPortal) -> None:
+    """Only files are handed to a sandbox: a request for a folder is answered "failed" (2)
+    at once, and nothing is shown on the user's desktop."""
+    session.sudo_uid = portal.user.uid
+    with _launched(session, portal, options="{'handle_token': <'t3'>, 'directory': <true>}",
+                   ) as launch:
+        out, err = launch.communicate(timeout=60)
+    assert launch.returncode == 0, err
+    assert out.splitlines() == ["Response (uint32 2"], err
+    assert "only files are handed to a sandbox" in err
+    assert _dialogs_owner() == set()
