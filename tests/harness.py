@@ -321,6 +321,20 @@ class DesktopPortal:
             raise HarnessError(f"no window {name!r} showed: {found.stderr}")
         return found.stdout.split()[0]
 
+    def dialog(self, timeout: float = 20) -> tuple[str, str]:
+        """The portal's dialog window (the GTK backend's class), once it shows: its id and
+        its name."""
+        found = subprocess.run(
+            ["timeout", str(timeout), "xdotool", "search", "--sync", "--onlyvisible",
+             "--class", "xdg-desktop-portal-gtk"], env=self._x_env(), capture_output=True,
+            text=True, check=False)
+        if not found.stdout.split():
+            raise HarnessError(f"no dialog of the portal showed: {found.stderr}")
+        window = found.stdout.split()[0]
+        name = subprocess.run(["xdotool", "getwindowname", window], env=self._x_env(),
+                              capture_output=True, text=True, check=False).stdout.strip()
+        return window, name
+
     def type_path(self, window: str, path: str) -> None:
         """Answer a GTK file dialog as a user does: Ctrl+L, the path, Return."""
         env = self._x_env()

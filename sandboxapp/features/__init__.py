@@ -68,4 +68,6 @@ def naming(plan: LaunchPlan, layer: Path | None = None) -> dict[str, Any]:
         parts[SoundAccess.KEY] = {"dir": str(PULSE_DIR if layer is None else layer / "sound")}
     if (native := WaylandAccess.naming(plan, layer)) is not None:
         parts[WaylandAccess.KEY] = native
+    if plan.profile.sandbox.file_chooser and layer is not None:
+        parts[FileChooser.KEY] = {"dir": str(layer / "portal")}
     return parts

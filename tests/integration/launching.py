@@ -66,7 +66,24 @@ class Session:
     def persist_dir(self, container_path: str = "/root/data", name: str = NAME) -> Path:
         return self.data_home / "sandboxapp" / name / container_path.lstrip("/")
 
+    @property
+    def downloads(self) -> Path:
+        """The session's download directory (its user-dirs.dirs names it): a profile's
+        downloads directory is made in it, never in /root/Downloads."""
+        return self.tmp / "downloads"
+
+    def _user_dirs(self) -> None:
+        config = self.tmp / "config"
+        config.mkdir(exist_ok=True)
+        user_dirs = config / "user-dirs.dirs"
+        if not user_dirs.exists():  # a test may have written one of its own
+            user_dirs.write_text(f'XDG_DOWNLOAD_DIR="{self.downloads}"\n')
+        # Read for the user it is theirs, as root reads it (without following symlinks).
+        owner = self.sudo_uid if self.sudo_uid is not None else 0
+        os.chown(user_dirs, owner, owner)
+
     def env(self) -> dict[str, str]:
+        self._user_dirs()
         env = {"PATH": os.environ["PATH"], "HOME": "/root",
                "SANDBOXAPP_IMAGE_DIR": str(self.image_dir),
                "SANDBOXAPP_RUN_DIR": str(self.run_dir),

@@ -8,6 +8,7 @@ import os
 import signal
 import sqlite3
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -19,12 +20,14 @@ import pytest
 from tests.harness import (
     SoundServer,
     XServer,
+    desktop_portal,
     peak_level,
     recording,
     require_programs,
     screenshot,
     write_tone,
 )
+from tests.integration.conftest import REPO
 from tests.integration.launching import Session
 
 ARTIFACTS = Path(os.environ.get("SANDBOXAPP_TEST_ARTIFACTS", "/tmp/sandboxapp-test-artifacts"))
@@ -433,3 +436,100 @@ def test_firefox_loads_a_page_typed_into_its_url_bar_and_plays_its_sound(
     finally:
         launch.terminate()
         launch.wait(timeout=60)
+
+
+UPLOAD_TITLE = "sandboxapp upload test"
+
+
+@pytest.fixture
+def upload_site(tmp_path: Path) -> Iterator[tuple[str, list[str]]]:
+    """A page on the host's loopback with a file input that fills it: the name and size of
+    the file chosen reach the server, and then the page asks for a download."""
+    heard: list[str] = []
+    page = (f"<html><head><title>{UPLOAD_TITLE}</title></head><body style='margin:0'>"
+            "<input type='file' id='f' style='width:100vw;height:100vh'>"
+            "<script>document.getElementById('f').onchange = (e) => {"
+            " const f = e.target.files[0];"
+            " fetch('/report?' + encodeURIComponent(f.name + ' ' + f.size))"
+            "   .then(() => { location = '/download'; }); };</script></body></html>")
+
+    class Site(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path.startswith("/report?"):
+                from urllib.parse import unquote
+
+                heard.append(unquote(self.path.split("?", 1)[1]))
+                body, kind, extra = b"ok", "text/plain", {}
+            elif self.path == "/download":
+                body, kind = b"downloaded bytes\n", "application/octet-stream"
+                extra = {"Content-Disposition": 'attachment; filename="report.bin"'}
+            else:
+                body, kind, extra = page.encode(), "text/html", {}
+            self.send_response(200)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            for key, value in extra.items():
+                self.send_header(key, value)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Site)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/", heard
+    finally:
+        server.shutdown()
+
+
+@pytest.mark.slow
+def test_firefox_uploads_the_file_chosen_in_the_desktops_dialog_and_downloads_where_the_user_looks(
+    tmp_path: Path, firefox_image_dir: Path, xserver: XServer, soundserver: SoundServer,
+    upload_site: tuple[str, list[str]],
+) -> None:
+    """The real Firefox image on a desktop with xdg-desktop-portal's GTK dialog: a click on a
+    page's <input type=file> shows the desktop's dialog (Firefox asks the portal on its own
+    bus); the file chosen there reaches the page, its name and size; the download that
+    follows lands in the user's download directory, in Firefox's own folder, theirs."""
+    require_programs("xdotool")
+    url, heard = upload_site
+    with desktop_portal(tmp_path, xserver) as portal:
+        user = portal.user
+        session = Session(tmp_path, firefox_image_dir, xserver, soundserver, sudo_uid=user.uid)
+        photo = user.home / "photo.jpg"
+        photo.write_bytes(b"\xff\xd8" + b"x" * 1234)
+        os.chown(photo, user.uid, user.gid)
+        launch = subprocess.Popen(
+            [sys.executable, "-m", "sandboxapp", "run", "firefox", "--", url],
+            env={**session.env(), **portal.env()}, cwd=REPO, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True)
+        try:
+            window = wait_for_window(xserver, UPLOAD_TITLE, launch)
+            time.sleep(3)
+            xdotool(xserver, "windowfocus", "--sync", window)
+            width, height, _ = screenshot(xserver, ARTIFACTS / "firefox-upload-page.png")
+            xdotool(xserver, "mousemove", "--window", window, str(width // 3),
+                    str(height // 2), "click", "1")
+            dialog, name = portal.dialog()
+            # The dialog says whose request it is.
+            assert name.startswith("firefox (sandbox): "), name
+            screenshot(xserver, ARTIFACTS / "firefox-upload-dialog.png")
+            portal.type_path(dialog, str(photo))
+            deadline = time.monotonic() + 60
+            saved = session.downloads / "Firefox (sandbox)" / "report.bin"
+            while time.monotonic() < deadline and not (heard and saved.exists()):
+                assert launch.poll() is None, launch.stderr.read() if launch.stderr else ""
+                time.sleep(0.5)
+            screenshot(xserver, ARTIFACTS / "firefox-uploaded.png")
+            if heard != ["photo.jpg 1236"]:
+                launch.terminate()
+                _, err = launch.communicate(timeout=60)
+                raise AssertionError(f"the page heard {heard}; the launch said: {err}")
+            time.sleep(2)  # Firefox renames its .part file when the download is done
+            assert saved.read_bytes() == b"downloaded bytes\n"
+            assert (saved.stat().st_uid, saved.parent.stat().st_uid) == (user.uid, user.uid)
+        finally:
+            launch.terminate()
+            launch.wait(timeout=60)
