@@ -354,9 +354,14 @@ class DesktopPortal:
         subprocess.run(["xdotool", "key", "--clearmodifiers", "Return"], env=env, check=True)
 
     def cancel(self, window: str) -> None:
+        self.press(window, "alt+c")
+
+    def press(self, window: str, keys: str) -> None:
+        """A key press in the dialog (alt+c: Cancel; alt+s: Save)."""
         env = self._x_env()
         subprocess.run(["xdotool", "windowfocus", "--sync", window], env=env, check=True)
-        subprocess.run(["xdotool", "key", "--clearmodifiers", "alt+c"], env=env, check=True)
+        time.sleep(0.5)
+        subprocess.run(["xdotool", "key", "--clearmodifiers", keys], env=env, check=True)
 
     def _x_env(self) -> dict[str, str]:
         return {"PATH": "/usr/bin:/bin", "DISPLAY": self.display,

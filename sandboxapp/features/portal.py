@@ -89,10 +89,14 @@ class FileChooser(Feature):
 
         profile = session.plan.profile.name
 
+        # Saves start in the user's download directory, where the profile has a folder there.
+        downloads = session.plan.downloads
+        folder = downloads.parent if downloads is not None else None
+
         def ask_user(ask: Ask) -> Any:
             return choose(ask.kind, title_for(profile, ask), multiple=ask.multiple,
-                          current_name=ask.current_name, user=session.user,
-                          environ=session.environ)
+                          current_name=ask.current_name, names=ask.names, folder=folder,
+                          user=session.user, environ=session.environ)
 
         saves = Saves(self.saving, session.user)
         stack.callback(saves.close)

@@ -5,7 +5,8 @@ starts it); that process asks the desktop and prints what the user chose.
 
 Its request, on its input, and its answer, on its output, are JSON:
 
-    {"kind": "open" or "save", "title": TEXT, "multiple": BOOL, "current_name": NAME or null}
+    {"kind": "open", "save" or "saves", "title": TEXT, "multiple": BOOL,
+     "current_name": NAME or null, "names": [NAME, ...], "folder": PATH or null}
     {"response": 0 (chosen), 1 (cancelled) or 2 (failed), "paths": [PATH, ...]}
 """
 
@@ -44,8 +45,10 @@ class Choice:
 
 
 def choose(kind: str, title: str, *, multiple: bool, current_name: str | None,
-           user: DesktopUser, environ: Mapping[str, str]) -> Choice:
-    """Show the dialog on the user's desktop, as the user, and wait for their choice."""
+           names: tuple[str, ...], folder: Path | None, user: DesktopUser,
+           environ: Mapping[str, str]) -> Choice:
+    """Show the dialog on the user's desktop, as the user, and wait for their choice. folder:
+    where a save starts (the user's download directory)."""
     env = base_env({key: environ[key] for key in SESSION_VARIABLES if environ.get(key)})
     bootstrap = (f"import sys; sys.path[0:0] = {sys.path!r}; "
                  "from sandboxapp.host.chooser import main; main()")
@@ -55,7 +58,8 @@ def choose(kind: str, title: str, *, multiple: bool, current_name: str | None,
         argv = ["setpriv", f"--reuid={owner.uid}", f"--regid={owner.gid}", "--init-groups",
                 "--", *argv]
     request = json.dumps({"kind": kind, "title": title, "multiple": multiple,
-                          "current_name": current_name})
+                          "current_name": current_name, "names": list(names),
+                          "folder": None if folder is None else str(folder)})
     process = spawn(argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                     stderr=subprocess.DEVNULL)
     out, _ = process.communicate(request.encode())
@@ -113,14 +117,23 @@ async def _ask_portal(request: dict[str, object]) -> tuple[int, list[str]] | Non
                                      f"member='Response',path='{handle}'"]))
         options: dict[str, Variant] = {"handle_token": Variant("s", token),
                                        "modal": Variant("b", True)}
+        folder = request.get("folder")
         if request["kind"] == "open":
             member = "OpenFile"
             options["multiple"] = Variant("b", bool(request.get("multiple")))
         else:
-            member = "SaveFile"
-            name = request.get("current_name")
-            if isinstance(name, str) and name:
-                options["current_name"] = Variant("s", name)
+            if isinstance(folder, str):
+                options["current_folder"] = Variant("ay", folder.encode() + b"\0")
+            if request["kind"] == "saves":
+                member = "SaveFiles"
+                names = request.get("names")
+                options["files"] = Variant("aay", [str(name).encode() + b"\0" for name in
+                                                   (names if isinstance(names, list) else [])])
+            else:
+                member = "SaveFile"
+                name = request.get("current_name")
+                if isinstance(name, str) and name:
+                    options["current_name"] = Variant("s", name)
         reply = await bus.call(Message(destination=PORTAL, path=PORTAL_PATH,
                                        interface=FILE_CHOOSER, member=member,
                                        signature="ssa{sv}",
@@ -137,17 +150,26 @@ def _ask_zenity(request: dict[str, object]) -> tuple[int, list[str]]:
     if not program_exists("zenity"):
         return 2, []
     argv = ["zenity", "--file-selection", f"--title={request['title']}", "--separator=\n"]
+    folder = request.get("folder")
+    start = f"{folder}/" if isinstance(folder, str) else ""
     if request["kind"] == "open" and request.get("multiple"):
         argv.append("--multiple")
     if request["kind"] == "save":
         argv += ["--save", "--confirm-overwrite"]
         if isinstance(request.get("current_name"), str):
-            argv.append(f"--filename={request['current_name']}")
+            argv.append(f"--filename={start}{request['current_name']}")
+    if request["kind"] == "saves":
+        argv += ["--directory", f"--filename={start}"]
     result = subprocess.run(argv, capture_output=True, text=True, check=False,
                             env=dict(os.environ))
     if result.returncode != 0:
         return 1, []
-    return 0, [line for line in result.stdout.splitlines() if line]
+    chosen = [line for line in result.stdout.splitlines() if line]
+    if request["kind"] == "saves" and chosen:
+        names = request.get("names")
+        return 0, [os.path.join(chosen[0], str(name))
+                   for name in (names if isinstance(names, list) else [])]
+    return 0, chosen
 
 
 def main() -> None:

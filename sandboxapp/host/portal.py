@@ -41,6 +41,8 @@ PROPERTIES = "org.freedesktop.DBus.Properties"
 VERSION = 3
 TOKEN = re.compile(r"[A-Za-z0-9_]{1,64}")
 MAX_TITLE = 200
+MAX_SAVES = 64  # files one SaveFiles may save
+KINDS = {"OpenFile": "open", "SaveFile": "save", "SaveFiles": "saves"}
 # How long the launcher waits for the sandbox's bus to appear once the app may start.
 BUS_WAIT = 30.0
 
@@ -49,10 +51,11 @@ BUS_WAIT = 30.0
 class Ask:
     """A request, as this portal reads it."""
 
-    kind: str  # "open" or "save"
+    kind: str  # "open", "save" or "saves" (several files, into a folder the user picks)
     title: str
     multiple: bool
     current_name: str | None
+    names: tuple[str, ...] = ()  # "saves": the files' names
 
 
 def _text(value: Any, limit: int) -> str:
@@ -75,8 +78,15 @@ def read_ask(member: str, title: Any, options: Any) -> Ask | str:
         return "it asks for a folder: only files are handed to a sandbox"
     name = option("current_name", "s") if member == "SaveFile" else None
     name = os.path.basename(_text(name, 255)) or None
-    return Ask("open" if member == "OpenFile" else "save", _text(title, MAX_TITLE),
-               bool(option("multiple", "b")) and member == "OpenFile", name)
+    names: tuple[str, ...] = ()
+    if member == "SaveFiles":
+        given = option("files", "aay") or []
+        names = tuple(os.path.basename(_text(bytes(raw).rstrip(b"\0").decode(
+            "utf-8", "replace"), 255)) for raw in given[:MAX_SAVES + 1])
+        if not names or len(names) > MAX_SAVES or not all(names):
+            return f"it names no files to save, or more than {MAX_SAVES}, or a name that is none"
+    return Ask(KINDS[member], _text(title, MAX_TITLE),
+               bool(option("multiple", "b")) and member == "OpenFile", name, names)
 
 
 class FileChooserPortal:
@@ -184,8 +194,7 @@ class FileChooserPortal:
                      if list(message.body) == [FILE_CHOOSER] else {})
             return Message.new_method_return(message, "a{sv}", [found])
         if (message.path == PORTAL_PATH and message.interface == FILE_CHOOSER
-                and message.member in ("OpenFile", "SaveFile")
-                and message.signature == "ssa{sv}"):
+                and message.member in KINDS and message.signature == "ssa{sv}"):
             return self._request(bus, message)
         if call == (REQUEST_INTERFACE, "Close"):
             return Message.new_method_return(message)
@@ -239,14 +248,18 @@ class FileChooserPortal:
             self._busy.release()
         if choice.response != 0 or not choice.paths:
             return (choice.response if choice.response in (1, 2) else 2), []
-        if ask.kind == "save":
+        if ask.kind != "open":
             # The sandbox writes into a directory of this request's; the launcher moves the
             # finished file onto the path the user chose (host/saving.py).
-            return 0, ["file://" + quote(str(self.save_to(choice.paths[0])))]
+            if ask.kind == "saves" and len(choice.paths) != len(ask.names):
+                return 2, []
+            return 0, ["file://" + quote(str(self.save_to(path)))
+                       for path in choice.paths[:len(ask.names) or 1]]
         return 0, ["file://" + quote(str(self.hand(path))) for path in choice.paths]
 
 
 def title_for(profile: str, ask: Ask) -> str:
     """The dialog's title on the user's desktop: whose request it is, first."""
-    what = ask.title or ("Open a file" if ask.kind == "open" else "Save a file")
+    what = ask.title or {"open": "Open a file", "save": "Save a file"}.get(ask.kind,
+                                                                          "Save files")
     return f"{profile} (sandbox): {what}"

@@ -154,3 +154,59 @@ def test_a_request_for_a_folder_is_refused_without_a_dialog(
     assert out.splitlines() == ["Response (uint32 2"], err
     assert "only files are handed to a sandbox" in err
     assert _dialogs_owner() == set()
+
+
+def test_a_request_while_the_sandboxs_window_lacks_the_focus_is_refused_without_a_dialog(
+        session: Session, portal: DesktopPortal) -> None:
+    """The sandbox asks, the user chooses: with a display of its own whose window does not
+    have the user's focus (here it never mapped one), a request is answered "failed" and no
+    dialog is shown over what the user is doing."""
+    session.sudo_uid = portal.user.uid
+    profile = write_variant(session.profiles,
+                            ["/bin/sh", "-c", ASK + READ, "OpenFile", "Pick a letter",
+                             "{'handle_token': <'t4'>}"],
+                            "x11 = true\nsession_bus = true\nfile_chooser = true\n")
+    launch = subprocess.run([sys.executable, "-m", "sandboxapp", "run", str(profile)],
+                            env={**session.env(), **portal.env()}, cwd=REPO,
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert launch.returncode == 0, launch.stderr
+    assert launch.stdout.splitlines() == ["Response (uint32 2"], launch.stderr
+    assert "asked for a file dialog while you were elsewhere: refused" in launch.stderr
+    assert _dialogs_owner() == set()
+
+
+def test_several_saves_land_in_the_folder_the_user_chose(
+        session: Session, portal: DesktopPortal) -> None:
+    """SaveFiles: the user picks a folder (the dialog starts in their download directory) and
+    each file the program saves lands there, under its own name, theirs."""
+    user = portal.user
+    session.sudo_uid = user.uid
+    config = session.tmp / "config"
+    config.mkdir(exist_ok=True)
+    (config / "user-dirs.dirs").write_text('XDG_DOWNLOAD_DIR="$HOME/Downloads"\n')
+    save_all = ('for uri in $(grep -o "file://[^\']*" /tmp/answers); do p=${uri#file://}; '
+                'printf "%s\\n" "${p##*/}" > "$p.part"; mv "$p.part" "$p"; done')
+    profile = write_variant(
+        session.profiles,
+        ["/bin/sh", "-c", ASK + save_all, "SaveFiles", "Save both",
+         "{'handle_token': <'t5'>, 'files': <[b'one.txt', b'two.txt']>}"],
+        'session_bus = true\nfile_chooser = true\ndownloads = "Test (sandbox)"\n')
+    launch = subprocess.Popen([sys.executable, "-m", "sandboxapp", "run", str(profile)],
+                              env={**session.env(), **portal.env()}, cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        dialog, _ = portal.dialog()
+        portal.press(dialog, "alt+s")
+        out, err = launch.communicate(timeout=60)
+    finally:
+        if launch.poll() is None:
+            launch.kill()
+            launch.wait()
+    assert launch.returncode == 0, err
+    downloads = user.home / "Downloads"
+    assert out.splitlines()[0] == "Response (uint32 0", err
+    for name in ("one.txt", "two.txt"):
+        saved = downloads / name
+        assert saved.read_text() == f"{name}\n", err
+        assert saved.stat().st_uid == user.uid
+    assert sorted(os.listdir(downloads)) == ["Test (sandbox)", "one.txt", "two.txt"]
