@@ -6,6 +6,7 @@ its image, its layer, the directories it keeps, the display and the command.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -58,6 +59,16 @@ def hand_arguments(args: Sequence[str]) -> tuple[list[str], tuple[HandedFile, ..
         handed.append(HandedFile(host, inside))
         out.append("file://" + quote(str(inside)) if url else str(inside))
     return out, tuple(handed)
+
+
+def with_handed_at(plan: LaunchPlan, went: Mapping[PurePosixPath, PurePosixPath]) -> LaunchPlan:
+    """The plan with its command's arguments naming each handed file where it went (a
+    running sandbox numbers what it is handed in its own order)."""
+    from urllib.parse import quote
+
+    names = {str(old): str(new) for old, new in went.items()}
+    names.update({"file://" + quote(old): "file://" + quote(new) for old, new in names.items()})
+    return dataclasses.replace(plan, command=tuple(names.get(arg, arg) for arg in plan.command))
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ class Action(enum.StrEnum):
     BUILD = "build"  # a trusted profile's image, for a user's first launch
     UPDATE = "update"  # the same, for an auto-update
     RESET = "reset"  # drop what a stateful profile kept for the user (launch/reset.py)
+    HAND = "hand"  # hand the user's running sandbox the files beside the request
 
 
 def refused(what: str) -> SandboxError:

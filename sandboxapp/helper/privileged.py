@@ -30,7 +30,7 @@ from sandboxapp.fs.safepath import DesktopUser, read_user_file
 from sandboxapp.image.store import ImageStore
 from sandboxapp.launch.container import ContainerRequest, ContainerSide
 from sandboxapp.launch.helperclient import PENDING
-from sandboxapp.launch.join import join
+from sandboxapp.launch.join import hand_to_running, join
 from sandboxapp.launch.supervisor import STOP_TIMEOUT, Supervisor
 from sandboxapp.output import report, say, warn
 from sandboxapp.paths import (
@@ -184,6 +184,29 @@ def join_running(request: HelperRequest, user: DesktopUser, locations: Locations
     return join(RunDir(locations.run_dir), plan, user)
 
 
+def hand_running(request: HelperRequest, user: DesktopUser, locations: Locations,
+                 control: ControlChannel | None, fds: tuple[int, ...]) -> int:
+    """Hand the user's running sandbox the files beside the request (the user's, open for
+    reading), and answer on the channel where each went."""
+    if control is None:
+        raise refused("'hand' comes on the control channel, with the files beside it")
+    plan, _, _ = _checked_plan(request, user, locations)
+    _log(ImageStore(locations.image_dir),
+         f"uid={user.uid} profile={plan.profile.name} hand files={list(request.files)!r}")
+    try:
+        went = hand_to_running(RunDir(locations.run_dir), plan, user,
+                               tuple(zip(fds, request.files, strict=True)))
+    except SandboxError as error:
+        control.send(Word.REFUSED, error.message)
+        raise
+    finally:
+        for fd in fds:
+            os.close(fd)
+    for path in went:
+        control.send(Word.HANDED, str(path))
+    return ExitStatus.OK
+
+
 # How long a launch waits for the root side of the user's last launch to finish stopping: the
 # app's default grace to exit, and the take-back.
 STOPPING_WAIT = STOP_TIMEOUT + 5.0
@@ -257,7 +280,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise refused("give it as the one argument (or \"pending\", and then on the input)")
         try:
             request = HelperRequest.from_json(text)
-            if len(request.files) != len(fds) or (fds and request.action is not Action.LAUNCH):
+            if len(request.files) != len(fds) or (
+                    fds and request.action not in (Action.LAUNCH, Action.HAND)):
                 raise refused(f"it names {len(request.files)} files and comes with "
                               f"{len(fds)} descriptors")
         except SandboxError:
@@ -278,6 +302,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return launch(request, user, locations, control, fds)
         if request.action is Action.JOIN:
             return join_running(request, user, locations)
+        if request.action is Action.HAND:
+            return hand_running(request, user, locations, control, fds)
         if request.action is Action.RESET:
             return reset_state(request, user, locations)
         return image_work(request, user, locations)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from pathlib import PurePosixPath
 
 from sandboxapp.command import base_env, run_without_terminal
 from sandboxapp.errors import ExitStatus, SandboxError
@@ -13,6 +14,7 @@ from sandboxapp.features import features_for, naming
 from sandboxapp.features.spec import container_env
 from sandboxapp.fs.safepath import DesktopUser
 from sandboxapp.host.display import Display
+from sandboxapp.launch.handed import HandedFiles
 from sandboxapp.paths import ROOT_PATH
 from sandboxapp.plan import LaunchPlan
 from sandboxapp.system.containertree import container_init
@@ -59,6 +61,21 @@ def join_argv(init_pid: int, plan: LaunchPlan, command: Sequence[str]) -> list[s
         "--user", "--root", "--wd",
         "--", "/usr/bin/env", "-i", *(f"{key}={value}" for key, value in env), *command,
     ]
+
+
+def hand_to_running(run_dir: RunDir, plan: LaunchPlan, user: DesktopUser,
+                    opened: Sequence[tuple[int, str]]) -> list[PurePosixPath]:
+    """Hand the user's running sandbox these files (open for reading, as the user could, each
+    with its name); where each went inside."""
+    running_sandbox(run_dir, plan, user)  # it runs, and it is this user's
+    if plan.image is None or not (plan.layer_root / "files").is_dir():
+        raise SandboxError(f"{plan.profile.name} was started before files could be handed to "
+                           "it", hint="start it again", status=ExitStatus.LAUNCHER)
+    handed = HandedFiles(plan.layer_root, plan.image.meta.uid_range.base)
+    try:
+        return [handed.hand(fd, name) for fd, name in opened]
+    finally:
+        handed.close()
 
 
 def join(run_dir: RunDir, plan: LaunchPlan, user: DesktopUser) -> int:

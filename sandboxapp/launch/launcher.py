@@ -33,7 +33,7 @@ from sandboxapp.launch.helperclient import PendingHelper, helper_argv
 from sandboxapp.launch.supervisor import Supervisor
 from sandboxapp.output import TextSink
 from sandboxapp.paths import Locations
-from sandboxapp.plan import LaunchPlan
+from sandboxapp.plan import LaunchPlan, with_handed_at
 from sandboxapp.profile.model import Profile
 from sandboxapp.system.control import Word
 from sandboxapp.undo.ledger import RunDir
@@ -144,12 +144,12 @@ class Launch:
         # A join makes no grant: what the sandbox uses is only named, for the command's
         # environment (the root side takes the display of the sandbox's own from the running
         # launch's record, launch/join.py).
-        grants = naming(plan) if action is Action.JOIN else grants_of(features)
+        grants = naming(plan) if action in (Action.JOIN, Action.HAND) else grants_of(features)
         return HelperRequest(action, plan.profile.name, plan.profile.path.absolute(),
                              self.locations.data_home, program=plan.program,
                              args=plan.extra_args, downloads=plan.downloads,
                              files=tuple(handed.inside.name for handed in plan.handed
-                                         if action is Action.LAUNCH),
+                                         if action in (Action.LAUNCH, Action.HAND)),
                              grants=grants)
 
     def _start_through_helper(self, stack: ExitStack,
@@ -193,6 +193,45 @@ class Launch:
             helper.control.close()
             self.relay.join()
 
+    def _hand_to_running(self, as_root: bool) -> dict[PurePosixPath, PurePosixPath]:
+        """The command line's files, handed to the running sandbox: where each went."""
+        with ExitStack() as stack:
+            opened = self._open_handed(stack)
+            if as_root:
+                from sandboxapp.launch.join import hand_to_running
+
+                went = hand_to_running(self.supervisor.run_dir, self.plan, self.user, opened)
+            else:
+                went = self._hand_through_helper(opened)
+        return dict(zip((handed.inside for handed in self.plan.handed), went, strict=True))
+
+    def _hand_through_helper(self, opened: tuple[tuple[int, str], ...]) -> list[PurePosixPath]:
+        """The helper started ahead hands them (a request of its own: "hand"), and answers
+        where each went."""
+        helper = self.helper
+        assert helper is not None
+        process = helper.send(self._request(Action.HAND).to_json(),
+                              tuple(fd for fd, _ in opened))
+        went: list[PurePosixPath] = []
+        try:
+            for _, name in opened:
+                answer = helper.control.receive()
+                if answer is None or answer.word is not Word.HANDED:
+                    if answer is not None:
+                        why = answer.text
+                    else:  # what the helper said on its way out
+                        assert process.stderr is not None
+                        said = process.stderr.read().strip().splitlines()
+                        why = said[-1].removeprefix("sandboxapp: ") if said else "it ended"
+                    raise SandboxError(f"cannot hand {name} to the running sandbox: {why}",
+                                       status=ExitStatus.LAUNCHER)
+                went.append(PurePosixPath(answer.text))
+        finally:
+            helper.control.close()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=30)
+        return went
+
     def _join(self, as_root: bool) -> int:
         if as_root:
             from sandboxapp.launch.join import join
@@ -218,10 +257,8 @@ class Launch:
                 # Already running: this command runs inside that sandbox instead.
                 self.joined = True
                 if plan.handed:
-                    raise SandboxError(
-                        f"{plan.profile.name} is running: {plan.handed[0].host} cannot be "
-                        "handed to it while it runs", hint="open it from the program's own "
-                        "file dialog, or start the program again", status=ExitStatus.USAGE)
+                    # The files go to the running sandbox first, which numbers them its way.
+                    self.plan = with_handed_at(plan, self._hand_to_running(as_root))
                 return self._join(as_root)
             # What the container binds exists first (cheap); nspawn then starts, with the app
             # held at its gate, while the grants are made; then the gate opens.

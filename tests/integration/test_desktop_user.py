@@ -726,6 +726,33 @@ def test_a_second_launch_by_the_user_joins_through_the_helper(
 
 
 
+
+def test_a_file_named_to_a_running_sandbox_is_handed_to_it_through_the_helper(
+    member: DesktopUser, user_x: Path, user_sound: SoundServer, xserver: XServer,
+) -> None:
+    """A menu entry clicked with a file while the program runs: the file is handed to the
+    running sandbox first (the helper binds it as a launch's), and the joined command gets
+    its path there."""
+    letter = member.home / "letter.txt"
+    letter.write_text("for the running one\n")
+    os.chown(letter, member.uid, member.gid)
+    os.chmod(letter, 0o600)
+    env = session_env(xserver, user_x, user_sound)
+    first = _start_waiting(member, env, "true", as_arguments=True)
+    try:
+        joined = as_user(member, [str(USER_COMMAND), "run", NAME, "--", "-c",
+                                  'echo "$0"; cat "$0"; touch /root/data/go', str(letter)], env)
+        assert isinstance(joined, subprocess.CompletedProcess)
+        assert joined.returncode == 0, joined.stderr
+        path, text = joined.stdout.splitlines()
+        assert path.startswith("/run/sandboxapp/files/") and path.endswith("/letter.txt")
+        assert text == "for the running one"
+        assert first.wait(timeout=60) == 0
+    finally:
+        if first.poll() is None:
+            first.kill()
+
+
 def helper_request(action: str, profile_file: Path, data_home: Path, profile: str,
                    grants: dict[str, object] | None = None) -> list[str]:
     """The privileged helper called straight through sudo with a request, as a user going

@@ -215,6 +215,31 @@ def test_a_file_on_the_command_line_is_readable_inside_and_nothing_beside_it(
     assert f"cannot hand {roots} to the sandbox" in refused.stderr
 
 
+def test_a_file_named_to_a_running_sandbox_is_handed_to_it_and_the_joined_command_reads_it(
+        session: Session) -> None:
+    """Launched again with a file while it runs (a menu entry's %f): the running sandbox is
+    handed the file, and the command run inside it gets its path there."""
+    session.sudo_uid = 4321
+    letter = session.tmp / "letter.txt"
+    letter.write_text("for the running one\n")
+    os.chown(letter, 4321, 4321)
+    profile = write_variant(session.profiles, ["/bin/sh"], FULL_SANDBOX)
+    first = session.start(str(profile), "--", "-c", "touch /root/data/ready; "
+                          "while [ ! -e /root/data/go ]; do sleep 0.05; done")
+    try:
+        wait_for_file(session.persist_dir() / "ready", first)
+        joined = session.run(str(profile), "--", "-c",
+                             'echo "$0"; cat "$0"; touch /root/data/go', str(letter))
+        assert joined.returncode == 0, joined.stderr
+        assert joined.stdout.splitlines() == ["/run/sandboxapp/files/1/letter.txt",
+                                              "for the running one"]
+        assert first.wait(timeout=60) == 0
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+
+
 def test_a_stateful_profile_keeps_its_changes_and_a_stateless_one_never_sees_them(
         session: Session) -> None:
     """stateless = false keeps the app's changes to the image for the next run of that user;

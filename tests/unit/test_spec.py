@@ -102,3 +102,26 @@ def test_a_users_instance_has_a_layer_and_machine_of_its_own(tmp_path: Path) -> 
     assert roots.machine == "sandboxapp-app" and users.machine == "sandboxapp-app-u1000"
     assert users.layer_root.name == "app@u1000" and roots.layer_root.name == "app"
     assert PurePosixPath(str(users.layer_root)).parent.name == ".layers"
+
+
+def test_files_named_on_the_command_line_become_their_paths_inside(tmp_path: Path) -> None:
+    """A local file (a path or a file:// URL) is replaced by its path inside, in the order the
+    root side binds them; options, other URLs and missing files pass as they are; a running
+    sandbox's own numbering replaces the planned one."""
+    from sandboxapp.plan import hand_arguments, with_handed_at
+
+    (tmp_path / "a b.pdf").write_text("a")
+    (tmp_path / "c.txt").write_text("c")
+    args, handed = hand_arguments([
+        str(tmp_path / "a b.pdf"), "--new-tab", f"file://{tmp_path}/c.txt",
+        "https://example.org/x.pdf", str(tmp_path / "missing.pdf"), f"-x={tmp_path}/c.txt"])
+    assert args == ["/run/sandboxapp/files/1/a b.pdf", "--new-tab",
+                    "file:///run/sandboxapp/files/2/c.txt", "https://example.org/x.pdf",
+                    str(tmp_path / "missing.pdf"), f"-x={tmp_path}/c.txt"]
+    assert [h.host for h in handed] == [tmp_path / "a b.pdf", tmp_path / "c.txt"]
+    plan = _plan(tmp_path / "p", {}, extra=tuple(args))
+    went = {handed[0].inside: PurePosixPath("/run/sandboxapp/files/7/a b.pdf"),
+            handed[1].inside: PurePosixPath("/run/sandboxapp/files/8/c.txt")}
+    moved = with_handed_at(plan, went)
+    assert moved.extra_args[:3] == ("/run/sandboxapp/files/7/a b.pdf", "--new-tab",
+                                    "file:///run/sandboxapp/files/8/c.txt")
