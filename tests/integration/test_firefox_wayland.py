@@ -49,8 +49,12 @@ def logging_firefox(tmp_path: Path, image_dir: Path, xserver: XServer,
     session = Session(tmp_path, image_dir, xserver, sudo_uid=mutter.user.uid)
     session.profiles.mkdir(parents=True)
     shipped = (SHIPPED_PROFILE_DIR / "firefox.toml").read_text()
-    (session.profiles / "firefox.toml").write_text(
-        shipped.replace("[sandbox]\n", '[sandbox]\nenv = { MOZ_LOG = "Widget:4" }\n'))
+    # The shipped profile has an env table of its own; the log joins it (a second `env` key
+    # would be a TOML error).
+    shipped_env = 'env = { GTK_USE_PORTAL = "1" }'
+    assert shipped.count(shipped_env) == 1, "the shipped Firefox profile's env changed"
+    (session.profiles / "firefox.toml").write_text(shipped.replace(
+        shipped_env, 'env = { GTK_USE_PORTAL = "1", MOZ_LOG = "Widget:4" }'))
     return session, {**session.env(), "XDG_RUNTIME_DIR": str(mutter.user.runtime),
                      "WAYLAND_DISPLAY": mutter.socket.name}
 
