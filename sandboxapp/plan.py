@@ -12,17 +12,35 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from sandboxapp.errors import ExitStatus, SandboxError
 from sandboxapp.fs.safepath import DesktopUser
 from sandboxapp.host.display import Display, parse_display
 from sandboxapp.host.wayland import WaylandChoice, WaylandPath, choose_path
 from sandboxapp.image.store import Image, ImageStore
 from sandboxapp.paths import Locations, home
 from sandboxapp.profile.model import DOWNLOADS_CONTAINER_DIR, Profile, X11Access
+from sandboxapp.system.control import MAX_FDS
 
 # Files handed to the sandbox (launch/handed.py), each in a directory of its own below this.
 FILES_CONTAINER_DIR = PurePosixPath("/run/sandboxapp/files")
-# Files one command line may hand a sandbox.
-MAX_ARGUMENT_FILES = 64
+# Files one command line may hand a sandbox: each goes to the root side as a descriptor beside
+# the one request message.
+MAX_ARGUMENT_FILES = MAX_FDS
+MAX_NAME = 255
+
+
+def handed_name(name: str) -> str:
+    """A file's name as the sandbox sees it: its own, where that is a file name in UTF-8 (the
+    control channel and the portal's answers carry it as text)."""
+    try:
+        size = len(name.encode())
+    except UnicodeEncodeError:
+        raise SandboxError(f"a handed file's name is not UTF-8: {name[:40]!r}",
+                           hint="rename the file", status=ExitStatus.USAGE) from None
+    if not name or name in (".", "..") or "/" in name or "\0" in name or size > MAX_NAME:
+        raise SandboxError(f"a handed file's name is not a file name: {name[:40]!r}",
+                           status=ExitStatus.USAGE)
+    return name
 
 
 @dataclass(frozen=True)
@@ -52,10 +70,14 @@ def hand_arguments(args: Sequence[str]) -> tuple[list[str], tuple[HandedFile, ..
             out.append(arg)
             continue
         host = Path(os.path.abspath(text)) if text else None
-        if host is None or not host.is_file() or len(handed) >= MAX_ARGUMENT_FILES:
+        try:
+            is_file = host is not None and host.is_file()
+        except OSError:  # a word too long to be a path, say
+            is_file = False
+        if host is None or not is_file or len(handed) >= MAX_ARGUMENT_FILES:
             out.append(arg)
             continue
-        inside = FILES_CONTAINER_DIR / str(len(handed) + 1) / host.name
+        inside = FILES_CONTAINER_DIR / str(len(handed) + 1) / handed_name(host.name)
         handed.append(HandedFile(host, inside))
         out.append("file://" + quote(str(inside)) if url else str(inside))
     return out, tuple(handed)

@@ -41,8 +41,11 @@ class FileChooser(Feature):
     def prepare(cls, session: Session, stack: ExitStack) -> FileChooser | None:
         if not session.plan.profile.sandbox.file_chooser:
             return None
-        door = session.host_dir(".portal")
-        # Its undo removes the bus's socket and the directory.
+        # On disk, below the profile's data directory, like its persistent directories: the
+        # sandbox can write there (its bus makes its socket there), and what it writes must
+        # not fill the user's runtime directory, which is memory.
+        door = session.plan.data_root / ".portal"
+        # Its undo removes the directory and whatever the sandbox left in it.
         session.supervisor.add(stack, PortalEntry(str(door), session.user.uid))
         ensure_user_dir(door, session.user, 0o700, exact_mode=True)
         saving = _saving(session.plan)

@@ -180,8 +180,36 @@ def remove_user_dir(path: str, uid: int, names: tuple[str, ...]) -> None:
         for name in names:
             try:  # noqa: SIM105 (contextlib is not imported here: see the module's docstring)
                 os.unlink(name, dir_fd=fd)
-            except FileNotFoundError:
-                pass
+            except OSError:
+                pass  # gone, or not a file (a sandbox put a folder there): it stays
+    finally:
+        os.close(fd)
+    remove_empty_dir(path, uid)
+
+
+def clear_user_dir(path: str, uid: int) -> None:
+    """Remove a directory of the user's that a launch made, and everything in it (a sandbox
+    wrote there), through descriptors opened without following the user's symlinks. Gone
+    already, or not the user's any more: nothing of ours to remove."""
+    try:
+        fd = walk(path, uid, -1, create=False)
+    except (Refused, OSError):
+        return
+    try:
+        for _, dirs, files, here in os.fwalk(".", dir_fd=fd, topdown=False,
+                                             follow_symlinks=False):
+            for name in files:
+                try:  # noqa: SIM105
+                    os.unlink(name, dir_fd=here)
+                except OSError:
+                    pass
+            for name in dirs:
+                try:
+                    os.rmdir(name, dir_fd=here)
+                except NotADirectoryError:  # a symlink to a folder
+                    os.unlink(name, dir_fd=here)
+                except OSError:
+                    pass
     finally:
         os.close(fd)
     remove_empty_dir(path, uid)

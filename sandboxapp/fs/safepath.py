@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import os
 import stat
 from collections.abc import Mapping
@@ -65,16 +66,26 @@ def open_user_path(path: Path, user: DesktopUser, *, trusted: bool = False) -> i
 
 
 def open_for_reading(path: Path, user: DesktopUser) -> int:
-    """A descriptor of path open for reading, as the user may open it: the user's own call,
-    or, where root acts for the user, one of the user's own files reached without following
-    their symlinks (raises nofollow.Refused then). The caller closes it."""
+    """A descriptor of the regular file path, open for reading as the user may open it: the
+    user's own call, or, where root acts for the user, one of the user's own files (raises
+    nofollow.Refused then). Never through a symlink at path (a sandbox may have put one where
+    the user looks: in its downloads directory, named as a download), and never blocked on a
+    FIFO; anything but a regular file raises OSError. The caller closes it."""
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK
     if user.acted_for() is None:
-        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    held = nofollow.open_owned(str(path), user.uid, user.gid, trusted=False)
-    try:
-        return os.open(f"/proc/self/fd/{held}", os.O_RDONLY | os.O_CLOEXEC)
-    finally:
-        os.close(held)
+        fd = os.open(path, flags | os.O_NOFOLLOW)
+    else:
+        # open_owned refuses a symlink itself; the reopening goes through /proc's link to the
+        # descriptor, which O_NOFOLLOW would refuse.
+        held = nofollow.open_owned(str(path), user.uid, user.gid, trusted=False)
+        try:
+            fd = os.open(f"/proc/self/fd/{held}", flags)
+        finally:
+            os.close(held)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "it is not a regular file")
+    return fd
 
 
 def read_user_file(path: Path, user: DesktopUser, *, trusted: bool, limit: int) -> bytes:

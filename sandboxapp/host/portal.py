@@ -224,6 +224,8 @@ class FileChooserPortal:
             response, uris = self._dialog(ask)
         except SandboxError as error:
             self.warn(f"the file chooser: {error.message}")
+        except Exception as exc:  # whatever went wrong, the request is answered
+            self.warn(f"the file chooser failed: {exc}")
         results = {"uris": Variant("as", uris)}
         signal = Message.new_signal(handle, REQUEST_INTERFACE, "Response", "ua{sv}",
                                     [response, results])

@@ -20,6 +20,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sandboxapp.errors import SandboxError
 from sandboxapp.fs.safepath import DesktopUser, ensure_user_dir, open_user_path
 
 # How often a save's directory is looked at, and how long its file must stay as it is.
@@ -55,6 +56,28 @@ def _only_files_and_folders(parent: int, name: str) -> None:
                     os.unlink(entry, dir_fd=fd)
     finally:
         os.close(top)
+
+
+def _copy_alone(parent: int, name: str) -> None:
+    """Replace the file name in parent with a copy of itself: a new inode, linked nowhere
+    else."""
+    source = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+    copy = f".{name}.sandboxapp-copy"
+    try:
+        target = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o644, dir_fd=parent)
+        try:
+            while chunk := os.read(source, 1 << 20):
+                os.write(target, chunk)
+        finally:
+            os.close(target)
+        os.replace(copy, name, src_dir_fd=parent, dst_dir_fd=parent)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(copy, dir_fd=parent)
+        raise
+    finally:
+        os.close(source)
 
 
 class Saves:
@@ -100,7 +123,7 @@ class Saves:
         with self._lock:
             for save in self.pending:
                 if not save.done:
-                    with contextlib.suppress(OSError, ValueError):
+                    with contextlib.suppress(OSError, ValueError, SandboxError):
                         self._check(save, final)
             self.pending = [save for save in self.pending if not save.done]
 
@@ -130,10 +153,13 @@ class Saves:
         try:
             os.replace(save.name, target.name, src_dir_fd=held, dst_dir_fd=parent)
             # What was checked may have been swapped meanwhile: what arrived must still be
-            # a regular file.
-            arrived = os.stat(target.name, dir_fd=parent, follow_symlinks=False).st_mode
-            if not stat.S_ISREG(arrived):
+            # a regular file, and the user's alone: a link the sandbox made to it where it
+            # writes would let it write the user's file still, so such a file is copied.
+            arrived = os.stat(target.name, dir_fd=parent, follow_symlinks=False)
+            if not stat.S_ISREG(arrived.st_mode):
                 os.unlink(target.name, dir_fd=parent)
+            elif arrived.st_nlink > 1:
+                _copy_alone(parent, target.name)
             folder = Path(save.name).stem + "_files"
             moved = f"{target.stem}_files"
             if folder in names and not os.path.lexists(target.parent / moved):

@@ -21,22 +21,12 @@ from pathlib import Path, PurePosixPath
 
 from sandboxapp.errors import ExitStatus, SandboxError
 from sandboxapp.fs.mounts import make_shared_mount_point, mount_readonly_idmapped
-from sandboxapp.plan import FILES_CONTAINER_DIR
+from sandboxapp.plan import FILES_CONTAINER_DIR, handed_name
 from sandboxapp.system.idmapns import owner_as_root
 
 # Files one launch may be handed: each is a mount, which costs the kernel, and the user picks
 # them one by one.
 MAX_HANDED = 1024
-MAX_NAME = 255
-
-
-def handed_name(name: str) -> str:
-    """A file's name as the sandbox sees it: its own, where that is a file name."""
-    if (not name or name in (".", "..") or "/" in name or "\0" in name
-            or len(name.encode()) > MAX_NAME):
-        raise SandboxError(f"a handed file's name is not a file name: {name[:40]!r}",
-                           status=ExitStatus.USAGE)
-    return name
 
 
 class HandedFiles:

@@ -12,6 +12,7 @@ made; the undo copes with a thing that was never made.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import subprocess
 import sys
@@ -103,9 +104,17 @@ class Launch:
         symlinks)."""
         try:
             return open_for_reading(host, self.user)
-        except (OSError, nofollow.Refused) as exc:
-            why = exc.why if isinstance(exc, nofollow.Refused) else exc.strerror
-            raise SandboxError(f"cannot hand {host} to the sandbox: {why}",
+        except OSError as exc:
+            # A symlink is never followed: the sandbox may have planted it where the user
+            # looks (its downloads directory), aimed at a file of theirs.
+            if exc.errno == errno.ELOOP:
+                raise SandboxError(f"cannot hand {host} to the sandbox: it is a symlink",
+                                   hint="name the file it points to",
+                                   status=ExitStatus.USAGE) from None
+            raise SandboxError(f"cannot hand {host} to the sandbox: {exc.strerror}",
+                               status=ExitStatus.USAGE) from None
+        except nofollow.Refused as exc:
+            raise SandboxError(f"cannot hand {host} to the sandbox: {exc.why}",
                                status=ExitStatus.USAGE) from None
 
     def _open_handed(self, stack: ExitStack) -> tuple[tuple[int, str], ...]:

@@ -24,7 +24,7 @@ from sandboxapp.errors import ExitStatus, SandboxError
 
 # A request at its largest (features/request.py refuses a longer one) and its word.
 MAX_MESSAGE = (1 << 16) + 64
-MAX_FDS = 16  # descriptors beside one message
+MAX_FDS = 64  # descriptors beside one message
 
 
 class Word(enum.Enum):

@@ -194,6 +194,10 @@ class PortalEntry(UserSocketEntry):
     SOCKET: ClassVar[str] = PORTAL_SOCKET
     WHAT: ClassVar[str] = "file chooser"
 
+    def undo(self, *, recovering: bool) -> None:
+        # The sandbox may write there: whatever it left goes too.
+        nofollow.clear_user_dir(self.dir, self.user)
+
 
 @dataclass
 class UnknownEntry(Entry):

@@ -15,6 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from sandboxapp.features.container import PORTAL_DIR as FEATURE_PORTAL_DIR
 from tests.harness import DesktopPortal, XServer, desktop_portal
 from tests.integration.conftest import REPO
 from tests.integration.launching import Session, write_variant
@@ -210,3 +211,37 @@ def test_several_saves_land_in_the_folder_the_user_chose(
         assert saved.read_text() == f"{name}\n", err
         assert saved.stat().st_uid == user.uid
     assert sorted(os.listdir(downloads)) == ["Test (sandbox)", "one.txt", "two.txt"]
+
+
+def test_a_sandbox_that_spoils_the_portals_door_loses_its_portal_and_nothing_else(
+        session: Session, portal: DesktopPortal, tmp_path: Path) -> None:
+    """The directory the sandbox's bus makes its socket in is the sandbox's to write: one that
+    puts a folder where the socket was, junk in it, symlinks to a file of the user's and a
+    FIFO, gets no portal; the launch ends as its command does, the directory goes with
+    everything in it but not what the symlinks name, and the next launch has its portal."""
+    user = portal.user
+    session.sudo_uid = user.uid
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "kept.txt").write_text("the user's\n")
+    for path in (victim, victim / "kept.txt"):
+        os.chown(path, user.uid, user.gid)
+    spoil = (f'd={FEATURE_PORTAL_DIR}; n=0; until [ -S $d/bus ]; do n=$((n+1)); '
+             '[ $n -lt 100 ] || exit 3; sleep 0.1; done; rm $d/bus; mkdir -p $d/bus/a/b; '
+             'head -c 100000 /dev/zero > $d/bus/a/b/junk; '
+             f'ln -s {victim} $d/bus/a/escape; ln -s {victim}/kept.txt $d/kept.txt; '
+             'mkfifo $d/fifo; echo spoiled')
+    profile = write_variant(session.profiles, ["/bin/sh", "-c", spoil],
+                            "session_bus = true\nfile_chooser = true\n")
+    spoiled = subprocess.run([sys.executable, "-m", "sandboxapp", "run", str(profile)],
+                             env={**session.env(), **portal.env()}, cwd=REPO,
+                             capture_output=True, text=True, timeout=120, check=False)
+    assert (spoiled.returncode, spoiled.stdout) == (0, "spoiled\n"), spoiled.stderr
+    assert "Traceback" not in spoiled.stderr
+    assert not (session.data_home / "sandboxapp" / profile.stem / ".portal").exists()
+    assert (victim / "kept.txt").read_text() == "the user's\n"
+    with _launched(session, portal) as launch:
+        portal.cancel(portal.window(TITLE))
+        out, err = launch.communicate(timeout=60)
+    assert launch.returncode == 0, err
+    assert out.splitlines() == ["Response (uint32 1"], err

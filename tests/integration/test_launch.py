@@ -188,7 +188,8 @@ def test_a_file_on_the_command_line_is_readable_inside_and_nothing_beside_it(
         session: Session) -> None:
     """`run PROFILE -- FILE` (and a file:// URL): the very file, read-only, its owner's
     private mode kept and readable inside, its siblings out of sight; the sandbox's root can
-    neither write it nor remount it writable; another's file is refused, with exit status 2."""
+    neither write it nor remount it writable; another's file, or a symlink, is refused, with exit
+    status 2."""
     session.sudo_uid = 4321
     mine = session.tmp / "home" / "docs"
     mine.mkdir(parents=True)
@@ -213,6 +214,13 @@ def test_a_file_on_the_command_line_is_readable_inside_and_nothing_beside_it(
     refused = session.run(str(profile), "--", str(roots))
     assert refused.returncode == 2, refused.stderr
     assert f"cannot hand {roots} to the sandbox" in refused.stderr
+    # A symlink (one the sandbox left in its downloads directory, say) is not followed.
+    link = mine / "statement.pdf"
+    link.symlink_to(mine / "diary.txt")
+    os.chown(link, 4321, 4321, follow_symlinks=False)
+    linked = session.run(str(profile), "--", str(link))
+    assert linked.returncode == 2, linked.stderr
+    assert f"cannot hand {link} to the sandbox: it is a symlink" in linked.stderr
 
 
 def test_a_file_named_to_a_running_sandbox_is_handed_to_it_and_the_joined_command_reads_it(

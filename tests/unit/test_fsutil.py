@@ -248,3 +248,67 @@ def test_kept_downloads_move_in_once_and_none_is_lost_or_written_over(tmp_path: 
         move_user_entries(old, new, user)
     assert (roots / "secret").read_text() == "root's"
     assert not (new / "secret").exists()
+
+
+def test_a_directory_a_sandbox_wrote_in_is_removed_whole_and_nothing_through_it(
+        tmp_path: Path) -> None:
+    """The file chooser's directory, where the sandbox writes: at the launch's end it goes
+    with whatever was put there (folders, a symlink to a folder), and a symlink put in its
+    place sends the removal nowhere."""
+    from sandboxapp.fs import nofollow
+
+    user = DesktopUser(4321, 4321)
+    home, mine, roots = users_and_roots(tmp_path, user)
+    (roots / "keep").write_text("root's")
+    door = mine / "door"
+    (door / "bus" / "x").mkdir(parents=True)
+    (door / "bus" / "x" / "junk").write_text("junk")
+    (door / "to-roots").symlink_to(roots)
+    (door / "file").write_text("file")
+    nofollow.clear_user_dir(str(door), user.uid)
+    assert not door.exists() and (roots / "keep").read_text() == "root's"
+    (home / "swapped").symlink_to(roots)
+    nofollow.clear_user_dir(str(home / "swapped"), user.uid)
+    assert (roots / "keep").read_text() == "root's"
+
+
+@pytest.mark.parametrize("uid", [0, 4321], ids=["the user's own call", "root acting for a user"])
+def test_a_file_handed_to_a_sandbox_is_a_regular_file_opened_without_a_symlink(
+        tmp_path: Path, uid: int) -> None:
+    """A symlink named like a download (a sandbox can put one in its downloads directory)
+    and a FIFO (which would hold the launcher) are refused at once; the file itself opens."""
+    from sandboxapp.fs import nofollow
+    from sandboxapp.fs.safepath import open_for_reading
+
+    user = DesktopUser(uid, uid)
+    (tmp_path / "key").write_text("secret")
+    (tmp_path / "invoice.pdf").symlink_to(tmp_path / "key")
+    os.mkfifo(tmp_path / "fifo")
+    for name in ("key", "invoice.pdf", "fifo"):
+        os.chown(tmp_path / name, uid, uid, follow_symlinks=False)
+    for name in ("invoice.pdf", "fifo"):
+        with pytest.raises((OSError, nofollow.Refused)):
+            open_for_reading(tmp_path / name, user)
+    fd = open_for_reading(tmp_path / "key", user)
+    assert os.read(fd, 10) == b"secret"
+    os.close(fd)
+
+
+def test_a_saved_file_the_sandbox_linked_to_is_the_users_alone_once_moved(
+        tmp_path: Path) -> None:
+    """A hard link the sandbox made to the file it saved, beside it, would let it write the
+    user's file after the move: the user gets a copy of their own."""
+    from sandboxapp.host.saving import Saves
+
+    me = DesktopUser(os.getuid(), os.getgid())
+    chosen = tmp_path / "docs" / "report.txt"
+    chosen.parent.mkdir()
+    saves = Saves(tmp_path / "saving", me)
+    directory = saves.directory_for("report.txt", chosen)
+    (directory / "report.txt").write_text("v1")
+    os.link(directory / "report.txt", tmp_path / "saving" / "keep")
+    saves.close()
+    assert chosen.read_text() == "v1" and chosen.stat().st_nlink == 1
+    (tmp_path / "saving" / "keep").write_text("changed by the sandbox")
+    assert chosen.read_text() == "v1"
+    assert os.listdir(chosen.parent) == ["report.txt"]

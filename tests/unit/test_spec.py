@@ -4,6 +4,7 @@ out from the profile, the image, the host's facts and the user, before anything 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -125,3 +126,19 @@ def test_files_named_on_the_command_line_become_their_paths_inside(tmp_path: Pat
     moved = with_handed_at(plan, went)
     assert moved.extra_args[:3] == ("/run/sandboxapp/files/7/a b.pdf", "--new-tab",
                                     "file:///run/sandboxapp/files/8/c.txt")
+
+
+def test_words_that_are_no_file_pass_and_a_name_that_is_not_utf8_is_refused(
+        tmp_path: Path) -> None:
+    import pytest
+
+    from sandboxapp.errors import ExitStatus, SandboxError
+    from sandboxapp.plan import hand_arguments
+
+    long_url = "https://example.org/?q=" + "y" * 5000
+    assert hand_arguments([long_url, "y" * 300]) == ([long_url, "y" * 300], ())
+    bad = tmp_path / os.fsdecode(b"bad\xff.txt")
+    bad.write_text("x")
+    with pytest.raises(SandboxError) as raised:
+        hand_arguments([str(bad)])
+    assert "not UTF-8" in raised.value.message and raised.value.status == ExitStatus.USAGE
