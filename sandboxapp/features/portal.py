@@ -101,11 +101,12 @@ class FileChooser(Feature):
                           current_name=ask.current_name, names=ask.names, folder=folder,
                           user=session.user, environ=session.environ)
 
-        saves = Saves(self.saving, session.user)
+        saves = Saves(self.saving, session.user, session.warn)
         stack.callback(saves.close)
 
-        def save_to(target: Path) -> PurePosixPath:
-            return SAVING_DIR / saves.directory_for(target.name, target).name / target.name
+        def save_to(target: Path, replace: bool) -> PurePosixPath:
+            directory = saves.directory_for(target.name, target, replace=replace)
+            return SAVING_DIR / directory.name / target.name
 
         portal = FileChooserPortal(self.door / PORTAL_SOCKET, profile, choose=ask_user,
                                    hand=session.hand, save_to=save_to,

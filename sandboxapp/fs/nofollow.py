@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Generator, Iterator
 
 # The system's own places: nothing in them is made the user's.
 SYSTEM_ROOTS = ("/etc", "/root", "/boot", "/usr", "/proc", "/sys", "/dev")
@@ -187,29 +188,116 @@ def remove_user_dir(path: str, uid: int, names: tuple[str, ...]) -> None:
     remove_empty_dir(path, uid)
 
 
+# Directories a walk holds open at once; a tree deeper than that is walked in parts.
+MAX_DEPTH = 100
+# A directory a walk enters: opened without following a symlink put in its place since it was
+# looked at, and never blocking (on a FIFO swapped in).
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+class Step:
+    """One entry of a walk (tree()): the directory it is in (parent, open), its name and
+    mode (as lstat saw it). A directory comes twice: entered (fd: its own descriptor, open
+    until it is left) and, after everything in it, left; one too deep to enter comes once,
+    with fd None."""
+
+    __slots__ = ("fd", "leaving", "mode", "name", "parent")
+
+    def __init__(self, parent: int, name: str, mode: int, fd: int | None,
+                 leaving: bool = False) -> None:
+        self.parent, self.name, self.mode, self.fd, self.leaving = (
+            parent, name, mode, fd, leaving)
+
+
+def tree(top: int, max_depth: int = MAX_DEPTH) -> Generator[Step, None, None]:
+    """Every entry below the directory top (a descriptor open for reading), depth first,
+    without recursion (a tree thousands deep is no deeper for Python) and without following a
+    symlink: each directory is opened below its parent's descriptor with O_NOFOLLOW, so one
+    swapped for a symlink after it was looked at is skipped, never entered. A directory deeper
+    than max_depth is not entered. What vanishes meanwhile is skipped."""
+    frames: list[tuple[int, Iterator[os.DirEntry[str]], Step | None]] = []
+    try:
+        fd = os.dup(top)
+        frames.append((fd, os.scandir(fd), None))
+        while frames:
+            fd, entries, entered = frames[-1]
+            entry = next(entries, None)
+            if entry is None:
+                frames.pop()
+                try:
+                    if entered is not None:
+                        yield Step(entered.parent, entered.name, entered.mode, fd, True)
+                finally:
+                    os.close(fd)
+                continue
+            try:
+                mode = os.stat(entry.name, dir_fd=fd, follow_symlinks=False).st_mode
+            except OSError:
+                continue
+            if not stat.S_ISDIR(mode) or len(frames) > max_depth:
+                yield Step(fd, entry.name, mode, None)
+                continue
+            try:
+                child = os.open(entry.name, DIR_FLAGS, dir_fd=fd)
+            except OSError:
+                continue  # no longer a directory: something was swapped in
+            try:
+                step = Step(fd, entry.name, mode, child)
+                frames.append((child, os.scandir(child), step))
+            except BaseException:
+                os.close(child)
+                raise
+            yield step
+    finally:
+        for fd, _, _ in frames:
+            os.close(fd)
+
+
+def _clear(top: int, walk_number: int) -> bool:
+    """Remove everything below the directory top; True where a part too deep to enter in one
+    walk was moved up, to top, for another walk."""
+    raised = 0
+    for step in tree(top):
+        if step.leaving:
+            try:  # noqa: SIM105
+                os.rmdir(step.name, dir_fd=step.parent)
+            except OSError:
+                pass  # what could not be removed in it stays, and so does it
+        elif stat.S_ISDIR(step.mode) and step.fd is None:
+            try:
+                os.rename(step.name, f".deep-{walk_number}-{raised}", src_dir_fd=step.parent,
+                          dst_dir_fd=top)
+                raised += 1
+            except OSError:
+                pass
+        elif not stat.S_ISDIR(step.mode):
+            try:  # noqa: SIM105
+                os.unlink(step.name, dir_fd=step.parent)
+            except OSError:
+                pass
+    return raised > 0
+
+
 def clear_user_dir(path: str, uid: int) -> None:
     """Remove a directory of the user's that a launch made, and everything in it (a sandbox
     wrote there), through descriptors opened without following the user's symlinks. Gone
     already, or not the user's any more: nothing of ours to remove."""
     try:
-        fd = walk(path, uid, -1, create=False)
+        held = walk(path, uid, -1, create=False)
     except (Refused, OSError):
         return
     try:
-        for _, dirs, files, here in os.fwalk(".", dir_fd=fd, topdown=False,
-                                             follow_symlinks=False):
-            for name in files:
-                try:  # noqa: SIM105
-                    os.unlink(name, dir_fd=here)
-                except OSError:
-                    pass
-            for name in dirs:
-                try:
-                    os.rmdir(name, dir_fd=here)
-                except NotADirectoryError:  # a symlink to a folder
-                    os.unlink(name, dir_fd=here)
-                except OSError:
-                    pass
+        fd = os.open(".", DIR_FLAGS, dir_fd=held)
+    except OSError:
+        return
+    finally:
+        os.close(held)
+    try:
+        # Each walk removes what is within its depth and raises the rest; a tree of any
+        # depth is gone in depth / MAX_DEPTH walks.
+        for number in range(1000):
+            if not _clear(fd, number):
+                break
     finally:
         os.close(fd)
     remove_empty_dir(path, uid)

@@ -112,6 +112,18 @@ def create_user_file(held: int, name: str, user: DesktopUser, mode: int) -> int:
     return fd
 
 
+def make_user_dir(held: int, name: str, user: DesktopUser) -> int:
+    """A new folder, name, in a directory of the user's that is open (held); the user's
+    where root makes it for them. A descriptor of it, open for reading, which the caller
+    closes."""
+    os.mkdir(name, 0o777, dir_fd=held)
+    fd = os.open(name, nofollow.DIR_FLAGS, dir_fd=held)
+    owner = user.acted_for()
+    if owner is not None:
+        os.fchown(fd, owner.uid, owner.gid)
+    return fd
+
+
 def write_user_file(directory: Path, name: str, data: bytes, user: DesktopUser,
                     mode: int) -> Path:
     """Replace directory/name, in a directory of the user's, with a new regular file of data:
@@ -133,7 +145,7 @@ def write_user_file(directory: Path, name: str, data: bytes, user: DesktopUser,
 RENAME_NOREPLACE = 1
 
 
-def _rename_noreplace(source_dir: int, name: str, target_dir: int, new: str) -> None:
+def rename_noreplace(source_dir: int, name: str, target_dir: int, new: str) -> None:
     """renameat2(RENAME_NOREPLACE): never over what is there; raises FileExistsError then."""
     from sandboxapp.fs.mounts import libc
 
@@ -141,6 +153,22 @@ def _rename_noreplace(source_dir: int, name: str, target_dir: int, new: str) -> 
                         RENAME_NOREPLACE) != 0:
         code = ctypes.get_errno()
         raise OSError(code, os.strerror(code), name)
+
+
+def rename_unique(source_dir: int, name: str, target_dir: int, wanted: str) -> str:
+    """Rename name in source_dir to wanted in target_dir, never over what is there: "STEM (2).
+    SUFFIX" and so on where wanted is taken. The name it got; FileExistsError where the first
+    hundred are all taken."""
+    stem, dot, suffix = wanted.partition(".") if not wanted.startswith(".") else (
+        wanted, "", "")
+    for n in range(1, 100):
+        new = wanted if n == 1 else f"{stem} ({n}){dot}{suffix}"
+        try:
+            rename_noreplace(source_dir, name, target_dir, new)
+        except FileExistsError:
+            continue
+        return new
+    raise FileExistsError(errno.EEXIST, f"{wanted} and its numbered names are taken")
 
 
 def move_user_entries(source: Path, target: Path, user: DesktopUser) -> list[str]:
@@ -159,19 +187,9 @@ def move_user_entries(source: Path, target: Path, user: DesktopUser) -> list[str
         held_target = open_user_path(target, user)
         try:
             for name in sorted(os.listdir(f"/proc/self/fd/{held_source}")):
-                stem, dot, suffix = name.partition(".") if not name.startswith(".") else (
-                    name, "", "")
-                for n in range(1, 100):
-                    new = name if n == 1 else f"{stem} ({n}){dot}{suffix}"
-                    try:
-                        _rename_noreplace(held_source, name, held_target, new)
-                        break
-                    except FileExistsError:
-                        continue
-                    except OSError:
-                        left.append(name)
-                        break
-                else:
+                try:
+                    rename_unique(held_source, name, held_target, name)
+                except OSError:
                     left.append(name)
         finally:
             os.close(held_target)

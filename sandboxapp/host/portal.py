@@ -85,6 +85,10 @@ def read_ask(member: str, title: Any, options: Any) -> Ask | str:
             "utf-8", "replace"), 255)) for raw in given[:MAX_SAVES + 1])
         if not names or len(names) > MAX_SAVES or not all(names):
             return f"it names no files to save, or more than {MAX_SAVES}, or a name that is none"
+        # The sandbox names these files, not the user: none hidden (a folder of the user's
+        # such as their home would take ~/.profile), none that is '.' or '..'.
+        if any(name.startswith(".") for name in names):
+            return "it names a file that begins with '.'"
     return Ask(KINDS[member], _text(title, MAX_TITLE),
                bool(option("multiple", "b")) and member == "OpenFile", name, names)
 
@@ -95,7 +99,7 @@ class FileChooserPortal:
     def __init__(self, socket: Path, profile: str, *,
                  choose: Callable[[Ask], Choice],
                  hand: Callable[[Path], PurePosixPath],
-                 save_to: Callable[[Path], PurePosixPath],
+                 save_to: Callable[[Path, bool], PurePosixPath],
                  focused: Callable[[], bool | None],
                  warn: Callable[[str], None]) -> None:
         self.socket = socket
@@ -251,11 +255,12 @@ class FileChooserPortal:
         if choice.response != 0 or not choice.paths:
             return (choice.response if choice.response in (1, 2) else 2), []
         if ask.kind != "open":
-            # The sandbox writes into a directory of this request's; the launcher moves the
-            # finished file onto the path the user chose (host/saving.py).
+            # The sandbox writes into a directory of this request's; the launcher copies the
+            # finished file onto the path the user chose (host/saving.py), replacing what is
+            # there only where the user named it.
             if ask.kind == "saves" and len(choice.paths) != len(ask.names):
                 return 2, []
-            return 0, ["file://" + quote(str(self.save_to(path)))
+            return 0, ["file://" + quote(str(self.save_to(path, ask.kind == "save")))
                        for path in choice.paths[:len(ask.names) or 1]]
         return 0, ["file://" + quote(str(self.hand(path))) for path in choice.paths]
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import contextlib
 
-from sandboxapp.errors import SandboxError
-from sandboxapp.undo.entries import kind_of
+from sandboxapp.undo.entries import kind_of, try_undo
 from sandboxapp.undo.ledger import Record, RunDir
 
 
@@ -13,10 +12,9 @@ def undo_record(record: Record, *, recovering: bool) -> list[str]:
     """Undo every entry, newest first; entries that fail stay recorded for a later try."""
     problems: list[str] = []
     for entry in reversed(list(record.entries)):
-        try:
-            entry.undo(recovering=recovering)
-        except SandboxError as exc:
-            problems.append(f"{record.profile}: could not undo {kind_of(entry)}: {exc.message}")
+        problem = try_undo(entry, recovering=recovering)
+        if problem is not None:
+            problems.append(f"{record.profile}: could not undo {kind_of(entry)}: {problem}")
             continue
         record.drop(entry)
     if not record.entries:

@@ -17,7 +17,7 @@ from typing import Any, Protocol, TypeVar
 from sandboxapp.errors import SandboxError
 from sandboxapp.launch.recovery import reconcile
 from sandboxapp.system.control import ControlChannel, Message, Word
-from sandboxapp.undo.entries import Entry
+from sandboxapp.undo.entries import Entry, try_undo
 from sandboxapp.undo.ledger import MAX_STOP_GRACE, Record, RunDir
 
 E = TypeVar("E", bound=Entry)
@@ -114,10 +114,9 @@ class Supervisor:
 
         def undo() -> None:
             if record.holds(entry):
-                try:
-                    entry.undo(recovering=False)
-                except SandboxError as exc:
-                    self.warn(f"could not undo {entry.KIND}: {exc.message}; "
+                problem = try_undo(entry, recovering=False)
+                if problem is not None:
+                    self.warn(f"could not undo {entry.KIND}: {problem}; "
                               "'sandboxapp cleanup' tries again")
                     return
                 record.drop(entry)

@@ -223,6 +223,19 @@ def kind_of(entry: Entry) -> str:
     return entry.kind if isinstance(entry, UnknownEntry) else entry.KIND
 
 
+def try_undo(entry: Entry, *, recovering: bool) -> str | None:
+    """Undo entry: None once done, else why not (it stays recorded, for a later try).
+    Whatever an undo raises is caught: one that fails must stop neither the others nor, by
+    failing again, every later launch and cleanup."""
+    try:
+        entry.undo(recovering=recovering)
+    except SandboxError as exc:
+        return exc.message
+    except Exception as exc:  # a bug, or what a sandbox left: said, and kept for cleanup
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
 def entry_from_json(data: dict[str, Any]) -> Entry:
     """An entry as a record lists it; one that is not what its kind says is an UnknownEntry,
     kept for a later release (or a person) to deal with."""

@@ -272,6 +272,34 @@ def test_a_directory_a_sandbox_wrote_in_is_removed_whole_and_nothing_through_it(
     assert (roots / "keep").read_text() == "root's"
 
 
+def test_a_directory_a_sandbox_nested_thousands_deep_is_removed_all_the_same(
+        tmp_path: Path) -> None:
+    """A sandbox can nest folders deeper than Python recurses and than the launcher may hold
+    descriptors: the launch's end removes them all, and follows none of the symlinks in them."""
+    from sandboxapp.fs import nofollow
+
+    user = DesktopUser(4321, 4321)
+    _, mine, roots = users_and_roots(tmp_path, user)
+    (roots / "keep").write_text("root's")
+    door = mine / "door"
+    door.mkdir()
+    fd = os.open(door, os.O_RDONLY | os.O_DIRECTORY)
+    for _ in range(3000):
+        os.mkdir("d", dir_fd=fd)
+        os.symlink(roots, "to-roots", dir_fd=fd)
+        os.close(os.open("f", os.O_CREAT | os.O_WRONLY, dir_fd=fd))
+        deeper = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = deeper
+    os.close(fd)
+    try:
+        nofollow.clear_user_dir(str(door), user.uid)
+        assert not door.exists()
+        assert os.listdir(roots) == ["keep"] and (roots / "keep").read_text() == "root's"
+    finally:  # pytest's own removal of tmp_path recurses, and would fail
+        nofollow.clear_user_dir(str(door), 0)
+
+
 @pytest.mark.parametrize("uid", [0, 4321], ids=["the user's own call", "root acting for a user"])
 def test_a_file_handed_to_a_sandbox_is_a_regular_file_opened_without_a_symlink(
         tmp_path: Path, uid: int) -> None:
@@ -292,23 +320,3 @@ def test_a_file_handed_to_a_sandbox_is_a_regular_file_opened_without_a_symlink(
     fd = open_for_reading(tmp_path / "key", user)
     assert os.read(fd, 10) == b"secret"
     os.close(fd)
-
-
-def test_a_saved_file_the_sandbox_linked_to_is_the_users_alone_once_moved(
-        tmp_path: Path) -> None:
-    """A hard link the sandbox made to the file it saved, beside it, would let it write the
-    user's file after the move: the user gets a copy of their own."""
-    from sandboxapp.host.saving import Saves
-
-    me = DesktopUser(os.getuid(), os.getgid())
-    chosen = tmp_path / "docs" / "report.txt"
-    chosen.parent.mkdir()
-    saves = Saves(tmp_path / "saving", me)
-    directory = saves.directory_for("report.txt", chosen)
-    (directory / "report.txt").write_text("v1")
-    os.link(directory / "report.txt", tmp_path / "saving" / "keep")
-    saves.close()
-    assert chosen.read_text() == "v1" and chosen.stat().st_nlink == 1
-    (tmp_path / "saving" / "keep").write_text("changed by the sandbox")
-    assert chosen.read_text() == "v1"
-    assert os.listdir(chosen.parent) == ["report.txt"]

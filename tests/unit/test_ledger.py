@@ -154,3 +154,38 @@ def test_the_sound_directorys_undo_never_follows_a_symlink_put_in_its_place(
     os.lchown(sound, 4321, 4321)  # the user's own symlink, in the user's own directory
     SoundEntry(str(sound / "native"), str(sound), 4321).undo(recovering=False)
     assert sorted(p.name for p in roots.iterdir()) == ["client.conf", "native"]
+
+
+def test_an_undo_that_fails_unexpectedly_is_reported_and_the_others_are_undone(
+        tmp_path: Path) -> None:
+    """Whatever one undo raises (a bug, a sandbox's hostile leftovers), the launch's other
+    grants are taken back, and the entry stays for 'sandboxapp cleanup'."""
+    from dataclasses import dataclass
+
+    from sandboxapp.undo.entries import Entry
+
+    @dataclass
+    class Broken(Entry):
+        KIND = "broken"
+
+        def undo(self, *, recovering: bool) -> None:
+            raise RecursionError("maximum recursion depth exceeded")
+
+    run_dir = _run_dir(tmp_path)
+    record = Record(run_dir.record_path("app"), "app", 1, 2.0)
+    sound = tmp_path / "sound"
+    sound.mkdir()
+    record.add(SoundEntry(str(sound / "native"), str(sound), os.getuid()))
+    record.add(Broken())
+    problems = undo_record(record, recovering=False)
+    assert not sound.exists()
+    assert problems == ["app: could not undo broken: RecursionError: maximum recursion depth "
+                        "exceeded"]
+    warnings: list[str] = []
+    (tmp_path / "second").mkdir()
+    supervisor = Supervisor(_run_dir(tmp_path / "second"), warn=warnings.append)
+    with ExitStack() as stack:
+        assert supervisor.begin(stack, "other")
+        supervisor.add(stack, Broken())
+    assert warnings == ["could not undo broken: RecursionError: maximum recursion depth "
+                        "exceeded; 'sandboxapp cleanup' tries again"]
