@@ -209,12 +209,33 @@ class Step:
             parent, name, mode, fd, leaving)
 
 
-def tree(top: int, max_depth: int = MAX_DEPTH) -> Generator[Step, None, None]:
+def _open_dir(parent: int, name: str, unlock: bool) -> int:
+    """The directory name below parent, open for reading, never through a symlink. unlock: one
+    the walk may not read (a sandbox made it 0000) is made the owner's to read and write first
+    (the launcher, as the user, is removing what is theirs)."""
+    try:
+        return os.open(name, DIR_FLAGS, dir_fd=parent)
+    except PermissionError:
+        if not unlock:
+            raise
+    held = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                   dir_fd=parent)
+    try:
+        # O_PATH descriptors cannot fchmod: through /proc/self/fd, to the directory held.
+        os.chmod(f"/proc/self/fd/{held}", 0o700)
+    finally:
+        os.close(held)
+    return os.open(name, DIR_FLAGS, dir_fd=parent)
+
+
+def tree(top: int, max_depth: int = MAX_DEPTH, *,
+         unlock: bool = False) -> Generator[Step, None, None]:
     """Every entry below the directory top (a descriptor open for reading), depth first,
     without recursion (a tree thousands deep is no deeper for Python) and without following a
     symlink: each directory is opened below its parent's descriptor with O_NOFOLLOW, so one
     swapped for a symlink after it was looked at is skipped, never entered. A directory deeper
-    than max_depth is not entered. What vanishes meanwhile is skipped."""
+    than max_depth is not entered. What vanishes meanwhile is skipped. unlock: see
+    _open_dir."""
     frames: list[tuple[int, Iterator[os.DirEntry[str]], Step | None]] = []
     try:
         fd = os.dup(top)
@@ -238,9 +259,9 @@ def tree(top: int, max_depth: int = MAX_DEPTH) -> Generator[Step, None, None]:
                 yield Step(fd, entry.name, mode, None)
                 continue
             try:
-                child = os.open(entry.name, DIR_FLAGS, dir_fd=fd)
+                child = _open_dir(fd, entry.name, unlock)
             except OSError:
-                continue  # no longer a directory: something was swapped in
+                continue  # no longer a directory (something was swapped in), or unreadable
             try:
                 step = Step(fd, entry.name, mode, child)
                 frames.append((child, os.scandir(child), step))
@@ -253,51 +274,65 @@ def tree(top: int, max_depth: int = MAX_DEPTH) -> Generator[Step, None, None]:
             os.close(fd)
 
 
-def _clear(top: int, walk_number: int) -> bool:
-    """Remove everything below the directory top; True where a part too deep to enter in one
-    walk was moved up, to top, for another walk."""
-    raised = 0
-    for step in tree(top):
-        if step.leaving:
-            try:  # noqa: SIM105
+def _clear_in(directory: int, top: int, deep: list[str]) -> None:
+    """Remove everything below directory. A folder too deep for one walk is moved up, to top,
+    and named in deep, for a walk of its own: each entry is walked once, however deep."""
+    for step in tree(directory, unlock=True):
+        try:
+            if step.leaving:
                 os.rmdir(step.name, dir_fd=step.parent)
-            except OSError:
-                pass  # what could not be removed in it stays, and so does it
-        elif stat.S_ISDIR(step.mode) and step.fd is None:
-            try:
-                os.rename(step.name, f".deep-{walk_number}-{raised}", src_dir_fd=step.parent,
-                          dst_dir_fd=top)
-                raised += 1
-            except OSError:
-                pass
-        elif not stat.S_ISDIR(step.mode):
-            try:  # noqa: SIM105
+            elif step.fd is not None:
+                # A folder the sandbox made read-only is its owner's to empty.
+                os.fchmod(step.fd, 0o700)
+            elif stat.S_ISDIR(step.mode):
+                name = f".deep-{os.urandom(6).hex()}"
+                os.rename(step.name, name, src_dir_fd=step.parent, dst_dir_fd=top)
+                deep.append(name)
+            else:
                 os.unlink(step.name, dir_fd=step.parent)
-            except OSError:
-                pass
-    return raised > 0
+        except OSError:
+            pass  # what could not be removed stays, and so does the folder it is in
 
 
-def clear_user_dir(path: str, uid: int) -> None:
+def clear_user_dir(path: str, uid: int) -> bool:
     """Remove a directory of the user's that a launch made, and everything in it (a sandbox
-    wrote there), through descriptors opened without following the user's symlinks. Gone
-    already, or not the user's any more: nothing of ours to remove."""
+    wrote there), through descriptors opened without following the user's symlinks. False
+    where some of it is still there; gone already, or not the user's any more: nothing of
+    ours to remove, True."""
     try:
         held = walk(path, uid, -1, create=False)
     except (Refused, OSError):
-        return
+        return True
     try:
-        fd = os.open(".", DIR_FLAGS, dir_fd=held)
+        if not components(path) or os.fstat(held).st_uid != uid:
+            return True  # never '/', and never a directory of another's
+        fd = _open_dir(held, ".", unlock=True)
     except OSError:
-        return
+        return not os.path.lexists(path)
     finally:
         os.close(held)
     try:
-        # Each walk removes what is within its depth and raises the rest; a tree of any
-        # depth is gone in depth / MAX_DEPTH walks.
-        for number in range(1000):
-            if not _clear(fd, number):
-                break
+        try:  # noqa: SIM105
+            os.fchmod(fd, 0o700)
+        except OSError:
+            pass
+        deep: list[str] = []
+        _clear_in(fd, fd, deep)
+        while deep:
+            name = deep.pop()
+            try:
+                below = _open_dir(fd, name, unlock=True)
+            except OSError:
+                continue  # walked already, as an entry of top
+            try:
+                _clear_in(below, fd, deep)
+            finally:
+                os.close(below)
+            try:  # noqa: SIM105
+                os.rmdir(name, dir_fd=fd)
+            except OSError:
+                pass
     finally:
         os.close(fd)
     remove_empty_dir(path, uid)
+    return not os.path.lexists(path)

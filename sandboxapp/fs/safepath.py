@@ -106,9 +106,18 @@ def create_user_file(held: int, name: str, user: DesktopUser, mode: int) -> int:
     caller closes the descriptor it returns."""
     fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                  mode, dir_fd=held)
+    return _made_users(fd, user)
+
+
+def _made_users(fd: int, user: DesktopUser) -> int:
+    """fd, of what root just made for user, made the user's (closed where it cannot be)."""
     owner = user.acted_for()
     if owner is not None:
-        os.fchown(fd, owner.uid, owner.gid)
+        try:
+            os.fchown(fd, owner.uid, owner.gid)
+        except BaseException:
+            os.close(fd)
+            raise
     return fd
 
 
@@ -117,11 +126,7 @@ def make_user_dir(held: int, name: str, user: DesktopUser) -> int:
     where root makes it for them. A descriptor of it, open for reading, which the caller
     closes."""
     os.mkdir(name, 0o777, dir_fd=held)
-    fd = os.open(name, nofollow.DIR_FLAGS, dir_fd=held)
-    owner = user.acted_for()
-    if owner is not None:
-        os.fchown(fd, owner.uid, owner.gid)
-    return fd
+    return _made_users(os.open(name, nofollow.DIR_FLAGS, dir_fd=held), user)
 
 
 def write_user_file(directory: Path, name: str, data: bytes, user: DesktopUser,

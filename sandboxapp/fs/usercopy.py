@@ -3,10 +3,11 @@ user's, written through descriptors. Nothing the sandbox still holds of its own 
 descriptor open for writing, a hard link, a folder it can create entries in) reaches the
 copy, and only regular files and folders are copied: never a symlink, a FIFO or a socket.
 
-The sandbox shapes what is copied, so a copy is bounded: a sparse file costs only the data it
-holds (holes stay holes, and a file system that shares blocks shares them), a file that
-grows meanwhile is copied as long as it was when the copy began, and a folder as deep or as
-full as a sandbox can make it is copied to MAX_DEPTH and MAX_ENTRIES, no further.
+The sandbox shapes what is copied, so a copy costs no more than the sandbox spent: a sparse
+file costs only the data it holds (holes stay holes, and a file system that shares blocks
+shares them), a file with other links (written once, linked a thousand times) is not copied,
+a file that grows meanwhile is copied as long as it was when the copy began, and a folder as
+deep or as full as a sandbox can make it is copied to MAX_DEPTH and MAX_ENTRIES, no further.
 """
 
 from __future__ import annotations
@@ -65,12 +66,18 @@ def copy_file(source_dir: int, name: str, target_dir: int, new: str,
               user: DesktopUser) -> None:
     """The regular file name in source_dir, copied as the new file new in target_dir (a
     directory of the user's, open): never through a symlink at either name; the copy is the
-    user's, and not executable. OSError where name is not a regular file or new exists."""
+    user's, and not executable. OSError where name is not a regular file of one link, or new
+    exists."""
     source = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
                      dir_fd=source_dir)
     try:
-        if not stat.S_ISREG(os.fstat(source).st_mode):
+        st = os.fstat(source)
+        if not stat.S_ISREG(st.st_mode):
             raise OSError(errno.EINVAL, "it is not a regular file", name)
+        if st.st_nlink != 1:
+            # Each copy must cost the sandbox what it costs the launcher: a file it wrote once
+            # and linked a thousand times is not copied a thousand times.
+            raise OSError(errno.EMLINK, "it has other links in the sandbox", name)
         target = create_user_file(target_dir, new, user, 0o666)
         try:
             copy_data(source, target)
@@ -86,10 +93,11 @@ def copy_tree(source_dir: int, name: str, target_dir: int, new: str,
     and regular files, nothing else. False where a part was left out (too deep, too many
     entries, a file that could not be read); what was copied stays."""
     top = os.open(name, nofollow.DIR_FLAGS, dir_fd=source_dir)
-    made = [make_user_dir(target_dir, new, user)]  # the copies of the folders walked into
+    made: list[int] = []  # the copies of the folders walked into
     walk = nofollow.tree(top, MAX_DEPTH)
     whole = True
     try:
+        made.append(make_user_dir(target_dir, new, user))
         for count, step in enumerate(walk):
             if step.leaving:
                 os.close(made.pop())
@@ -103,7 +111,7 @@ def copy_tree(source_dir: int, name: str, target_dir: int, new: str,
                 try:
                     copy_file(step.parent, step.name, made[-1], step.name, user)
                 except OSError:
-                    whole = False
+                    whole = False  # unreadable, or linked elsewhere too
         return whole
     finally:
         walk.close()

@@ -196,7 +196,8 @@ class PortalEntry(UserSocketEntry):
 
     def undo(self, *, recovering: bool) -> None:
         # The sandbox may write there: whatever it left goes too.
-        nofollow.clear_user_dir(self.dir, self.user)
+        if not nofollow.clear_user_dir(self.dir, self.user):
+            raise SandboxError(f"could not remove {self.dir} and what the sandbox left in it")
 
 
 @dataclass

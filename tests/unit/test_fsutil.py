@@ -265,6 +265,7 @@ def test_a_directory_a_sandbox_wrote_in_is_removed_whole_and_nothing_through_it(
     (door / "bus" / "x" / "junk").write_text("junk")
     (door / "to-roots").symlink_to(roots)
     (door / "file").write_text("file")
+    os.chown(door, user.uid, user.gid)
     nofollow.clear_user_dir(str(door), user.uid)
     assert not door.exists() and (roots / "keep").read_text() == "root's"
     (home / "swapped").symlink_to(roots)
@@ -283,6 +284,7 @@ def test_a_directory_a_sandbox_nested_thousands_deep_is_removed_all_the_same(
     (roots / "keep").write_text("root's")
     door = mine / "door"
     door.mkdir()
+    os.chown(door, user.uid, user.gid)
     fd = os.open(door, os.O_RDONLY | os.O_DIRECTORY)
     for _ in range(3000):
         os.mkdir("d", dir_fd=fd)
@@ -297,7 +299,7 @@ def test_a_directory_a_sandbox_nested_thousands_deep_is_removed_all_the_same(
         assert not door.exists()
         assert os.listdir(roots) == ["keep"] and (roots / "keep").read_text() == "root's"
     finally:  # pytest's own removal of tmp_path recurses, and would fail
-        nofollow.clear_user_dir(str(door), 0)
+        nofollow.clear_user_dir(str(door), user.uid)
 
 
 @pytest.mark.parametrize("uid", [0, 4321], ids=["the user's own call", "root acting for a user"])
@@ -320,3 +322,45 @@ def test_a_file_handed_to_a_sandbox_is_a_regular_file_opened_without_a_symlink(
     fd = open_for_reading(tmp_path / "key", user)
     assert os.read(fd, 10) == b"secret"
     os.close(fd)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="sets up a user's directory")
+def test_a_directory_a_sandbox_locked_is_removed_by_the_user_it_belongs_to(
+        tmp_path: Path) -> None:
+    """The launcher runs as the desktop user: folders the sandbox (the same user, to the
+    host) made read-only or unreadable, with files in them, are removed all the same, and
+    clear_user_dir says so; a directory that is root's is never cleared for a user."""
+    import subprocess
+    import sys
+    import tempfile
+
+    user = DesktopUser(4321, 4321)
+    base = Path(tempfile.mkdtemp(dir="/tmp", prefix="sandboxapp-test-"))
+    try:
+        os.chmod(base, 0o755)
+        (base / "home").mkdir()
+        os.chown(base / "home", user.uid, user.gid)
+        door = base / "home" / "door"
+        for folder in (door / "ro", door / "none" / "inside"):
+            folder.mkdir(parents=True)
+            for n in range(3):
+                (folder / f"f{n}").write_text("x")
+        for made in (door, *door.rglob("*")):
+            os.chown(made, user.uid, user.gid)
+        os.chmod(door / "ro", 0o555)
+        os.chmod(door / "none" / "inside", 0o000)
+        os.chmod(door / "none", 0o000)
+        (base / "roots").mkdir()
+        (base / "roots" / "keep").write_text("root's")
+        code = ("import sys; from sandboxapp.fs import nofollow; "
+                "print(nofollow.clear_user_dir(sys.argv[1], 4321), "
+                "nofollow.clear_user_dir(sys.argv[2], 4321))")
+        result = subprocess.run(
+            ["setpriv", "--reuid=4321", "--regid=4321", "--clear-groups", sys.executable,
+             "-c", code, str(door), str(base / "roots")],
+            capture_output=True, text=True, check=False, cwd=Path(__file__).parents[2])
+        assert result.stdout.split() == ["True", "True"], result.stderr
+        assert not door.exists()
+        assert (base / "roots" / "keep").read_text() == "root's"
+    finally:
+        subprocess.run(["rm", "-rf", "--one-file-system", str(base)], check=True)

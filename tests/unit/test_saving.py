@@ -112,7 +112,7 @@ def test_a_save_nested_thousands_deep_is_saved_in_part_and_the_watching_goes_on(
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="root acts for another user")
-def test_a_sparse_linked_file_with_a_long_name_is_saved_as_the_users_without_its_holes(
+def test_a_sparse_file_with_a_long_name_is_saved_as_the_users_without_its_holes(
         tmp_path: Path) -> None:
     """Root saving for a user: the copy is the user's, whatever the name's length; a file of
     2 GiB that holds a few bytes costs a few bytes (a sparse file of a terabyte would make
@@ -123,13 +123,11 @@ def test_a_sparse_linked_file_with_a_long_name_is_saved_as_the_users_without_its
         os.chown(made, user.uid, user.gid)
     chosen = tmp_path / "docs" / ("n" * 250 + ".bin")
     saves, warned = saves_for(tmp_path, user)
-    directory = ask_save(saves, chosen)
-    written = directory / chosen.name
+    written = ask_save(saves, chosen) / chosen.name
     with open(written, "wb") as stream:
         stream.write(b"head")
         stream.truncate(2 << 30)
     os.chown(written, user.uid, user.gid)
-    os.link(written, tmp_path / "saving" / "keep")
     saves.close()
     assert warned == []
     st = chosen.stat()
@@ -138,6 +136,33 @@ def test_a_sparse_linked_file_with_a_long_name_is_saved_as_the_users_without_its
     assert not stat.S_IMODE(st.st_mode) & 0o111
     with open(chosen, "rb") as stream:
         assert stream.read(4) == b"head"
+
+
+def test_a_file_linked_many_times_is_not_copied_many_times(tmp_path: Path) -> None:
+    """A sandbox that writes a file once and links it a thousand times, in the saved page's
+    folder or as the saved file itself, must not make the launcher write it a thousand times
+    into the user's folder: a file with other links is left out, and the user is told."""
+    chosen = tmp_path / "docs" / "page.html"
+    chosen.parent.mkdir()
+    saves, warned = saves_for(tmp_path)
+    directory = ask_save(saves, chosen)
+    (directory / "page_files").mkdir()
+    (directory / "page_files" / "big").write_bytes(b"x" * 4096)
+    for n in range(200):
+        os.link(directory / "page_files" / "big", directory / "page_files" / f"link{n}")
+    (directory / "page_files" / "own.css").write_text("css")
+    (directory / "page.html").write_text("<html>")
+    saves.close()
+    assert chosen.read_text() == "<html>"
+    assert os.listdir(chosen.parent / "page_files") == ["own.css"]
+    assert any("saved in part" in line for line in warned), warned
+    linked = tmp_path / "docs" / "linked.txt"
+    written = ask_save(saves, linked) / "linked.txt"
+    written.write_text("once")
+    os.link(written, tmp_path / "saving" / "again")
+    saves.close()
+    assert not linked.exists()
+    assert any("other links" in line and str(linked) in line for line in warned), warned
 
 
 def test_files_a_sandbox_named_never_replace_the_users(tmp_path: Path) -> None:
