@@ -49,7 +49,7 @@ class FileChooser(Feature):
         session.supervisor.add(stack, PortalEntry(str(door), session.user.uid))
         ensure_user_dir(door, session.user, 0o700, exact_mode=True)
         saving = _saving(session.plan)
-        ensure_user_dir(saving, session.user, 0o700)
+        ensure_user_dir(saving, session.user, 0o700, exact_mode=True)
         return cls(door, saving)
 
     def part(self) -> dict[str, Any]:

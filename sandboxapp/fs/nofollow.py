@@ -218,14 +218,24 @@ def _open_dir(parent: int, name: str, unlock: bool) -> int:
     except PermissionError:
         if not unlock:
             raise
+    _unlock(parent, name)
+    return os.open(name, DIR_FLAGS, dir_fd=parent)
+
+
+def _unlock(parent: int, name: str) -> None:
+    """Make the directory name below parent its owner's to read, write and enter: never
+    through a symlink (an O_PATH, O_DIRECTORY, O_NOFOLLOW open of one fails)."""
     held = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
                    dir_fd=parent)
     try:
-        # O_PATH descriptors cannot fchmod: through /proc/self/fd, to the directory held.
-        os.chmod(f"/proc/self/fd/{held}", 0o700)
+        _unlock_held(held)
     finally:
         os.close(held)
-    return os.open(name, DIR_FLAGS, dir_fd=parent)
+
+
+def _unlock_held(held: int) -> None:
+    # O_PATH descriptors cannot fchmod: through /proc/self/fd, to the directory held.
+    os.chmod(f"/proc/self/fd/{held}", 0o700)
 
 
 def tree(top: int, max_depth: int = MAX_DEPTH, *,
@@ -285,6 +295,8 @@ def _clear_in(directory: int, top: int, deep: list[str]) -> None:
                 # A folder the sandbox made read-only is its owner's to empty.
                 os.fchmod(step.fd, 0o700)
             elif stat.S_ISDIR(step.mode):
+                # Moved to another folder, a directory must be writable (its '..' changes).
+                _unlock(step.parent, step.name)
                 name = f".deep-{os.urandom(6).hex()}"
                 os.rename(step.name, name, src_dir_fd=step.parent, dst_dir_fd=top)
                 deep.append(name)
@@ -301,21 +313,21 @@ def clear_user_dir(path: str, uid: int) -> bool:
     ours to remove, True."""
     try:
         held = walk(path, uid, -1, create=False)
-    except (Refused, OSError):
+    except (Refused, FileNotFoundError):
         return True
+    except OSError:
+        return False  # a folder on the way the user may not enter: it may still be there
     try:
         if not components(path) or os.fstat(held).st_uid != uid:
             return True  # never '/', and never a directory of another's
-        fd = _open_dir(held, ".", unlock=True)
+        # The sandbox may have locked the directory itself (it is its mount's root).
+        _unlock_held(held)
+        fd = os.open(".", DIR_FLAGS, dir_fd=held)
     except OSError:
-        return not os.path.lexists(path)
+        return False
     finally:
         os.close(held)
     try:
-        try:  # noqa: SIM105
-            os.fchmod(fd, 0o700)
-        except OSError:
-            pass
         deep: list[str] = []
         _clear_in(fd, fd, deep)
         while deep:

@@ -334,6 +334,8 @@ def test_a_directory_a_sandbox_locked_is_removed_by_the_user_it_belongs_to(
     import sys
     import tempfile
 
+    from sandboxapp.fs import nofollow
+
     user = DesktopUser(4321, 4321)
     base = Path(tempfile.mkdtemp(dir="/tmp", prefix="sandboxapp-test-"))
     try:
@@ -345,11 +347,24 @@ def test_a_directory_a_sandbox_locked_is_removed_by_the_user_it_belongs_to(
             folder.mkdir(parents=True)
             for n in range(3):
                 (folder / f"f{n}").write_text("x")
+        # Just past the depth one walk enters, a folder that cannot be moved as it is.
+        deep = door / "deep"
+        deep.mkdir()
+        fd = os.open(deep, os.O_RDONLY | os.O_DIRECTORY)
+        for _ in range(nofollow.MAX_DEPTH + 1):
+            os.mkdir("d", dir_fd=fd)
+            deeper = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = deeper
+        os.close(os.open("f", os.O_CREAT | os.O_WRONLY, dir_fd=fd))
+        os.close(fd)
         for made in (door, *door.rglob("*")):
             os.chown(made, user.uid, user.gid)
+        os.chmod(deeper_path(deep, nofollow.MAX_DEPTH + 1), 0o500)
         os.chmod(door / "ro", 0o555)
         os.chmod(door / "none" / "inside", 0o000)
         os.chmod(door / "none", 0o000)
+        os.chmod(door, 0o000)  # the sandbox's mount's root: it may lock that too
         (base / "roots").mkdir()
         (base / "roots" / "keep").write_text("root's")
         code = ("import sys; from sandboxapp.fs import nofollow; "
@@ -364,3 +379,7 @@ def test_a_directory_a_sandbox_locked_is_removed_by_the_user_it_belongs_to(
         assert (base / "roots" / "keep").read_text() == "root's"
     finally:
         subprocess.run(["rm", "-rf", "--one-file-system", str(base)], check=True)
+
+
+def deeper_path(top: Path, depth: int) -> Path:
+    return top.joinpath(*["d"] * depth)
