@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from sandboxapp.errors import ExitStatus, SandboxError
+from sandboxapp.fs.rootfs import check_command
 from sandboxapp.fs.safepath import DesktopUser
 from sandboxapp.host.display import Display, parse_display
 from sandboxapp.host.wayland import WaylandChoice, WaylandPath, choose_path
-from sandboxapp.image.store import Image, ImageStore
+from sandboxapp.image.store import Image, ImageStore, not_built
 from sandboxapp.paths import Locations, home
 from sandboxapp.profile.model import DOWNLOADS_CONTAINER_DIR, Profile, X11Access
 from sandboxapp.system.control import MAX_FDS
@@ -221,6 +222,15 @@ def plan_launch(
         data_root=data_root,
         handed=handed,
     )
+
+
+def ready_image(plan: LaunchPlan) -> Image:
+    """The image the launch starts: built, and holding the command it runs (both sides check
+    it before they start anything)."""
+    if plan.image is None:
+        raise not_built(plan.profile.name)
+    check_command(plan.image.rootfs, plan.command[0])
+    return plan.image
 
 
 def plan_downloads(profile: Profile, locations: Locations, user: DesktopUser) -> Path | None:

@@ -25,7 +25,6 @@ from sandboxapp.features import Feature, features_for
 from sandboxapp.features.display import DisplayAccess
 from sandboxapp.features.request import Action, HelperRequest, refused
 from sandboxapp.features.wayland import WaylandAccess
-from sandboxapp.fs.rootfs import check_command
 from sandboxapp.fs.safepath import DesktopUser, read_user_file
 from sandboxapp.image.store import ImageStore
 from sandboxapp.launch.container import ContainerRequest, ContainerSide
@@ -40,7 +39,7 @@ from sandboxapp.paths import (
     SYSTEM_PROFILE_DIR,
     Locations,
 )
-from sandboxapp.plan import LaunchPlan, Shown, plan_launch
+from sandboxapp.plan import LaunchPlan, Shown, plan_launch, ready_image
 from sandboxapp.profile.find import profile_from_bytes
 from sandboxapp.profile.model import (
     MAX_FILE_SIZE,
@@ -136,7 +135,6 @@ def _checked_plan(request: HelperRequest, user: DesktopUser,
     """The request, re-read and re-checked: (plan, profile trusted, its features); the X and
     sound directories are checked against the profile too."""
     profile, trusted = _read_profile(request, user)
-    name = profile.name
     # The display the request names makes the plan's (each grant's part is checked by its
     # feature, features_for); a profile without x11 gets none, whatever the request says, and
     # one shown natively on Wayland needs none.
@@ -152,8 +150,7 @@ def _checked_plan(request: HelperRequest, user: DesktopUser,
     plan = plan_launch(profile, request.args, locations, shown, instance=f"u{user.uid}",
                        program=request.program,
                        downloads=_checked_downloads(request.downloads, profile))
-    image = ImageStore(locations.image_dir).require(name)
-    check_command(image.rootfs, plan.command[0])
+    ready_image(plan)
     return plan, trusted, features_for(plan, request.grants)
 
 

@@ -27,14 +27,12 @@ from sandboxapp.errors import ExitStatus, SandboxError
 from sandboxapp.features import Feature, Session, grants_of, naming, prepare_features
 from sandboxapp.features.request import Action, HelperRequest
 from sandboxapp.fs import nofollow
-from sandboxapp.fs.rootfs import check_command
 from sandboxapp.fs.safepath import DesktopUser, open_for_reading
-from sandboxapp.image.store import not_built
 from sandboxapp.launch.helperclient import PendingHelper, helper_argv
 from sandboxapp.launch.supervisor import Supervisor
 from sandboxapp.output import TextSink
 from sandboxapp.paths import Locations
-from sandboxapp.plan import LaunchPlan, with_handed_at
+from sandboxapp.plan import LaunchPlan, ready_image, with_handed_at
 from sandboxapp.profile.model import Profile
 from sandboxapp.system.control import Word
 from sandboxapp.undo.ledger import RunDir
@@ -258,9 +256,7 @@ class Launch:
         # A desktop user's launch comes with its helper, started (and the user's right to
         # launch checked) before anything else; the caller abandons it if it is not used.
         assert as_root or self.helper is not None
-        if plan.image is None:
-            raise not_built(plan.profile.name)
-        check_command(plan.image.rootfs, plan.command[0])
+        ready_image(plan)
         with ExitStack() as stack:
             if not self.supervisor.begin(stack, plan.profile.name):
                 # Already running: this command runs inside that sandbox instead.
