@@ -45,6 +45,8 @@ MAX_SAVES = 64  # files one SaveFiles may save
 KINDS = {"OpenFile": "open", "SaveFile": "save", "SaveFiles": "saves"}
 # How long the launcher waits for the sandbox's bus to appear once the app may start.
 BUS_WAIT = 30.0
+# A refused request is said at most once in this many seconds.
+REFUSALS_SAID = 10.0
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,9 @@ class FileChooserPortal:
         self.focused = focused
         self.warn = warn
         self._busy = threading.Lock()  # one dialog at a time
+        self._refusals_lock = threading.Lock()
+        self._refusals_said = -REFUSALS_SAID
+        self._refusals_unsaid = 0
         self._stop = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread = threading.Thread(target=self._run, name="portal", daemon=True)
@@ -237,17 +242,26 @@ class FileChooserPortal:
         with contextlib.suppress(RuntimeError):
             self._loop.call_soon_threadsafe(bus.send, signal)
 
+    def _refuse(self, why: str) -> tuple[int, list[str]]:
+        """The answer to a refused request; said once in REFUSALS_SAID seconds at most (with
+        how many more there were), so that a sandbox asking without end fills no log."""
+        with self._refusals_lock:
+            now = time.monotonic()
+            if now - self._refusals_said < REFUSALS_SAID:
+                self._refusals_unsaid += 1
+                return 2, []
+            more, self._refusals_unsaid, self._refusals_said = self._refusals_unsaid, 0, now
+        self.warn(why + (f" ({more} more refused before it, unsaid)" if more else ""))
+        return 2, []
+
     def _dialog(self, ask: Ask | str) -> tuple[int, list[str]]:
         if isinstance(ask, str):
-            self.warn(f"the file chooser refused a request of {self.profile}'s: {ask}")
-            return 2, []
+            return self._refuse(f"the file chooser refused a request of {self.profile}'s: {ask}")
         if self.focused() is False:
-            self.warn(f"{self.profile} asked for a file dialog while you were elsewhere: "
-                      "refused")
-            return 2, []
+            return self._refuse(f"{self.profile} asked for a file dialog while you were "
+                                "elsewhere: refused")
         if not self._busy.acquire(blocking=False):
-            self.warn(f"{self.profile} asked for a second file dialog: refused")
-            return 2, []
+            return self._refuse(f"{self.profile} asked for a second file dialog: refused")
         try:
             choice = self.choose(ask)
         finally:

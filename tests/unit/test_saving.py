@@ -8,7 +8,7 @@ import contextlib
 import os
 import stat
 import time
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
 
@@ -195,3 +195,27 @@ def test_a_file_the_user_named_replaces_the_one_there(tmp_path: Path) -> None:
         time.sleep(0.1)  # the watcher copies it while the sandbox runs
     assert chosen.read_text() == "new" and warned == []
     saves.close()
+
+
+def test_a_sandbox_that_asks_without_end_is_refused_without_filling_the_log() -> None:
+    """Each refused request (the user is elsewhere) would be a line on the terminal and in
+    the run log: a sandbox asking a thousand times gets a thousand refusals and one line."""
+    from sandboxapp.host.chooser import Choice
+    from sandboxapp.host.portal import Ask, FileChooserPortal
+
+    warned: list[str] = []
+    shown: list[Ask] = []
+
+    def choose(ask: Ask) -> Choice:
+        shown.append(ask)
+        return Choice(1)
+
+    def nowhere(path: Path, *_: object) -> PurePosixPath:
+        raise AssertionError(f"nothing is handed or saved: {path}")
+
+    portal = FileChooserPortal(Path("/nonexistent"), "app", choose=choose, hand=nowhere,
+                               save_to=nowhere, focused=lambda: False, warn=warned.append)
+    ask = Ask("open", "Open", multiple=False, current_name=None)
+    answers = {portal._dialog(ask)[0] for _ in range(1000)}
+    assert answers == {2} and shown == []
+    assert warned == ["app asked for a file dialog while you were elsewhere: refused"]
