@@ -197,9 +197,11 @@ def plan_launch(
     program: str | None = None,
     downloads: Path | None = None,
     handed: tuple[HandedFile, ...] = (),
+    ready: bool = False,
 ) -> LaunchPlan:
     """program: run it, with extra_args, in place of the profile's command. downloads: the
-    profile's downloads directory on the host (session side: plan_downloads)."""
+    profile's downloads directory on the host (session side: plan_downloads). ready: the
+    launch starts now: its image must be built and hold the command (ready_image)."""
     # A persistent container path is kept at the same path below the profile's data directory,
     # so a user finds and backs up files where they expect them.
     data_root = locations.data_home / "sandboxapp" / profile.name
@@ -208,7 +210,7 @@ def plan_launch(
     if downloads is not None:
         persist += (PersistDir(DOWNLOADS_CONTAINER_DIR, downloads, downloads=True),)
     places = ImageStore(locations.image_dir).launch_places(profile.name, instance)
-    return LaunchPlan(
+    plan = LaunchPlan(
         profile=profile,
         image=places.image,
         layer_root=places.layer_root,
@@ -222,6 +224,9 @@ def plan_launch(
         data_root=data_root,
         handed=handed,
     )
+    if ready:
+        ready_image(plan)
+    return plan
 
 
 def ready_image(plan: LaunchPlan) -> Image:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import shlex
 import sys
@@ -34,55 +35,6 @@ def resolve_profile(arg: str, locations: Locations) -> Profile:
     if "/" in arg or arg.endswith(".toml"):
         return load_profile_file(Path(arg), origin="file")
     return find_profile(arg, locations)
-
-
-def _prepare_image(profile: Profile, locations: Locations,
-                   warn: Callable[[str], None]) -> None:
-    """Before a launch: build a missing image, update one that is too old where the profile
-    asks for it (or say how), say when the profile has moved on."""
-    action = _image_action(profile, locations, warn)
-    if action is None:
-        return
-    try:
-        _image_work(action, profile, locations)
-    except SandboxError as error:
-        if action == "build":
-            raise
-        # The image there is still a working one: start it, and say why it is old.
-        warn(f"{error.message}; starting the image as it is")
-
-
-def _image_action(profile: Profile, locations: Locations,
-                  warn: Callable[[str], None]) -> str | None:
-    """What the profile's image needs before this launch ("build", "update" or None), and
-    what is worth saying about it."""
-    from datetime import UTC, datetime
-
-    from sandboxapp.image.store import ImageStore, image_is_stale
-
-    image = ImageStore(locations.image_dir).get(profile.name)
-    if image is None:
-        if not sys.stderr.isatty():
-            from sandboxapp.host.notify import notify
-
-            notify(os.environ, f"sandboxapp: starting {profile.name} for the first time",
-                   "Its image is being built: this takes a minute or two.")
-        warn(f"the image for {profile.name} is not built yet: building it first "
-             "(a minute or two)")
-        return "build"
-    if image_is_stale(profile, image):
-        warn(f"the image for {profile.name} is stale: its profile's [image] section changed; "
-             f"rebuild it with: sandboxapp image build {profile.name}")
-        return None
-    age = datetime.now(UTC) - image.meta.refreshed_at
-    if age.days < profile.updates.update_after_days:
-        return None
-    if profile.updates.auto_update:
-        warn(f"the image for {profile.name} is {age.days} days old: updating it first")
-        return "update"
-    warn(f"the image for {profile.name} is {age.days} days old; update it with: "
-         f"sandboxapp image update {profile.name}")
-    return None
 
 
 def _image_work(action: str, profile: Profile, locations: Locations) -> None:
@@ -166,10 +118,15 @@ def _run(args: argparse.Namespace, locations: Locations, helper: PendingHelper |
     try:
         if log:
             log.stream.write(f"# sandboxapp run {shlex.join([profile.name, *given])}\n")
-        _prepare_image(profile, locations, warn)
+        from sandboxapp.image.ready import make_ready
+        from sandboxapp.image.store import ImageStore
+
+        make_ready(profile, ImageStore(locations.image_dir), warn,
+                   on_desktop=not sys.stderr.isatty(),
+                   work=functools.partial(_image_work, profile=profile, locations=locations))
         # Planned once the image is ready: the plan holds the image the launch starts.
         plan = plan_launch(profile, extra, locations, shown, program=args.program,
-                           downloads=downloads, handed=handed)
+                           downloads=downloads, handed=handed, ready=True)
         launch = Launch(plan, locations, os.environ, warn=warn, stderr=out, helper=helper)
         started = time.monotonic()
         status = launch.run()

@@ -13,15 +13,15 @@ from sandboxapp.features.display import X11_CONTAINER_DIR, X11_DIR, DisplayAcces
 from sandboxapp.features.files import PersistentDirs, ReadOnlyBinds
 from sandboxapp.features.portal import FileChooser
 from sandboxapp.features.quit import SessionManagement
-from sandboxapp.features.request import refused
+from sandboxapp.features.request import Action, HelperRequest, refused
 from sandboxapp.features.sound import PULSE_DIR, SoundAccess
 from sandboxapp.features.wayland import WaylandAccess
 
 if TYPE_CHECKING:
     from sandboxapp.plan import LaunchPlan
 
-__all__ = ["REGISTRY", "Feature", "Session", "features_for", "grants_of", "naming",
-           "prepare_features"]
+__all__ = ["REGISTRY", "Feature", "Session", "features_for", "grants_of", "helper_request",
+           "naming", "prepare_features"]
 
 # Every grant a sandbox may get, one class each, in the order of their binds and environment:
 # both sides of a launch, the dry run and a join iterate this.
@@ -71,3 +71,17 @@ def naming(plan: LaunchPlan, layer: Path | None = None) -> dict[str, Any]:
     if plan.profile.sandbox.file_chooser and layer is not None:
         parts[FileChooser.KEY] = {"dir": str(layer / "portal")}
     return parts
+
+
+def helper_request(plan: LaunchPlan, action: Action, data_home: Path,
+                   features: Sequence[Feature] = ()) -> HelperRequest:
+    """What the privileged helper is asked to do for the plan: a launch with the features'
+    grants, or a join or a hand into the running sandbox, which makes no grant: what the
+    sandbox uses is only named, for the command's environment (the root side takes the
+    display of the sandbox's own from the running launch's record, launch/join.py)."""
+    grants = naming(plan) if action in (Action.JOIN, Action.HAND) else grants_of(features)
+    return HelperRequest(action, plan.profile.name, plan.profile.path.absolute(), data_home,
+                         program=plan.program, args=plan.extra_args, downloads=plan.downloads,
+                         files=tuple(handed.inside.name for handed in plan.handed
+                                     if action in (Action.LAUNCH, Action.HAND)),
+                         grants=grants)

@@ -39,7 +39,7 @@ from sandboxapp.paths import (
     SYSTEM_PROFILE_DIR,
     Locations,
 )
-from sandboxapp.plan import LaunchPlan, Shown, plan_launch, ready_image
+from sandboxapp.plan import LaunchPlan, Shown, plan_launch
 from sandboxapp.profile.find import profile_from_bytes
 from sandboxapp.profile.model import (
     MAX_FILE_SIZE,
@@ -149,8 +149,7 @@ def _checked_plan(request: HelperRequest, user: DesktopUser,
     shown = Shown.chosen(number if profile.sandbox.x11 is not X11Access.NONE else None, native)
     plan = plan_launch(profile, request.args, locations, shown, instance=f"u{user.uid}",
                        program=request.program,
-                       downloads=_checked_downloads(request.downloads, profile))
-    ready_image(plan)
+                       downloads=_checked_downloads(request.downloads, profile), ready=True)
     return plan, trusted, features_for(plan, request.grants)
 
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from sandboxapp.command import Relay, base_env, run_attached, run_without_terminal
 from sandboxapp.errors import ExitStatus, SandboxError
-from sandboxapp.features import Feature, Session, grants_of, naming, prepare_features
+from sandboxapp.features import Feature, Session, helper_request, prepare_features
 from sandboxapp.features.request import Action, HelperRequest
 from sandboxapp.fs import nofollow
 from sandboxapp.fs.safepath import DesktopUser, open_for_reading
@@ -32,7 +32,7 @@ from sandboxapp.launch.helperclient import PendingHelper, helper_argv
 from sandboxapp.launch.supervisor import Supervisor
 from sandboxapp.output import TextSink
 from sandboxapp.paths import Locations
-from sandboxapp.plan import LaunchPlan, ready_image, with_handed_at
+from sandboxapp.plan import LaunchPlan, with_handed_at
 from sandboxapp.profile.model import Profile
 from sandboxapp.system.control import Word
 from sandboxapp.undo.ledger import RunDir
@@ -146,19 +146,6 @@ class Launch:
         raise SandboxError(f"cannot hand {host} to the sandbox: {why}",
                            status=ExitStatus.LAUNCHER)
 
-    def _request(self, action: Action, features: tuple[Feature, ...] = ()) -> HelperRequest:
-        plan = self.plan
-        # A join makes no grant: what the sandbox uses is only named, for the command's
-        # environment (the root side takes the display of the sandbox's own from the running
-        # launch's record, launch/join.py).
-        grants = naming(plan) if action in (Action.JOIN, Action.HAND) else grants_of(features)
-        return HelperRequest(action, plan.profile.name, plan.profile.path.absolute(),
-                             self.locations.data_home, program=plan.program,
-                             args=plan.extra_args, downloads=plan.downloads,
-                             files=tuple(handed.inside.name for handed in plan.handed
-                                         if action in (Action.LAUNCH, Action.HAND)),
-                             grants=grants)
-
     def _start_through_helper(self, stack: ExitStack,
                               features: tuple[Feature, ...]) -> subprocess.Popen[str]:
         """Hand the helper its request: it starts the container, its app at the gate, and
@@ -166,8 +153,8 @@ class Launch:
         self.supervisor.check_interrupted()
         assert self.helper is not None
         handed = self._open_handed(stack)
-        process = self.helper.send(self._request(Action.LAUNCH, features).to_json(),
-                                   tuple(fd for fd, _ in handed))
+        request = helper_request(self.plan, Action.LAUNCH, self.locations.data_home, features)
+        process = self.helper.send(request.to_json(), tuple(fd for fd, _ in handed))
         assert process.stderr is not None and process.stdout is not None
         self.relay.raw(process.stdout, sys.stdout.fileno())
         self.relay.lines(process.stderr, self.stderr)
@@ -217,7 +204,8 @@ class Launch:
         where each went."""
         helper = self.helper
         assert helper is not None
-        process = helper.send(self._request(Action.HAND).to_json(),
+        process = helper.send(helper_request(self.plan, Action.HAND,
+                                             self.locations.data_home).to_json(),
                               tuple(fd for fd, _ in opened))
         went: list[PurePosixPath] = []
         try:
@@ -240,12 +228,17 @@ class Launch:
         return went
 
     def _join(self, as_root: bool) -> int:
+        if self.plan.handed:
+            # The files go to the running sandbox first, which numbers them its way.
+            went = self._hand_to_running(as_root)
+            self.plan = with_handed_at(self.plan, went)
         if as_root:
             from sandboxapp.launch.join import join
 
             return join(self.supervisor.run_dir, self.plan, self.user)
         # A fresh helper: the joined command gets the launcher's own input, through a pipe.
-        argv = helper_argv(self._request(Action.JOIN).to_json())
+        argv = helper_argv(helper_request(self.plan, Action.JOIN, self.locations.data_home)
+                           .to_json())
         return run_without_terminal(argv, base_env({"TERM": self.environ.get("TERM", "dumb")}))
 
     # -- the whole launch --------------------------------------------------------------------
@@ -256,14 +249,10 @@ class Launch:
         # A desktop user's launch comes with its helper, started (and the user's right to
         # launch checked) before anything else; the caller abandons it if it is not used.
         assert as_root or self.helper is not None
-        ready_image(plan)
         with ExitStack() as stack:
             if not self.supervisor.begin(stack, plan.profile.name):
                 # Already running: this command runs inside that sandbox instead.
                 self.joined = True
-                if plan.handed:
-                    # The files go to the running sandbox first, which numbers them its way.
-                    self.plan = with_handed_at(plan, self._hand_to_running(as_root))
                 return self._join(as_root)
             # What the container binds exists first (cheap); nspawn then starts, with the app
             # held at its gate, while the grants are made; then the gate opens.
