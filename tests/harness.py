@@ -487,10 +487,14 @@ TRIXIE_ROOT = Path(os.environ.get("SANDBOXAPP_TEST_TRIXIE_ROOT",
 def trixie_root() -> Path:
     """Debian 13 (trixie) with sway and labwc, debootstrapped once and kept (TRIXIE_ROOT)."""
     if (TRIXIE_ROOT / "usr" / "bin" / "labwc").exists():
+        # The root directory of a system: its users look things up in it (one made by an
+        # earlier harness kept mkdtemp's 0700).
+        TRIXIE_ROOT.chmod(0o755)
         return TRIXIE_ROOT
     require_programs("debootstrap")
     TRIXIE_ROOT.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".trixie-", dir=TRIXIE_ROOT.parent))
+    staging.chmod(0o755)
     try:
         result = subprocess.run(
             ["debootstrap", "--variant=minbase", "--include=sway,labwc", "trixie", str(staging),
