@@ -312,14 +312,34 @@ def clear_user_dir(path: str, uid: int) -> bool:
     where some of it is still there; gone already, or not the user's any more: nothing of
     ours to remove, True."""
     try:
-        held = walk(path, uid, -1, create=False)
+        names = components(path)
+        if not names:
+            return True  # never '/'
+        parent = walk("/" + "/".join(names[:-1]), uid, -1, create=False)
     except (Refused, FileNotFoundError):
         return True
     except OSError:
         return False  # a folder on the way the user may not enter: it may still be there
     try:
-        if not components(path) or os.fstat(held).st_uid != uid:
-            return True  # never '/', and never a directory of another's
+        return clear_at(parent, names[-1], uid)
+    finally:
+        os.close(parent)
+
+
+def clear_at(parent: int, name: str, uid: int) -> bool:
+    """Remove the directory name in parent (open) and everything in it, if it is uid's; never
+    through a symlink at name or below it. True once it is gone, or where it is not a
+    directory of uid's (nothing of ours to remove)."""
+    try:
+        held = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                       dir_fd=parent)
+    except (FileNotFoundError, NotADirectoryError):
+        return True
+    except OSError:
+        return not _exists(parent, name)  # a symlink put there: ELOOP
+    try:
+        if os.fstat(held).st_uid != uid:
+            return True  # never a directory of another's
         # The sandbox may have locked the directory itself (it is its mount's root).
         _unlock_held(held)
         fd = os.open(".", DIR_FLAGS, dir_fd=held)
@@ -331,20 +351,35 @@ def clear_user_dir(path: str, uid: int) -> bool:
         deep: list[str] = []
         _clear_in(fd, fd, deep)
         while deep:
-            name = deep.pop()
+            below_name = deep.pop()
             try:
-                below = _open_dir(fd, name, unlock=True)
+                below = _open_dir(fd, below_name, unlock=True)
             except OSError:
-                continue  # walked already, as an entry of top
+                continue  # walked already, as an entry of the top
             try:
                 _clear_in(below, fd, deep)
             finally:
                 os.close(below)
             try:  # noqa: SIM105
-                os.rmdir(name, dir_fd=fd)
+                os.rmdir(below_name, dir_fd=fd)
             except OSError:
                 pass
     finally:
         os.close(fd)
-    remove_empty_dir(path, uid)
-    return not os.path.lexists(path)
+    try:
+        os.rmdir(name, dir_fd=parent)
+    except FileNotFoundError:
+        pass
+    except OSError:
+        return False
+    return True
+
+
+def _exists(parent: int, name: str) -> bool:
+    try:
+        os.stat(name, dir_fd=parent, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True  # it may be there: it cannot be looked at
+    return True

@@ -173,7 +173,7 @@ class Saves:
             whole = copy_tree(held, folder, parent, temporary, self.user)
             rename_noreplace(parent, temporary, parent, folder)
         except OSError:
-            nofollow.clear_user_dir(str(where / temporary), self.user.uid)
+            nofollow.clear_at(parent, temporary, self.user.uid)
             self.warn(f"could not save {where / folder}: it is taken, or could not be copied")
             return
         if not whole:
