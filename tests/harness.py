@@ -321,6 +321,19 @@ class DesktopPortal:
             raise HarnessError(f"no window {name!r} showed: {found.stderr}")
         return found.stdout.split()[0]
 
+    def gone(self, name: str, timeout: float = 20) -> bool:
+        """Whether no visible window of that exact name is left, within timeout."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = subprocess.run(
+                ["xdotool", "search", "--onlyvisible", "--name", f"^{re.escape(name)}$"],
+                env=self._x_env(), capture_output=True, text=True, check=False)
+            if not found.stdout.split():
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.2)
+
     def dialog(self, timeout: float = 20) -> tuple[str, str]:
         """The portal's dialog window (the GTK backend's class), once it shows: its id and
         its name."""

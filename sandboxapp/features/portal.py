@@ -5,6 +5,7 @@ there, alone, are bound into the running sandbox."""
 from __future__ import annotations
 
 import stat
+import threading
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -96,10 +97,10 @@ class FileChooser(Feature):
         downloads = session.plan.downloads
         folder = downloads.parent if downloads is not None else None
 
-        def ask_user(ask: Ask) -> Any:
+        def ask_user(ask: Ask, stop: threading.Event) -> Any:
             return choose(ask.kind, title_for(profile, ask), multiple=ask.multiple,
                           current_name=ask.current_name, names=ask.names, folder=folder,
-                          user=session.user, environ=session.environ)
+                          user=session.user, environ=session.environ, stop=stop)
 
         saves = Saves(self.saving, session.user, session.warn)
         stack.callback(saves.close)

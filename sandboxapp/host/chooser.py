@@ -12,11 +12,14 @@ Its request, on its input, and its answer, on its output, are JSON:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
+import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +36,8 @@ PORTAL = "org.freedesktop.portal.Desktop"
 PORTAL_PATH = "/org/freedesktop/portal/desktop"
 FILE_CHOOSER = "org.freedesktop.portal.FileChooser"
 MAX_ANSWER = 1 << 20
+# How often a dialog's launcher looks whether the launch is ending.
+STOP_POLL = 0.25
 
 
 @dataclass(frozen=True)
@@ -46,9 +51,10 @@ class Choice:
 
 def choose(kind: str, title: str, *, multiple: bool, current_name: str | None,
            names: tuple[str, ...], folder: Path | None, user: DesktopUser,
-           environ: Mapping[str, str]) -> Choice:
+           environ: Mapping[str, str], stop: threading.Event) -> Choice:
     """Show the dialog on the user's desktop, as the user, and wait for their choice. folder:
-    where a save starts (the user's download directory)."""
+    where a save starts (the user's download directory). stop: the launch is ending; the
+    dialog is closed, and nothing was chosen."""
     env = base_env({key: environ[key] for key in SESSION_VARIABLES if environ.get(key)})
     bootstrap = (f"import sys; sys.path[0:0] = {sys.path!r}; "
                  "from sandboxapp.host.chooser import main; main()")
@@ -60,15 +66,39 @@ def choose(kind: str, title: str, *, multiple: bool, current_name: str | None,
     request = json.dumps({"kind": kind, "title": title, "multiple": multiple,
                           "current_name": current_name, "names": list(names),
                           "folder": None if folder is None else str(folder)})
+    # A session of its own: the dialog's process, and zenity it may start, are one group to
+    # end, and a signal to the launcher's terminal is the launcher's to act on.
     process = spawn(argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                    stderr=subprocess.DEVNULL)
-    out, _ = process.communicate(request.encode())
+                    stderr=subprocess.DEVNULL, new_session=True)
+    data: bytes | None = request.encode()
+    while True:
+        try:
+            out, _ = process.communicate(data, timeout=STOP_POLL)
+            break
+        except subprocess.TimeoutExpired:
+            data = None  # given once: the rest of the conversation carries it on
+            if stop.is_set():
+                _end(process)
+                return Choice(2)
     try:
         answer = json.loads(out[:MAX_ANSWER])
         paths = tuple(Path(path) for path in answer["paths"] if isinstance(path, str))
         return Choice(int(answer["response"]), paths)
     except (ValueError, KeyError, TypeError):
         return Choice(2)
+
+
+def _end(process: subprocess.Popen[bytes]) -> None:
+    """Ask the dialog's process to end (it closes the desktop's dialog: the portal's request),
+    then make it."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.communicate(timeout=3)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
 
 
 # -- the dialog's own process ------------------------------------------------------------
@@ -92,6 +122,15 @@ async def _ask_portal(request: dict[str, object]) -> tuple[int, list[str]] | Non
     from dbus_fast.aio import MessageBus
     from dbus_fast.errors import DBusError
 
+    # Asked to end (the launch ends): the dialog is closed, and nothing was chosen.
+    loop = asyncio.get_running_loop()
+    stopped: asyncio.Future[tuple[int, list[str]]] = loop.create_future()
+
+    def stop() -> None:
+        if not stopped.done():
+            stopped.set_result((2, []))
+
+    loop.add_signal_handler(signal.SIGTERM, stop)
     try:
         bus = await MessageBus().connect()
     except (OSError, ValueError, DBusError):
@@ -100,7 +139,7 @@ async def _ask_portal(request: dict[str, object]) -> tuple[int, list[str]] | Non
         token = "sandboxapp" + secrets.token_hex(8)
         sender = (bus.unique_name or "").lstrip(":").replace(".", "_")
         handle = f"{PORTAL_PATH}/request/{sender}/{token}"
-        answered: asyncio.Future[tuple[int, list[str]]] = asyncio.get_running_loop().create_future()
+        answered: asyncio.Future[tuple[int, list[str]]] = loop.create_future()
 
         def on_message(message: Message) -> None:
             if (message.message_type is MessageType.SIGNAL and message.path == handle
@@ -140,7 +179,14 @@ async def _ask_portal(request: dict[str, object]) -> tuple[int, list[str]] | Non
                                        body=["", str(request["title"]), options]))
         if reply is None or reply.message_type is MessageType.ERROR:
             return None  # no portal, or none with a file chooser
-        return await answered
+        await asyncio.wait({answered, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        if answered.done():
+            return answered.result()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(bus.call(Message(
+                destination=PORTAL, path=handle, interface="org.freedesktop.portal.Request",
+                member="Close")), 2)
+        return 2, []
     finally:
         bus.disconnect()
 

@@ -12,19 +12,22 @@ The launcher is a client of the sandbox's bus through a socket the bus makes in 
 the user's (features/portal.py), which is opened without following symlinks, and must be a
 socket: the sandbox cannot send the launcher to another bus. dbus-fast speaks D-Bus, in an
 asyncio loop on a thread of its own; the dialogs and the binding of files, which block, run
-on threads of the loop's executor.
+on threads of an executor of the portal's own, which the launch's end waits for once it has
+closed the dialogs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import re
 import stat
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -40,6 +43,8 @@ REQUEST_INTERFACE = "org.freedesktop.portal.Request"
 PROPERTIES = "org.freedesktop.DBus.Properties"
 VERSION = 3
 TOKEN = re.compile(r"[A-Za-z0-9_]{1,64}")
+# A client's unique name as a bus daemon gives it; the sandbox's daemon may say anything.
+UNIQUE_NAME = re.compile(r":[0-9]{1,10}\.[0-9]{1,10}")
 MAX_TITLE = 200
 MAX_SAVES = 64  # files one SaveFiles may save
 KINDS = {"OpenFile": "open", "SaveFile": "save", "SaveFiles": "saves"}
@@ -61,10 +66,12 @@ class Ask:
 
 
 def _text(value: Any, limit: int) -> str:
-    """A string of the sandbox's, without control characters, cut to limit."""
+    """A string of the sandbox's, without control characters, cut to limit: looked at no
+    further than it is kept (a title of a hundred megabytes costs what its first characters
+    cost)."""
     if not isinstance(value, str):
         return ""
-    return "".join(c for c in value if c.isprintable())[:limit]
+    return "".join(itertools.islice(filter(str.isprintable, value[:limit * 4]), limit))
 
 
 def read_ask(member: str, title: Any, options: Any) -> Ask | str:
@@ -99,7 +106,7 @@ class FileChooserPortal:
     """org.freedesktop.portal.FileChooser on the sandbox's bus, for as long as it runs."""
 
     def __init__(self, socket: Path, profile: str, *,
-                 choose: Callable[[Ask], Choice],
+                 choose: Callable[[Ask, threading.Event], Choice],
                  hand: Callable[[Path], PurePosixPath],
                  save_to: Callable[[Path, bool], PurePosixPath],
                  focused: Callable[[], bool | None],
@@ -116,6 +123,8 @@ class FileChooserPortal:
         self._refusals_said = -REFUSALS_SAID
         self._refusals_unsaid = 0
         self._stop = threading.Event()
+        # The requests being answered: a dialog each, or a refusal.
+        self._answering = ThreadPoolExecutor(max_workers=4, thread_name_prefix="portal")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread = threading.Thread(target=self._run, name="portal", daemon=True)
 
@@ -123,7 +132,10 @@ class FileChooserPortal:
         self._thread.start()
 
     def close(self) -> None:
+        """At the launch's end: an open dialog is closed (host/chooser.py ends it within a
+        few seconds), and the bus let go."""
         self._stop.set()
+        self._answering.shutdown(wait=True, cancel_futures=True)
         loop = self._loop
         if loop is not None:
             with contextlib.suppress(RuntimeError):
@@ -217,11 +229,17 @@ class FileChooserPortal:
         token = token_variant.value if token_variant is not None else ""
         if not isinstance(token, str) or not TOKEN.fullmatch(token):
             token = f"sandboxapp{time.monotonic_ns()}"
-        sender = (message.sender or "").lstrip(":").replace(".", "_")
+        # The request's object path is the portal's: /request/SENDER/TOKEN, nothing deeper.
+        # A sender that is no client's name (the sandbox's bus daemon said so) cannot even be
+        # answered: the call is taken, and nothing comes of it.
+        if not isinstance(message.sender, str) or not UNIQUE_NAME.fullmatch(message.sender):
+            return True
+        sender = message.sender.lstrip(":").replace(".", "_")
         handle = f"{PORTAL_PATH}/request/{sender}/{token}"
         ask = read_ask(message.member, title, options)
         assert self._loop is not None
-        self._loop.run_in_executor(None, self._answer, bus, handle, ask)
+        with contextlib.suppress(RuntimeError):  # the launch is ending: no more answers
+            self._answering.submit(self._answer, bus, handle, ask)
         return Message.new_method_return(message, "o", [handle])
 
     def _answer(self, bus: Any, handle: str, ask: Ask | str) -> None:
@@ -235,11 +253,10 @@ class FileChooserPortal:
             self.warn(f"the file chooser: {error.message}")
         except Exception as exc:  # whatever went wrong, the request is answered
             self.warn(f"the file chooser failed: {exc}")
-        results = {"uris": Variant("as", uris)}
-        signal = Message.new_signal(handle, REQUEST_INTERFACE, "Response", "ua{sv}",
-                                    [response, results])
         assert self._loop is not None
-        with contextlib.suppress(RuntimeError):
+        with contextlib.suppress(Exception):  # the bus, or the launch, may have ended
+            signal = Message.new_signal(handle, REQUEST_INTERFACE, "Response", "ua{sv}",
+                                        [response, {"uris": Variant("as", uris)}])
             self._loop.call_soon_threadsafe(bus.send, signal)
 
     def _refuse(self, why: str) -> tuple[int, list[str]]:
@@ -263,9 +280,12 @@ class FileChooserPortal:
         if not self._busy.acquire(blocking=False):
             return self._refuse(f"{self.profile} asked for a second file dialog: refused")
         try:
-            choice = self.choose(ask)
+            # The launch may end meanwhile: the dialog is then closed, and nothing handed.
+            choice = self.choose(ask, self._stop)
         finally:
             self._busy.release()
+        if self._stop.is_set():
+            return 2, []
         if choice.response != 0 or not choice.paths:
             return (choice.response if choice.response in (1, 2) else 2), []
         if ask.kind != "open":

@@ -120,6 +120,19 @@ def test_a_dialog_the_user_cancels_gives_the_portals_cancel_and_no_file(
     assert out.splitlines() == ["Response (uint32 1"], err
 
 
+def test_a_dialog_open_when_the_launch_ends_is_closed_with_it(
+        session: Session, portal: DesktopPortal) -> None:
+    """The launch ends (here its launcher is told to stop) while the user has not answered:
+    the dialog leaves the desktop with it, and no dialog process of the launch's is left."""
+    session.sudo_uid = portal.user.uid
+    with _launched(session, portal) as launch:
+        portal.window(TITLE)
+        launch.terminate()
+        launch.communicate(timeout=60)
+    assert portal.gone(TITLE), "the dialog stayed on the desktop after its launch ended"
+    assert _dialogs_owner() == set()
+
+
 def test_a_save_lands_on_the_path_the_user_chose_owned_by_them(
         session: Session, portal: DesktopPortal) -> None:
     """SaveFile: the program writes NAME.part in a directory of the request's and renames it,

@@ -206,7 +206,7 @@ def test_a_sandbox_that_asks_without_end_is_refused_without_filling_the_log() ->
     warned: list[str] = []
     shown: list[Ask] = []
 
-    def choose(ask: Ask) -> Choice:
+    def choose(ask: Ask, _: object) -> Choice:
         shown.append(ask)
         return Choice(1)
 
@@ -219,3 +219,22 @@ def test_a_sandbox_that_asks_without_end_is_refused_without_filling_the_log() ->
     answers = {portal._dialog(ask)[0] for _ in range(1000)}
     assert answers == {2} and shown == []
     assert warned == ["app asked for a file dialog while you were elsewhere: refused"]
+
+
+def test_a_request_of_a_hundred_megabytes_costs_what_is_kept_of_it() -> None:
+    """A title or a name is cut to what is shown before it is looked at: a sandbox's request
+    of a hundred megabytes of text does not take the launcher's memory."""
+    import tracemalloc
+
+    from dbus_fast import Variant
+
+    huge = "\u0100" * (10 << 20)
+    tracemalloc.start()
+    try:
+        ask = read_ask("SaveFile", huge, {"current_name": Variant("s", huge)})
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert not isinstance(ask, str) and len(ask.title) == 200
+    assert ask.current_name is not None and len(ask.current_name) == 255
+    assert peak < 1 << 20, peak
