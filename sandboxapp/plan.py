@@ -201,7 +201,7 @@ def plan_launch(
 ) -> LaunchPlan:
     """program: run it, with extra_args, in place of the profile's command. downloads: the
     profile's downloads directory on the host (session side: plan_downloads). ready: the
-    launch starts now: its image must be built and hold the command (ready_image)."""
+    launch starts now: its image must be built and hold the command."""
     # A persistent container path is kept at the same path below the profile's data directory,
     # so a user finds and backs up files where they expect them.
     data_root = locations.data_home / "sandboxapp" / profile.name
@@ -225,11 +225,11 @@ def plan_launch(
         handed=handed,
     )
     if ready:
-        ready_image(plan)
+        _ready_image(plan)
     return plan
 
 
-def ready_image(plan: LaunchPlan) -> Image:
+def _ready_image(plan: LaunchPlan) -> Image:
     """The image the launch starts: built, and holding the command it runs (both sides check
     it before they start anything)."""
     if plan.image is None:

@@ -10,6 +10,7 @@ safepath.py gives them paths, users and sandboxapp's errors.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections.abc import Generator, Iterator
@@ -336,7 +337,7 @@ def clear_at(parent: int, name: str, uid: int) -> bool:
     except (FileNotFoundError, NotADirectoryError):
         return True
     except OSError:
-        return not _exists(parent, name)  # a symlink put there: ELOOP
+        return not exists_at(parent, name)  # a symlink put there: ELOOP
     try:
         if os.fstat(held).st_uid != uid:
             return True  # never a directory of another's
@@ -375,11 +376,15 @@ def clear_at(parent: int, name: str, uid: int) -> bool:
     return True
 
 
-def _exists(parent: int, name: str) -> bool:
+def exists_at(parent: int, name: str) -> bool:
+    """Whether name is in the directory parent (open), as itself, not what it points to;
+    where it cannot be looked at, it may be: True."""
     try:
         os.stat(name, dir_fd=parent, follow_symlinks=False)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return False
-    except OSError:
-        return True  # it may be there: it cannot be looked at
+    except OSError as exc:
+        # A name too long for a file name (a long NAME's NAME.part) is none; else it may be
+        # there, and cannot be looked at.
+        return exc.errno != errno.ENAMETOOLONG
     return True

@@ -120,7 +120,7 @@ class FileChooserPortal:
         self.warn = warn
         self._busy = threading.Lock()  # one dialog at a time
         self._refusals_lock = threading.Lock()
-        self._refusals_said = -REFUSALS_SAID
+        self._refusals_said = float("-inf")
         self._refusals_unsaid = 0
         self._stop = threading.Event()
         # The requests being answered: a dialog each, or a refusal.

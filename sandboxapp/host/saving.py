@@ -119,7 +119,7 @@ class Saves:
                 st = os.stat(save.name, dir_fd=held, follow_symlinks=False)
             except FileNotFoundError:
                 return
-            if not stat.S_ISREG(st.st_mode) or _exists(held, save.name + ".part"):
+            if not stat.S_ISREG(st.st_mode) or nofollow.exists_at(held, save.name + ".part"):
                 save.still = 0
                 return
             now = (st.st_size, st.st_mtime_ns)
@@ -160,7 +160,7 @@ class Saves:
                     os.unlink(temporary, dir_fd=parent)
                 raise
             folder = Path(save.name).stem + "_files"
-            if _exists(held, folder):
+            if nofollow.exists_at(held, folder):
                 self._copy_folder(held, folder, parent, target.parent)
         finally:
             os.close(parent)
@@ -180,10 +180,3 @@ class Saves:
             self.warn(f"{where / folder} was saved in part: only regular files and folders, "
                       f"at most {MAX_ENTRIES} entries, {MAX_DEPTH} deep")
 
-
-def _exists(held: int, name: str) -> bool:
-    try:
-        os.stat(name, dir_fd=held, follow_symlinks=False)
-    except OSError:
-        return False
-    return True

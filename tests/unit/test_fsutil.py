@@ -324,7 +324,6 @@ def test_a_file_handed_to_a_sandbox_is_a_regular_file_opened_without_a_symlink(
     os.close(fd)
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="sets up a user's directory")
 def test_a_directory_a_sandbox_locked_is_removed_by_the_user_it_belongs_to(
         tmp_path: Path) -> None:
     """The launcher runs as the desktop user: folders the sandbox (the same user, to the

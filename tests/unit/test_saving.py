@@ -10,8 +10,6 @@ import stat
 import time
 from pathlib import Path, PurePosixPath
 
-import pytest
-
 from sandboxapp.fs import nofollow
 from sandboxapp.fs.safepath import DesktopUser
 from sandboxapp.host.portal import read_ask
@@ -111,7 +109,6 @@ def test_a_save_nested_thousands_deep_is_saved_in_part_and_the_watching_goes_on(
         nofollow.clear_user_dir(str(tmp_path / "saving"), os.getuid())
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="root acts for another user")
 def test_a_sparse_file_with_a_long_name_is_saved_as_the_users_without_its_holes(
         tmp_path: Path) -> None:
     """Root saving for a user: the copy is the user's, whatever the name's length; a file of
