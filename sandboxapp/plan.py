@@ -12,7 +12,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from sandboxapp.errors import ExitStatus, SandboxError
 from sandboxapp.fs.rootfs import check_command
 from sandboxapp.fs.safepath import DesktopUser
 from sandboxapp.host.display import Display, parse_display
@@ -21,27 +20,11 @@ from sandboxapp.image.store import Image, ImageStore, not_built
 from sandboxapp.paths import Locations, home
 from sandboxapp.profile.model import DOWNLOADS_CONTAINER_DIR, Profile, X11Access
 from sandboxapp.system.control import MAX_FDS
+from sandboxapp.system.handed import FILES_CONTAINER_DIR, handed_name
 
-# Files handed to the sandbox (launch/handed.py), each in a directory of its own below this.
-FILES_CONTAINER_DIR = PurePosixPath("/run/sandboxapp/files")
 # Files one command line may hand a sandbox: each goes to the root side as a descriptor beside
 # the one request message.
 MAX_ARGUMENT_FILES = MAX_FDS
-MAX_NAME = 255
-
-
-def handed_name(name: str) -> str:
-    """A file's name as the sandbox sees it: its own, where that is a file name in UTF-8 (the
-    control channel and the portal's answers carry it as text)."""
-    try:
-        size = len(name.encode())
-    except UnicodeEncodeError:
-        raise SandboxError(f"a handed file's name is not UTF-8: {name[:40]!r}",
-                           hint="rename the file", status=ExitStatus.USAGE) from None
-    if not name or name in (".", "..") or "/" in name or "\0" in name or size > MAX_NAME:
-        raise SandboxError(f"a handed file's name is not a file name: {name[:40]!r}",
-                           status=ExitStatus.USAGE)
-    return name
 
 
 @dataclass(frozen=True)
@@ -84,12 +67,12 @@ def hand_arguments(args: Sequence[str]) -> tuple[list[str], tuple[HandedFile, ..
     return out, tuple(handed)
 
 
-def with_handed_at(plan: LaunchPlan, went: Mapping[PurePosixPath, PurePosixPath]) -> LaunchPlan:
-    """The plan with its command's arguments naming each handed file where it went (a
-    running sandbox numbers what it is handed in its own order)."""
+def with_handed_at(plan: LaunchPlan, went: Sequence[PurePosixPath]) -> LaunchPlan:
+    """The plan with its command's arguments naming each handed file where it went, in the
+    plan's order (a running sandbox numbers what it is handed in its own order)."""
     from urllib.parse import quote
 
-    names = {str(old): str(new) for old, new in went.items()}
+    names = {str(handed.inside): str(new) for handed, new in zip(plan.handed, went, strict=True)}
     names.update({"file://" + quote(old): "file://" + quote(new) for old, new in names.items()})
     return dataclasses.replace(plan, command=tuple(names.get(arg, arg) for arg in plan.command))
 

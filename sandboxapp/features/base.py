@@ -63,7 +63,7 @@ class Session:
     supervisor: Recorder
     warn: Callable[[str], None]
     run_dir: Path
-    # Hand the running sandbox a file the user chose; its path inside (launch/handed.py).
+    # Hand the running sandbox a file the user chose; its path inside (system/handed.py).
     hand: Callable[[Path], PurePosixPath] = field(default=lambda path: PurePosixPath(path))
     # Whether the sandbox's window has the user's focus; None where the display path cannot
     # tell (Feature.has_focus).

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from sandboxapp.features import Feature, features_for, naming
 from sandboxapp.image.store import not_built
-from sandboxapp.plan import FILES_CONTAINER_DIR, LaunchPlan
+from sandboxapp.plan import LaunchPlan
+from sandboxapp.system.handed import FILES_CONTAINER_DIR
 from sandboxapp.system.hostfacts import HostFacts
 from sandboxapp.system.nspawn import Bind, LaunchSpec, launch_argv
 

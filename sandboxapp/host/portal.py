@@ -1,7 +1,7 @@
 """The file chooser portal of a sandbox's own session bus, served by the launcher: the
 sandbox's programs ask it, as they ask xdg-desktop-portal on a desktop, for a file to open or
 a place to save; the dialog is the user's (host/chooser.py), and the files the user chose are
-bound into the sandbox, they alone (launch/handed.py), before the answer names them.
+bound into the sandbox, they alone (system/handed.py), before the answer names them.
 
 Everything the sandbox sends here is hostile: a request's options are read by their types and
 sizes, and only those this portal knows count; one dialog is open at a time; a request that

@@ -28,12 +28,12 @@ from sandboxapp.features.spec import launch_spec
 from sandboxapp.fs import nofollow
 from sandboxapp.fs.mounts import make_private, stage_owned
 from sandboxapp.fs.safepath import DesktopUser
-from sandboxapp.launch.handed import HandedFiles
 from sandboxapp.launch.supervisor import Supervisor
 from sandboxapp.output import TextSink
 from sandboxapp.plan import LaunchPlan
 from sandboxapp.system.containertree import PID_NAMESPACE, stop_app
 from sandboxapp.system.control import ControlChannel, Message, Word
+from sandboxapp.system.handed import HandedFiles
 from sandboxapp.system.hostfacts import host_facts
 from sandboxapp.system.layer import create_layer
 from sandboxapp.system.nspawn import NOISE_PREFIX, LaunchSpec, launch_argv
@@ -49,7 +49,7 @@ class ContainerRequest:
     user: DesktopUser
     trusted_profile: bool  # from a root-owned profile directory
     features: tuple[Feature, ...]
-    # Files the sandbox is handed at its start (launch/handed.py): the user's, open for
+    # Files the sandbox is handed at its start (system/handed.py): the user's, open for
     # reading, each with the name it has inside.
     handed: tuple[tuple[int, str], ...] = ()
 

@@ -14,10 +14,10 @@ from sandboxapp.features import features_for, naming
 from sandboxapp.features.spec import container_env
 from sandboxapp.fs.safepath import DesktopUser
 from sandboxapp.host.display import Display
-from sandboxapp.launch.handed import HandedFiles
 from sandboxapp.paths import ROOT_PATH
 from sandboxapp.plan import LaunchPlan
 from sandboxapp.system.containertree import container_init
+from sandboxapp.system.handed import HandedFiles
 from sandboxapp.undo.entries import NestedX11Entry
 from sandboxapp.undo.ledger import Record, RunDir
 

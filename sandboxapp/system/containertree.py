@@ -15,7 +15,7 @@ from sandboxapp.system.procstat import namespace_pid, session_of
 # everything in that namespace, the container included. nspawn alone would leave its container
 # running: nothing kills it where systemd does not track nspawn's unit. Its mount namespace
 # (--mount-proc makes one) is the host's slave: a file handed to the running sandbox
-# (launch/handed.py) reaches it from the host, and nothing goes back. What the host mounts
+# (system/handed.py) reaches it from the host, and nothing goes back. What the host mounts
 # below the layer's other mount points does not: the launch makes them private.
 PID_NAMESPACE = ["unshare", "--pid", "--fork", "--mount-proc", "--propagation", "slave",
                  "--kill-child=SIGKILL", "--"]

@@ -4,6 +4,7 @@ out from the profile, the image, the host's facts and the user, before anything 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -13,7 +14,8 @@ from sandboxapp.features.display import X11_CONTAINER_DIR
 from sandboxapp.features.sound import PULSE_DIR
 from sandboxapp.features.spec import GATE, launch_spec
 from sandboxapp.host.sound import SoundPaths
-from sandboxapp.plan import FILES_CONTAINER_DIR, LaunchPlan
+from sandboxapp.plan import LaunchPlan
+from sandboxapp.system.handed import FILES_CONTAINER_DIR
 from sandboxapp.system.hostfacts import HostFacts
 from sandboxapp.system.nspawn import LaunchSpec, launch_argv
 from tests.unit.plans import BASE, grants
@@ -47,7 +49,7 @@ def test_the_spec_binds_only_what_the_profile_grants(tmp_path: Path) -> None:
         str(X11_CONTAINER_DIR): (tmp_path / "x11dir", True, True),
         str(PULSE_DIR): (sound.dir, True, False),
         GATE: (Path("/layer/gate"), True, False),
-        # Where files handed to the running sandbox appear, one by one (launch/handed.py).
+        # Where files handed to the running sandbox appear, one by one (system/handed.py).
         str(FILES_CONTAINER_DIR): (Path("/layer/files"), True, False),
     }
     spec = _spec(plan, sound=sound, x11_dir=tmp_path / "x11dir")
@@ -120,10 +122,9 @@ def test_files_named_on_the_command_line_become_their_paths_inside(tmp_path: Pat
                     "file:///run/sandboxapp/files/2/c.txt", "https://example.org/x.pdf",
                     str(tmp_path / "missing.pdf"), f"-x={tmp_path}/c.txt"]
     assert [h.host for h in handed] == [tmp_path / "a b.pdf", tmp_path / "c.txt"]
-    plan = _plan(tmp_path / "p", {}, extra=tuple(args))
-    went = {handed[0].inside: PurePosixPath("/run/sandboxapp/files/7/a b.pdf"),
-            handed[1].inside: PurePosixPath("/run/sandboxapp/files/8/c.txt")}
-    moved = with_handed_at(plan, went)
+    plan = dataclasses.replace(_plan(tmp_path / "p", {}, extra=tuple(args)), handed=handed)
+    moved = with_handed_at(plan, [PurePosixPath("/run/sandboxapp/files/7/a b.pdf"),
+                                  PurePosixPath("/run/sandboxapp/files/8/c.txt")])
     assert moved.extra_args[:3] == ("/run/sandboxapp/files/7/a b.pdf", "--new-tab",
                                     "file:///run/sandboxapp/files/8/c.txt")
 

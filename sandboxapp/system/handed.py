@@ -2,7 +2,7 @@
 opened, read-only and idmapped into the container, and nothing beside it.
 
 The layer's `files` directory is a shared mount point, bound read-only into the container at
-FILES_CONTAINER_DIR (plan.py) through nspawn's mount namespace, which is its slave
+FILES_CONTAINER_DIR through nspawn's mount namespace, which is its slave
 (system/containertree.py's unshare): a file bound below it on the host reaches the container
 by propagation, and a mount that reaches a mount namespace of a less privileged user
 namespace so is locked there: the container's root can neither make it writable nor bind it
@@ -21,8 +21,26 @@ from pathlib import Path, PurePosixPath
 
 from sandboxapp.errors import ExitStatus, SandboxError
 from sandboxapp.fs.mounts import make_shared_mount_point, mount_readonly_idmapped
-from sandboxapp.plan import FILES_CONTAINER_DIR, handed_name
 from sandboxapp.system.idmapns import owner_as_root
+
+# Handed files are bound here in the container, each in a directory of its own.
+FILES_CONTAINER_DIR = PurePosixPath("/run/sandboxapp/files")
+MAX_NAME = 255
+
+
+def handed_name(name: str) -> str:
+    """A file's name as the sandbox sees it: its own, where that is a file name in UTF-8 (the
+    control channel and the portal's answers carry it as text)."""
+    try:
+        size = len(name.encode())
+    except UnicodeEncodeError:
+        raise SandboxError(f"a handed file's name is not UTF-8: {name[:40]!r}",
+                           hint="rename the file", status=ExitStatus.USAGE) from None
+    if not name or name in (".", "..") or "/" in name or "\0" in name or size > MAX_NAME:
+        raise SandboxError(f"a handed file's name is not a file name: {name[:40]!r}",
+                           status=ExitStatus.USAGE)
+    return name
+
 
 # Files one launch may be handed: each is a mount, which costs the kernel, and the user picks
 # them one by one.
