@@ -472,7 +472,7 @@ class Compositor:
                 "WAYLAND_DISPLAY": self.socket.name}
 
 
-# How each compositor is run headless (DESIGN.md): its command, its environment and the name
+# How each compositor is run headless: its command, its environment and the name
 # of its socket. mutter needs a session bus; sway refuses to run as root.
 COMPOSITORS = {
     "mutter": (["dbus-run-session", "--", "mutter", "--headless", "--wayland", "--no-x11",

@@ -15,10 +15,12 @@ import os
 import stat
 from collections.abc import Generator, Iterator
 
+from sandboxapp.paths import DEFAULT_IMAGE_DIR, DEFAULT_RUN_DIR
+
 # The system's own places: nothing in them is made the user's.
 SYSTEM_ROOTS = ("/etc", "/root", "/boot", "/usr", "/proc", "/sys", "/dev")
 # Places a user's profile may never bind or keep data in, whatever their ownership says.
-FORBIDDEN_ROOTS = (*SYSTEM_ROOTS, "/var/lib/sandboxapp", "/run/sandboxapp")
+FORBIDDEN_ROOTS = (*SYSTEM_ROOTS, str(DEFAULT_IMAGE_DIR.parent), str(DEFAULT_RUN_DIR))
 
 
 def below(path: str, roots: tuple[str, ...]) -> str | None:

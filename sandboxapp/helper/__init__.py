@@ -1,2 +1,3 @@
-"""The privileged helper: the request both sides share (request.py), its client (client.py), its
-root side (privileged.py), and `setup`, which installs it (install.py)."""
+"""The privileged helper: the root side of a desktop user's launch, reached through sudo
+(privileged.py), and `setup`, which installs it (install.py). Its request is features/request.py;
+the launcher reaches it through launch/helperclient.py."""

@@ -8,11 +8,6 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    pass
-
 
 # In a sandbox's sound directory: its client configuration and its own socket.
 SOUND_CONF = "client.conf"

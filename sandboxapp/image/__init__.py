@@ -1,3 +1,2 @@
 """Pristine images: the store (store.py), building them (build.py), updating them and a shell in
-them (rework.py), looking inside them (fs.py), Debian's tools (debian.py) and UID blocks
-(uidrange.py)."""
+them (rework.py), making one ready before a launch (ready.py) and Debian's tools (debian.py)."""

@@ -1,3 +1,4 @@
-"""One launch: its plan and container spec (plan.py), the root side (container.py: layer, checked
-binds, nspawn), the session side (launcher.py, making the grants of features/), supervision, the
-ledger of undos (ledger.py, its typed entries in entries.py) and recovery."""
+"""One launch: the session side (launcher.py, making the grants of features/), the root side as
+it reaches it (rootside.py: in this process, container.py and join.py, or through the privileged
+helper, helperclient.py), supervision (supervisor.py) and recovery; and what acts on launches:
+`ps` and `stop` (running.py), `reset` (reset.py)."""
