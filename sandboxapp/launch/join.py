@@ -15,7 +15,7 @@ from sandboxapp.features.spec import container_env
 from sandboxapp.fs.safepath import DesktopUser
 from sandboxapp.host.display import Display
 from sandboxapp.paths import ROOT_PATH
-from sandboxapp.plan import LaunchPlan
+from sandboxapp.plan import LaunchPlan, with_handed_at
 from sandboxapp.system.containertree import container_init
 from sandboxapp.system.handed import HandedFiles
 from sandboxapp.undo.entries import NestedX11Entry
@@ -68,6 +68,10 @@ def hand_to_running(run_dir: RunDir, plan: LaunchPlan, user: DesktopUser,
     """Hand the user's running sandbox these files (open for reading, as the user could, each
     with its name); where each went inside."""
     running_sandbox(run_dir, plan, user)  # it runs, and it is this user's
+    return _hand(plan, opened)
+
+
+def _hand(plan: LaunchPlan, opened: Sequence[tuple[int, str]]) -> list[PurePosixPath]:
     if plan.image is None or not (plan.layer_root / "files").is_dir():
         raise SandboxError(f"{plan.profile.name} was started before files could be handed to "
                            "it", hint="start it again", status=ExitStatus.LAUNCHER)
@@ -78,7 +82,12 @@ def hand_to_running(run_dir: RunDir, plan: LaunchPlan, user: DesktopUser,
         handed.close()
 
 
-def join(run_dir: RunDir, plan: LaunchPlan, user: DesktopUser) -> int:
+def join(run_dir: RunDir, plan: LaunchPlan, user: DesktopUser,
+         opened: Sequence[tuple[int, str]] = ()) -> int:
+    """Run the plan's command in the user's running sandbox, handed these files first (the
+    running sandbox numbers them its way; the command names each where it went)."""
     init, plan = running_sandbox(run_dir, plan, user)
+    if opened:
+        plan = with_handed_at(plan, _hand(plan, opened))
     argv = join_argv(init, plan, plan.command)
     return run_without_terminal(argv, base_env())

@@ -22,18 +22,13 @@ from sandboxapp.features import Feature, Session, prepare_features
 from sandboxapp.features.request import Action, HelperRequest
 from sandboxapp.fs.safepath import DesktopUser
 from sandboxapp.launch.helperclient import PendingHelper, helper_argv
-from sandboxapp.launch.rootside import (
-    InProcess,
-    RootSide,
-    ThroughHelper,
-    cannot_hand,
-    open_for_sandbox,
-)
+from sandboxapp.launch.rootside import InProcess, RootSide, ThroughHelper, open_for_sandbox
 from sandboxapp.launch.supervisor import Supervisor
 from sandboxapp.output import TextSink
 from sandboxapp.paths import Locations
 from sandboxapp.plan import LaunchPlan
 from sandboxapp.profile.model import Profile
+from sandboxapp.system.handed import cannot_hand
 from sandboxapp.undo.ledger import RunDir
 
 

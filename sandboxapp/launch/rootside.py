@@ -27,17 +27,13 @@ from sandboxapp.launch.supervisor import Supervisor
 from sandboxapp.output import TextSink
 from sandboxapp.plan import LaunchPlan, with_handed_at
 from sandboxapp.system.control import Word
+from sandboxapp.system.handed import cannot_hand
 
 if TYPE_CHECKING:
     from sandboxapp.launch.container import ContainerSide, Started
 
 # The files a launch is handed, each open for reading as the user may, with its name inside.
 Opened = tuple[tuple[int, str], ...]
-
-
-def cannot_hand(host: Path, why: str, status: ExitStatus = ExitStatus.LAUNCHER,
-                hint: str | None = None) -> SandboxError:
-    return SandboxError(f"cannot hand {host} to the sandbox: {why}", hint=hint, status=status)
 
 
 def open_for_sandbox(host: Path, user: DesktopUser) -> int:
@@ -126,14 +122,11 @@ class InProcess:
         return self.side.hand(fd, host.name)
 
     def join(self, plan: LaunchPlan) -> int:
-        from sandboxapp.launch.join import hand_to_running, join
+        from sandboxapp.launch.join import join
 
-        if plan.handed:
-            with ExitStack() as stack:
-                went = hand_to_running(self.supervisor.run_dir, plan, self.user,
-                                       open_handed(stack, plan, self.user))
-            plan = with_handed_at(plan, went)
-        return join(self.supervisor.run_dir, plan, self.user)
+        with ExitStack() as stack:
+            return join(self.supervisor.run_dir, plan, self.user,
+                        open_handed(stack, plan, self.user))
 
 
 class ThroughHelper:

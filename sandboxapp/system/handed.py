@@ -28,6 +28,12 @@ FILES_CONTAINER_DIR = PurePosixPath("/run/sandboxapp/files")
 MAX_NAME = 255
 
 
+def cannot_hand(what: Path | str, why: str, status: ExitStatus = ExitStatus.LAUNCHER,
+                hint: str | None = None) -> SandboxError:
+    """What a file the user hands the sandbox meets, said of it (its path, or its name)."""
+    return SandboxError(f"cannot hand {what} to the sandbox: {why}", hint=hint, status=status)
+
+
 def handed_name(name: str) -> str:
     """A file's name as the sandbox sees it: its own, where that is a file name in UTF-8 (the
     control channel and the portal's answers carry it as text)."""
@@ -94,8 +100,7 @@ class HandedFiles:
         try:
             mount_readonly_idmapped(fd, self._namespaces[owner], str(target))
         except OSError as exc:
-            raise SandboxError(f"cannot hand {name} to the sandbox: {exc.strerror}",
-                               status=ExitStatus.LAUNCHER) from None
+            raise cannot_hand(name, exc.strerror or "") from None
         return FILES_CONTAINER_DIR / str(self.count) / name
 
     def close(self) -> None:
