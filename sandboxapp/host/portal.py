@@ -253,11 +253,19 @@ class FileChooserPortal:
             self.warn(f"the file chooser: {error.message}")
         except Exception as exc:  # whatever went wrong, the request is answered
             self.warn(f"the file chooser failed: {exc}")
+        signal = Message.new_signal(handle, REQUEST_INTERFACE, "Response", "ua{sv}",
+                                    [response, {"uris": Variant("as", uris)}])
+
+        def send() -> None:
+            # On the loop's thread. The sandbox's bus may be gone meanwhile (its program
+            # ended): the answer has nobody to go to, and is dropped without a word.
+            if bus.connected:
+                with contextlib.suppress(Exception):
+                    bus.send(signal)
+
         assert self._loop is not None
-        with contextlib.suppress(Exception):  # the bus, or the launch, may have ended
-            signal = Message.new_signal(handle, REQUEST_INTERFACE, "Response", "ua{sv}",
-                                        [response, {"uris": Variant("as", uris)}])
-            self._loop.call_soon_threadsafe(bus.send, signal)
+        with contextlib.suppress(RuntimeError):  # the launch has ended: its loop is closed
+            self._loop.call_soon_threadsafe(send)
 
     def _refuse(self, why: str) -> tuple[int, list[str]]:
         """The answer to a refused request; said once in REFUSALS_SAID seconds at most (with

@@ -5,8 +5,11 @@ The layer's `files` directory is a shared mount point, bound read-only into the 
 FILES_CONTAINER_DIR through nspawn's mount namespace, which is its slave
 (system/containertree.py's unshare): a file bound below it on the host reaches the container
 by propagation, and a mount that reaches a mount namespace of a less privileged user
-namespace so is locked there: the container's root can neither make it writable nor bind it
-writable elsewhere. Each file gets a directory of its own, so two files of one name never
+namespace so is locked read-only there: the container's root can neither make it writable nor
+bind it writable elsewhere. (A file handed at the start is bound before the container's
+namespace is made, and cannot be unmounted there either; one handed later can be: the sandbox
+then sees the empty, read-only, root-owned file it was bound on, and hides the user's file
+only from itself.) Each file gets a directory of its own, so two files of one name never
 meet, and its owner on the host is the container's root on that bind (rootidmap's way), so
 that a file only its owner may read is readable inside. Everything here is below the layer:
 the layer's removal unmounts it.

@@ -133,6 +133,42 @@ def test_a_dialog_open_when_the_launch_ends_is_closed_with_it(
     assert _dialogs_owner() == set()
 
 
+def test_a_dialog_open_when_the_app_ends_is_closed_and_the_launch_ends_quietly(
+        session: Session, portal: DesktopPortal) -> None:
+    """The program asks, then ends while the user has not answered: its bus is gone with it.
+    The dialog leaves the desktop, the launch ends with the program's status, and the answer
+    nobody can take any more is dropped without a word (no traceback on the user's
+    terminal)."""
+    session.sudo_uid = portal.user.uid
+    ask_and_leave = r"""
+n=0
+until gdbus call --session --dest org.freedesktop.portal.Desktop \
+    --object-path /org/freedesktop/portal/desktop \
+    --method org.freedesktop.portal.FileChooser.OpenFile "" "Pick a letter" \
+    "{'handle_token': <'t1'>}" > /dev/null 2>&1; do
+  n=$((n+1)); [ $n -lt 100 ] || exit 3; sleep 0.1
+done
+sleep 8
+exit 7
+"""
+    profile = write_variant(session.profiles, ["/bin/sh", "-c", ask_and_leave],
+                            "session_bus = true\nfile_chooser = true\n")
+    launch = subprocess.Popen([sys.executable, "-m", "sandboxapp", "run", str(profile)],
+                              env={**session.env(), **portal.env()}, cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        portal.window(TITLE)
+        _, err = launch.communicate(timeout=90)
+    finally:
+        if launch.poll() is None:
+            launch.kill()
+            launch.wait()
+    assert launch.returncode == 7, err
+    assert portal.gone(TITLE), "the dialog stayed on the desktop after its program ended"
+    assert _dialogs_owner() == set()
+    assert "Traceback" not in err and "Exception" not in err, err
+
+
 def test_a_save_lands_on_the_path_the_user_chose_owned_by_them(
         session: Session, portal: DesktopPortal) -> None:
     """SaveFile: the program writes NAME.part in a directory of the request's and renames it,
