@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 import os
 import re
 import stat
@@ -50,7 +51,7 @@ MAX_SAVES = 64  # files one SaveFiles may save
 KINDS = {"OpenFile": "open", "SaveFile": "save", "SaveFiles": "saves"}
 # How long the launcher waits for the sandbox's bus to appear once the app may start.
 BUS_WAIT = 30.0
-# A refused request is said at most once in this many seconds.
+# A refused request, or a failure of the bus, is said at most once in this many seconds.
 REFUSALS_SAID = 10.0
 
 
@@ -100,6 +101,17 @@ def read_ask(member: str, title: Any, options: Any) -> Ask | str:
             return "it names a file that begins with '.'"
     return Ask(KINDS[member], _text(title, MAX_TITLE),
                bool(option("multiple", "b")) and member == "OpenFile", name, names)
+
+
+class _BusLog(logging.Handler):
+    """dbus-fast's own log, of the sandbox's bus: handed to say(message, exception)."""
+
+    def __init__(self, say: Callable[[str, BaseException | None], None]) -> None:
+        super().__init__()
+        self.say = say
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.say(record.getMessage(), record.exc_info[1] if record.exc_info else None)
 
 
 class FileChooserPortal:
@@ -170,6 +182,13 @@ class FileChooserPortal:
             return
         loop = asyncio.new_event_loop()
         self._loop = loop
+        # What goes wrong under the loop and in dbus-fast is the sandbox's bus failing (its
+        # program ended, or it misbehaves): never a traceback on the user's terminal.
+        loop.set_exception_handler(lambda _, context: self._bus_failed(
+            str(context.get("message")), context.get("exception")))
+        said = _BusLog(self._bus_failed)
+        logging.getLogger("dbus_fast").addHandler(said)
+        logging.getLogger("dbus_fast").propagate = False
         try:
             bus = loop.run_until_complete(self._connect(fd))
             if bus is not None and not self._stop.is_set():
@@ -181,6 +200,13 @@ class FileChooserPortal:
         finally:
             os.close(fd)
             loop.close()
+            logging.getLogger("dbus_fast").removeHandler(said)
+
+    def _bus_failed(self, what: str, exc: BaseException | None) -> None:
+        # A connection that broke (the sandbox closed it, or stopped reading) has nothing to
+        # say: its requests are not answered. Anything else is one line.
+        if not isinstance(exc, OSError):
+            self._say_seldom(f"the file chooser's bus: {what}" + (f": {exc}" if exc else ""))
 
     async def _connect(self, fd: int) -> Any:
         from dbus_fast.aio import MessageBus
@@ -267,16 +293,20 @@ class FileChooserPortal:
         with contextlib.suppress(RuntimeError):  # the launch has ended: its loop is closed
             self._loop.call_soon_threadsafe(send)
 
-    def _refuse(self, why: str) -> tuple[int, list[str]]:
-        """The answer to a refused request; said once in REFUSALS_SAID seconds at most (with
-        how many more there were), so that a sandbox asking without end fills no log."""
+    def _say_seldom(self, text: str) -> None:
+        """Say text once in REFUSALS_SAID seconds at most (with how many more went unsaid),
+        so that a sandbox asking, or failing, without end fills no log."""
         with self._refusals_lock:
             now = time.monotonic()
             if now - self._refusals_said < REFUSALS_SAID:
                 self._refusals_unsaid += 1
-                return 2, []
+                return
             more, self._refusals_unsaid, self._refusals_said = self._refusals_unsaid, 0, now
-        self.warn(why + (f" ({more} more refused before it, unsaid)" if more else ""))
+        self.warn(text + (f" ({more} more before it, unsaid)" if more else ""))
+
+    def _refuse(self, why: str) -> tuple[int, list[str]]:
+        """The answer to a refused request, said seldom."""
+        self._say_seldom(why)
         return 2, []
 
     def _dialog(self, ask: Ask | str) -> tuple[int, list[str]]:

@@ -169,6 +169,75 @@ exit 7
     assert "Traceback" not in err and "Exception" not in err, err
 
 
+# The launcher's portal on a bus of its own; a client of that bus floods it with requests it
+# refuses, and the bus daemon is killed while the answers are being written: what the launcher
+# says of that goes to its error output.
+BUS_DIES = r"""
+import subprocess, sys, time
+from pathlib import Path
+from sandboxapp.host.chooser import Choice
+from sandboxapp.host.portal import FileChooserPortal
+d = Path(sys.argv[1])
+# As the sandbox's bus lets the launcher in: anonymously (features/container.py).
+(d / "bus.conf").write_text(
+    "<busconfig><type>session</type><listen>unix:path=" + str(d) + "/bus</listen>"
+    "<auth>EXTERNAL</auth><auth>ANONYMOUS</auth><allow_anonymous/>"
+    "<policy context='default'><allow send_destination='*' eavesdrop='true'/>"
+    "<allow eavesdrop='true'/><allow own='*'/></policy></busconfig>")
+daemon = subprocess.Popen(["dbus-daemon", f"--config-file={d}/bus.conf", "--nofork",
+                           "--nopidfile", "--print-address"], stdout=subprocess.PIPE,
+                          stderr=subprocess.DEVNULL)
+address = daemon.stdout.readline().decode().strip()
+portal = FileChooserPortal(d / "bus", "app", choose=lambda ask, stop: Choice(1),
+                           hand=lambda path: path, save_to=lambda path, replace: path,
+                           focused=lambda: True, warn=lambda text: print("said:", text))
+portal.start()
+time.sleep(1)
+# The flooding client's own complaints, once its bus is gone, are not the launcher's.
+flood = subprocess.Popen([sys.executable, "-c", sys.argv[2], address],
+                         stderr=subprocess.DEVNULL)
+time.sleep(0.3)
+daemon.kill()
+daemon.wait()
+time.sleep(0.5)
+flood.kill()
+flood.wait()
+portal.close()
+import gc
+gc.collect()
+"""
+FLOOD = r"""
+import asyncio, sys
+from dbus_fast import Message, MessageFlag, Variant
+from dbus_fast.aio import MessageBus
+async def flood():
+    bus = await MessageBus(bus_address=sys.argv[1]).connect()
+    for n in range(3000):
+        bus.send(Message(destination="org.freedesktop.portal.Desktop",
+                         path="/org/freedesktop/portal/desktop",
+                         interface="org.freedesktop.portal.FileChooser", member="OpenFile",
+                         signature="ssa{sv}", flags=MessageFlag.NO_REPLY_EXPECTED,
+                         body=["", "x", {"directory": Variant("b", True)}]))
+        if n % 50 == 0:
+            await asyncio.sleep(0.001)
+    await asyncio.sleep(5)
+asyncio.run(flood())
+"""
+
+
+def test_a_bus_that_dies_while_answers_are_written_leaves_no_traceback(tmp_path: Path) -> None:
+    """The sandbox's bus daemon goes (killed, or its program ended) while the portal is
+    writing the answers to a flood of requests: the launcher says no more than its one line
+    on the requests it refused, never a traceback on the user's terminal."""
+    for _ in range(3):
+        done = subprocess.run([sys.executable, "-c", BUS_DIES, str(tmp_path), FLOOD], cwd=REPO,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert "Traceback" not in done.stderr and "exception" not in done.stderr, done.stderr
+        assert [line for line in done.stdout.splitlines()
+                if not line.startswith("said: the file chooser refused")] == [], done.stdout
+
+
 def test_a_save_lands_on_the_path_the_user_chose_owned_by_them(
         session: Session, portal: DesktopPortal) -> None:
     """SaveFile: the program writes NAME.part in a directory of the request's and renames it,
